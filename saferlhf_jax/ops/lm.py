@@ -1,0 +1,95 @@
+"""Language-model losses: SFT cross-entropy (global token mean) and DPO (§3.3, §3.8, §7.1)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from saferlhf_jax.ops._checks import as_bool, as_f32, as_i32, check_choice, check_rank, check_same_shape
+from saferlhf_jax.ops.core import end_index, first_divergence_index
+
+IGNORE_INDEX = -100
+DPO_SLICINGS = ("standard", "reference")
+
+
+def shift_labels(labels):
+    """labels (B, L) → next-token targets (B, L): position t holds labels[t+1], the last is IGNORE.
+
+    Lets the loss run on full-length logits without a `logits[:, :-1]` copy.
+    """
+    labels = as_i32(labels)
+    return jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)
+
+
+def sft_token_losses(logits, labels):
+    """Per-token cross-entropy of logits (B, L, V) against shifted labels; returns (ce (B, L), valid (B, L))."""
+    logits = as_f32(logits)
+    targets = shift_labels(labels)
+    if logits.shape[:2] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and labels {tuple(targets.shape)} disagree on (B, L)")
+    valid = targets != IGNORE_INDEX
+    safe_targets = jnp.where(valid, targets, 0)
+    picked = jnp.take_along_axis(logits, safe_targets[..., None], axis=-1)[..., 0]
+    ce = jax.nn.logsumexp(logits, axis=-1) - picked
+    return jnp.where(valid, ce, 0.0), valid
+
+
+def sft_loss(logits, labels):
+    """Σ CE·[label ≠ −100] / Σ [label ≠ −100] over the whole micro-batch (§3.3). A batch with no label is NaN."""
+    ce, valid = sft_token_losses(logits, labels)
+    return jnp.sum(ce) / jnp.sum(valid.astype(jnp.float32))
+
+
+def dpo_loss(policy_better_logps, policy_worse_logps, ref_better_logps, ref_worse_logps, beta):
+    """DPO on summed response log-probs (B,) each (§3.8).
+
+    Returns:
+      (loss, {'reward_accuracy': (), 'better_sample_reward': (B,), 'worse_sample_reward': (B,),
+              'reward_margin': (B,)}).
+    """
+    pb, pw, rb, rw = (as_f32(x) for x in (policy_better_logps, policy_worse_logps, ref_better_logps, ref_worse_logps))
+    check_rank("policy_better_logps", pb, 1)
+    check_same_shape(policy_better_logps=pb, policy_worse_logps=pw, ref_better_logps=rb, ref_worse_logps=rw)
+    beta = as_f32(beta)
+    better_reward = beta * (pb - rb)
+    worse_reward = beta * (pw - rw)
+    margin = better_reward - worse_reward
+    loss = jnp.mean(jax.nn.softplus(-margin))
+    aux = {
+        "reward_accuracy": jnp.mean((better_reward > worse_reward).astype(jnp.float32)),
+        "better_sample_reward": jax.lax.stop_gradient(better_reward),
+        "worse_sample_reward": jax.lax.stop_gradient(worse_reward),
+        "reward_margin": jax.lax.stop_gradient(margin),
+    }
+    return loss, aux
+
+
+def dpo_action_window(ids, mask, other_ids, slicing="standard"):
+    """Action-space (B, L−1) window of the response log-probs that DPO sums (§7.1).
+
+    d = first index where `ids` and `other_ids` differ, end = last real token of `mask`.
+      standard:  actions [d − 1, end − 1]   (every response token from the divergence through the last real one)
+      reference: actions [d, min(end, L − 2)] (the reference's off-by-one)
+    """
+    check_choice("slicing", slicing, DPO_SLICINGS)
+    ids, other_ids, mask = as_i32(ids), as_i32(other_ids), as_bool(mask)
+    check_rank("ids", ids, 2)
+    check_same_shape(ids=ids, other_ids=other_ids, mask=mask)
+    length = ids.shape[1]
+    first = first_divergence_index(ids, other_ids)
+    last = end_index(mask)
+    if slicing == "standard":
+        lo, hi = first - 1, last - 1
+    else:
+        lo, hi = first, jnp.minimum(last, length - 2)
+    t = jnp.arange(length - 1)[None, :]
+    return (t >= lo[:, None]) & (t <= hi[:, None])
+
+
+def dpo_sequence_log_probs(token_log_probs, ids, mask, other_ids, slicing="standard"):
+    """Summed response log-prob per row: token_log_probs (B, L−1) action space → (B,)."""
+    token_log_probs = as_f32(token_log_probs)
+    window = dpo_action_window(ids, mask, other_ids, slicing)
+    if token_log_probs.shape != window.shape:
+        raise ValueError(f"token_log_probs must be (B, L-1) = {tuple(window.shape)}, got {tuple(token_log_probs.shape)}")
+    return jnp.sum(jnp.where(window, token_log_probs, 0.0), axis=-1)

@@ -1,0 +1,120 @@
+"""RL formulas: KL-shaped scores, GAE, PPO clip losses, the Lagrangian advantage and λ update.
+
+Spec §3.10 – §3.13. All inputs in action space (length T = L−1), see §2.1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from saferlhf_jax.ops._checks import as_bool, as_f32, as_static_int, check_rank, check_same_shape
+from saferlhf_jax.ops.core import end_index, masked_mean
+
+
+def kl_shaped_scores(end_scores, log_probs, ref_log_probs, sequence_mask, kl_coeff, clip_range_score):
+    """r_t = −kl_coeff·(log_probs − ref_log_probs) at every t, end score added at the end, then clipped.
+
+    Args:
+      end_scores: (B,) reward R (or cost C for the PPO-Lag cost stream, with kl_coeff = −β).
+      log_probs, ref_log_probs: (B, T) rollout-time actor / reference log-probs.
+      sequence_mask: (B, T) bool = attention_mask[:, 1:]; its last True is the end action.
+      kl_coeff, clip_range_score: scalars.
+    Returns:
+      (B, T) float32.
+    """
+    log_probs, ref_log_probs = as_f32(log_probs), as_f32(ref_log_probs)
+    sequence_mask = as_bool(sequence_mask)
+    end_scores = as_f32(end_scores)
+    check_rank("log_probs", log_probs, 2)
+    check_same_shape(log_probs=log_probs, ref_log_probs=ref_log_probs, sequence_mask=sequence_mask)
+    if end_scores.shape != log_probs.shape[:1]:
+        raise ValueError(f"end_scores must be (B,) = {log_probs.shape[:1]}, got {tuple(end_scores.shape)}")
+    kl_coeff = as_f32(kl_coeff)
+    clip = as_f32(clip_range_score)
+    rewards = -kl_coeff * (log_probs - ref_log_probs)
+    at_end = jax.nn.one_hot(end_index(sequence_mask), log_probs.shape[1], dtype=jnp.float32)
+    rewards = rewards + end_scores[:, None] * at_end
+    return jnp.clip(rewards, -clip, clip)
+
+
+def _reverse_gae(deltas_tb, discount):
+    """A_t = δ_t + discount·A_{t+1} as a reverse scan over time; deltas (T, B)."""
+
+    def step(next_adv, delta):
+        adv = delta + discount * next_adv
+        return adv, adv
+
+    _, advs = jax.lax.scan(step, jnp.zeros_like(deltas_tb[0]), deltas_tb, reverse=True)
+    return advs
+
+
+def gae_advantages_and_returns(values, rewards, sequence_mask, start, gamma=1.0, gae_lambda=0.95):
+    """Generalised advantage estimation from `start` (§3.11).
+
+    Values and rewards are zeroed outside the mask, the bootstrap after the last action is 0.
+
+    Args:
+      values, rewards: (B, T) float; sequence_mask: (B, T) bool; start: static int (= S − 1).
+    Returns:
+      (advantages, returns), each (B, T − start) float32; advantages carry no gradient.
+    """
+    start = as_static_int("start", start)
+    values, rewards = as_f32(values), as_f32(rewards)
+    sequence_mask = as_bool(sequence_mask)
+    check_rank("values", values, 2)
+    check_same_shape(values=values, rewards=rewards, sequence_mask=sequence_mask)
+    if not 0 <= start < values.shape[1]:
+        raise ValueError(f"start must lie in [0, {values.shape[1]}), got {start}")
+    m = sequence_mask.astype(jnp.float32)
+    values = values * m
+    rewards = rewards * m
+    values = values[:, start:]
+    rewards = rewards[:, start:]
+    next_values = jnp.pad(values[:, 1:], ((0, 0), (0, 1)))
+    gamma = as_f32(gamma)
+    deltas = rewards + gamma * next_values - values
+    advantages = _reverse_gae(deltas.T, gamma * as_f32(gae_lambda)).T
+    returns = advantages + values
+    return jax.lax.stop_gradient(advantages), returns
+
+
+def ppo_actor_loss(log_probs, old_log_probs, advantages, mask, clip_range_ratio):
+    """PPO-clip surrogate: −masked_mean(min(A·ρ, A·clip(ρ, 1±ε)), mask) (§3.12). Inputs (B, T) sliced from start."""
+    log_probs, old_log_probs, advantages = as_f32(log_probs), as_f32(old_log_probs), as_f32(advantages)
+    mask = as_bool(mask)
+    check_rank("log_probs", log_probs, 2)
+    check_same_shape(log_probs=log_probs, old_log_probs=old_log_probs, advantages=advantages, mask=mask)
+    eps = as_f32(clip_range_ratio)
+    ratio = jnp.exp(log_probs - old_log_probs)
+    surrogate = jnp.minimum(advantages * ratio, advantages * jnp.clip(ratio, 1.0 - eps, 1.0 + eps))
+    return -masked_mean(surrogate, mask)
+
+
+def critic_loss(values, old_values, returns, mask, clip_range_value):
+    """Clipped value loss 0.5·masked_mean(max((v−G)², (clip(v, v_old±c)−G)²)) (§3.12). Inputs (B, T) sliced."""
+    values, old_values, returns = as_f32(values), as_f32(old_values), as_f32(returns)
+    mask = as_bool(mask)
+    check_rank("values", values, 2)
+    check_same_shape(values=values, old_values=old_values, returns=returns, mask=mask)
+    c = as_f32(clip_range_value)
+    clipped = jnp.clip(values, old_values - c, old_values + c)
+    loss = jnp.maximum(jnp.square(values - returns), jnp.square(clipped - returns))
+    return 0.5 * masked_mean(loss, mask)
+
+
+def lagrangian_advantages(reward_advantages, cost_advantages, lam):
+    """(A_r − λ·A_c)/(1 + λ) with λ (not log λ) held constant (§3.13). (B, T) → (B, T)."""
+    reward_advantages, cost_advantages = as_f32(reward_advantages), as_f32(cost_advantages)
+    check_same_shape(reward_advantages=reward_advantages, cost_advantages=cost_advantages)
+    lam = jax.lax.stop_gradient(as_f32(lam))
+    return (reward_advantages - lam * cost_advantages) / (1.0 + lam)
+
+
+def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=None):
+    """One SGD step on log λ for −(J_c − d)·λ, then the optional upper clamp (§3.13). Scalars → scalar."""
+    log_lambda = as_f32(log_lambda)
+    new = log_lambda + as_f32(lambda_lr) * (as_f32(episode_cost) - as_f32(threshold)) * jnp.exp(log_lambda)
+    if lambda_max is not None:
+        new = jnp.minimum(new, jnp.log(as_f32(lambda_max)))
+    return new

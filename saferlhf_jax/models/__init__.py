@@ -1,0 +1,17 @@
+"""Llama-family models in Flax NNX as pure functions of parameter pytrees, with HF import/export."""
+
+from saferlhf_jax.models.api import (
+    Model,
+    init_model,
+    load_causal_lm,
+    load_score_model,
+    param_logical_axes,
+    save_pretrained,
+    to_hf_tensors,
+    trainable_params,
+)
+from saferlhf_jax.models.config import ModelConfig
+from saferlhf_jax.models.llama import init_cache
+
+__all__ = ["Model", "ModelConfig", "init_cache", "init_model", "load_causal_lm", "load_score_model",
+           "param_logical_axes", "save_pretrained", "to_hf_tensors", "trainable_params"]

@@ -1,0 +1,313 @@
+"""Public model API: load / init / save Llama causal LMs and score models as (graphdef, params) pairs.
+
+    lm = load_causal_lm("path/to/hf_dir")
+    logits = lm.apply(lm.params, input_ids, attention_mask)          # (B, L, V) float32
+    rm = load_score_model("path/to/sft_dir", score_type="reward")    # new score head on a causal LM checkpoint
+    scores, end_scores = rm.apply(rm.params, input_ids, attention_mask)
+    save_pretrained(rm, rm.params, "out_dir")
+
+`params` is a plain nested dict of arrays (HF-like paths); `apply` is a pure jitted function of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import pathlib
+import shutil
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from saferlhf_jax.models import safetensors_io
+from saferlhf_jax.models.config import ModelConfig
+from saferlhf_jax.models.llama import CausalLM, ScoreModel
+from saferlhf_jax.parallel import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+KINDS = {"causal_lm": CausalLM, "score": ScoreModel}
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "generation_config.json", "chat_template.jinja")
+_NORMALIZER_KEYS = ("mean", "var", "count")
+
+
+@dataclasses.dataclass
+class Model:
+    """A model definition plus its parameters. `apply` never reads `self.params`: pass the params you want."""
+
+    config: ModelConfig
+    kind: str
+    graphdef: Any
+    params: Any
+    source: str | None = None  # directory the weights (and tokenizer files) came from
+    mesh: Mesh | None = None
+
+    def module(self, params):
+        """The NNX module bound to `params` (for use inside a jitted function)."""
+        return nnx.merge(self.graphdef, nnx.State(params))
+
+    @functools.cached_property
+    def apply(self):
+        """Jitted pure forward. causal_lm: (params, ids, mask) → logits (B, L, V) f32;
+        score: (params, ids, mask) → (scores (B, L, D), end_scores (B, D)) f32."""
+        graphdef, kind = self.graphdef, self.kind
+
+        def forward(params, input_ids, attention_mask, positions=None):
+            module = nnx.merge(graphdef, nnx.State(params))
+            if kind == "causal_lm":
+                logits, _ = module(input_ids, attention_mask, positions)
+                return logits
+            return module(input_ids, attention_mask, positions)
+
+        return jax.jit(forward)
+
+    def param_shardings(self, mesh: Mesh | None = None, rules=None):
+        mesh = mesh or self.mesh
+        return mesh_lib.tree_shardings(param_logical_axes(self.params), self.params, mesh, rules)
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(trainable_params(self.params)))
+
+
+# ---------------------------------------------------------------------------------------------------- structure
+
+
+def _path_names(path) -> tuple:
+    return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
+
+
+_LEAF_AXES = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("q_proj", "kernel"): ("embed", "heads"), ("q_proj", "bias"): ("heads",),
+    ("k_proj", "kernel"): ("embed", "kv_heads"), ("k_proj", "bias"): ("kv_heads",),
+    ("v_proj", "kernel"): ("embed", "kv_heads"), ("v_proj", "bias"): ("kv_heads",),
+    ("o_proj", "kernel"): ("heads", "embed"), ("o_proj", "bias"): ("embed",),
+    ("gate_proj", "kernel"): ("embed", "mlp"), ("gate_proj", "bias"): ("mlp",),
+    ("up_proj", "kernel"): ("embed", "mlp"), ("up_proj", "bias"): ("mlp",),
+    ("down_proj", "kernel"): ("mlp", "embed"), ("down_proj", "bias"): ("embed",),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("score_head", "kernel"): ("embed", "score"), ("score_head", "bias"): ("score",),
+}
+
+
+def param_logical_axes(params):
+    """Tree of logical-axis tuples matching `params` (stacked layers get a leading 'layers' axis)."""
+
+    def axes(path, x):
+        names = _path_names(path)
+        ndim = np.ndim(x)
+        if names[-1] == "scale":
+            base = ("norm",)
+        elif names[0] == "normalizer":
+            base = (None,) * ndim
+        else:
+            base = _LEAF_AXES.get(names[-2:], (None,) * ndim)
+        if len(base) < ndim:  # scanned: leading layer axis
+            base = ("layers",) * (ndim - len(base)) + base
+        return base
+
+    return jax.tree_util.tree_map_with_path(axes, params)
+
+
+def trainable_params(params):
+    """Drop the (non-trainable) normalizer statistics."""
+    return {k: v for k, v in params.items() if k != "normalizer"}
+
+
+def _abstract(config: ModelConfig, kind: str):
+    abstract_module = nnx.eval_shape(lambda: KINDS[kind](config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract_module)
+    return graphdef, nnx.to_pure_dict(state)
+
+
+def _check_kind(kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+
+
+def init_model(config: ModelConfig, kind: str = "causal_lm", rng: int | jax.Array = 0, mesh: Mesh | None = None,
+               rules=None) -> Model:
+    """Randomly initialised model (N(0, initializer_range) kernels, ones for norms, zero biases), sharded on `mesh`."""
+    _check_kind(kind)
+    config.validate()
+    key = jax.random.key(rng) if isinstance(rng, int) else rng
+    graphdef, abstract = _abstract(config, kind)
+
+    def make(key):
+        return nnx.to_pure_dict(nnx.split(KINDS[kind](config, rngs=nnx.Rngs(params=key)))[1])
+
+    shardings = None
+    if mesh is not None:
+        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
+    params = jax.jit(make, out_shardings=shardings)(key)
+    return Model(config, kind, graphdef, params, None, mesh)
+
+
+# ---------------------------------------------------------------------------------------------------- HF import
+
+
+def hf_name(path: tuple) -> tuple[str, bool]:
+    """Our param path (layer index included) → (HF tensor name, transpose?)."""
+    *head, leaf = path
+    names = [str(p) for p in head] + ["weight" if leaf in ("kernel", "scale", "embedding") else str(leaf)]
+    return ".".join(names), leaf == "kernel"
+
+
+def _hf_layout(params) -> list[tuple[tuple, int | None]]:
+    """(path, stacked layer count or None) for every leaf."""
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
+        out.append((_path_names(path), x))
+    return out
+
+
+def _layer_paths(path: tuple, config: ModelConfig):
+    """Per-layer paths of a leaf: one path when unscanned, L paths (index inserted) when stacked."""
+    if config.scan_layers and path[:2] == ("model", "layers"):
+        return [path[:2] + (i,) + path[2:] for i in range(config.num_hidden_layers)]
+    return [path]
+
+
+def _convert(array: np.ndarray, transpose: bool, shape: tuple, dtype, name: str) -> np.ndarray:
+    arr = np.asarray(array)
+    if transpose:
+        arr = arr.T
+    if arr.shape != tuple(shape):
+        raise ValueError(f"tensor {name}: shape {arr.shape} does not match the config's {tuple(shape)}")
+    return arr.astype(dtype)
+
+
+def _put(value: np.ndarray, sharding):
+    if sharding is None:
+        return jnp.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: np.asarray(value[idx]))
+
+
+def _normalizer_from(tensors: dict, raw_config: dict, score_dim: int) -> dict[str, np.ndarray]:
+    stats = {}
+    for key in _NORMALIZER_KEYS:
+        if f"normalizer.{key}" in tensors:
+            stats[key] = np.asarray(tensors[f"normalizer.{key}"], np.float32)
+        elif key in raw_config and raw_config[key] is not None:
+            stats[key] = np.asarray(raw_config[key], np.float32)
+    default = {"mean": np.zeros(score_dim, np.float32), "var": np.ones(score_dim, np.float32),
+               "count": np.zeros((), np.float32)}
+    return {k: stats.get(k, default[k]).reshape(default[k].shape) for k in _NORMALIZER_KEYS}
+
+
+def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng: int = 0) -> Model:
+    _check_kind(kind)
+    path = pathlib.Path(path).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"model directory not found: {path}")
+    raw_config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
+    dtype_name = jnp.dtype(dtype).name
+    overrides = {"dtype": dtype_name, "param_dtype": dtype_name, **overrides}
+    config = ModelConfig.from_pretrained(path, **overrides)
+    tensors = safetensors_io.load_dir(path)
+    graphdef, abstract = _abstract(config, kind)
+    shardings = None
+    if mesh is not None:
+        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
+    flat_shard = dict(jax.tree_util.tree_flatten_with_path(shardings)[0]) if shardings is not None else {}
+    flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
+
+    has_head = "score_head.weight" in tensors
+    fresh_head = kind == "score" and not has_head
+    if fresh_head:
+        log.info("%s has no score head: initialising a new one N(0, %g), zero bias", path, config.initializer_range)
+    head_key = jax.random.key(rng)
+    normalizer = _normalizer_from(tensors, raw_config, config.score_dim) if kind == "score" else None
+
+    leaves = {}
+    for p, x in _hf_layout(abstract):
+        sharding = flat_shard.get(p)
+        if p[0] == "normalizer":
+            leaves[p] = _put(normalizer[p[1]].astype(x.dtype), sharding)
+            continue
+        if p[0] == "score_head" and fresh_head:
+            value = (np.asarray(jax.random.normal(head_key, x.shape, jnp.float32)) * config.initializer_range
+                     if p[-1] == "kernel" else np.zeros(x.shape, np.float32))
+            leaves[p] = _put(value.astype(x.dtype), sharding)
+            continue
+        parts = []
+        per_layer_shape = x.shape[1:] if len(_layer_paths(p, config)) > 1 else x.shape
+        for lp in _layer_paths(p, config):
+            name, transpose = hf_name(lp)
+            if name not in tensors:
+                raise KeyError(f"{path}: tensor {name!r} is missing from the safetensors weights")
+            parts.append(_convert(tensors[name], transpose, per_layer_shape, x.dtype, name))
+        value = parts[0] if len(parts) == 1 else np.stack(parts)
+        leaves[p] = _put(value, sharding)
+
+    treedef = jax.tree_util.tree_structure(abstract)
+    ordered = [leaves[_path_names(k)] for k, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]]
+    params = jax.tree_util.tree_unflatten(treedef, ordered)
+    return Model(config, kind, graphdef, params, str(path), mesh)
+
+
+def load_causal_lm(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, **config_overrides) -> Model:
+    """HF-format Llama directory → causal LM (`.apply(params, ids, mask) → logits (B, L, V) f32`)."""
+    return _load(path, "causal_lm", dtype, mesh, rules, config_overrides)
+
+
+def load_score_model(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, rng: int = 0,
+                     **score_overrides) -> Model:
+    """HF-format directory → score model. A causal-LM checkpoint gets a fresh head; a score checkpoint keeps its
+    head and normalizer stats. `score_overrides`: score_dim, score_bias, score_type, normalizer_type, momentum,
+    do_normalize (and execution keys such as scan_layers, remat_policy)."""
+    return _load(path, "score", dtype, mesh, rules, score_overrides, rng)
+
+
+# ---------------------------------------------------------------------------------------------------- HF export
+
+
+def to_hf_tensors(model: Model, params) -> dict[str, np.ndarray]:
+    """Gather params to host and name them as HF does (kernels transposed back to (out, in))."""
+    out = {}
+    for p, x in _hf_layout(params):
+        host = np.asarray(jax.device_get(x))
+        if p[0] == "normalizer":
+            out[f"normalizer.{p[1]}"] = host.astype(np.float32)
+            continue
+        paths = _layer_paths(p, model.config)
+        for i, lp in enumerate(paths):
+            name, transpose = hf_name(lp)
+            value = host[i] if len(paths) > 1 else host
+            out[name] = np.ascontiguousarray(value.T if transpose else value)
+    return out
+
+
+def save_pretrained(model: Model, params, path, tokenizer_dir: str | None = None) -> pathlib.Path:
+    """Write an HF-format directory: config.json, model.safetensors, and tokenizer files when known.
+
+    A causal LM loads with `transformers.AutoModelForCausalLM.from_pretrained` and gives equal logits.
+    A score model keeps its head and normalizer stats (safetensors `normalizer.*` and config `mean`/`var`/`count`).
+    """
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = to_hf_tensors(model, params)
+    config = model.config.to_hf_dict(model.kind)
+    if model.kind == "score":
+        for key in _NORMALIZER_KEYS:
+            value = tensors[f"normalizer.{key}"]
+            config[key] = value.tolist()
+    safetensors_io.save_file(tensors, path / "model.safetensors")
+    tmp = path / "config.json.tmp"
+    tmp.write_text(json.dumps(config, indent=2) + "\n")
+    tmp.replace(path / "config.json")
+    src = tokenizer_dir or model.source
+    if src:
+        for name in TOKENIZER_FILES:
+            f = pathlib.Path(src) / name
+            if f.is_file() and f.resolve() != (path / name).resolve():
+                shutil.copyfile(f, path / name)
+    return path

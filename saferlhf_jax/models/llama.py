@@ -1,0 +1,282 @@
+"""Llama in Flax NNX: RMSNorm, RoPE (rotate-half), GQA attention with an optional KV cache, SwiGLU, optional scan
+over layers with a named remat policy. `CausalLM` adds an LM head (or ties it), `ScoreModel` a score head.
+
+Shapes: B batch, T tokens of this call, S cache slots, E hidden, H/K query/kv heads, Dh head dim, V vocab.
+
+The modules are only ever run through `nnx.merge(graphdef, State(params))` inside a `jax.jit` owned by the caller
+(see `saferlhf_jax.models.api`); they hold no state beyond their parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from saferlhf_jax.models.config import ModelConfig
+from saferlhf_jax.models.rope import apply_rope, inverse_frequencies, mask_positions, rope_angles
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class NormalizerStat(nnx.Variable):
+    """Score normalizer statistics: saved with the model, never trained by the optimizer."""
+
+
+class Normalizer(nnx.Module):
+    """Running score statistics (spec §3.5), stored next to the score head."""
+
+    def __init__(self, score_dim: int):
+        self.mean = NormalizerStat(jnp.zeros((score_dim,), jnp.float32))
+        self.var = NormalizerStat(jnp.ones((score_dim,), jnp.float32))
+        self.count = NormalizerStat(jnp.zeros((), jnp.float32))
+
+    def state(self):
+        return {"mean": self.mean[...], "var": self.var[...], "count": self.count[...]}
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+class Dense(nnx.Module):
+    """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, config: ModelConfig, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.initializer_range)
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), _dtype(config.param_dtype)))
+        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype))) if bias else None
+        self.compute_dtype = _dtype(config.dtype)
+
+    def __call__(self, x):
+        y = jnp.dot(x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.compute_dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, *, config: ModelConfig):
+        self.scale = nnx.Param(jnp.ones((dim,), _dtype(config.param_dtype)))
+        self.eps = config.rms_norm_eps
+        self.compute_dtype = _dtype(config.dtype)
+
+    def __call__(self, x):
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
+        return (self.scale[...].astype(jnp.float32) * xf).astype(self.compute_dtype)
+
+
+def attend(q, k, v, allowed):
+    """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh), allowed (B,T,S) bool → (B,T,H,Dh).
+
+    Rows with no allowed key (left pads) get a uniform average instead of NaN.
+    """
+    b, t, h, dh = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b, t, kh, h // kh, dh)
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+    logits = jnp.where(allowed[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b, t, h, dh)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        e, dh = config.hidden_size, config.resolved_head_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, dh
+        bias = config.attention_bias
+        self.q_proj = Dense(e, self.num_heads * dh, bias=bias, config=config, rngs=rngs)
+        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=bias, config=config, rngs=rngs)
+        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=bias, config=config, rngs=rngs)
+        self.o_proj = Dense(self.num_heads * dh, e, bias=bias, config=config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
+        """x (B,T,E); allowed (B,T,S); kv_cache (k, v) each (B,S,K,Dh) or None (then S = T).
+
+        Returns (out (B,T,E), new kv_cache or None).
+        """
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if kv_cache is not None:
+            ck, cv = kv_cache
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            kv_cache = (k, v)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+        return self.o_proj(out.reshape(b, t, -1)), kv_cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        e, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = Dense(e, f, bias=bias, config=config, rngs=rngs)
+        self.up_proj = Dense(e, f, bias=bias, config=config, rngs=rngs)
+        self.down_proj = Dense(f, e, bias=bias, config=config, rngs=rngs)
+
+    def __call__(self, x):
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(config.hidden_size, config=config)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config=config)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
+        h, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_cache, cache_index)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, kv_cache
+
+
+class Embed(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(config.initializer_range)
+        self.embedding = nnx.Param(
+            init(rngs.params(), (config.vocab_size, config.hidden_size), _dtype(config.param_dtype)))
+        self.compute_dtype = _dtype(config.dtype)
+
+    def __call__(self, ids):
+        return jnp.take(self.embedding[...], ids, axis=0).astype(self.compute_dtype)
+
+    def attend(self, x):
+        """Tied output projection: x (..., E) → (..., V)."""
+        return jnp.dot(x, self.embedding[...].astype(x.dtype).T)
+
+
+def _allowed(attention_mask, key_mask, query_slots):
+    """(B,T,S) bool: key slot j is visible from query slot i when key_mask[j] and j ≤ i."""
+    key_slots = jnp.arange(key_mask.shape[1])
+    causal = key_slots[None, None, :] <= query_slots[None, :, None]
+    return causal & key_mask[:, None, :]
+
+
+class Backbone(nnx.Module):
+    """Embedding → decoder blocks → final norm. Hidden states (B, T, E) in the compute dtype."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = Embed(config, rngs=rngs)
+        if config.scan_layers:
+            @nnx.split_rngs(splits=config.num_hidden_layers)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_stack(rngs):
+                return Block(config, rngs=rngs)
+
+            self.layers = make_stack(rngs)
+        else:
+            self.layers = nnx.List([Block(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.norm = RMSNorm(config.hidden_size, config=config)
+
+    def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0):
+        """input_ids, attention_mask (B, T). Without cache keys are this call's tokens.
+
+        cache: {'k', 'v': (L, B, S, K, Dh), 'mask': (B, S) bool, 'positions': ...} — this call's tokens are written at
+        slots [cache_index, cache_index + T); queries see every earlier valid slot.
+        Returns (hidden (B, T, E), new cache or None).
+        """
+        attention_mask = attention_mask.astype(bool)
+        t = input_ids.shape[1]
+        if positions is None:
+            positions = mask_positions(attention_mask)
+        cos, sin = rope_angles(positions, inverse_frequencies(self.config))
+        if cache is None:
+            allowed = _allowed(attention_mask, attention_mask, jnp.arange(t))
+            key_mask = None
+        else:
+            key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, cache_index, axis=1)
+            allowed = _allowed(attention_mask, key_mask, cache_index + jnp.arange(t))
+        x = self.embed_tokens(input_ids)
+        x, new_kv = self._run_layers(x, cos, sin, allowed, cache, cache_index)
+        new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "mask": key_mask}
+        return self.norm(x), new_cache
+
+    def _run_layers(self, x, cos, sin, allowed, cache, cache_index):
+        policy_name = self.config.remat_policy
+        if policy_name not in REMAT_POLICIES:
+            raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {policy_name!r}")
+
+        def run_block(block, x, kv):
+            return block(x, cos, sin, allowed, kv, cache_index)
+
+        if policy_name != "none":
+            run_block = nnx.remat(run_block, policy=REMAT_POLICIES[policy_name], prevent_cse=not self.config.scan_layers)
+
+        if self.config.scan_layers:
+            graphdef, stacked = nnx.split(self.layers)
+
+            def body(h, xs):
+                layer_state, kv = xs
+                h, kv = run_block(nnx.merge(graphdef, layer_state), h, kv)
+                return h, kv
+
+            kv_in = None if cache is None else (cache["k"], cache["v"])
+            x, kv_out = jax.lax.scan(body, x, (stacked, kv_in))
+            return x, kv_out
+        ks, vs = [], []
+        for i, block in enumerate(self.layers):
+            kv = None if cache is None else (cache["k"][i], cache["v"][i])
+            x, kv = run_block(block, x, kv)
+            if kv is not None:
+                ks.append(kv[0])
+                vs.append(kv[1])
+        return x, (None if cache is None else (jnp.stack(ks), jnp.stack(vs)))
+
+
+class CausalLM(nnx.Module):
+    """Backbone + LM head (tied to the embedding when configured). Logits are float32 (B, T, V)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Backbone(config, rngs=rngs)
+        self.lm_head = None if config.tie_word_embeddings else Dense(
+            config.hidden_size, config.vocab_size, bias=False, config=config, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0):
+        h, cache = self.model(input_ids, attention_mask, positions, cache, cache_index)
+        logits = self.model.embed_tokens.attend(h) if self.lm_head is None else self.lm_head(h)
+        return logits.astype(jnp.float32), cache
+
+
+class ScoreModel(nnx.Module):
+    """Backbone + score head Dense(E → D, bias). Returns (scores (B, T, D), end_scores (B, D)), float32."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.model = Backbone(config, rngs=rngs)
+        self.score_head = Dense(config.hidden_size, config.score_dim, bias=config.score_bias, config=config, rngs=rngs)
+        self.normalizer = Normalizer(config.score_dim)
+
+    def __call__(self, input_ids, attention_mask, positions=None):
+        from saferlhf_jax import ops  # local: ops never imports models
+
+        h, _ = self.model(input_ids, attention_mask, positions)
+        scores = self.score_head(h).astype(jnp.float32)
+        end_scores = ops.take_at(scores, ops.end_index(attention_mask))
+        if self.config.do_normalize:
+            function = ops.SCORE_TYPE_TO_FUNCTION[self.config.score_type]
+            stats = self.normalizer.state()
+            scores = ops.normalize(scores, stats, function)
+            end_scores = ops.normalize(end_scores, stats, function)
+        return scores, end_scores
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> dict:
+    """Empty KV cache: k/v (L, B, S, K, Dh) in `dtype` (default compute dtype), mask (B, S) all False."""
+    dtype = jnp.dtype(dtype or config.dtype)
+    shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.resolved_head_dim)
+    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "mask": jnp.zeros((batch, slots), bool)}

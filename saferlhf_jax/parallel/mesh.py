@@ -1,0 +1,124 @@
+"""One device mesh with axes (data, fsdp, tensor) and logical-axis rules kept as config data.
+
+Parameters carry logical axis names derived from their path (`param_logical_axes`); rules map each logical name to
+mesh axes; a dimension that the mapped axes do not divide is replicated instead (and reported), so the same code runs
+on 1 CPU, 8 simulated devices, an 8-GPU node or a TPU pod.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+log = logging.getLogger(__name__)
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# logical name → mesh axis (or tuple of axes, or None = replicated). Overridable from config (`mesh.rules`).
+DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("score", None),
+)
+
+
+def resolve_mesh_shape(data: int = 1, fsdp: int = -1, tensor: int = 1, num_devices: int | None = None) -> tuple:
+    """Sizes for (data, fsdp, tensor); one of them may be −1 (fill the rest). Raises a one-line error if impossible."""
+    n = num_devices if num_devices is not None else jax.device_count()
+    sizes = [int(data), int(fsdp), int(tensor)]
+    if sizes.count(-1) > 1:
+        raise ValueError(f"mesh: at most one axis may be -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    if any(s == 0 or s < -1 for s in sizes):
+        raise ValueError(f"mesh: axis sizes must be positive or -1, got data={data} fsdp={fsdp} tensor={tensor}")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if n % known:
+            raise ValueError(f"mesh: {n} devices cannot be split with data={data} fsdp={fsdp} tensor={tensor}")
+        sizes[sizes.index(-1)] = n // known
+    if math.prod(sizes) != n:
+        raise ValueError(f"mesh: data×fsdp×tensor = {'×'.join(map(str, sizes))} = {math.prod(sizes)} "
+                         f"but {n} devices are available")
+    return tuple(sizes)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence | None = None) -> Mesh:
+    """Mesh with axes ('data', 'fsdp', 'tensor'); `devices` defaults to all devices."""
+    devices = list(devices) if devices is not None else jax.devices()
+    shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+def mesh_from_config(cfg: Mapping | Any) -> Mesh:
+    """cfg has fields data / fsdp / tensor (ml_collections or dict)."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    return make_mesh(get("data", 1), get("fsdp", -1), get("tensor", 1))
+
+
+def rules_dict(rules=None) -> dict:
+    return dict(DEFAULT_RULES if rules is None else rules)
+
+
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=None) -> P:
+    """PartitionSpec for one array; dims whose mapped mesh axes don't divide them (or repeat an axis) replicate."""
+    rules = rules_dict(rules)
+    used: set[str] = set()
+    spec = []
+    for name, dim in zip(logical_axes, shape):
+        target = rules.get(name) if name is not None else None
+        axes = () if target is None else ((target,) if isinstance(target, str) else tuple(target))
+        axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1 and a not in used)
+        size = math.prod(mesh.shape[a] for a in axes) if axes else 1
+        if axes and dim % size:
+            log.info("replicating a dim of size %d (logical %r): not divisible by %s=%d", dim, name, axes, size)
+            axes = ()
+        used.update(axes)
+        spec.append(None if not axes else (axes[0] if len(axes) == 1 else axes))
+    return P(*spec)
+
+
+def tree_shardings(logical_tree, shape_tree, mesh: Mesh, rules=None):
+    """Map a tree of logical-axis tuples (and a matching tree of shaped leaves) to NamedShardings."""
+    return jax.tree.map(
+        lambda axes, x: NamedSharding(mesh, logical_to_spec(axes, np.shape(x), mesh, rules)),
+        logical_tree, shape_tree, is_leaf=lambda a: isinstance(a, tuple))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) dim over (data, fsdp); the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_divisor(mesh: Mesh) -> int:
+    """How many shards the batch dimension is split into."""
+    return mesh.shape["data"] * mesh.shape["fsdp"]
+
+
+def shard_batch(batch, mesh: Mesh):
+    """device_put every (B, ...) array of a batch dict with the batch sharding; clear error if B doesn't divide."""
+    div = batch_divisor(mesh)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.ndim == 0:
+            return jax.device_put(x, replicated(mesh))
+        if x.shape[0] % div:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by the data axes data×fsdp = {div}")
+        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+
+    return jax.tree.map(put, batch)

@@ -185,8 +185,8 @@ class Backbone(nnx.Module):
     def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0):
         """input_ids, attention_mask (B, T). Without cache keys are this call's tokens.
 
-        cache: {'k', 'v': (L, B, S, K, Dh), 'mask': (B, S) bool, 'positions': ...} — this call's tokens are written at
-        slots [cache_index, cache_index + T); queries see every earlier valid slot.
+        cache: from `init_cache` ({'k', 'v', 'mask': (B, S) bool}) — this call's tokens are written at slots
+        [cache_index, cache_index + T); queries see every earlier valid slot.
         Returns (hidden (B, T, E), new cache or None).
         """
         attention_mask = attention_mask.astype(bool)
@@ -234,7 +234,8 @@ class Backbone(nnx.Module):
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
-        return x, (None if cache is None else (jnp.stack(ks), jnp.stack(vs)))
+        # per-layer tuples: no stacking copy of the whole cache per decode step
+        return x, (None if cache is None else (tuple(ks), tuple(vs)))
 
 
 class CausalLM(nnx.Module):
@@ -276,7 +277,17 @@ class ScoreModel(nnx.Module):
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> dict:
-    """Empty KV cache: k/v (L, B, S, K, Dh) in `dtype` (default compute dtype), mask (B, S) all False."""
+    """Empty KV cache in `dtype` (default: compute dtype) and a (B, S) all-False slot mask.
+
+    k/v are stacked (L, B, S, K, Dh) arrays when layers are scanned, else tuples of L arrays (B, S, K, Dh) so that a
+    decode step updates each layer's buffer in place instead of copying a stacked cache.
+    """
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (config.num_hidden_layers, batch, slots, config.num_key_value_heads, config.resolved_head_dim)
-    return {"k": jnp.zeros(shape, dtype), "v": jnp.zeros(shape, dtype), "mask": jnp.zeros((batch, slots), bool)}
+    shape = (batch, slots, config.num_key_value_heads, config.resolved_head_dim)
+    if config.scan_layers:
+        k = jnp.zeros((config.num_hidden_layers, *shape), dtype)
+        v = jnp.zeros((config.num_hidden_layers, *shape), dtype)
+    else:
+        k = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+        v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+    return {"k": k, "v": v, "mask": jnp.zeros((batch, slots), bool)}

@@ -1,0 +1,206 @@
+"""KV-cache sampler: one jitted prefill + one jitted decode (`lax.while_loop` over tokens, per-row done mask, early
+exit). Prompts are left-padded into a few length buckets so rollouts compile a handful of programs.
+
+Shapes: B batch, S prompt width as given, Sb bucketed width, T new-token budget, V vocab.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_tokens
+from saferlhf_jax.models.llama import init_cache
+from saferlhf_jax.models.rope import mask_positions
+from saferlhf_jax.parallel import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingSettings:
+    """Static settings of one compiled sampler."""
+
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = 50
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+    greedy: bool = False
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int = 0
+    cache_dtype: str | None = None
+
+
+def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
+    """Smallest bucket ≥ length (powers of two by default; the length itself beyond the largest bucket)."""
+    for b in sorted(buckets or DEFAULT_BUCKETS):
+        if b >= length:
+            return int(b)
+    return int(length)
+
+
+def _resolve_budget(prompt_width: int, max_new_tokens, max_length) -> int:
+    if max_new_tokens is not None:
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+        return int(max_new_tokens)
+    if max_length is None:
+        raise ValueError("give max_new_tokens or max_length (total length, prompt included)")
+    budget = int(max_length) - prompt_width
+    if budget <= 0:
+        log.warning("prompt width %d leaves no room under max_length=%d: no tokens generated", prompt_width,
+                    max_length)
+    return max(budget, 0)
+
+
+class _Programs:
+    """The jitted prefill and decode of one (model, settings, bucket) combination."""
+
+    def __init__(self, graphdef, config, settings: SamplingSettings, slots: int):
+        self.settings = settings
+        s = settings
+
+        def module(params):
+            return nnx.merge(graphdef, nnx.State(params))
+
+        def prefill(params, ids, mask):
+            b = ids.shape[0]
+            cache = init_cache(config, b, slots, s.cache_dtype)
+            logits, cache = module(params)(ids, mask, mask_positions(mask), cache, 0)
+            seen = jnp.zeros((b, config.vocab_size), bool)
+            if s.repetition_penalty != 1.0:
+                seen = seen.at[jnp.arange(b)[:, None], ids].max(mask.astype(bool))
+            return {
+                "logits": logits[:, -1],
+                "cache": cache,
+                "positions": jnp.sum(mask, axis=-1).astype(jnp.int32),
+                "seen": seen,
+            }
+
+        def decode(params, state, rng):
+            prompt_slots = state["prompt_slots"]
+            b = state["logits"].shape[0]
+            eos = jnp.asarray(s.eos_token_ids or (-1,), jnp.int32)
+
+            def cond(st):
+                return (st["step"] < s.max_new_tokens) & ~jnp.all(st["done"])
+
+            def body(st):
+                logits = apply_repetition_penalty(st["logits"], st["seen"], s.repetition_penalty)
+                tok = choose_tokens(logits, jax.random.fold_in(rng, st["step"]), greedy=s.greedy,
+                                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+                live = ~st["done"]
+                tok = jnp.where(live, tok, s.pad_token_id)
+                tokens = jax.lax.dynamic_update_slice_in_dim(st["tokens"], tok[:, None], st["step"], axis=1)
+                seen = st["seen"]
+                if s.repetition_penalty != 1.0:
+                    seen = seen.at[jnp.arange(b), tok].max(live)
+                next_logits, cache = module(params)(
+                    tok[:, None], live[:, None], st["positions"][:, None], st["cache"], prompt_slots + st["step"])
+                return {
+                    **st,
+                    "step": st["step"] + 1,
+                    "tokens": tokens,
+                    "lengths": st["lengths"] + live.astype(jnp.int32),
+                    "done": st["done"] | (live & jnp.isin(tok, eos)),
+                    "logits": next_logits[:, 0],
+                    "cache": cache,
+                    "positions": st["positions"] + live.astype(jnp.int32),
+                    "seen": seen,
+                }
+
+            return jax.lax.while_loop(cond, body, state)
+
+        self.prefill = jax.jit(prefill)
+        self.decode = jax.jit(decode, donate_argnums=(1,))
+
+
+_PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}
+
+
+def _programs(model, settings: SamplingSettings, slots: int) -> _Programs:
+    key = (id(model.graphdef), settings, slots)
+    hit = _PROGRAMS.get(key)
+    if hit is None or hit[0] is not model.graphdef:
+        hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots))
+        _PROGRAMS[key] = hit
+    return hit[1]
+
+
+def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | None = None,
+             max_length: int | None = None, temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0,
+             repetition_penalty: float = 1.0, greedy: bool = False, eos_token_ids=None, pad_token_id=None,
+             rng=None, mesh: Mesh | None = None, buckets: Sequence[int] | None = None,
+             cache_dtype: str | None = None) -> dict[str, np.ndarray]:
+    """Sample continuations of left-padded prompts with a causal LM (`saferlhf_jax.models.Model`).
+
+    Args:
+      input_ids, attention_mask: (B, S) left-padded prompts.
+      max_new_tokens / max_length: the response budget T, or the total length S + T (spec §5.3).
+      eos_token_ids: int or several ids (Llama-3); default: the model config's.
+      pad_token_id: fills responses after EOS; default: the config's pad id, else the first EOS id.
+      rng: PRNG key or int seed (required unless greedy).
+    Returns:
+      dict with sequences (B, S + T) (prompt as given, response right-padded with pad), attention_mask (B, S + T)
+      (prompt mask, then 1 through each row's EOS), response_lengths (B,) (EOS counted).
+    """
+    ids = np.asarray(input_ids)
+    mask = np.asarray(attention_mask).astype(np.int32)
+    if ids.ndim != 2 or ids.shape != mask.shape:
+        raise ValueError(f"input_ids and attention_mask must both be (B, S); got {ids.shape} and {mask.shape}")
+    if model.kind != "causal_lm":
+        raise ValueError("generate needs a causal LM, got a score model")
+    if mask.shape[1] and np.any(mask[:, -1] == 0) and np.any(mask.sum(-1) > 0):
+        if np.any((mask[:, -1] == 0) & (mask.sum(-1) > 0)):
+            raise ValueError("prompts must be left-padded: a row ends in padding")
+    b, s = ids.shape
+    budget = _resolve_budget(s, max_new_tokens, max_length)
+    eos = model.config.eos_token_ids if eos_token_ids is None else (
+        (int(eos_token_ids),) if np.ndim(eos_token_ids) == 0 else tuple(int(e) for e in eos_token_ids))
+    if pad_token_id is None:
+        pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if eos else 0)
+    if not greedy and temperature != 0.0 and rng is None:
+        raise ValueError("sampling needs an rng (a jax PRNG key or an int seed); pass greedy=True for argmax")
+    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else (rng if rng is not None else jax.random.key(0))
+    if budget == 0:
+        return {"sequences": ids, "attention_mask": mask, "response_lengths": np.zeros((b,), np.int32)}
+
+    width = bucket_length(s, buckets)
+    pad_cols = width - s
+    ids_b = np.concatenate([np.full((b, pad_cols), pad_token_id, ids.dtype), ids], axis=1).astype(np.int32)
+    mask_b = np.concatenate([np.zeros((b, pad_cols), np.int32), mask], axis=1)
+    settings = SamplingSettings(max_new_tokens=budget, temperature=float(temperature),
+                                top_k=int(top_k) if top_k else None, top_p=float(top_p),
+                                repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
+                                eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
+    progs = _programs(model, settings, width + budget)
+    if mesh is not None:
+        batch = mesh_lib.shard_batch({"ids": ids_b, "mask": mask_b}, mesh)
+        ids_b, mask_b = batch["ids"], batch["mask"]
+    state = progs.prefill(params, ids_b, mask_b)
+    state.update({
+        "prompt_slots": jnp.int32(width),
+        "step": jnp.int32(0),
+        "tokens": jnp.full((b, budget), pad_token_id, jnp.int32),
+        "lengths": jnp.zeros((b,), jnp.int32),
+        "done": jnp.zeros((b,), bool),
+    })
+    state = progs.decode(params, state, key)
+    tokens = np.asarray(state["tokens"])
+    lengths = np.asarray(state["lengths"])
+    response_mask = (np.arange(budget)[None, :] < lengths[:, None]).astype(mask.dtype)
+    return {
+        "sequences": np.concatenate([ids, tokens.astype(ids.dtype)], axis=1),
+        "attention_mask": np.concatenate([mask, response_mask], axis=1),
+        "response_lengths": lengths,
+    }

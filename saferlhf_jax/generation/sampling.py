@@ -1,0 +1,51 @@
+"""Logit processing and token choice: repetition penalty, temperature, top-k, top-p (HF order), greedy."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+NEG_INF = -jnp.inf
+
+
+def apply_repetition_penalty(logits, seen, penalty: float):
+    """HF rule on tokens already in the sequence: divide positive logits by `penalty`, multiply negative ones.
+
+    logits (B, V) f32, seen (B, V) bool.
+    """
+    if penalty == 1.0:
+        return logits
+    penalised = jnp.where(logits > 0, logits / penalty, logits * penalty)
+    return jnp.where(seen, penalised, logits)
+
+
+def top_k_filter(logits, k: int | None):
+    """Keep the k largest logits per row (ties at the k-th value kept); k None/0 = off."""
+    if not k or k >= logits.shape[-1]:
+        return logits
+    kth = jax.lax.top_k(logits, k)[0][:, -1:]
+    return jnp.where(logits < kth, NEG_INF, logits)
+
+
+def top_p_filter(logits, p: float):
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p (at least one)."""
+    if p >= 1.0:
+        return logits
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
+    keep_sorted = before < p
+    keep_sorted = keep_sorted.at[:, 0].set(True)
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
+    return jnp.where(keep, logits, NEG_INF)
+
+
+def choose_tokens(logits, rng, *, greedy: bool, temperature: float, top_k: int | None, top_p: float):
+    """logits (B, V) f32 → token ids (B,) int32."""
+    if greedy or temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    logits = top_k_filter(logits, top_k)
+    logits = top_p_filter(logits, top_p)
+    return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)

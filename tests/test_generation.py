@@ -1,0 +1,159 @@
+"""KV-cache sampler: cached greedy == uncached argmax, stories260K, EOS/padding, sampling filters, sharding."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saferlhf_jax.generation import bucket_length, generate, top_k_filter, top_p_filter
+from saferlhf_jax.models import ModelConfig, init_model, load_causal_lm
+from saferlhf_jax.parallel import make_mesh
+
+STORIES_GREEDY = [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
+                  410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig(vocab_size=61, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, initializer_range=0.3, eos_token_id=2, pad_token_id=0)
+    return init_model(cfg, "causal_lm", rng=11)
+
+
+def _left_padded(rows, pad=0):
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad, np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r
+        mask[i, width - len(r):] = 1
+    return ids, mask
+
+
+def _uncached_greedy(model, row, steps, eos=None):
+    ids = np.asarray([row])
+    out = []
+    for _ in range(steps):
+        logits = model.apply(model.params, ids, np.ones_like(ids))
+        tok = int(np.argmax(np.asarray(logits[0, -1])))
+        out.append(tok)
+        if eos is not None and tok == eos:
+            break
+        ids = np.concatenate([ids, [[tok]]], axis=1)
+    return out
+
+
+def test_cached_greedy_equals_uncached_argmax(tiny):
+    rows = [[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]]
+    ids, mask = _left_padded(rows)
+    out = generate(tiny, tiny.params, ids, mask, max_new_tokens=12, greedy=True, eos_token_ids=[])
+    assert out["sequences"].shape == (3, ids.shape[1] + 12)
+    np.testing.assert_array_equal(out["sequences"][:, :ids.shape[1]], ids)  # prompt returned as given
+    for b, row in enumerate(rows):
+        assert out["sequences"][b, ids.shape[1]:].tolist() == _uncached_greedy(tiny, row, 12)
+    np.testing.assert_array_equal(out["response_lengths"], [12, 12, 12])
+
+
+def test_stories260k_greedy_and_text(stories_dir):
+    transformers = pytest.importorskip("transformers")
+    lm = load_causal_lm(stories_dir)
+    out = generate(lm, lm.params, np.array([[1]]), np.array([[1]]), max_new_tokens=32, greedy=True)
+    assert out["sequences"][0, 1:].tolist() == STORIES_GREEDY
+    tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
+    assert tok.decode(out["sequences"][0], skip_special_tokens=True).startswith(
+        "Once upon a time, there was a little girl named Lily.")
+
+
+def test_rows_stop_at_eos_and_are_padded(tiny):
+    rows = [[1, 5, 9], [1, 22, 23, 24], [1, 30]]
+    ids, mask = _left_padded(rows)
+    free = generate(tiny, tiny.params, ids, mask, max_new_tokens=10, greedy=True, eos_token_ids=[])
+    resp = free["sequences"][:, ids.shape[1]:]
+    # declare the token each row emits at step 3 (or row 1's first) an EOS: rows must stop right there
+    eos_a, eos_b = int(resp[0, 3]), int(resp[1, 0])
+    out = generate(tiny, tiny.params, ids, mask, max_new_tokens=10, greedy=True, eos_token_ids=[eos_a, eos_b],
+                   pad_token_id=60)
+    got = out["sequences"][:, ids.shape[1]:]
+    for b in range(3):
+        ref = _uncached_greedy(tiny, rows[b], 10)
+        stops = [i for i, t in enumerate(ref) if t in (eos_a, eos_b)]
+        n = stops[0] + 1 if stops else 10
+        assert out["response_lengths"][b] == n
+        assert got[b, :n].tolist() == ref[:n]
+        assert (got[b, n:] == 60).all()
+        assert out["attention_mask"][b, ids.shape[1]:].tolist() == [1] * n + [0] * (10 - n)
+
+
+def test_max_length_budget_and_buckets(tiny):
+    ids, mask = _left_padded([[1, 2, 3], [1, 4]])
+    out = generate(tiny, tiny.params, ids, mask, max_length=9, greedy=True, eos_token_ids=[])
+    assert out["sequences"].shape == (2, 9)
+    assert bucket_length(3) == 16 and bucket_length(17) == 32 and bucket_length(5000) == 5000
+    assert bucket_length(20, [24, 48]) == 24
+    empty = generate(tiny, tiny.params, ids, mask, max_length=3, greedy=True)
+    assert empty["sequences"].shape == (2, 3) and empty["response_lengths"].tolist() == [0, 0]
+    with pytest.raises(ValueError, match="left-padded"):
+        generate(tiny, tiny.params, np.array([[1, 2, 0]]), np.array([[1, 1, 0]]), max_new_tokens=2, greedy=True)
+    with pytest.raises(ValueError, match="rng"):
+        generate(tiny, tiny.params, ids, mask, max_new_tokens=2)
+
+
+def test_sampling_is_seeded_and_fresh(tiny):
+    ids, mask = _left_padded([[1, 5, 9], [1, 22]])
+    kw = dict(max_new_tokens=16, eos_token_ids=[], temperature=1.0, top_k=0)
+    a = generate(tiny, tiny.params, ids, mask, rng=jax.random.key(3), **kw)["sequences"]
+    b = generate(tiny, tiny.params, ids, mask, rng=jax.random.key(3), **kw)["sequences"]
+    c = generate(tiny, tiny.params, ids, mask, rng=jax.random.key(4), **kw)["sequences"]
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    greedy = generate(tiny, tiny.params, ids, mask, max_new_tokens=16, eos_token_ids=[], greedy=True)["sequences"]
+    top1 = generate(tiny, tiny.params, ids, mask, max_new_tokens=16, eos_token_ids=[], top_k=1, rng=9)["sequences"]
+    np.testing.assert_array_equal(top1, greedy)
+
+
+def test_top_p_and_top_k_keep_the_right_support():
+    probs = np.array([[0.5, 0.25, 0.15, 0.1]])
+    logits = jnp.log(jnp.asarray(probs))
+    kept = lambda x: np.isfinite(np.asarray(x))[0].tolist()  # noqa: E731
+    assert kept(top_p_filter(logits, 0.5)) == [True, False, False, False]
+    assert kept(top_p_filter(logits, 0.6)) == [True, True, False, False]
+    assert kept(top_p_filter(logits, 0.9)) == [True, True, True, False]
+    assert kept(top_p_filter(logits, 1.0)) == [True] * 4
+    shuffled = logits[:, ::-1]
+    assert kept(top_p_filter(shuffled, 0.6)) == [False, False, True, True]
+    assert kept(top_k_filter(logits, 2)) == [True, True, False, False]
+    # empirical: with top_p=0.6 only tokens 0 and 1 are ever drawn, in ratio ≈ 2:1
+    draws = jax.random.categorical(jax.random.key(0), top_p_filter(logits, 0.6), shape=(4000, 1))
+    counts = np.bincount(np.asarray(draws).ravel(), minlength=4)
+    assert counts[2:].sum() == 0 and abs(counts[0] / 4000 - 2 / 3) < 0.03
+
+
+def test_repetition_penalty_changes_greedy_path(tiny):
+    ids, mask = _left_padded([[1, 5, 9, 5, 5]])
+    plain = generate(tiny, tiny.params, ids, mask, max_new_tokens=12, greedy=True, eos_token_ids=[])["sequences"]
+    pen = generate(tiny, tiny.params, ids, mask, max_new_tokens=12, greedy=True, eos_token_ids=[],
+                   repetition_penalty=100.0)["sequences"]
+    resp = pen[0, ids.shape[1]:].tolist()
+    assert len(set(resp)) == len(resp)  # a huge penalty forbids every repeat
+    assert not set(resp) & {1, 5, 9}
+    assert (plain != pen).any()
+
+
+@pytest.mark.parametrize("shape", [(2, 2, 2), (1, 8, 1)])
+def test_sharded_sampler_equals_single_device(shape):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    cfg = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, initializer_range=0.3, eos_token_id=2, pad_token_id=0)
+    single = init_model(cfg, rng=5)
+    mesh = make_mesh(*shape)
+    sharded = init_model(cfg, rng=5, mesh=mesh)
+    rows = [[1, 3 + i, 7 + i][: 1 + i % 3] for i in range(8)]
+    ids, mask = _left_padded(rows)
+    kw = dict(max_new_tokens=10, rng=jax.random.key(1), top_k=8, eos_token_ids=[2])
+    a = generate(single, single.params, ids, mask, **kw)
+    b = generate(sharded, sharded.params, ids, mask, mesh=mesh, **kw)
+    np.testing.assert_array_equal(a["sequences"], b["sequences"])
+    np.testing.assert_array_equal(a["response_lengths"], b["response_lengths"])

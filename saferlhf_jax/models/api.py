@@ -267,6 +267,33 @@ def load_score_model(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=No
     return _load(path, "score", dtype, mesh, rules, score_overrides, rng)
 
 
+def resize_token_embeddings(model: Model, params, new_vocab_size: int):
+    """Grow the vocabulary (spec §2.5): every new row of the input embedding and of an untied LM head is the mean of
+    the pre-existing rows. Returns (new Model, new params); shrinking is refused."""
+    old = model.config.vocab_size
+    if new_vocab_size < old:
+        raise ValueError(f"cannot shrink the vocabulary from {old} to {new_vocab_size}")
+    if new_vocab_size == old:
+        return model, params
+
+    def grow(x, axis):
+        x = jnp.asarray(x)
+        mean = jnp.mean(x.astype(jnp.float32), axis=axis, keepdims=True).astype(x.dtype)
+        extra = jnp.repeat(mean, new_vocab_size - old, axis=axis)
+        return jnp.concatenate([x, extra], axis=axis)
+
+    params = jax.tree.map(lambda x: x, params)  # shallow copy of the containers
+    params["model"]["embed_tokens"]["embedding"] = grow(params["model"]["embed_tokens"]["embedding"], 0)
+    if "lm_head" in params:
+        params["lm_head"]["kernel"] = grow(params["lm_head"]["kernel"], 1)
+    config = model.config.replace(vocab_size=new_vocab_size)
+    graphdef, abstract = _abstract(config, model.kind)
+    if model.mesh is not None:
+        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, model.mesh)
+        params = jax.device_put(params, shardings)
+    return Model(config, model.kind, graphdef, params, model.source, model.mesh), params
+
+
 # ---------------------------------------------------------------------------------------------------- HF export
 
 

@@ -1,0 +1,38 @@
+"""Data: registry → template → tokenize → filter/count → fixed-shape numpy batches → resumable iterator."""
+
+from saferlhf_jax.data.batching import BatchIterator, collate, default_buckets, iterate_once, pick_bucket
+from saferlhf_jax.data.examples import (
+    IGNORE_INDEX,
+    KINDS,
+    TokenizedDataset,
+    build_dataset,
+    dedup_keep_last,
+    prepare_tokenizer,
+)
+from saferlhf_jax.data.raw import (
+    BEAVERTAILS_CATEGORIES,
+    PKU_HARM_CATEGORIES,
+    SEVERITY_NAMES,
+    DataError,
+    RawSample,
+    read_rows,
+)
+from saferlhf_jax.data.registry import (
+    REGISTRY,
+    load_mix,
+    load_raw,
+    parse_mix,
+    parse_mix_entry,
+    resolve_name,
+    sample_indices,
+    split_holdout,
+)
+from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
+
+__all__ = [
+    "BEAVERTAILS_CATEGORIES", "BatchIterator", "ConversationTemplate", "DEFAULT_TEMPLATE", "DataError",
+    "IGNORE_INDEX", "KINDS", "PKU_HARM_CATEGORIES", "REGISTRY", "RawSample", "SEVERITY_NAMES", "TokenizedDataset",
+    "build_dataset", "collate", "dedup_keep_last", "default_buckets", "iterate_once", "load_mix", "load_raw",
+    "parse_mix", "parse_mix_entry", "pick_bucket", "prepare_tokenizer", "read_rows", "resolve_name",
+    "sample_indices", "split_holdout",
+]

@@ -1,0 +1,160 @@
+"""Fixed-shape numpy batches and a deterministic, resumable iterator.
+
+Padding per kind (spec §2.3): supervised / preference / moderation right-padded (preference pairs jointly, to one L),
+prompt-only left-padded. Every batch is padded up to a length bucket, so a run compiles at most len(buckets) shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from saferlhf_jax.data.examples import IGNORE_INDEX, TokenizedDataset
+
+
+def default_buckets(max_length: int, smallest: int = 64) -> tuple[int, ...]:
+    """Powers of two from `smallest` below max_length, then max_length itself."""
+    out, b = [], smallest
+    while b < max_length:
+        out.append(b)
+        b *= 2
+    return tuple(out) + (int(max_length),)
+
+
+def pick_bucket(length: int, buckets: Sequence[int]) -> int:
+    for b in sorted(buckets):
+        if b >= length:
+            return int(b)
+    raise ValueError(f"sequence of length {length} exceeds the largest bucket {max(buckets)}")
+
+
+def _pad(seqs, width: int, value: int, left: bool = False) -> np.ndarray:
+    out = np.full((len(seqs), width), value, np.int32)
+    for i, s in enumerate(seqs):
+        if left:
+            out[i, width - len(s):] = s
+        else:
+            out[i, : len(s)] = s
+    return out
+
+
+def _mask(seqs, width: int, left: bool = False) -> np.ndarray:
+    return _pad([np.ones(len(s), np.int32) for s in seqs], width, 0, left).astype(bool)
+
+
+def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets: Sequence[int]) -> dict:
+    """A list of examples → a dict of (B, ...) numpy arrays padded to a bucket."""
+    if kind == "supervised":
+        ids = [e["input_ids"] for e in examples]
+        width = pick_bucket(max(map(len, ids)), buckets)
+        return {"input_ids": _pad(ids, width, pad_id), "labels": _pad([e["labels"] for e in examples], width,
+                                                                        IGNORE_INDEX),
+                "attention_mask": _mask(ids, width)}
+    if kind in ("preference", "safety_preference"):
+        a_key, b_key = ("better", "worse") if kind == "preference" else ("safer", "unsafer")
+        a = [e[f"{a_key}_input_ids"] for e in examples]
+        b = [e[f"{b_key}_input_ids"] for e in examples]
+        width = pick_bucket(max(max(map(len, a)), max(map(len, b))), buckets)
+        out = {f"{a_key}_input_ids": _pad(a, width, pad_id), f"{a_key}_attention_mask": _mask(a, width),
+               f"{b_key}_input_ids": _pad(b, width, pad_id), f"{b_key}_attention_mask": _mask(b, width)}
+        if kind == "safety_preference":
+            out["safer_safety_sign"] = np.asarray([e["safer_safety_sign"] for e in examples], np.int32)
+            out["unsafer_safety_sign"] = np.asarray([e["unsafer_safety_sign"] for e in examples], np.int32)
+        return out
+    if kind == "prompt_only":
+        ids = [e["input_ids"] for e in examples]
+        width = pick_bucket(max(map(len, ids)), buckets)
+        return {"input_ids": _pad(ids, width, pad_id, left=True), "attention_mask": _mask(ids, width, left=True)}
+    if kind == "moderation":
+        ids = [e["input_ids"] for e in examples]
+        width = pick_bucket(max(map(len, ids)), buckets)
+        return {"input_ids": _pad(ids, width, pad_id), "attention_mask": _mask(ids, width),
+                "is_unsafe": np.asarray([e["is_unsafe"] for e in examples], np.int32),
+                "categories": np.stack([e["categories"] for e in examples]).astype(bool),
+                "category_valid": np.asarray([e["category_valid"] for e in examples], bool),
+                "severity": np.asarray([e["severity"] for e in examples], np.int32)}
+    raise ValueError(f"unknown dataset kind {kind!r}")
+
+
+@dataclasses.dataclass
+class IteratorState:
+    epoch: int = 0
+    position: int = 0  # batches already served in this epoch
+
+    def to_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+
+class BatchIterator:
+    """Endless iterator over fixed-size batches, reshuffled each epoch from (seed, epoch) (spec §7.12).
+
+    The global batch is `batch_size`; with `num_shards` hosts each host yields its contiguous slice.
+    `state_dict()` / `load_state_dict()` save and restore the exact position.
+    """
+
+    def __init__(self, dataset: TokenizedDataset, batch_size: int, *, seed: int = 42, shuffle: bool = True,
+                 buckets: Sequence[int] | None = None, num_shards: int = 1, shard_index: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
+        if batch_size % num_shards:
+            raise ValueError(f"batch_size {batch_size} is not divisible by the {num_shards} data shards")
+        if len(dataset) < batch_size:
+            raise ValueError(f"the {dataset.kind} dataset has {len(dataset)} examples, fewer than one batch "
+                             f"of {batch_size}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.seed = int(seed)
+        self.shuffle = shuffle
+        self.buckets = tuple(buckets or default_buckets(dataset.max_length))
+        if max(self.buckets) < dataset.max_length:
+            self.buckets = self.buckets + (dataset.max_length,)
+        self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+        self.state = IteratorState()
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return len(self.dataset) // self.batch_size  # the incomplete last batch is dropped
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.dataset)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def batch_indices(self, epoch: int, position: int) -> np.ndarray:
+        idx = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        per = self.batch_size // self.num_shards
+        return idx[self.shard_index * per:(self.shard_index + 1) * per]
+
+    def __iter__(self) -> Iterator[dict]:
+        return self
+
+    def __next__(self) -> dict:
+        if self.state.position >= self.batches_per_epoch:
+            self.state = IteratorState(self.state.epoch + 1, 0)
+        idx = self.batch_indices(self.state.epoch, self.state.position)
+        self.state = IteratorState(self.state.epoch, self.state.position + 1)
+        return collate(self.dataset.kind, [self.dataset[i] for i in idx], self.dataset.pad_token_id, self.buckets)
+
+    def state_dict(self) -> dict[str, int]:
+        return self.state.to_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = IteratorState(int(state["epoch"]), int(state["position"]))
+
+
+def iterate_once(dataset: TokenizedDataset, batch_size: int, buckets: Sequence[int] | None = None):
+    """One ordered pass for evaluation: every example once; the last batch is filled with copies of the first
+    example and `valid (B,)` marks the real rows (so metrics use global counts, spec §5.1)."""
+    buckets = tuple(buckets or default_buckets(dataset.max_length))
+    n = len(dataset)
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(start + batch_size, n)))
+        valid = np.zeros(batch_size, bool)
+        valid[: len(idx)] = True
+        idx += [idx[0]] * (batch_size - len(idx))
+        batch = collate(dataset.kind, [dataset[i] for i in idx], dataset.pad_token_id, buckets)
+        batch["valid"] = valid
+        yield batch

@@ -210,7 +210,8 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
         raise FileNotFoundError(f"model directory not found: {path}")
     raw_config = json.loads((path / "config.json").read_text()) if (path / "config.json").is_file() else {}
     dtype_name = jnp.dtype(dtype).name
-    overrides = {"dtype": dtype_name, "param_dtype": dtype_name, **overrides}
+    compute = overrides.pop("compute_dtype", None)
+    overrides = {"dtype": jnp.dtype(compute or dtype).name, "param_dtype": dtype_name, **overrides}
     config = ModelConfig.from_pretrained(path, **overrides)
     tensors = safetensors_io.load_dir(path)
     graphdef, abstract = _abstract(config, kind)
@@ -255,7 +256,10 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
 
 
 def load_causal_lm(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, **config_overrides) -> Model:
-    """HF-format Llama directory → causal LM (`.apply(params, ids, mask) → logits (B, L, V) f32`)."""
+    """HF-format Llama directory → causal LM (`.apply(params, ids, mask) → logits (B, L, V) f32`).
+
+    `dtype` is the parameter dtype (and the compute dtype unless `compute_dtype=` is given, e.g. bf16 compute with
+    fp32 master weights); other keyword arguments override config fields (scan_layers, remat_policy, ...)."""
     return _load(path, "causal_lm", dtype, mesh, rules, config_overrides)
 
 

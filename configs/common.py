@@ -1,0 +1,108 @@
+"""Shared config skeleton of the training stages (ml_collections). Presets are functions, not code branches."""
+
+from __future__ import annotations
+
+import pathlib
+
+import ml_collections
+
+DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "saferlhf_jax" / "assets" / "stories260K")
+LLAMA2_7B = "meta-llama/Llama-2-7b-hf"  # an HF-format directory with this model (local path in practice)
+TINY_PRESETS = ("tiny",)
+
+
+def base(stage: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.stage = stage
+    c.model_name_or_path = DEFAULT_MODEL
+    c.output_dir = f"runs/{stage}"
+    c.seed = 42
+    c.train_datasets = ("PKU-SafeRLHF/train",)   # NAME[:PROPORTION[:PATH]] entries (or one comma-separated string)
+    c.eval_datasets = ()
+    c.eval_split_ratio = 0.0
+
+    c.data = ml_collections.ConfigDict()
+    c.data.max_length = 512
+    c.data.buckets = ()                          # () = powers of two up to max_length
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 1
+    c.train.max_steps = 0                        # > 0 overrides epochs (optimizer steps)
+    c.train.batch_size = 16                      # global micro-batch (sum over data-parallel shards)
+    c.train.eval_batch_size = 16
+    c.train.grad_accum = 1
+    c.train.learning_rate = 2e-5
+    c.train.lr_scheduler_type = "cosine"
+    c.train.lr_warmup_ratio = 0.0
+    c.train.weight_decay = 1e-6
+    c.train.max_grad_norm = 1.0
+    c.train.log_every = 1
+    c.train.eval_every = 0                       # 0 = at the end of each epoch
+    c.train.eval_at_start = True
+    c.train.stop_after_steps = 0                 # > 0: save and stop early (as a preempted run would)
+
+    c.model = ml_collections.ConfigDict()
+    c.model.dtype = "float32"                    # compute dtype (bfloat16 on accelerators)
+    c.model.param_dtype = "float32"              # master weights
+    c.model.remat_policy = "none"                # none | full | dots | dots_no_batch
+    c.model.scan_layers = False
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.loss_type = "sequence-wise"
+    c.loss.regularization = 0.0
+    c.loss.normalizer_type = "none"              # none | RunningMeanStd | ExponentialMovingAverage
+    c.loss.momentum = 0.9
+    c.loss.do_normalize = False
+    c.loss.beta = 0.02
+    c.loss.dpo_slicing = "standard"              # standard | reference (the reference's off-by-one)
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 0                       # 0 = only at the end
+    c.checkpoint.keep = 3
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1                             # -1 = all remaining devices
+    c.mesh.tensor = 1
+
+    c.logging = ml_collections.ConfigDict()
+    c.logging.tensorboard = True
+    c.logging.progress = True
+    return c
+
+
+def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8) -> ml_collections.ConfigDict:
+    """The reference scripts' setting on 8 devices: bf16 compute, fp32 master weights, remat, FSDP over 8."""
+    c.model_name_or_path = LLAMA2_7B
+    c.data.max_length = 512
+    c.model.dtype = "bfloat16"
+    c.model.param_dtype = "float32"
+    c.model.remat_policy = "full"
+    c.model.scan_layers = True
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, devices, 1
+    c.train.lr_warmup_ratio = 0.03
+    c.train.lr_scheduler_type = "cosine"
+    c.logging.progress = True
+    return c
+
+
+def tiny_common(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """CPU-sized: the embedded stories260K model and shipped data."""
+    c.model_name_or_path = DEFAULT_MODEL
+    c.data.max_length = 256
+    c.data.buckets = (128, 256)
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 8
+    c.train.learning_rate = 1e-3
+    c.train.lr_scheduler_type = "cosine"
+    c.train.lr_warmup_ratio = 0.05
+    c.train.weight_decay = 0.0
+    c.checkpoint.every = 10
+    return c
+
+
+def check_preset(preset: str, known) -> str:
+    preset = preset or "tiny"
+    if preset not in known:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(known)}")
+    return preset

@@ -1,0 +1,131 @@
+"""Shared CLI plumbing: `python -m launch.<stage> --config configs/<stage>.py[:preset] [--config.key=value ...]`.
+
+Config problems (unknown key, bad value, mesh that does not fit, bad data) are reported in one line before anything
+compiles; Ctrl-C / SIGTERM saves a checkpoint and the same command resumes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import logging
+import pathlib
+import sys
+
+from absl import flags
+from ml_collections import config_dict, config_flags
+
+LIST_KEYS = ("train_datasets", "eval_datasets", "ptx_datasets", "datasets")
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname).1s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    for noisy in ("absl", "jax._src", "orbax", "etils", "tensorflow_datasets", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _config_arg(argv: list[str], default: str) -> tuple[str, int | None]:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1], i
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1], i
+    return default, None
+
+
+def normalize_list_flags(argv: list[str]) -> list[str]:
+    """`--config.train_datasets=a:0.5,b` → a tuple literal that config_flags accepts."""
+    out = []
+    for arg in argv:
+        for key in LIST_KEYS:
+            prefix = f"--config.{key}="
+            if arg.startswith(prefix):
+                value = arg[len(prefix):].strip()
+                if not value.startswith(("(", "[")):
+                    items = tuple(v.strip() for v in value.split(",") if v.strip())
+                    arg = prefix + repr(items if len(items) != 1 else (items[0],))
+        out.append(arg)
+    return out
+
+
+def load_config_file(spec: str):
+    path, _, preset = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file() and (REPO / path).is_file():
+        file = REPO / path
+    if not file.is_file():
+        raise ValueError(f"config file not found: {path}")
+    module_spec = importlib.util.spec_from_file_location(f"_cfg_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.path.insert(0, str(REPO))
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO))
+    return module.get_config(preset) if preset else module.get_config()
+
+
+def check_override_keys(argv: list[str], cfg) -> None:
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        key = arg[len("--config."):].split("=", 1)[0]
+        node = cfg
+        walked = []
+        for part in key.split("."):
+            if not isinstance(node, config_dict.ConfigDict) or part not in node:
+                options = sorted(node.keys()) if isinstance(node, config_dict.ConfigDict) else []
+                close = difflib.get_close_matches(part, options, n=3)
+                where = ".".join(walked) or "config"
+                hint = f"; did you mean {', '.join(close)}?" if close else f"; {where} has: {', '.join(options)}"
+                raise ValueError(f"unknown config key {key!r}{hint}")
+            node = node[part]
+            walked.append(part)
+
+
+def parse_config(argv: list[str], default_config: str):
+    """argv (program name first) → ConfigDict with overrides applied; raises ValueError with one line."""
+    argv = normalize_list_flags(list(argv))
+    spec, _ = _config_arg(argv[1:], default_config)
+    base = load_config_file(spec)
+    check_override_keys(argv[1:], base)
+    fv = flags.FlagValues()
+    if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+        argv = [argv[0], f"--config={spec}", *argv[1:]]
+    # the override flags are discovered from `sys_argv`, so hand it our argv (not the process's)
+    config_flags.DEFINE_config_file("config", default=None, flag_values=fv, lock_config=False, sys_argv=argv)
+    flags.DEFINE_bool("verbose", False, "debug logging", flag_values=fv)
+    try:
+        fv(argv)
+    except flags.Error as err:
+        raise ValueError(str(err).splitlines()[0]) from None
+    return fv.config, fv.verbose
+
+
+def run_training_cli(stage_module: str, default_config: str, argv=None) -> int:
+    """Entry point shared by launch.sft / reward / cost / dpo."""
+    from saferlhf_jax.data import DataError
+    from saferlhf_jax.training import trainer
+
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        cfg, verbose = parse_config(argv, default_config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(verbose)
+    stage = importlib.import_module(f"saferlhf_jax.algorithms.{stage_module}").STAGE
+    try:
+        summary = trainer.train(stage, cfg)
+    except (trainer.ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
+    trainer.print_summary(summary)
+    return 0
+
+

@@ -1,0 +1,1 @@
+"""One module per training stage: its loss, evaluation and data kinds (spec §3)."""

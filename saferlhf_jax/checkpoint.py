@@ -1,0 +1,83 @@
+"""Checkpoints: one orbax step = the train-state pytree (flattened to string keys) + a JSON sidecar (data position,
+counters, config). Saves are atomic (orbax writes a temporary directory and renames it), keep the newest N, and
+restore onto any mesh: arrays come back with the shardings of the abstract target you pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def flatten(tree) -> tuple[dict[str, Any], Any]:
+    """tree → ({'a.b.0.c': leaf}, treedef)."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    flat = {".".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    if len(flat) != len(leaves):
+        raise ValueError("checkpoint: two leaves map to the same key")
+    return flat, treedef
+
+
+def unflatten(flat: dict[str, Any], like) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    return jax.tree_util.tree_unflatten(treedef, [flat[".".join(_key_name(k) for k in p)] for p, _ in leaves])
+
+
+class Checkpointer:
+    """Periodic train-state checkpoints under `directory` (step-numbered subfolders)."""
+
+    def __init__(self, directory, max_to_keep: int | None = 3):
+        self.directory = pathlib.Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                               enable_async_checkpointing=False)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self.manager.all_steps())
+
+    def save(self, step: int, state, meta: dict) -> None:
+        flat, _ = flatten(state)
+        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
+                                                             meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, step: int | None, abstract_state) -> tuple[Any, dict]:
+        """Restore `step` (latest if None) shaped and sharded like `abstract_state` (arrays or ShapeDtypeStructs)."""
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        flat_abstract, _ = flatten(abstract_state)
+
+        def as_abstract(x):
+            sharding = getattr(x, "sharding", None)
+            return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
+
+        target = {k: as_abstract(v) for k, v in flat_abstract.items()}
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                      meta=ocp.args.JsonRestore()))
+        return unflatten(restored["state"], abstract_state), dict(restored["meta"])
+
+    def read_meta(self, step: int | None = None) -> dict:
+        step = self.latest_step() if step is None else int(step)
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
+    def close(self) -> None:
+        self.manager.close()

@@ -1,0 +1,43 @@
+"""Optimizer (spec §3.16–3.18): global-norm clip 1.0 → AdamW(b1 0.9, b2 0.95, eps 1e-8) with the decay mask, and the
+reference's LR schedules. Built from optax; nothing hand-written."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import optax
+
+from saferlhf_jax import ops
+
+
+def decay_mask(params):
+    """True where weight decay applies: everything except biases and normalisation scales (spec §7.8)."""
+
+    def keep(path, _):
+        leaf = getattr(path[-1], "key", path[-1])
+        return leaf not in ("bias", "scale")
+
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_schedule(schedule_type: str, learning_rate: float, total_steps: int, warmup_ratio: float):
+    warmup = ops.warmup_steps_from_ratio(total_steps, warmup_ratio)
+    return ops.lr_schedule(schedule_type, learning_rate, total_steps, warmup)
+
+
+def make_optimizer(learning_rate: float, total_steps: int, *, schedule_type: str = "cosine",
+                   warmup_ratio: float = 0.0, weight_decay: float = 0.0, max_grad_norm: float | None = 1.0,
+                   b1: float = 0.9, b2: float = 0.95, eps: float = 1e-8):
+    """(optax transformation, schedule). The schedule advances once per optimizer update."""
+    schedule = make_schedule(schedule_type, learning_rate, total_steps, warmup_ratio)
+    parts = []
+    if max_grad_norm is not None and max_grad_norm > 0:
+        parts.append(optax.clip_by_global_norm(max_grad_norm))
+    parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=decay_mask))
+    return optax.chain(*parts), schedule
+
+
+def updates_per_epoch(batches_per_epoch: int, grad_accum: int) -> int:
+    """ceil(micro-batches / GA) (spec §3.18)."""
+    return math.ceil(batches_per_epoch / grad_accum)

@@ -256,6 +256,9 @@ def test_load_onto_mesh_and_errors(tmp_path, stories_dir):
         load_causal_lm(tmp_path / "pickled")
     with pytest.raises(ValueError, match="mesh"):
         make_mesh(data=3, fsdp=-1)
+    with pytest.raises(ValueError, match="only 8 devices"):
+        make_mesh(data=2, fsdp=8)
+    assert make_mesh(fsdp=2).devices.size == 2  # a subset is allowed
     bad = json.loads((stories_dir / "config.json").read_text())
     bad["num_key_value_heads"] = 3
     with pytest.raises(ValueError, match="num_key_value_heads"):

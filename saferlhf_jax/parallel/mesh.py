@@ -47,9 +47,11 @@ def resolve_mesh_shape(data: int = 1, fsdp: int = -1, tensor: int = 1, num_devic
         if n % known:
             raise ValueError(f"mesh: {n} devices cannot be split with data={data} fsdp={fsdp} tensor={tensor}")
         sizes[sizes.index(-1)] = n // known
-    if math.prod(sizes) != n:
+    if math.prod(sizes) > n:
         raise ValueError(f"mesh: data×fsdp×tensor = {'×'.join(map(str, sizes))} = {math.prod(sizes)} "
-                         f"but {n} devices are available")
+                         f"but only {n} devices are available")
+    if math.prod(sizes) < n:
+        log.warning("mesh uses %d of the %d devices", math.prod(sizes), n)
     return tuple(sizes)
 
 
@@ -57,7 +59,7 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence 
     """Mesh with axes ('data', 'fsdp', 'tensor'); `devices` defaults to all devices."""
     devices = list(devices) if devices is not None else jax.devices()
     shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+    return Mesh(np.asarray(devices[: math.prod(shape)]).reshape(shape), MESH_AXES)
 
 
 def mesh_from_config(cfg: Mapping | Any) -> Mesh:

@@ -343,6 +343,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
         return result
 
     def save(step):
+        if ckpt.latest_step() == step:
+            return
         ckpt.save(step, state, {"step": step, "data": iterator.state_dict(), "stage": stage.name,
                                 "config": resume_fingerprint(cfg)})
 

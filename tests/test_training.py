@@ -1,0 +1,177 @@
+"""Training stages from the CLI on the shipped data: overfitting (gradients flow through the right formulas),
+exact kill-and-resume, sharded == single-device trajectories, atomic checkpoints, HF export."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from launch.common import parse_config, run_training_cli
+from saferlhf_jax import models
+from saferlhf_jax.algorithms import reward
+from saferlhf_jax.training import trainer
+
+FAST = ["--config.data.max_length=192", "--config.data.buckets=(192,)", "--config.logging.progress=False",
+        "--config.mesh.fsdp=1",
+        "--config.logging.tensorboard=False", "--config.train.lr_warmup_ratio=0.0"]
+
+
+def _argv(stage, out, *extra):
+    return ["prog", f"--config=configs/{stage}.py:tiny", f"--config.output_dir={out}", *FAST, *extra]
+
+
+def _rows(out, prefix=None):
+    rows = [json.loads(line) for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if (prefix is None and not any(k.startswith("eval/") for k in r))
+            or (prefix is not None and any(k.startswith(prefix) for k in r))]
+
+
+OVERFIT = {
+    "reward": ("accuracy", ["--config.train_datasets=PKU-SafeRLHF/train:16/-1",
+                            "--config.eval_datasets=PKU-SafeRLHF/train:16/-1", "--config.loss.regularization=0.0"]),
+    "cost": ("accuracy", ["--config.train_datasets=PKU-SafeRLHF/train:16/-1",
+                          "--config.eval_datasets=PKU-SafeRLHF/train:16/-1"]),
+    "dpo": ("reward_accuracy", ["--config.train_datasets=PKU-SafeRLHF/train:16/-1",
+                                "--config.eval_datasets=PKU-SafeRLHF/train:16/-1"]),
+}
+
+
+@pytest.mark.parametrize("stage", ["reward", "cost", "dpo"])
+def test_pair_stages_overfit_16_pairs(tmp_path, stage):
+    metric, extra = OVERFIT[stage]
+    rc = run_training_cli(stage, f"configs/{stage}.py:tiny", _argv(
+        stage, tmp_path, *extra, "--config.train.max_steps=40", "--config.train.learning_rate=3e-3",
+        "--config.train.lr_scheduler_type=constant", "--config.train.eval_every=40", "--config.checkpoint.every=0"))
+    assert rc == 0
+    train_rows = _rows(tmp_path)
+    assert train_rows[-1]["loss"] < 0.5 * train_rows[0]["loss"], (train_rows[0], train_rows[-1])
+    final_eval = _rows(tmp_path, "eval/")[-1]
+    assert final_eval[f"eval/{metric}"] == 1.0, final_eval
+    if stage == "cost":
+        assert final_eval["eval/accuracy_sign"] >= 0.9  # the sign term learned the 0 boundary too
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 40 and (tmp_path / "export" / "model.safetensors").is_file()
+
+
+def test_sft_loss_decreases_and_exports_a_causal_lm(tmp_path):
+    rc = run_training_cli("sft", "configs/sft.py:tiny", _argv(
+        "sft", tmp_path, "--config.train_datasets=alpaca:16/-1", "--config.eval_datasets=alpaca:16/-1",
+        "--config.train.max_steps=30", "--config.train.learning_rate=3e-3", "--config.train.lr_scheduler_type=constant"))
+    assert rc == 0
+    rows = _rows(tmp_path)
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    evals = _rows(tmp_path, "eval/")
+    assert evals[-1]["eval/loss"] < evals[0]["eval/loss"]
+    assert {"step", "loss", "lr", "tokens_per_sec", "grad_norm"} <= set(rows[0])
+    lm = models.load_causal_lm(tmp_path / "export")
+    assert lm.config.vocab_size == 513  # <pad> added, embeddings grown
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path / "export").pad_token == "<pad>"
+
+
+def _params_of(out):
+    return models.safetensors_io.load_dir(pathlib.Path(out) / "export")
+
+
+def test_kill_and_resume_continues_the_same_trajectory(tmp_path):
+    common = ["--config.train_datasets=PKU-SafeRLHF/train:32/-1", "--config.eval_datasets=PKU-SafeRLHF/test:8/-1",
+              "--config.train.max_steps=6", "--config.checkpoint.every=3", "--config.train.eval_every=3"]
+    a, b = tmp_path / "interrupted", tmp_path / "straight"
+    assert run_training_cli("cost", "", _argv("cost", a, *common, "--config.train.stop_after_steps=3")) == 0
+    assert not (a / "export").exists()
+    assert json.loads((a / "summary.json").read_text())["steps"] == 3
+    assert run_training_cli("cost", "", _argv("cost", a, *common)) == 0  # the same command resumes
+    assert run_training_cli("cost", "", _argv("cost", b, *common)) == 0
+    pa, pb = _params_of(a), _params_of(b)
+    for k in pb:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "tokens_per_sec"} for r in rows]  # noqa: E731
+    ra, rb = strip(_rows(a)), strip(_rows(b))
+    assert len(ra) == 6 and ra == rb
+    assert _rows(a, "eval/") == _rows(b, "eval/")
+    # a different config in the same output_dir is refused, in one line, before anything runs
+    assert run_training_cli("cost", "", _argv("cost", a, *common, "--config.train.learning_rate=0.5")) == 2
+
+
+def test_killed_save_leaves_previous_checkpoint_restorable(tmp_path, capsys):
+    common = ["--config.train_datasets=PKU-SafeRLHF/train:32/-1", "--config.eval_datasets=()",
+              "--config.train.max_steps=4", "--config.checkpoint.every=2"]
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, *common, "--config.train.stop_after_steps=2")) == 0
+    ckpts = tmp_path / "checkpoints"
+    # a save of step 4 that died half-way: orbax only ever renames a finished temporary directory into place
+    broken = ckpts / "4.orbax-checkpoint-tmp-1700000000"
+    shutil.copytree(ckpts / "2", broken)
+    for f in list(broken.rglob("*"))[:3]:
+        if f.is_file():
+            f.write_bytes(b"truncated")
+    from saferlhf_jax.checkpoint import Checkpointer
+
+    assert Checkpointer(ckpts).latest_step() == 2
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, *common)) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+
+
+def _tiny_cfg(out, *extra):
+    cfg, _ = parse_config(_argv("reward", out, "--config.train_datasets=PKU-SafeRLHF/train:32/-1",
+                                "--config.eval_datasets=PKU-SafeRLHF/test:8/-1", "--config.train.max_steps=3",
+                                "--config.checkpoint.every=0", *extra), "configs/reward.py:tiny")
+    return cfg
+
+
+@pytest.mark.parametrize("mesh", [("1", "8", "1"), ("2", "2", "2")], ids=["fsdp8", "d2f2t2"])
+def test_sharded_trajectory_equals_single_device(tmp_path, mesh):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    single = trainer.train(reward.STAGE, _tiny_cfg(tmp_path / "one"))
+    data, fsdp, tensor = mesh
+    sharded = trainer.train(reward.STAGE, _tiny_cfg(tmp_path / "many", f"--config.mesh.data={data}",
+                                                    f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}"))
+    emb = sharded["state"]["params"]["model"]["embed_tokens"]["embedding"]
+    assert len(emb.sharding.device_set) == 8
+    r1, r8 = _rows(tmp_path / "one"), _rows(tmp_path / "many")
+    for a, b in zip(r1, r8):
+        for key in ("loss", "accuracy", "reward_mean"):
+            assert abs(a[key] - b[key]) <= 1e-5, (key, a[key], b[key])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * a["grad_norm"]  # a sum of squares: reduction order
+    e1, e8 = _rows(tmp_path / "one", "eval/")[-1], _rows(tmp_path / "many", "eval/")[-1]
+    assert abs(e1["eval/reward_mean"] - e8["eval/reward_mean"]) <= 1e-5
+    assert single["eval"]["accuracy"] == sharded["eval"]["accuracy"]
+
+
+def test_reward_export_reloads_with_identical_end_scores(tmp_path):
+    summary = trainer.train(reward.STAGE, _tiny_cfg(tmp_path))
+    state, model = summary["state"], summary["model"]
+    assert float(state["params"]["normalizer"]["count"]) == 3 * 8 * 2  # EMA stats tracked in training
+    again = models.load_score_model(tmp_path / "export")
+    assert again.config.score_type == "reward" and again.config.normalizer_type == "ExponentialMovingAverage"
+    np.testing.assert_allclose(np.asarray(again.params["normalizer"]["mean"]),
+                               np.asarray(state["params"]["normalizer"]["mean"]))
+    ids = np.array([[1, 403, 407, 261, 378, 2, 512, 512], [1, 403, 410, 261, 378, 432, 383, 2]])
+    mask = ids != 512
+    _, end_trained = model.apply(state["params"], ids, mask)
+    _, end_loaded = again.apply(again.params, ids, mask)
+    np.testing.assert_array_equal(np.asarray(end_trained), np.asarray(end_loaded))
+
+
+def test_config_errors_are_one_line(tmp_path, capsys):
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, "--config.train.batchsize=3")) == 2
+    assert "unknown config key 'train.batchsize'; did you mean batch_size" in capsys.readouterr().err
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, "--config.mesh.fsdp=16")) == 2
+    assert "mesh:" in capsys.readouterr().err
+    if jax.device_count() >= 8:
+        assert run_training_cli("reward", "", _argv("reward", tmp_path, "--config.mesh.fsdp=8",
+                                                    "--config.train.batch_size=12")) == 2
+        assert "multiple of the data axes" in capsys.readouterr().err
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, "--config.train_datasets=PKU-SafeRLHF")) == 2
+    assert "needs a split" in capsys.readouterr().err
+    assert run_training_cli("reward", "", _argv("reward", tmp_path, "--config.loss.loss_type=pairwise")) == 2
+    assert "loss_type" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err

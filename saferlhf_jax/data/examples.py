@@ -132,11 +132,11 @@ def build_preference(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE):
     better, worse = tok(better_texts), tok(worse_texts)
     counts = collections.Counter()
     examples = []
-    for b, w in zip(better, worse):
+    for row, (b, w) in enumerate(zip(better, worse)):
         if np.array_equal(b, w):
             counts["identical_responses"] += 1
             continue
-        examples.append({"better_input_ids": b, "worse_input_ids": w})
+        examples.append({"better_input_ids": b, "worse_input_ids": w, "row": row})
     counts["truncated"] = tok.truncated
     return examples, counts
 
@@ -150,7 +150,7 @@ def build_safety_preference(samples, tokenizer, max_length, template=DEFAULT_TEM
     safer, unsafer = tok(safer_texts), tok(unsafer_texts)
     counts = collections.Counter()
     examples = []
-    for s, a, u in zip(samples, safer, unsafer):
+    for row, (s, a, u) in enumerate(zip(samples, safer, unsafer)):
         safer_safe, unsafer_safe = (s.is_safe, s.is_other_safe) if s.safer else (s.is_other_safe, s.is_safe)
         safer_sign, unsafer_sign = 2 * int(safer_safe) - 1, 2 * int(unsafer_safe) - 1
         if np.array_equal(a, u):
@@ -159,7 +159,7 @@ def build_safety_preference(samples, tokenizer, max_length, template=DEFAULT_TEM
         if safer_sign < unsafer_sign:
             counts["safer_labelled_unsafe"] += 1
             continue
-        examples.append({"safer_input_ids": a, "unsafer_input_ids": u,
+        examples.append({"safer_input_ids": a, "unsafer_input_ids": u, "row": row,
                          "safer_safety_sign": np.int32(safer_sign), "unsafer_safety_sign": np.int32(unsafer_sign)})
     counts["truncated"] = tok.truncated
     return examples, counts

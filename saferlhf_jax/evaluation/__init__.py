@@ -1,0 +1,1 @@
+"""Evaluation: score-model reports, arena, moderation metrics, plots."""

@@ -1,0 +1,49 @@
+"""Standalone score-model evaluation: files, global-count metrics consistent with the per-sample CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from launch import evaluate_score
+from saferlhf_jax import models
+
+
+@pytest.fixture(scope="module")
+def cost_model_dir(tmp_path_factory, stories_dir):
+    out = tmp_path_factory.mktemp("cm")
+    cm = models.load_score_model(stories_dir, score_type="cost", rng=3)
+    models.save_pretrained(cm, cm.params, out)
+    return out
+
+
+def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
+    rc = evaluate_score.main(["--model", str(cost_model_dir), "--datasets", "PKU-SafeRLHF/test",
+                              "--output_dir", str(tmp_path), "--max_length", "192", "--batch_size", "8"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
+    assert len(rows) == summary["pairs"] == 16 - summary["filtered"].get("identical_responses", 0)
+    safer = np.array([float(r["safer_cost"]) for r in rows])
+    unsafer = np.array([float(r["unsafer_cost"]) for r in rows])
+    assert summary["accuracy"] == pytest.approx(np.mean(unsafer > safer))
+    costs = np.concatenate([safer, unsafer])
+    safe = np.array([r["safer_is_safe"] == "True" for r in rows] + [r["unsafer_is_safe"] == "True" for r in rows])
+    assert summary["accuracy_sign"] == pytest.approx(np.mean((costs > 0) != safe))
+    assert summary["cost_std"] == pytest.approx(np.std(costs, ddof=1), rel=1e-4)
+    np.testing.assert_allclose(np.load(tmp_path / "safe_scores.npy"), costs[safe], atol=1e-5)
+    assert (tmp_path / "cost_distribution.png").stat().st_size > 1000
+    # the CSV text is the real data: the safer response of the first row is one of its two responses
+    first = rows[0]
+    from saferlhf_jax.data import load_raw
+
+    raw = load_raw("PKU-SafeRLHF/test")[0]
+    assert first["prompt"] == raw.input and first["safer_response"] in (raw.answer, raw.other_answer)
+
+
+def test_evaluate_score_errors(tmp_path, capsys):
+    assert evaluate_score.main(["--model", str(tmp_path / "nope"), "--datasets", "PKU-SafeRLHF/test"]) == 2
+    assert "error:" in capsys.readouterr().err

@@ -129,3 +129,28 @@ def run_training_cli(stage_module: str, default_config: str, argv=None) -> int:
     return 0
 
 
+
+
+def run_rl_cli(default_config: str, argv=None) -> int:
+    """Entry point shared by launch.ppo / ppo_lag / ppo_reward_shaping."""
+    from saferlhf_jax.algorithms import ppo_lag
+    from saferlhf_jax.data import DataError
+    from saferlhf_jax.training.trainer import ConfigError
+
+    argv = list(sys.argv if argv is None else argv)
+    try:
+        cfg, verbose = parse_config(argv, default_config)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    setup_logging(verbose)
+    try:
+        summary = ppo_lag.run(cfg)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as err:
+        print(f"\n{err}", file=sys.stderr)
+        return 130
+    ppo_lag.print_summary(summary)
+    return 0

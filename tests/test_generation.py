@@ -33,15 +33,17 @@ def _left_padded(rows, pad=0):
 
 
 def _uncached_greedy(model, row, steps, eos=None):
-    ids = np.asarray([row])
+    """Step-by-step argmax of the full forward (no cache) over a fixed-width buffer (one compile)."""
+    ids = np.zeros((1, 32), np.int32)
+    ids[0, :len(row)] = row
     out = []
-    for _ in range(steps):
+    for t in range(len(row) - 1, len(row) - 1 + steps):
         logits = model.apply(model.params, ids, np.ones_like(ids))
-        tok = int(np.argmax(np.asarray(logits[0, -1])))
+        tok = int(np.argmax(np.asarray(logits[0, t])))
         out.append(tok)
         if eos is not None and tok == eos:
             break
-        ids = np.concatenate([ids, [[tok]]], axis=1)
+        ids[0, t + 1] = tok
     return out
 
 

@@ -167,10 +167,11 @@ def test_score_model_from_causal_lm_and_round_trip(tmp_path, stories_dir):
 
 def test_stories260k_greedy_from_bos(stories_dir):
     lm = load_causal_lm(stories_dir)
-    ids = np.array([[1]])
-    for _ in range(32):  # plain uncached loop (the sampler is tested separately)
+    ids = np.zeros((1, 33), np.int32)  # plain uncached loop over a fixed-width buffer (one compile);
+    ids[0, 0] = 1                      # causal attention: tokens right of t never change logits at t
+    for t in range(32):
         logits = lm.apply(lm.params, ids, np.ones_like(ids))
-        ids = np.concatenate([ids, np.argmax(np.asarray(logits[:, -1]), -1)[:, None]], axis=1)
+        ids[0, t + 1] = int(np.argmax(np.asarray(logits[0, t])))
     assert ids[0, 1:].tolist() == STORIES_GREEDY
     tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
     assert tok.decode(ids[0], skip_special_tokens=True).startswith(

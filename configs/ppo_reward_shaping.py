@@ -1,0 +1,7 @@
+"""ppo_reward_shaping config: `--config configs/ppo_reward_shaping.py:tiny` (CPU; takes the tiny SFT/RM/CM exports) or `:llama2_7b`."""
+
+from configs import rl_common
+
+
+def get_config(preset: str = "tiny"):
+    return rl_common.get("reward_shaping", preset)

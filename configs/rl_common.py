@@ -1,0 +1,96 @@
+"""Shared config of the RL stages (PPO, PPO-Lag, reward shaping); spec §6 for the recipe values."""
+
+from __future__ import annotations
+
+import ml_collections
+
+from configs import common
+
+
+def base(mode: str, preset: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.mode = mode
+    c.output_dir = f"runs/{mode}"
+    c.seed = 42
+    c.actor_model_name_or_path = "runs/sft/export"
+    c.reward_model_name_or_path = "runs/reward/export"
+    c.cost_model_name_or_path = "runs/cost/export" if mode != "ppo" else ""
+    c.reward_critic_model_name_or_path = ""      # "" = initialise from the reward model (head included)
+    c.cost_critic_model_name_or_path = ""        # "" = initialise from the cost model
+    c.train_datasets = ("PKU-SafeRLHF/train",)   # prompts
+    c.ptx_datasets = ()                          # supervised data for PTX (with rl.ptx_coeff > 0)
+
+    c.data = ml_collections.ConfigDict()
+    c.data.max_prompt_length = 0                 # 0 = generation.max_length
+    c.data.prompt_buckets = ()                   # () = powers of two
+
+    c.generation = ml_collections.ConfigDict()
+    c.generation.max_length = 512                # total: prompt + response
+    c.generation.temperature = 1.0
+    c.generation.top_k = 50
+    c.generation.top_p = 1.0
+    c.generation.repetition_penalty = 1.0
+    c.generation.num_return_sequences = 1
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.kl_coeff = 0.02 if mode != "ppo_lag" else 0.01
+    c.rl.clip_range_ratio = 0.2
+    c.rl.clip_range_score = 50.0
+    c.rl.clip_range_value = 5.0
+    c.rl.gamma = 1.0
+    c.rl.gae_lambda = 0.95
+    c.rl.ptx_coeff = 0.0
+    c.rl.threshold = 0.0
+    c.rl.lambda_init = 1.0
+    c.rl.lambda_lr = 0.1
+    c.rl.lambda_max = 5.0 if mode == "ppo_lag" else 0.0   # 0 = no upper clamp
+    c.rl.lambda_update_delay_steps = 0
+    c.rl.episode_cost_window_size = 128
+    c.rl.whiten_advantages = False
+
+    c.train = ml_collections.ConfigDict()
+    c.train.epochs = 1
+    c.train.max_steps = 0                        # > 0: number of prompt batches (overrides epochs)
+    c.train.prompt_batch_size = 16               # global
+    c.train.train_batch_size = 16                # global rollout micro-batch per rl_step
+    c.train.update_iters = 1
+    c.train.stop_after_steps = 0
+
+    c.actor = ml_collections.ConfigDict(dict(learning_rate=1e-5, lr_scheduler_type="cosine", lr_warmup_ratio=0.03,
+                                             weight_decay=0.01, max_grad_norm=1.0))
+    c.critic = ml_collections.ConfigDict(dict(learning_rate=5e-6, lr_scheduler_type="constant", lr_warmup_ratio=0.03,
+                                              weight_decay=0.0, max_grad_norm=1.0))
+
+    c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32", remat_policy="none",
+                                             scan_layers=False))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
+
+    if preset == "tiny":
+        c.generation.max_length = 192
+        c.data.max_prompt_length = 128
+        c.data.prompt_buckets = (64, 128)
+        c.train_datasets = ("PKU-SafeRLHF/train:32/-1",)
+        c.train.prompt_batch_size = 8
+        c.train.train_batch_size = 8
+        c.train.max_steps = 2
+        c.actor.learning_rate = 1e-4
+        c.critic.learning_rate = 1e-4
+        c.checkpoint.every = 1
+    else:  # llama2_7b / llama3_8b: the reference recipe on 8 devices
+        c.train.prompt_batch_size = 16 * 8
+        c.train.train_batch_size = 16 * 8
+        c.ptx_datasets = ("alpaca",)
+        c.rl.ptx_coeff = 16.0
+        c.model.dtype = "bfloat16"
+        c.model.remat_policy = "full"
+        c.model.scan_layers = True
+        c.mesh.fsdp = 8
+        c.actor_model_name_or_path = "runs/sft/export"
+    return c
+
+
+def get(mode: str, preset: str):
+    preset = common.check_preset(preset, ("tiny", "llama2_7b", "llama3_8b"))
+    return base(mode, preset)

@@ -1,0 +1,146 @@
+"""The semantic test of Safe RLHF: a tiny policy over a toy vocabulary with known reward and cost functions.
+
+reward = #A + 2·#B in the response, cost = #B − 2 (budget: two B's). B is the most rewarding token, so reward-only
+PPO learns to violate the budget; PPO-Lagrangian must raise λ while the episode cost is above the threshold (0) and
+end near the budget while keeping most of the reward. Also rules out the defects seen in JAX peers: float rewards
+truncated, one sampling seed for every rollout, `update_iters` ignored.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saferlhf_jax.algorithms import rl
+from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
+from saferlhf_jax.generation import generate
+from saferlhf_jax.models import ModelConfig, init_model
+
+PAD, BOS, EOS, A, B, C = 0, 1, 2, 3, 4, 5
+PROMPT_LEN, RESPONSE_LEN, BATCH = 2, 8, 64
+
+
+def toy_reward(params, seq, mask):
+    resp = seq[:, PROMPT_LEN:]
+    return (jnp.sum(resp == A, axis=-1) + 2.0 * jnp.sum(resp == B, axis=-1)).astype(jnp.float32)
+
+
+def toy_cost(params, seq, mask):
+    return jnp.sum(seq[:, PROMPT_LEN:] == B, axis=-1).astype(jnp.float32) - 2.0
+
+
+def _runner(mode, seed=0, update_iters=2, iters=None, kl=0.01, lambda_lr=0.1):
+    actor_cfg = ModelConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, initializer_range=0.02,
+                            eos_token_id=EOS, pad_token_id=PAD)
+    actor = init_model(actor_cfg, "causal_lm", rng=seed)
+    critic_cfg = actor_cfg.replace(score_type="critic")
+    reward_critic = init_model(critic_cfg, "score", rng=seed + 1)
+    cost_critic = init_model(critic_cfg, "score", rng=seed + 2) if mode == "ppo_lag" else None
+    cfg = rl.RLConfig(mode=mode, kl_coeff=kl, lambda_init=1.0, lambda_lr=lambda_lr, lambda_max=10.0, threshold=0.0,
+                      episode_cost_window_size=BATCH)
+    runner = RLRunner(
+        actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=toy_reward,
+        cost_fn=toy_cost if mode != "ppo" else None,
+        frozen={"ref": jax.tree.map(jnp.copy, actor.params), "reward": {}, "cost": {}}, cfg=cfg,
+        gen=GenerationConfig(max_length=PROMPT_LEN + RESPONSE_LEN, top_k=0, eos_token_ids=(), pad_token_id=PAD),
+        actor_optim=OptimConfig(learning_rate=3e-3, lr_scheduler_type="constant"),
+        critic_optim=OptimConfig(learning_rate=3e-3, lr_scheduler_type="constant"),
+        total_rl_steps=1000, train_batch_size=BATCH, update_iters=update_iters)
+    return runner, runner.init_state(seed)
+
+
+def _prompts():
+    return np.tile([[BOS, C]], (BATCH, 1)), np.ones((BATCH, PROMPT_LEN), np.int32)
+
+
+def _policy_stats(runner, state, seed=123):
+    ids, mask = _prompts()
+    out = generate(runner.actor, state["actor"]["params"], np.tile(ids, (4, 1)), np.tile(mask, (4, 1)),
+                   max_new_tokens=RESPONSE_LEN, top_k=0, eos_token_ids=(), rng=seed)
+    seq = jnp.asarray(out["sequences"])
+    return float(jnp.mean(toy_reward(None, seq, None))), float(jnp.mean(toy_cost(None, seq, None)))
+
+
+def _train(mode, iterations):
+    runner, state = _runner(mode)
+    ids, mask = _prompts()
+    rows = []
+    for _ in range(iterations):
+        state, r = runner.iteration(state, ids, mask)
+        rows.extend(r)
+    return runner, state, rows
+
+
+@pytest.fixture(scope="module")
+def initial():
+    runner, state = _runner("ppo")
+    return _policy_stats(runner, state)
+
+
+@pytest.fixture(scope="module")
+def ppo_run():
+    return _train("ppo", 60)
+
+
+@pytest.fixture(scope="module")
+def lag_run():
+    return _train("ppo_lag", 60)
+
+
+def test_reward_only_ppo_violates_the_constraint(initial, ppo_run):
+    runner, state, rows = ppo_run
+    reward, cost = _policy_stats(runner, state)
+    r0, c0 = initial
+    assert c0 < 0  # the random policy starts within budget
+    assert reward > r0 + 4.0  # PPO really learned
+    assert cost > 1.0, (reward, cost)  # … by spending far over the budget on B
+
+
+def test_ppo_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_run, lag_run):
+    runner, state, rows = lag_run
+    reward, cost = _policy_stats(runner, state)
+    r0, _ = initial
+    assert cost <= 0.0 + 0.5, (reward, cost)  # episode cost ≤ threshold + tolerance
+    assert reward >= r0 + 2.0, (reward, r0)  # it still improved the reward a lot (the feasible optimum is 10)
+    lam = np.array([r["train/lambda"] for r in rows])
+    jc = np.array([r["train/episode_cost"] for r in rows])
+    assert lam.max() > 1.0  # λ was driven up at some point …
+    change, above, below = np.diff(lam), jc[1:] > 0, jc[1:] < 0  # row i: λ after the update that used J_c[i]
+    assert above.any() and (change[above] > 0).any()
+    assert np.all(change[above] >= 0)  # λ rises exactly while the episode cost is above the threshold …
+    assert np.all(change[below] < 0)   # … and falls while it is below (no lower clamp)
+    ppo_reward, ppo_cost = _policy_stats(*ppo_run[:2])
+    assert cost < ppo_cost - 1.0
+
+
+def test_rewards_stay_float_and_every_rollout_draws_a_fresh_key():
+    def fractional_reward(params, seq, mask):
+        return 0.37 * jnp.sum(seq[:, PROMPT_LEN:] == A, axis=-1) + 0.01
+
+    runner, state = _runner("ppo")
+    runner.reward_fn = fractional_reward
+    runner._score = jax.jit(rl.make_score_rollout(runner.actor.apply, runner.reward_critic.apply, fractional_reward,
+                                                  None, runner.cfg))
+    ids, mask = _prompts()
+    state, first, _ = runner.rollout(state, ids, mask)
+    state, second, _ = runner.rollout(state, ids, mask)
+    r = np.asarray(first[0]["reward"])
+    assert r.dtype == np.float32
+    counts = np.sum(np.asarray(first[0]["seq"])[:, PROMPT_LEN:] == A, axis=-1)
+    np.testing.assert_allclose(r, 0.37 * counts + 0.01, rtol=1e-6)
+    assert (np.asarray(first[0]["seq"]) != np.asarray(second[0]["seq"])).any()  # fresh PRNG key per rollout
+
+
+def test_update_iters_runs_several_ppo_epochs_on_one_rollout():
+    runner, state = _runner("ppo_lag", update_iters=4)
+    ids, mask = _prompts()
+    state, rows = runner.iteration(state, ids, mask)
+    assert len(rows) == 4 and [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert abs(rows[0]["train/ratio"] - 1.0) < 1e-5  # first pass: new policy == rollout policy
+    assert abs(rows[-1]["train/ratio"] - 1.0) > 1e-3  # later passes: the ratio moved off 1 …
+    assert rows[-1]["train/clip_fraction"] > 0.0     # … and clipping engaged
+    # the advantages come from the stored rollout, so the reward statistics are identical in every pass
+    assert len({round(r["train/reward"], 6) for r in rows}) == 1

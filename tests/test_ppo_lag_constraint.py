@@ -64,8 +64,8 @@ def _policy_stats(runner, state, seed=123):
     return float(jnp.mean(toy_reward(None, seq, None))), float(jnp.mean(toy_cost(None, seq, None)))
 
 
-def _train(mode, iterations):
-    runner, state = _runner(mode)
+def _train(mode, iterations, **kwargs):
+    runner, state = _runner(mode, **kwargs)
     ids, mask = _prompts()
     rows = []
     for _ in range(iterations):
@@ -87,7 +87,8 @@ def ppo_run():
 
 @pytest.fixture(scope="module")
 def lag_run():
-    return _train("ppo_lag", 60)
+    # λ learning rate 0.02: at 0.1 this toy problem shows the classic Lagrangian oscillation around the boundary
+    return _train("ppo_lag", 80, lambda_lr=0.02)
 
 
 def test_reward_only_ppo_violates_the_constraint(initial, ppo_run):
@@ -107,7 +108,7 @@ def test_ppo_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_r
     assert reward >= r0 + 2.0, (reward, r0)  # it still improved the reward a lot (the feasible optimum is 10)
     lam = np.array([r["train/lambda"] for r in rows])
     jc = np.array([r["train/episode_cost"] for r in rows])
-    assert lam.max() > 1.0  # λ was driven up at some point …
+    assert lam.max() > 1.05  # λ was driven up at some point …
     change, above, below = np.diff(lam), jc[1:] > 0, jc[1:] < 0  # row i: λ after the update that used J_c[i]
     assert above.any() and (change[above] > 0).any()
     assert np.all(change[above] >= 0)  # λ rises exactly while the episode cost is above the threshold …

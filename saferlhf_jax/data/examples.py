@@ -188,7 +188,7 @@ def build_prompt_only(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE)
     ids = tok([template.format_prompt(s.input, eos) for s in kept])
     examples = [{"input_ids": x} for x in ids]
     counts["truncated"] = tok.truncated
-    counts["no_response_budget"] = sum(len(x) >= max_length for x in ids)
+    counts["prompt_at_max_length"] = sum(len(x) >= max_length for x in ids)
     return examples, counts
 
 

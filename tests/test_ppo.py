@@ -1,0 +1,117 @@
+"""PPO-Lag from the CLI on tiny real models: metric names, kill-and-resume, sharded == single device; PPO and the
+reward-shaping baseline run through the same pieces."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from launch.common import parse_config, run_rl_cli
+from saferlhf_jax import data as data_lib
+from saferlhf_jax import models
+from saferlhf_jax.algorithms import ppo_lag
+
+transformers = pytest.importorskip("transformers")
+
+METRICS = ["train/reward", "train/cost", "train/lambda", "train/episode_cost", "train/kl_divergence",
+           "train/reward_advantage", "train/reward_return", "train/reward_value", "train/cost_advantage",
+           "train/cost_return", "train/cost_value", "train/actor_loss", "train/reward_critic_loss",
+           "train/cost_critic_loss", "train/actor_lr", "train/reward_critic_lr", "train/cost_critic_lr",
+           "train/reward_with_kl_penalty", "train/cost_with_kl_penalty", "train/mean_generated_length",
+           "train/max_generated_length"]
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, stories_dir):
+    """SFT / RM / CM stand-ins built from stories260K (a <pad> token added, fresh score heads): no training needed."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
+    data_lib.prepare_tokenizer(tok)
+    lm = models.load_causal_lm(stories_dir)
+    lm, params = models.resize_token_embeddings(lm, lm.params, len(tok))
+    models.save_pretrained(lm, params, root / "sft")
+    tok.save_pretrained(root / "sft")
+    for i, kind in enumerate(("reward", "cost")):
+        sm = models.load_score_model(stories_dir, score_type=kind, rng=10 + i)
+        sm, params = models.resize_token_embeddings(sm, sm.params, len(tok))
+        models.save_pretrained(sm, params, root / kind)
+        tok.save_pretrained(root / kind)
+    return root
+
+
+def _argv(models_dir, out, config="configs/ppo_lag.py:tiny", *extra):
+    return ["prog", f"--config={config}", f"--config.output_dir={out}",
+            f"--config.actor_model_name_or_path={models_dir / 'sft'}",
+            f"--config.reward_model_name_or_path={models_dir / 'reward'}",
+            f"--config.cost_model_name_or_path={models_dir / 'cost'}",
+            "--config.generation.max_length=96", "--config.data.max_prompt_length=64",
+            "--config.data.prompt_buckets=(64,)", "--config.logging.progress=False",
+            "--config.logging.tensorboard=False", "--config.mesh.fsdp=1", *extra]
+
+
+def _rows(out):
+    return [json.loads(line) for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
+
+
+def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
+    a, b = tmp_path / "interrupted", tmp_path / "straight"
+    common = ["--config.train.max_steps=2", "--config.checkpoint.every=1"]
+    assert run_rl_cli("", _argv(tiny_models, a, "configs/ppo_lag.py:tiny", *common,
+                                "--config.train.stop_after_steps=1")) == 0
+    assert not (a / "export").exists() and len(_rows(a)) == 1
+    assert run_rl_cli("", _argv(tiny_models, a, "configs/ppo_lag.py:tiny", *common)) == 0  # resumes
+    assert run_rl_cli("", _argv(tiny_models, b, "configs/ppo_lag.py:tiny", *common)) == 0
+    ra, rb = _strip(_rows(a)), _strip(_rows(b))
+    assert len(ra) == 2 and ra == rb
+    for name in METRICS:
+        assert name in ra[0], name
+    assert all(isinstance(ra[0][k], float) for k in METRICS)
+    pa = models.safetensors_io.load_dir(a / "export")
+    pb = models.safetensors_io.load_dir(b / "export")
+    for k in pb:
+        np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+    assert (b / "training_curves.png").stat().st_size > 1000
+    again = models.load_causal_lm(b / "export")  # the aligned actor is a loadable HF model
+    assert again.config.vocab_size == 513
+
+
+def test_ppo_lag_sharded_equals_single_device(tiny_models, tmp_path):
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    one = ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "one", "configs/ppo_lag.py:tiny",
+                                         "--config.train.max_steps=1"), "")[0])
+    many = ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "many", "configs/ppo_lag.py:tiny",
+                                          "--config.train.max_steps=1", "--config.mesh.fsdp=8"), "")[0])
+    emb = many["state"]["actor"]["params"]["model"]["embed_tokens"]["embedding"]
+    assert len(emb.sharding.device_set) == 8
+    r1, r8 = _rows(tmp_path / "one")[0], _rows(tmp_path / "many")[0]
+    for key in ("train/actor_loss", "train/reward_critic_loss", "train/cost_critic_loss", "train/lambda",
+                "train/reward", "train/cost", "train/kl_divergence"):
+        assert abs(r1[key] - r8[key]) <= 1e-5, (key, r1[key], r8[key])
+
+
+@pytest.mark.parametrize("config,absent", [("configs/ppo.py:tiny", "train/cost"),
+                                           ("configs/ppo_reward_shaping.py:tiny", "train/cost_critic_loss")])
+def test_ppo_and_reward_shaping_run(tiny_models, tmp_path, config, absent):
+    assert run_rl_cli("", _argv(tiny_models, tmp_path, config, "--config.train.max_steps=1")) == 0
+    row = _rows(tmp_path)[0]
+    assert absent not in row and "train/reward_critic_loss" in row
+    if "shaping" in config:
+        assert "train/cost" in row and row["train/lambda"] == pytest.approx(1.0)  # fixed λ, costs logged
+
+
+def test_rl_config_errors(tiny_models, tmp_path, capsys):
+    assert run_rl_cli("", _argv(tiny_models, tmp_path, "configs/ppo_lag.py:tiny",
+                                "--config.train.train_batch_size=3")) == 2
+    assert "multiple of train.train_batch_size" in capsys.readouterr().err
+    assert run_rl_cli("", _argv(tiny_models, tmp_path, "configs/ppo_lag.py:tiny",
+                                f"--config.reward_model_name_or_path={tmp_path / 'missing'}")) == 2
+    assert "error:" in capsys.readouterr().err

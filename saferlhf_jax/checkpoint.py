@@ -74,6 +74,16 @@ class Checkpointer:
                                                                       meta=ocp.args.JsonRestore()))
         return unflatten(restored["state"], abstract_state), dict(restored["meta"])
 
+    def restore_raw(self, step: int | None = None) -> dict[str, np.ndarray]:
+        """The saved flat {key: array} of a step as host arrays, without a target structure."""
+        step = self.latest_step() if step is None else int(step)
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if step not in self.all_steps():
+            raise FileNotFoundError(f"no step {step} in {self.directory} (have {self.all_steps()})")
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+        return dict(restored["state"])
+
     def read_meta(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else int(step)
         restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))

@@ -87,8 +87,8 @@ class ModelConfig:
         rope_type = self.rope_scaling_dict.get("rope_type", "default")
         if rope_type not in SUPPORTED_ROPE_TYPES:
             problems.append(f"rope_type {rope_type!r} is not supported (supported: {SUPPORTED_ROPE_TYPES})")
-        if self.score_type not in ("reward", "cost", "critic"):
-            problems.append(f"score_type must be reward|cost|critic, got {self.score_type!r}")
+        if self.score_type not in ("reward", "cost", "critic", "moderation"):
+            problems.append(f"score_type must be reward|cost|critic|moderation, got {self.score_type!r}")
         if self.normalizer_type not in (None, "RunningMeanStd", "ExponentialMovingAverage"):
             problems.append(f"normalizer_type must be RunningMeanStd|ExponentialMovingAverage|None, "
                             f"got {self.normalizer_type!r}")

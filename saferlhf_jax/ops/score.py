@@ -14,7 +14,7 @@ from saferlhf_jax.ops.core import end_index, first_divergence_index, take_at
 LOSS_TYPES = ("sequence-wise", "token-wise")
 NORMALIZER_TYPES = ("RunningMeanStd", "ExponentialMovingAverage", None)
 NORMALIZE_FUNCTIONS = ("affine", "scale", "translate", "identity")
-SCORE_TYPE_TO_FUNCTION = {"reward": "affine", "cost": "scale", "critic": "identity"}
+SCORE_TYPE_TO_FUNCTION = {"reward": "affine", "cost": "scale", "critic": "identity", "moderation": "identity"}
 
 _EPS = 1e-8
 

@@ -25,7 +25,8 @@ class Stage:
     eval_fn: EvalFn | None = None
     summarize: Summarize | None = None
     needs_reference: bool = False    # DPO: a frozen copy of the initial policy
-    score_type: str | None = None    # score models: reward | cost
+    score_type: str | None = None    # score models: reward | cost | moderation
+    score_dim: int = 1
 
 
 def token_count(batch: dict) -> int:

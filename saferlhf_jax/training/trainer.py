@@ -103,6 +103,7 @@ def load_model(stage: Stage, cfg, mesh, tokenizer):
     if stage.model_kind == "score":
         lc = loss_config(cfg)
         model = models.load_score_model(cfg.model_name_or_path, rng=int(cfg.seed), score_type=stage.score_type,
+                                        score_dim=stage.score_dim,
                                         normalizer_type=lc.normalizer_type, momentum=lc.momentum,
                                         do_normalize=bool(cfg.get("loss", {}).get("do_normalize", False)), **kwargs)
     else:

@@ -159,3 +159,42 @@ def test_sharded_sampler_equals_single_device(shape):
     b = generate(sharded, sharded.params, ids, mask, mesh=mesh, **kw)
     np.testing.assert_array_equal(a["sequences"], b["sequences"])
     np.testing.assert_array_equal(a["response_lengths"], b["response_lengths"])
+
+
+def test_stream_generate_matches_generate(tiny):
+    from saferlhf_jax.generation import stream_generate
+
+    ids, mask = _left_padded([[1, 5, 9]])
+    kw = dict(max_new_tokens=10, eos_token_ids=[], rng=7, top_k=5)
+    streamed = list(stream_generate(tiny, tiny.params, ids, mask, **kw))
+    full = generate(tiny, tiny.params, ids, mask, **kw)["sequences"][0, ids.shape[1]:].tolist()
+    assert streamed == full
+
+
+def test_pad_id_beyond_the_vocabulary_is_harmless(tiny):
+    """A tokenizer-added pad id (≥ vocab size) on masked positions must not poison the logits with NaN."""
+    ids, mask = _left_padded([[1, 5, 9], [1, 22]], pad=61)  # vocab is 61: id 61 is out of the table
+    out = generate(tiny, tiny.params, ids, mask, max_new_tokens=6, greedy=True, eos_token_ids=[], pad_token_id=61)
+    ref, _ = _left_padded([[1, 5, 9], [1, 22]], pad=0)
+    out0 = generate(tiny, tiny.params, ref, mask, max_new_tokens=6, greedy=True, eos_token_ids=[], pad_token_id=0)
+    np.testing.assert_array_equal(out["sequences"][:, 3:], out0["sequences"][:, 3:])
+
+
+def test_chat_cli_streams_and_handles_commands(stories_dir):
+    import io
+
+    from launch import chat
+
+    out = io.StringIO()
+    script = io.StringIO("Tell me a story\n/regenerate\n/reset\nHi\n/quit\n")
+    assert chat.main(["--model", str(stories_dir), "--max_new_tokens", "12", "--temperature", "0"], stdin=script,
+                     out=out) == 0
+    text = out.getvalue()
+    answers = [line for line in text.splitlines() if "ASSISTANT:" in line]
+    assert len(answers) == 3 and all(len(a.split("ASSISTANT:", 1)[1].strip()) > 0 for a in answers)
+    assert answers[0] == answers[1]  # greedy: /regenerate answers the same message again
+    assert "(new conversation)" in text
+    out = io.StringIO()
+    assert chat.main(["--red", str(stories_dir), "--blue", str(stories_dir), "--max_new_tokens", "8"],
+                     stdin=io.StringIO("Hello\n"), out=out) == 0
+    assert "ASSISTANT [red]:" in out.getvalue() and "ASSISTANT [blue]:" in out.getvalue()

@@ -40,7 +40,10 @@ def load_for_eval(spec: str, kind: str, mesh=None):
     path, step = _split_step(str(spec))
     load = models.load_causal_lm if kind == "causal_lm" else models.load_score_model
     if step is None and is_hf_dir(path):
-        return load(path, mesh=mesh), load_tokenizer(path)
+        model, tokenizer = load(path, mesh=mesh), load_tokenizer(path)
+        if len(tokenizer) > model.config.vocab_size:  # special tokens were added (spec §2.5)
+            model, model.params = models.resize_token_embeddings(model, model.params, len(tokenizer))
+        return model, tokenizer
     ckpt_dir = path / "checkpoints"
     run_config = path / "config.json"
     if not ckpt_dir.is_dir() or not run_config.is_file():

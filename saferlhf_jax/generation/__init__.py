@@ -1,7 +1,13 @@
 """Rollout engine: jitted KV-cache sampler with bucketed prompt shapes."""
 
-from saferlhf_jax.generation.sampler import DEFAULT_BUCKETS, SamplingSettings, bucket_length, generate
+from saferlhf_jax.generation.sampler import (
+    DEFAULT_BUCKETS,
+    SamplingSettings,
+    bucket_length,
+    generate,
+    stream_generate,
+)
 from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_tokens, top_k_filter, top_p_filter
 
 __all__ = ["DEFAULT_BUCKETS", "SamplingSettings", "apply_repetition_penalty", "bucket_length", "choose_tokens",
-           "generate", "top_k_filter", "top_p_filter"]
+           "generate", "stream_generate", "top_k_filter", "top_p_filter"]

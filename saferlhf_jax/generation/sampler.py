@@ -87,42 +87,42 @@ class _Programs:
                 "seen": seen,
             }
 
-        def decode(params, state, rng):
-            prompt_slots = state["prompt_slots"]
-            b = state["logits"].shape[0]
+        def decode_step(params, st, rng):
+            """Sample one token for every live row, append it, run it through the model (cache updated)."""
+            b = st["logits"].shape[0]
             eos = jnp.asarray(s.eos_token_ids or (-1,), jnp.int32)
+            logits = apply_repetition_penalty(st["logits"], st["seen"], s.repetition_penalty)
+            tok = choose_tokens(logits, jax.random.fold_in(rng, st["step"]), greedy=s.greedy,
+                                temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
+            live = ~st["done"]
+            tok = jnp.where(live, tok, s.pad_token_id)
+            tokens = jax.lax.dynamic_update_slice_in_dim(st["tokens"], tok[:, None], st["step"], axis=1)
+            seen = st["seen"]
+            if s.repetition_penalty != 1.0:
+                seen = seen.at[jnp.arange(b), tok].max(live)
+            next_logits, cache = module(params)(
+                tok[:, None], live[:, None], st["positions"][:, None], st["cache"], st["prompt_slots"] + st["step"])
+            return {
+                **st,
+                "step": st["step"] + 1,
+                "tokens": tokens,
+                "lengths": st["lengths"] + live.astype(jnp.int32),
+                "done": st["done"] | (live & jnp.isin(tok, eos)),
+                "logits": next_logits[:, 0],
+                "cache": cache,
+                "positions": st["positions"] + live.astype(jnp.int32),
+                "seen": seen,
+            }
 
+        def decode(params, state, rng):
             def cond(st):
                 return (st["step"] < s.max_new_tokens) & ~jnp.all(st["done"])
 
-            def body(st):
-                logits = apply_repetition_penalty(st["logits"], st["seen"], s.repetition_penalty)
-                tok = choose_tokens(logits, jax.random.fold_in(rng, st["step"]), greedy=s.greedy,
-                                    temperature=s.temperature, top_k=s.top_k, top_p=s.top_p)
-                live = ~st["done"]
-                tok = jnp.where(live, tok, s.pad_token_id)
-                tokens = jax.lax.dynamic_update_slice_in_dim(st["tokens"], tok[:, None], st["step"], axis=1)
-                seen = st["seen"]
-                if s.repetition_penalty != 1.0:
-                    seen = seen.at[jnp.arange(b), tok].max(live)
-                next_logits, cache = module(params)(
-                    tok[:, None], live[:, None], st["positions"][:, None], st["cache"], prompt_slots + st["step"])
-                return {
-                    **st,
-                    "step": st["step"] + 1,
-                    "tokens": tokens,
-                    "lengths": st["lengths"] + live.astype(jnp.int32),
-                    "done": st["done"] | (live & jnp.isin(tok, eos)),
-                    "logits": next_logits[:, 0],
-                    "cache": cache,
-                    "positions": st["positions"] + live.astype(jnp.int32),
-                    "seen": seen,
-                }
-
-            return jax.lax.while_loop(cond, body, state)
+            return jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), state)
 
         self.prefill = jax.jit(prefill)
         self.decode = jax.jit(decode, donate_argnums=(1,))
+        self.step = jax.jit(decode_step, donate_argnums=(1,))  # one token at a time, for interactive streaming
 
 
 _PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}
@@ -135,6 +135,53 @@ def _programs(model, settings: SamplingSettings, slots: int) -> _Programs:
         hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots))
         _PROGRAMS[key] = hit
     return hit[1]
+
+
+def _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh):
+    if mesh is not None:
+        batch = mesh_lib.shard_batch({"ids": ids_b, "mask": mask_b}, mesh)
+        ids_b, mask_b = batch["ids"], batch["mask"]
+    b, width = ids_b.shape
+    state = progs.prefill(params, ids_b, mask_b)
+    state.update({
+        "prompt_slots": jnp.int32(width),
+        "step": jnp.int32(0),
+        "tokens": jnp.full((b, budget), pad_token_id, jnp.int32),
+        "lengths": jnp.zeros((b,), jnp.int32),
+        "done": jnp.zeros((b,), bool),
+    })
+    return state
+
+
+def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens: int, temperature: float = 1.0,
+                    top_k: int | None = 50, top_p: float = 1.0, repetition_penalty: float = 1.0,
+                    greedy: bool = False, eos_token_ids=None, pad_token_id=None, rng=0,
+                    buckets: Sequence[int] | None = None):
+    """Yield the new token of row 0 as it is produced (interactive use: one jitted step per token).
+
+    Same programs and sampling as `generate`, so a fixed rng gives the same tokens."""
+    ids = np.asarray(input_ids)
+    mask = np.asarray(attention_mask).astype(np.int32)
+    b, s = ids.shape
+    eos = model.config.eos_token_ids if eos_token_ids is None else tuple(int(e) for e in np.atleast_1d(eos_token_ids))
+    if pad_token_id is None:
+        pad_token_id = model.config.pad_token_id if model.config.pad_token_id is not None else (eos[0] if eos else 0)
+    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
+    width = bucket_length(s, buckets)
+    ids_b = np.concatenate([np.full((b, width - s), pad_token_id, ids.dtype), ids], axis=1).astype(np.int32)
+    mask_b = np.concatenate([np.zeros((b, width - s), np.int32), mask], axis=1)
+    settings = SamplingSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                                top_k=int(top_k) if top_k else None, top_p=float(top_p),
+                                repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
+                                eos_token_ids=eos, pad_token_id=int(pad_token_id))
+    progs = _programs(model, settings, width + int(max_new_tokens))
+    state = _start(progs, params, ids_b, mask_b, int(max_new_tokens), pad_token_id, None)
+    for t in range(int(max_new_tokens)):
+        state = progs.step(params, state, key)
+        tok = int(state["tokens"][0, t])
+        yield tok
+        if bool(state["done"][0]):
+            return
 
 
 def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | None = None,
@@ -184,17 +231,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
     progs = _programs(model, settings, width + budget)
-    if mesh is not None:
-        batch = mesh_lib.shard_batch({"ids": ids_b, "mask": mask_b}, mesh)
-        ids_b, mask_b = batch["ids"], batch["mask"]
-    state = progs.prefill(params, ids_b, mask_b)
-    state.update({
-        "prompt_slots": jnp.int32(width),
-        "step": jnp.int32(0),
-        "tokens": jnp.full((b, budget), pad_token_id, jnp.int32),
-        "lengths": jnp.zeros((b,), jnp.int32),
-        "done": jnp.zeros((b,), bool),
-    })
+    state = _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh)
     state = progs.decode(params, state, key)
     tokens = np.asarray(state["tokens"])
     lengths = np.asarray(state["lengths"])

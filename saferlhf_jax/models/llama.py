@@ -151,7 +151,9 @@ class Embed(nnx.Module):
         self.compute_dtype = _dtype(config.dtype)
 
     def __call__(self, ids):
-        return jnp.take(self.embedding[...], ids, axis=0).astype(self.compute_dtype)
+        # clip: ids past the table (e.g. a pad id appended to the tokenizer) sit on masked positions and must not
+        # turn into NaN rows (the default out-of-bounds fill), which would leak through 0-weight attention
+        return jnp.take(self.embedding[...], ids, axis=0, mode="clip").astype(self.compute_dtype)
 
     def attend(self, x):
         """Tied output projection: x (..., E) → (..., V)."""

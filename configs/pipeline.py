@@ -1,0 +1,44 @@
+"""The main job: SFT → reward model → cost model → PPO-Lag → arena (SFT vs PPO-Lag) → report.
+
+`--config configs/pipeline.py:tiny` runs it on the embedded stories260K model and shipped data on a CPU; every
+stage is a regular stage config under `config.<stage>` (override e.g. `--config.ppo_lag.train.max_steps=8`).
+"""
+
+import ml_collections
+
+from configs import common, cost, ppo_lag, reward, sft
+
+
+def get_config(preset: str = "tiny"):
+    preset = common.check_preset(preset, ("tiny", "llama2_7b", "llama3_8b"))
+    c = ml_collections.ConfigDict()
+    c.output_dir = "runs/pipeline"
+    c.stages = ("sft", "reward", "cost", "ppo_lag", "arena")
+    c.sft = sft.get_config(preset)
+    c.reward = reward.get_config(preset)
+    c.cost = cost.get_config(preset)
+    c.ppo_lag = ppo_lag.get_config(preset)
+    c.arena = ml_collections.ConfigDict()
+    c.arena.datasets = ("PKU-SafeRLHF/test",)
+    c.arena.max_length = 512
+    c.arena.batch_size = 16
+    c.arena.seed = 42
+    c.arena.temperature = 1.0
+    c.arena.top_k = 50
+    c.arena.top_p = 1.0
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.logging = ml_collections.ConfigDict(dict(progress=True, tensorboard=True))
+    if preset == "tiny":
+        c.sft.train_datasets = ("alpaca:0.25",)          # 500 instruction rows
+        c.sft.train.epochs = 1
+        c.reward.train_datasets = ("PKU-SafeRLHF/train",)  # all 500 shipped pairs
+        c.cost.train_datasets = ("PKU-SafeRLHF/train",)
+        for stage in (c.reward, c.cost):
+            stage.train.learning_rate = 5e-4
+        c.ppo_lag.train_datasets = ("PKU-SafeRLHF/train:64/-1",)
+        c.ppo_lag.train.max_steps = 6
+        c.ppo_lag.train.prompt_batch_size = 8
+        c.ppo_lag.train.train_batch_size = 8
+        c.arena.max_length = 256
+        c.arena.batch_size = 16
+    return c

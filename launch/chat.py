@@ -1,0 +1,112 @@
+"""Chat with a model in the reference conversation template; tokens stream as they are sampled.
+
+    python -m launch.chat --model runs/ppo_lag/export [--temperature 1.0 --top_k 50 --max_new_tokens 512]
+    python -m launch.chat --red runs/sft/export --blue runs/ppo_lag/export     # two models side by side
+
+Commands: /reset (new conversation), /regenerate (answer the last message again), /quit (or Ctrl-D).
+Model arguments accept HF-format directories or training run directories (latest checkpoint, DIR@STEP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+class Conversation:
+    """Turn list [user, assistant, user, ...] rendered with the shared template."""
+
+    def __init__(self, template, eos: str):
+        self.template, self.eos = template, eos
+        self.turns: list[str] = []
+
+    def prompt(self) -> str:
+        return self.template.format_prompt(self.turns, self.eos)
+
+
+def _reply(model, tok, conv: Conversation, args, seed: int, out) -> str:
+    from saferlhf_jax.generation import stream_generate
+
+    ids = tok(conv.prompt()).input_ids
+    ids = np.asarray([ids], np.int32)
+    pieces: list[int] = []
+    shown = ""
+    for t in stream_generate(model, model.params, ids, np.ones_like(ids), max_new_tokens=args.max_new_tokens,
+                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             repetition_penalty=args.repetition_penalty, greedy=args.temperature <= 0,
+                             eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id, rng=seed):
+        if t == tok.eos_token_id:
+            break
+        pieces.append(t)
+        text = tok.decode(pieces, skip_special_tokens=True)
+        out.write(text[len(shown):])
+        out.flush()
+        shown = text
+    out.write("\n")
+    return shown.strip()
+
+
+def main(argv=None, stdin=None, out=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", help="model to chat with")
+    p.add_argument("--red", help="side-by-side mode: first model")
+    p.add_argument("--blue", help="side-by-side mode: second model")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top_k", type=int, default=50)
+    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--max_new_tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=42)
+    args = p.parse_args(argv)
+    stdin, out = stdin or sys.stdin, out or sys.stdout
+    if not args.model and not (args.red and args.blue):
+        p.error("give --model, or --red and --blue")
+    from saferlhf_jax.data import DEFAULT_TEMPLATE
+    from saferlhf_jax.evaluation.loading import load_for_eval
+
+    specs = {"": args.model} if args.model else {"red": args.red, "blue": args.blue}
+    try:
+        loaded = {name: load_for_eval(spec, "causal_lm") for name, spec in specs.items()}
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    convs = {name: Conversation(DEFAULT_TEMPLATE, tok.eos_token) for name, (_, tok) in loaded.items()}
+    seed = args.seed
+    out.write("commands: /reset /regenerate /quit\n")
+    while True:
+        out.write("USER: ")
+        out.flush()
+        line = stdin.readline()
+        if not line:
+            out.write("\n")
+            return 0
+        text = line.strip()
+        if text in ("/quit", "/exit"):
+            return 0
+        if text == "/reset":
+            for c in convs.values():
+                c.turns.clear()
+            out.write("(new conversation)\n")
+            continue
+        if text == "/regenerate":
+            if not next(iter(convs.values())).turns:
+                out.write("(nothing to regenerate)\n")
+                continue
+            for c in convs.values():
+                c.turns.pop()  # drop the last answer, keep the user turn
+        elif not text:
+            continue
+        else:
+            for c in convs.values():
+                c.turns.append(text)
+        seed += 1
+        for name, (model, tok) in loaded.items():
+            out.write(f"ASSISTANT{f' [{name}]' if name else ''}: ")
+            out.flush()
+            convs[name].turns.append(_reply(model, tok, convs[name], args, seed, out))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""A results page a person can read: report.md with settings, tables and images of a pipeline run."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+
+def _rows(path: pathlib.Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_stage_curves(out: pathlib.Path, path: pathlib.Path) -> bool:
+    """Loss (and accuracy) curves of the supervised-style stages in one figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    stages = [s for s in ("sft", "reward", "cost") if (out / s / "metrics.jsonl").is_file()]
+    if not stages:
+        return False
+    fig, axes = plt.subplots(1, len(stages), figsize=(3.6 * len(stages), 3), squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        rows = [r for r in _rows(out / stage / "metrics.jsonl") if "loss" in r]
+        ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
+        evals = [r for r in _rows(out / stage / "metrics.jsonl") if "eval/accuracy" in r or "eval/loss" in r]
+        if evals:
+            key = "eval/accuracy" if "eval/accuracy" in evals[0] else "eval/loss"
+            ax2 = ax.twinx()
+            ax2.plot([r["step"] for r in evals], [r[key] for r in evals], "o--", color="tab:orange", label=key)
+            ax2.set_ylabel(key, color="tab:orange")
+        ax.set_title(stage)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _fmt(v):
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
+    out = pathlib.Path(out)
+    lines = ["# saferlhf-jax pipeline report", "",
+             f"Output directory: `{out}`. Stages: {', '.join(cfg.stages)}.", ""]
+    if plot_stage_curves(out, out / "stage_curves.png"):
+        lines += ["## Training curves", "", "![stage curves](stage_curves.png)", ""]
+    lines += ["## Stages", "", "| stage | steps | seconds | final train metrics | eval |", "|---|---|---|---|---|"]
+    for stage in ("sft", "reward", "cost"):
+        f = out / stage / "summary.json"
+        if f.is_file():
+            s = json.loads(f.read_text())
+            train = ", ".join(f"{k}={_fmt(v)}" for k, v in s.get("train", {}).items()
+                              if k in ("loss", "accuracy", "accuracy_sign"))
+            ev = ", ".join(f"{k}={_fmt(v)}" for k, v in s.get("eval", {}).items()
+                           if k in ("loss", "accuracy", "accuracy_sign", "reward_mean", "cost_mean"))
+            lines.append(f"| {stage} | {s['steps']} | {_fmt(s['seconds'])} | {train} | {ev} |")
+    f = out / "ppo_lag" / "summary.json"
+    if f.is_file():
+        s = json.loads(f.read_text())
+        last = s.get("last", {})
+        keys = ("train/reward", "train/cost", "train/lambda", "train/kl_divergence")
+        lines.append(f"| ppo_lag | {s['rl_steps']} rl steps | {_fmt(s['seconds'])} | "
+                     + ", ".join(f"{k.split('/')[1]}={_fmt(last[k])}" for k in keys if k in last) + " | |")
+    lines.append("")
+    if (out / "ppo_lag" / "training_curves.png").is_file():
+        lines += ["## PPO-Lagrangian", "", "![ppo-lag curves](ppo_lag/training_curves.png)", ""]
+    arena = out / "arena" / "summary.md"
+    if arena.is_file():
+        body = arena.read_text().replace("](reward_distribution.png)", "](arena/reward_distribution.png)")
+        body = body.replace("](cost_distribution.png)", "](arena/cost_distribution.png)")
+        body = body.replace("# Arena:", "## Arena:")
+        lines += [body, "Reward and cost distributions before (SFT, red) and after (PPO-Lag, blue) alignment are "
+                        "the two histograms above; the per-prompt answers are in `arena/table.csv`.", ""]
+    if timings:
+        lines += ["## Time (this invocation)", ""] + [f"- {k}: {v:.1f}s" for k, v in timings.items()] + [""]
+    lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

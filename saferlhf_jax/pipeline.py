@@ -1,0 +1,83 @@
+"""The end-to-end job (SFT → RM → CM → PPO-Lag → arena → report); each stage resumes or is skipped when done."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+
+log = logging.getLogger(__name__)
+
+
+def _stage_config(cfg, name: str, out: pathlib.Path):
+    stage = cfg[name]
+    stage.output_dir = str(out / name)
+    for key in ("data", "fsdp", "tensor"):
+        stage.mesh[key] = cfg.mesh[key]
+    stage.logging.progress = bool(cfg.logging.progress)
+    stage.logging.tensorboard = bool(cfg.logging.tensorboard)
+    return stage
+
+
+def _done(path: pathlib.Path) -> bool:
+    summary = path / "summary.json"
+    return summary.is_file() and "export" in json.loads(summary.read_text())
+
+
+def run(cfg) -> dict:
+    from saferlhf_jax.algorithms import cost, ppo_lag, reward, sft
+    from saferlhf_jax.evaluation import report
+    from saferlhf_jax.training import trainer
+
+    out = pathlib.Path(cfg.output_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    stages = list(cfg.stages)
+    timings: dict[str, float] = {}
+    supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE}
+    for name in ("sft", "reward", "cost"):
+        if name not in stages:
+            continue
+        stage_cfg = _stage_config(cfg, name, out)
+        if name != "sft":
+            stage_cfg.model_name_or_path = str(out / "sft" / "export")
+        if _done(out / name):
+            log.info("pipeline: %s already finished, skipping", name)
+            continue
+        t0 = time.perf_counter()
+        summary = trainer.train(supervised[name], stage_cfg)
+        trainer.print_summary(summary)
+        timings[name] = time.perf_counter() - t0
+    if "ppo_lag" in stages:
+        rl_cfg = _stage_config(cfg, "ppo_lag", out)
+        rl_cfg.actor_model_name_or_path = str(out / "sft" / "export")
+        rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
+        rl_cfg.cost_model_name_or_path = str(out / "cost" / "export")
+        if not _done(out / "ppo_lag"):
+            t0 = time.perf_counter()
+            summary = ppo_lag.run(rl_cfg)
+            ppo_lag.print_summary(summary)
+            timings["ppo_lag"] = time.perf_counter() - t0
+    if "arena" in stages:
+        arena_dir = out / "arena"
+        if not (arena_dir / "summary.json").is_file():
+            t0 = time.perf_counter()
+            from saferlhf_jax.evaluation.arena import run_arena
+            from saferlhf_jax.evaluation.loading import load_for_eval
+            from saferlhf_jax.parallel import make_mesh
+
+            mesh = make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
+            a = cfg.arena
+            loaded = {
+                "red": load_for_eval(str(out / "sft" / "export"), "causal_lm", mesh),
+                "blue": load_for_eval(str(out / "ppo_lag" / "export"), "causal_lm", mesh),
+                "reward": load_for_eval(str(out / "reward" / "export"), "score", mesh),
+                "cost": load_for_eval(str(out / "cost" / "export"), "score", mesh),
+            }
+            run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], "sft", "ppo_lag",
+                      list(a.datasets), arena_dir, max_length=int(a.max_length), batch_size=int(a.batch_size),
+                      seed=int(a.seed), mesh=mesh,
+                      sampling=dict(temperature=float(a.temperature), top_k=int(a.top_k), top_p=float(a.top_p)))
+            timings["arena"] = time.perf_counter() - t0
+    path = report.write_report(out, cfg, timings)
+    return {"report": str(path), "timings": timings}

@@ -39,6 +39,8 @@ def get_config(preset: str = "tiny"):
         c.ppo_lag.train.max_steps = 6
         c.ppo_lag.train.prompt_batch_size = 8
         c.ppo_lag.train.train_batch_size = 8
-        c.arena.max_length = 256
+        c.ppo_lag.actor.learning_rate = 5e-4
+        c.ppo_lag.critic.learning_rate = 5e-4
+        c.arena.max_length = 320
         c.arena.batch_size = 16
     return c

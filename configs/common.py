@@ -65,10 +65,17 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.mesh.fsdp = -1                             # -1 = all remaining devices
     c.mesh.tensor = 1
 
+    c.distributed = distributed()
+
     c.logging = ml_collections.ConfigDict()
     c.logging.tensorboard = True
     c.logging.progress = True
     return c
+
+
+def distributed() -> ml_collections.ConfigDict:
+    """Multi-host switch: one process per host calls jax.distributed.initialize (auto-detected on TPU/SLURM)."""
+    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
 
 
 def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8) -> ml_collections.ConfigDict:

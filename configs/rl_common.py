@@ -66,6 +66,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
+    c.distributed = common.distributed()
 
     if preset == "tiny":
         c.generation.max_length = 192

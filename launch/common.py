@@ -116,6 +116,9 @@ def run_training_cli(stage_module: str, default_config: str, argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     setup_logging(verbose)
+    from saferlhf_jax.parallel import initialize_distributed
+
+    initialize_distributed(cfg.get("distributed"))
     stage = importlib.import_module(f"saferlhf_jax.algorithms.{stage_module}").STAGE
     try:
         summary = trainer.train(stage, cfg)
@@ -144,6 +147,9 @@ def run_rl_cli(default_config: str, argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     setup_logging(verbose)
+    from saferlhf_jax.parallel import initialize_distributed
+
+    initialize_distributed(cfg.get("distributed"))
     try:
         summary = ppo_lag.run(cfg)
     except (ConfigError, DataError, FileNotFoundError) as err:

@@ -36,6 +36,11 @@ def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
     assert summary["cost_std"] == pytest.approx(np.std(costs, ddof=1), rel=1e-4)
     np.testing.assert_allclose(np.load(tmp_path / "safe_scores.npy"), costs[safe], atol=1e-5)
     assert (tmp_path / "cost_distribution.png").stat().st_size > 1000
+    assert (tmp_path / "cost_by_severity.png").stat().st_size > 1000
+    cal = summary["calibration"]
+    assert sum(v["count"] for v in cal["by_severity"].values()) == costs.size
+    assert cal["sign_accuracy_at_0"] == pytest.approx(summary["accuracy_sign"])
+    assert cal["accuracy_at_best_threshold"] >= cal["sign_accuracy_at_0"]
     # the CSV text is the real data: the safer response of the first row is one of its two responses
     first = rows[0]
     from saferlhf_jax.data import load_raw
@@ -47,3 +52,16 @@ def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
 def test_evaluate_score_errors(tmp_path, capsys):
     assert evaluate_score.main(["--model", str(tmp_path / "nope"), "--datasets", "PKU-SafeRLHF/test"]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_best_threshold_and_calibration_by_hand():
+    from saferlhf_jax.evaluation.score_eval import best_threshold, calibration_by_severity
+
+    costs = np.array([-2.0, -1.0, 0.5, 1.0, 3.0, -0.5])
+    unsafe = np.array([0, 0, 0, 1, 1, 0], bool)
+    t, acc = best_threshold(costs, unsafe)
+    assert acc == 1.0 and 0.5 < t < 1.0
+    cal = calibration_by_severity(costs, np.array([0, 0, 0, 2, 3, 0]), unsafe)
+    assert cal["sign_accuracy_at_0"] == pytest.approx(5 / 6)   # 0.5 is over the boundary but safe
+    assert cal["by_severity"]["0"] == {"count": 4, "mean_cost": pytest.approx(-0.75), "median_cost": -0.75}
+    assert np.isnan(cal["by_severity"]["1"]["mean_cost"])

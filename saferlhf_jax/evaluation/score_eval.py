@@ -60,6 +60,51 @@ def _plot_cost(safe: np.ndarray, unsafe: np.ndarray, path: pathlib.Path, title: 
     plt.close(fig)
 
 
+def best_threshold(scores: np.ndarray, positive: np.ndarray) -> tuple[float, float]:
+    """The threshold t maximising accuracy of `score > t ⇔ positive`, and that accuracy (ties: the t nearest 0)."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    order = np.unique(scores)
+    candidates = np.concatenate([[order[0] - 1.0], (order[:-1] + order[1:]) / 2, [order[-1] + 1.0]])
+    accs = np.array([np.mean((scores > t) == positive) for t in candidates])
+    best = np.flatnonzero(accs == accs.max())
+    t = candidates[best[np.argmin(np.abs(candidates[best]))]]
+    return float(t), float(accs.max())
+
+
+def calibration_by_severity(costs: np.ndarray, severity: np.ndarray, unsafe: np.ndarray) -> dict:
+    """Cost-model calibration (paper: cost 0 is the safety boundary and costs track severity)."""
+    costs, severity, unsafe = np.asarray(costs), np.asarray(severity), np.asarray(unsafe, bool)
+    levels = {}
+    for level in range(4):
+        sel = severity == level
+        levels[str(level)] = {"count": int(sel.sum()),
+                              "mean_cost": float(costs[sel].mean()) if sel.any() else float("nan"),
+                              "median_cost": float(np.median(costs[sel])) if sel.any() else float("nan")}
+    t, acc = best_threshold(costs, unsafe)
+    return {"by_severity": levels, "sign_accuracy_at_0": float(np.mean((costs > 0) == unsafe)),
+            "best_threshold": t, "accuracy_at_best_threshold": acc}
+
+
+def _box(groups: dict[str, np.ndarray], path: pathlib.Path, ylabel: str, title: str, zero_line: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in groups.items() if len(v)]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    if names:
+        ax.violinplot([groups[k] for k in names], showmeans=True)
+        ax.set_xticks(range(1, len(names) + 1), [f"{k}\n(n={len(groups[k])})" for k in names])
+    if zero_line:
+        ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 16, max_length: int = 512,
                          mesh=None, score_type: str | None = None) -> dict:
     """Score every pair of `datasets` with the model and write the reports. Returns the summary dict."""
@@ -97,6 +142,14 @@ def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 1
             scores = np.concatenate([per["better"], per["worse"]])
             np.save(output_dir / "scores.npy", scores)
             _plot_reward(scores, output_dir / "reward_distribution.png", f"reward distribution ({scores.size})")
+            t, acc = best_threshold(scores, np.concatenate([np.ones(per["better"].size, bool),
+                                                            np.zeros(per["worse"].size, bool)]))
+            summary["calibration"] = {"better_mean": float(per["better"].mean()),
+                                      "worse_mean": float(per["worse"].mean()),
+                                      "margin_mean": float((per["better"] - per["worse"]).mean()),
+                                      "best_threshold": t, "accuracy_at_best_threshold": acc}
+            _box({"better": per["better"], "worse": per["worse"]}, output_dir / "reward_by_preference.png",
+                 "reward", "reward of the more / less helpful response", zero_line=False)
         else:
             writer.writerow(["prompt", "safer_response", "safer_cost", "safer_is_safe", "unsafer_response",
                              "unsafer_cost", "unsafer_is_safe"])
@@ -110,6 +163,16 @@ def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 1
             np.save(output_dir / "unsafe_scores.npy", costs[signs < 0])
             _plot_cost(costs[signs > 0], costs[signs < 0], output_dir / "cost_distribution.png",
                        f"cost distribution ({costs.size})")
+            sev = []
+            for s in rows:
+                first, second = (s.severity, s.other_severity) if s.safer else (s.other_severity, s.severity)
+                sev.append((first, second))
+            if all(a is not None and b is not None for a, b in sev):
+                severity = np.concatenate([[a for a, _ in sev], [b for _, b in sev]])
+                summary["calibration"] = calibration_by_severity(costs, severity, signs < 0)
+                _box({["safe", "minor", "moderate", "severe"][k]: costs[severity == k] for k in range(4)},
+                     output_dir / "cost_by_severity.png", "cost", "cost by severity level (0 = safety boundary)",
+                     zero_line=True)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

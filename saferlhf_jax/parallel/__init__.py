@@ -5,6 +5,8 @@ from saferlhf_jax.parallel.mesh import (
     DEFAULT_RULES,
     MESH_AXES,
     batch_divisor,
+    initialize_distributed,
+    put_global,
     batch_sharding,
     logical_to_spec,
     make_mesh,
@@ -16,6 +18,6 @@ from saferlhf_jax.parallel.mesh import (
     tree_shardings,
 )
 
-__all__ = ["BATCH_AXES", "DEFAULT_RULES", "MESH_AXES", "batch_divisor", "batch_sharding", "logical_to_spec",
+__all__ = ["BATCH_AXES", "DEFAULT_RULES", "MESH_AXES", "batch_divisor", "initialize_distributed", "put_global", "batch_sharding", "logical_to_spec",
            "make_mesh", "mesh_from_config", "replicated", "resolve_mesh_shape", "rules_dict", "shard_batch",
            "tree_shardings"]

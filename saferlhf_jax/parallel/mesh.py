@@ -124,3 +124,29 @@ def shard_batch(batch, mesh: Mesh):
         return jax.device_put(x, batch_sharding(mesh, x.ndim))
 
     return jax.tree.map(put, batch)
+
+
+def initialize_distributed(cfg) -> None:
+    """Multi-host start (`config.distributed.enabled`): one process per host, before any other JAX call.
+
+    On TPU pods and SLURM/Open MPI clusters the arguments are discovered automatically; elsewhere give
+    coordinator_address ("host:port"), num_processes and process_id."""
+    if cfg is None or not bool(cfg.get("enabled", False)):
+        return
+    kwargs = {}
+    if cfg.get("coordinator_address"):
+        kwargs["coordinator_address"] = str(cfg.coordinator_address)
+    if int(cfg.get("num_processes", 0)) > 0:
+        kwargs["num_processes"] = int(cfg.num_processes)
+    if int(cfg.get("process_id", -1)) >= 0:
+        kwargs["process_id"] = int(cfg.process_id)
+    jax.distributed.initialize(**kwargs)
+    log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
+             jax.local_device_count(), jax.device_count())
+
+
+def put_global(local_batch, sharding):
+    """Host-local batch (this process's slice of the global batch) → global arrays with `sharding`."""
+    if jax.process_count() == 1:
+        return jax.device_put(local_batch, sharding)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -218,6 +218,8 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, row: dict) -> None:
+        if jax.process_index() != 0:  # one writer in multi-host runs
+            return
         row = {k: (float(v) if isinstance(v, (np.floating, float, jax.Array, np.ndarray)) else v)
                for k, v in row.items()}
         with open(self.path, "a") as f:
@@ -232,7 +234,8 @@ class MetricsLog:
             self.writer.close()
 
 
-RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "train.stop_after_steps", "train.log_every")
+RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", "train.stop_after_steps",
+                  "train.log_every")
 
 
 def resume_fingerprint(cfg) -> dict:
@@ -283,7 +286,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
     t = cfg.train
     batch_size, grad_accum = int(t.batch_size), int(t.grad_accum)
     buckets = tuple(cfg.data.get("buckets", ())) or None
-    iterator = data_lib.BatchIterator(train_ds, batch_size, seed=int(cfg.seed), buckets=buckets)
+    iterator = data_lib.BatchIterator(train_ds, batch_size, seed=int(cfg.seed), buckets=buckets,
+                                      num_shards=jax.process_count(), shard_index=jax.process_index())
     per_epoch = optim.updates_per_epoch(iterator.batches_per_epoch, grad_accum)
     total = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * per_epoch
     optimizer, schedule = optim.make_optimizer(
@@ -367,7 +371,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                 width = max(b[next(iter(b))].shape[1] for b in host)
                 host = [data_lib.collate(train_ds.kind, _unbatch(b), train_ds.pad_token_id, (width,)) for b in host]
             stacked = {k: np.stack([b[k] for b in host]) for k in host[0]}
-            state, metrics = step_fn(state, jax.device_put(stacked, batch_spec), frozen)
+            state, metrics = step_fn(state, mesh_lib.put_global(stacked, batch_spec), frozen)
             step += 1
             if step % log_every == 0 or step == total:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}

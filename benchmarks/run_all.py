@@ -1,0 +1,54 @@
+"""Run every benchmark at the chosen size and print one table of ratios measured in this run.
+
+    python -m benchmarks.run_all [--size tiny|cpu|gpu] [--json all.json]
+
+Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate`, and TRL 1.12's
+PPOTrainer when `trl==1.12.0` is installed (skipped, and said so, otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from benchmarks.common import write_json
+
+SIZES = {
+    "tiny": {"train": dict(hidden=64, layers=2, vocab=256, batch=2, seq=32, repeats=1),
+             "generate": dict(batch=2, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=256)},
+    "cpu": {"train": dict(hidden=512, layers=4, vocab=8192, batch=8, seq=256, repeats=3),
+            "generate": dict(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048)},
+    "gpu": {"train": dict(hidden=2048, layers=8, vocab=32000, batch=16, seq=512, repeats=5),
+            "generate": dict(batch=32, prompt_len=64, new_tokens=256, repeats=3, hidden=1024, layers=8,
+                             vocab=32000)},
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=sorted(SIZES), default="cpu")
+    p.add_argument("--json", default=None)
+    a = p.parse_args(argv)
+    from benchmarks import generate, train_step
+
+    sizes = SIZES[a.size]
+    results = {"train_step_vs_transformers": train_step.run(**sizes["train"]),
+               "generate_vs_hf": generate.run(**sizes["generate"])}
+    results["train_step_fraction_of_matmul_peak"] = {
+        "ratio": results["train_step_vs_transformers"]["fraction_of_peak"]}
+    try:
+        import trl  # noqa: F401
+
+        results["ppo_step_vs_trl"] = {"skipped": "TRL comparison not implemented in this build"}
+    except ImportError:
+        results["ppo_step_vs_trl"] = {"skipped": "trl==1.12.0 is not installed"}
+    print(f"{'benchmark':<40} {'ratio':>8}")
+    for name, r in results.items():
+        value = f"{r['ratio']:.2f}" if "ratio" in r else r.get("skipped", "")
+        print(f"{name:<40} {value:>8}")
+    write_json(a.json, {k: v for k, v in results.items()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

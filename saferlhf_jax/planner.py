@@ -1,0 +1,266 @@
+"""Memory planner: build a stage's real jitted step on abstract, sharded parameters (never allocated), compile it
+for the target devices and report per-device memory.
+
+Targets: `cpu:N` (simulated host devices; set before JAX starts, see launch.plan) or `tpu:<topology>` through
+`jax.experimental.topologies` (needs libtpu: `pip install "jax[tpu]==<same version>"`), which runs the real TPU
+compiler on a CPU host and refuses programs that do not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from saferlhf_jax import models
+from saferlhf_jax.models.api import _abstract, param_logical_axes
+from saferlhf_jax.models.config import ModelConfig
+from saferlhf_jax.parallel import mesh as mesh_lib
+from saferlhf_jax.training import optim
+
+log = logging.getLogger(__name__)
+
+# Architectures by hub name, for planning without the weights on disk.
+ARCHITECTURES = {
+    "meta-llama/Llama-2-7b-hf": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                                     num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                                     max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0),
+    "meta-llama/Meta-Llama-3-8B": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                                       max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0),
+}
+
+
+def model_config(path: str, model_cfg) -> ModelConfig:
+    """The architecture of `path` (an HF dir, or a known hub name), with the run's execution settings."""
+    exec_kw = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat_policy=model_cfg.remat_policy,
+                   scan_layers=bool(model_cfg.scan_layers))
+    p = pathlib.Path(str(path)).expanduser()
+    if (p / "config.json").is_file():
+        return ModelConfig.from_pretrained(p, **exec_kw)
+    for name, arch in ARCHITECTURES.items():
+        if str(path).rstrip("/").endswith(name) or pathlib.Path(name).name in str(path):
+            return ModelConfig(**arch, **exec_kw)
+    raise FileNotFoundError(f"{path}: no config.json and not a known architecture ({sorted(ARCHITECTURES)}); "
+                            "for a local run's export, train the earlier stage first")
+
+
+def abstract_params(config: ModelConfig, kind: str, mesh: Mesh):
+    """(graphdef, params as ShapeDtypeStructs carrying their shardings)."""
+    graphdef, shapes = _abstract(config, kind)
+    shardings = mesh_lib.tree_shardings(param_logical_axes(shapes), shapes, mesh)
+    return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+                                  shardings)
+
+
+def bytes_per_device(tree) -> int:
+    """Σ over leaves of the bytes one device holds (global bytes / number of shards of that leaf)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        nbytes = math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+        sharding = getattr(x, "sharding", None)
+        shards = 1
+        if isinstance(sharding, NamedSharding):
+            for axes in sharding.spec:
+                for a in (axes if isinstance(axes, tuple) else (axes,)):
+                    if a is not None:
+                        shards *= sharding.mesh.shape[a]
+        total += nbytes // shards
+    return total
+
+
+def _abstract_opt_state(optimizer, params):
+    """Optimizer state: moments sharded exactly like their parameters, scalars (counts) replicated."""
+    import optax
+
+    state = jax.eval_shape(optimizer.init, params)
+    mesh = jax.tree.leaves(params)[0].sharding.mesh
+    rep = NamedSharding(mesh, P())
+    return optax.tree_map_params(
+        optimizer, lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding), state, params,
+        transform_non_params=lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep))
+
+
+def _memory(compiled) -> dict[str, int]:
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return {}
+    arg = int(getattr(ma, "argument_size_in_bytes", 0))
+    temp = int(getattr(ma, "temp_size_in_bytes", 0))
+    out = int(getattr(ma, "output_size_in_bytes", 0))
+    alias = int(getattr(ma, "alias_size_in_bytes", 0))
+    code = int(getattr(ma, "generated_code_size_in_bytes", 0))
+    return {"argument_bytes_per_device": arg, "temp_bytes_per_device": temp, "output_bytes_per_device": out,
+            "alias_bytes_per_device": alias, "code_bytes": code,
+            "total_bytes_per_device": arg + temp + max(out - alias, 0) + code}
+
+
+def plan_supervised(stage, cfg, mesh: Mesh) -> dict[str, Any]:
+    """Compile the stage's train step (batch × max_length, GA micro-batches) on abstract state."""
+    from saferlhf_jax.training import trainer
+
+    config = model_config(cfg.model_name_or_path, cfg.model)
+    kind = "score" if stage.model_kind == "score" else "causal_lm"
+    if kind == "score":
+        config = config.replace(score_type=stage.score_type, score_dim=stage.score_dim)
+    graphdef, params = abstract_params(config, kind, mesh)
+    model = models.Model(config, kind, graphdef, None, None, mesh)
+    t = cfg.train
+    optimizer, schedule = optim.make_optimizer(float(t.learning_rate), 1000, weight_decay=float(t.weight_decay))
+    trainable = {k: v for k, v in params.items() if k != "normalizer"}
+    state = {"step": _scalar(mesh), "updates": _scalar(mesh), "skipped": _scalar(mesh), "params": params,
+             "opt_state": _abstract_opt_state(optimizer, trainable),
+             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))}
+    batch = _abstract_batch(stage.train_kind, int(t.grad_accum), int(t.batch_size), int(cfg.data.max_length), mesh)
+    frozen = params if stage.needs_reference else {}
+    step = trainer.make_train_step(stage, model, optimizer, schedule, trainer.loss_config(cfg), int(t.grad_accum))
+    shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+    jitted = jax.jit(step, in_shardings=(shard(state), shard(batch), shard(frozen)),
+                     out_shardings=(shard(state), NamedSharding(mesh, P())), donate_argnums=(0,))
+    compiled = jitted.lower(state, batch, frozen).compile()
+    models_bytes = {"policy" if kind == "causal_lm" else stage.name: bytes_per_device(params),
+                    "optimizer": bytes_per_device(state["opt_state"])}
+    if stage.needs_reference:
+        models_bytes["reference"] = bytes_per_device(frozen)
+    return {**_memory(compiled), "models": models_bytes,
+            "analytic_param_optimizer_bytes_per_device": sum(models_bytes.values())}
+
+
+def _scalar(mesh):
+    return jax.ShapeDtypeStruct((), jnp.int32, sharding=NamedSharding(mesh, P()))
+
+
+def _abstract_batch(kind: str, ga: int, batch: int, length: int, mesh: Mesh) -> dict:
+    spec = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
+    ids = lambda: jax.ShapeDtypeStruct((ga, batch, length), jnp.int32, sharding=spec)  # noqa: E731
+    mask = lambda: jax.ShapeDtypeStruct((ga, batch, length), jnp.bool_, sharding=spec)  # noqa: E731
+    if kind == "supervised":
+        return {"input_ids": ids(), "labels": ids(), "attention_mask": mask()}
+    if kind in ("preference", "safety_preference"):
+        a, b = ("better", "worse") if kind == "preference" else ("safer", "unsafer")
+        out = {f"{a}_input_ids": ids(), f"{a}_attention_mask": mask(), f"{b}_input_ids": ids(),
+               f"{b}_attention_mask": mask()}
+        if kind == "safety_preference":
+            sign = jax.ShapeDtypeStruct((ga, batch), jnp.int32, sharding=spec)
+            out.update(safer_safety_sign=sign, unsafer_safety_sign=sign)
+        return out
+    if kind == "moderation":
+        vec = lambda d, dt: jax.ShapeDtypeStruct((ga, batch) + d, dt, sharding=spec)  # noqa: E731
+        return {"input_ids": ids(), "attention_mask": mask(), "is_unsafe": vec((), jnp.int32),
+                "categories": vec((19,), jnp.bool_), "category_valid": vec((), jnp.bool_),
+                "severity": vec((), jnp.int32)}
+    raise ValueError(f"no planner batch for {kind}")
+
+
+def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
+    """Compile one PPO-Lag rl_step (actor + two critics updated; reference, RM, CM resident) on abstract state."""
+    from saferlhf_jax.algorithms import rl
+
+    actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model)
+    actor_gd, actor_p = abstract_params(actor_cfg, "causal_lm", mesh)
+    critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model).replace(score_type="critic")
+    critic_gd, critic_p = abstract_params(critic_cfg, "score", mesh)
+    actor = models.Model(actor_cfg, "causal_lm", actor_gd, None, None, mesh)
+    critic = models.Model(critic_cfg, "score", critic_gd, None, None, mesh)
+    mode = cfg.mode
+    rl_cfg = rl.RLConfig(mode=mode, kl_coeff=float(cfg.rl.kl_coeff), ptx_coeff=float(cfg.rl.ptx_coeff),
+                         lambda_max=float(cfg.rl.lambda_max) if float(cfg.rl.lambda_max) > 0 else None)
+    actor_opt, actor_sched = optim.make_optimizer(float(cfg.actor.learning_rate), 1000,
+                                                  weight_decay=float(cfg.actor.weight_decay))
+    critic_opt, critic_sched = optim.make_optimizer(float(cfg.critic.learning_rate), 1000,
+                                                    weight_decay=float(cfg.critic.weight_decay))
+
+    def module_state(params, optimizer):
+        trainable = {k: v for k, v in params.items() if k != "normalizer"}
+        return {"params": params, "opt_state": _abstract_opt_state(optimizer, trainable), "updates": _scalar(mesh)}
+
+    rep = NamedSharding(mesh, P())
+    state = {"actor": module_state(actor_p, actor_opt), "reward_critic": module_state(critic_p, critic_opt),
+             "log_lambda": jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), "global_step": _scalar(mesh),
+             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)}
+    if rl_cfg.cost_critic:
+        state["cost_critic"] = module_state(critic_p, critic_opt)
+    b, length = int(cfg.train.train_batch_size), int(cfg.generation.max_length)
+    prompt = int(cfg.data.max_prompt_length) or length // 2
+    start = prompt - 1
+    bs = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
+    bs2 = NamedSharding(mesh, P(mesh_lib.BATCH_AXES, None))
+    f32 = lambda shape, s: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)  # noqa: E731
+    rollout = {"seq": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
+               "mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2),
+               "log_probs": f32((b, length - 1), bs2), "ref_log_probs": f32((b, length - 1), bs2),
+               "reward": f32((b,), bs), "reward_values": f32((b, length - 1), bs2)}
+    if rl_cfg.uses_cost:
+        rollout["cost"] = f32((b,), bs)
+    if rl_cfg.cost_critic:
+        rollout["cost_values"] = f32((b, length - 1), bs2)
+    ptx = None
+    if rl_cfg.ptx_coeff > 0:
+        ptx = {"input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
+               "labels": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
+               "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2)}
+    step = rl.make_rl_step(actor.apply, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg, start)
+    shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+    jitted = jax.jit(step, in_shardings=(shard(state), shard(rollout), shard(ptx), rep),
+                     out_shardings=(shard(state), rep), donate_argnums=(0,))
+    compiled = jitted.lower(state, rollout, ptx, jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)).compile()
+    actor_bytes = bytes_per_device(actor_p)
+    critic_bytes = bytes_per_device(critic_p)
+    per_model = {"actor": actor_bytes + bytes_per_device(state["actor"]["opt_state"]),
+                 "reference": actor_bytes, "reward_model": critic_bytes,
+                 "reward_critic": critic_bytes + bytes_per_device(state["reward_critic"]["opt_state"])}
+    if rl_cfg.uses_cost:
+        per_model["cost_model"] = critic_bytes
+    if rl_cfg.cost_critic:
+        per_model["cost_critic"] = critic_bytes + bytes_per_device(state["cost_critic"]["opt_state"])
+    memory = _memory(compiled)
+    frozen = per_model["reference"] + per_model["reward_model"] + per_model.get("cost_model", 0)
+    memory["resident_frozen_bytes_per_device"] = frozen
+    memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
+    return {**memory, "models": per_model,
+            "analytic_param_optimizer_bytes_per_device": sum(per_model.values())}
+
+
+def make_target_mesh(target: str, cfg_mesh) -> Mesh:
+    """Mesh over the target's devices: `cpu:N` (already simulated) or `tpu:<topology>`."""
+    kind, _, spec = target.partition(":")
+    if kind == "cpu":
+        return mesh_lib.make_mesh(int(cfg_mesh.data), int(cfg_mesh.fsdp), int(cfg_mesh.tensor))
+    if kind == "tpu":
+        from jax.experimental import topologies
+
+        try:
+            topo = topologies.get_topology_desc(platform="tpu", topology_name=spec)
+        except Exception as err:  # noqa: BLE001 — libtpu missing or unknown topology
+            raise ValueError(f"cannot build TPU topology {spec!r} ({err}); install libtpu with "
+                             f"pip install 'jax[tpu]=={jax.__version__}'") from err
+        devices = topo.devices
+        return mesh_lib.make_mesh(int(cfg_mesh.data), int(cfg_mesh.fsdp), int(cfg_mesh.tensor), devices=devices)
+    raise ValueError(f"--target must be cpu:N or tpu:<topology>, got {target!r}")
+
+
+def format_report(plan: dict, device_memory: float | None) -> str:
+    gib = lambda b: f"{b / 2**30:8.2f} GiB"  # noqa: E731
+    lines = ["per-device memory:"]
+    for key in ("argument_bytes_per_device", "temp_bytes_per_device", "output_bytes_per_device",
+                "resident_frozen_bytes_per_device", "total_bytes_per_device"):
+        if key in plan:
+            lines.append(f"  {key.replace('_bytes_per_device', ''):<16} {gib(plan[key])}")
+    lines.append("per model (parameters + optimizer state, per device):")
+    for name, b in plan["models"].items():
+        lines.append(f"  {name:<16} {gib(b)}")
+    if device_memory:
+        fits = plan["total_bytes_per_device"] <= device_memory
+        lines.append(f"fits in {device_memory / 2**30:.1f} GiB per device: {'yes' if fits else 'NO'}")
+    return "\n".join(lines)
+
+
+def save(plan: dict, path) -> None:
+    pathlib.Path(path).write_text(json.dumps(plan, indent=2) + "\n")
+

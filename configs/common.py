@@ -8,6 +8,7 @@ import ml_collections
 
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "saferlhf_jax" / "assets" / "stories260K")
 LLAMA2_7B = "meta-llama/Llama-2-7b-hf"  # an HF-format directory with this model (local path in practice)
+LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
 TINY_PRESETS = ("tiny",)
 
 
@@ -15,6 +16,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.stage = stage
     c.model_name_or_path = DEFAULT_MODEL
+    c.architecture = ""                          # base architecture (for launch.plan before the weights exist)
     c.output_dir = f"runs/{stage}"
     c.seed = 42
     c.train_datasets = ("PKU-SafeRLHF/train",)   # NAME[:PROPORTION[:PATH]] entries (or one comma-separated string)
@@ -78,9 +80,10 @@ def distributed() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
 
 
-def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8) -> ml_collections.ConfigDict:
+def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8, preset: str = "llama2_7b"):
     """The reference scripts' setting on 8 devices: bf16 compute, fp32 master weights, remat, FSDP over 8."""
-    c.model_name_or_path = LLAMA2_7B
+    c.architecture = LLAMA3_8B if preset == "llama3_8b" else LLAMA2_7B
+    c.model_name_or_path = c.architecture
     c.data.max_length = 512
     c.model.dtype = "bfloat16"
     c.model.param_dtype = "float32"

@@ -16,7 +16,7 @@ def get_config(preset: str = "tiny"):
         c.train_datasets = ("PKU-SafeRLHF/train:0.25",)   # 125 pairs
         c.train.epochs = 1
     else:
-        common.llama2_7b_common(c)
+        common.llama2_7b_common(c, preset=preset)
         c.model_name_or_path = "runs/sft/export"
         c.train.epochs = 2
         c.train.batch_size = 16 * 8

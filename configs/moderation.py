@@ -13,7 +13,7 @@ def get_config(preset: str = "tiny"):
         c.train_datasets = ("PKU-SafeRLHF/train:0.25",)
         c.train.epochs = 1
     else:
-        common.llama2_7b_common(c)
+        common.llama2_7b_common(c, preset=preset)
         c.train.epochs = 2
         c.train.batch_size = 16 * 8
         c.train.eval_batch_size = 16 * 8

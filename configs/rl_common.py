@@ -12,6 +12,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.mode = mode
     c.output_dir = f"runs/{mode}"
     c.seed = 42
+    c.architecture = ""                          # base architecture (for launch.plan before the weights exist)
     c.actor_model_name_or_path = "runs/sft/export"
     c.reward_model_name_or_path = "runs/reward/export"
     c.cost_model_name_or_path = "runs/cost/export" if mode != "ppo" else ""
@@ -88,7 +89,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.model.remat_policy = "full"
         c.model.scan_layers = True
         c.mesh.fsdp = 8
-        c.actor_model_name_or_path = "runs/sft/export"
+        c.architecture = common.LLAMA3_8B if preset == "llama3_8b" else common.LLAMA2_7B
     return c
 
 

@@ -13,9 +13,7 @@ def get_config(preset: str = "tiny"):
         c.eval_datasets = ("alpaca:32/-1",)
         c.train.epochs = 1
     else:
-        common.llama2_7b_common(c)
-        if preset == "llama3_8b":
-            c.model_name_or_path = "meta-llama/Meta-Llama-3-8B"
+        common.llama2_7b_common(c, preset=preset)
         c.train.epochs = 3
         c.train.batch_size = 4 * 8                   # 4 per device × 8 devices
         c.train.grad_accum = 8

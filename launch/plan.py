@@ -52,6 +52,14 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 — the TPU compiler refuses programs that do not fit
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        message = str(err).split("RESOURCE_EXHAUSTED:", 1)[1].strip().splitlines()[0]
+        print(f"== does not fit on {known.target}: {message}")
+        if known.output:
+            planner.save({"target": known.target, "fits": False, "compiler": message}, known.output)
+        return 1
     plan = {"stage": name, "target": known.target, "mesh": dict(mesh.shape), **plan}
     print(f"== {name} on {known.target}, mesh {dict(mesh.shape)}")
     memory = known.device_memory_gib * 2**30 if known.device_memory_gib else None

@@ -37,16 +37,17 @@ ARCHITECTURES = {
 }
 
 
-def model_config(path: str, model_cfg) -> ModelConfig:
-    """The architecture of `path` (an HF dir, or a known hub name), with the run's execution settings."""
+def model_config(path: str, model_cfg, fallback: str = "") -> ModelConfig:
+    """The architecture of `path` (an HF dir, or a known hub name; else `fallback`), with execution settings."""
     exec_kw = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat_policy=model_cfg.remat_policy,
                    scan_layers=bool(model_cfg.scan_layers))
     p = pathlib.Path(str(path)).expanduser()
     if (p / "config.json").is_file():
         return ModelConfig.from_pretrained(p, **exec_kw)
-    for name, arch in ARCHITECTURES.items():
-        if str(path).rstrip("/").endswith(name) or pathlib.Path(name).name in str(path):
-            return ModelConfig(**arch, **exec_kw)
+    for candidate in (str(path), fallback):
+        for name, arch in ARCHITECTURES.items():
+            if candidate and (candidate.rstrip("/").endswith(name) or pathlib.Path(name).name in candidate):
+                return ModelConfig(**arch, **exec_kw)
     raise FileNotFoundError(f"{path}: no config.json and not a known architecture ({sorted(ARCHITECTURES)}); "
                             "for a local run's export, train the earlier stage first")
 
@@ -105,7 +106,7 @@ def plan_supervised(stage, cfg, mesh: Mesh) -> dict[str, Any]:
     """Compile the stage's train step (batch × max_length, GA micro-batches) on abstract state."""
     from saferlhf_jax.training import trainer
 
-    config = model_config(cfg.model_name_or_path, cfg.model)
+    config = model_config(cfg.model_name_or_path, cfg.model, cfg.get("architecture", ""))
     kind = "score" if stage.model_kind == "score" else "causal_lm"
     if kind == "score":
         config = config.replace(score_type=stage.score_type, score_dim=stage.score_dim)
@@ -162,9 +163,10 @@ def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
     """Compile one PPO-Lag rl_step (actor + two critics updated; reference, RM, CM resident) on abstract state."""
     from saferlhf_jax.algorithms import rl
 
-    actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model)
+    actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model, cfg.get("architecture", ""))
     actor_gd, actor_p = abstract_params(actor_cfg, "causal_lm", mesh)
-    critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model).replace(score_type="critic")
+    critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model,
+                              cfg.get("architecture", "")).replace(score_type="critic")
     critic_gd, critic_p = abstract_params(critic_cfg, "score", mesh)
     actor = models.Model(actor_cfg, "causal_lm", actor_gd, None, None, mesh)
     critic = models.Model(critic_cfg, "score", critic_gd, None, None, mesh)
@@ -227,6 +229,12 @@ def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
             "analytic_param_optimizer_bytes_per_device": sum(per_model.values())}
 
 
+# Cloud TPU slice names → libtpu topology names (chips per dimension).
+TPU_TOPOLOGIES = {"v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2",
+                  "v5p-32": "v5p:2x2x4", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-64": "v5e:8x8",
+                  "v6e-8": "v6e:2x4", "v6e-64": "v6e:8x8"}
+
+
 def make_target_mesh(target: str, cfg_mesh) -> Mesh:
     """Mesh over the target's devices: `cpu:N` (already simulated) or `tpu:<topology>`."""
     kind, _, spec = target.partition(":")
@@ -235,8 +243,9 @@ def make_target_mesh(target: str, cfg_mesh) -> Mesh:
     if kind == "tpu":
         from jax.experimental import topologies
 
+        name = TPU_TOPOLOGIES.get(spec, spec)
         try:
-            topo = topologies.get_topology_desc(platform="tpu", topology_name=spec)
+            topo = topologies.get_topology_desc(platform="tpu", topology_name=name)
         except Exception as err:  # noqa: BLE001 — libtpu missing or unknown topology
             raise ValueError(f"cannot build TPU topology {spec!r} ({err}); install libtpu with "
                              f"pip install 'jax[tpu]=={jax.__version__}'") from err

@@ -47,5 +47,5 @@ def test_plan_errors(capsys):
     assert plan.main(["plan", "--target", "gpu:8", "--config=configs/reward.py:tiny"]) == 2
     assert "cpu:N or tpu" in capsys.readouterr().err
     assert plan.main(["plan", "--target", "cpu:8", "--config=configs/reward.py:llama2_7b",
-                      "--config.model_name_or_path=/nope/model"]) == 2
+                      "--config.model_name_or_path=/nope/model", "--config.architecture="]) == 2
     assert "known architecture" in capsys.readouterr().err

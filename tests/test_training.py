@@ -56,6 +56,9 @@ def test_pair_stages_overfit_16_pairs(tmp_path, stage):
         assert final_eval["eval/accuracy_sign"] >= 0.9  # the sign term learned the 0 boundary too
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["steps"] == 40 and (tmp_path / "export" / "model.safetensors").is_file()
+    page = (tmp_path / "results.md").read_text()  # the per-run results page
+    assert "## evaluation" in page and "![curves.png](curves.png)" in page and "## Settings" in page
+    assert (tmp_path / "curves.png").stat().st_size > 1000
 
 
 def test_sft_loss_decreases_and_exports_a_causal_lm(tmp_path):

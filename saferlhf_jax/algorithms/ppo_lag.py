@@ -359,6 +359,10 @@ def run(cfg) -> dict[str, Any]:
         tokenizer.save_pretrained(str(export))
         summary["export"] = str(export)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if jax.process_index() == 0:
+        from saferlhf_jax.evaluation import report
+
+        report.write_run_page(out_dir, f"{cfg.mode} run", cfg, summary, ("training_curves.png",))
     metrics_log.close()
     ckpt.close()
     summary["state"] = state

@@ -84,3 +84,56 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def plot_run_curves(out: pathlib.Path, path: pathlib.Path) -> bool:
+    """Train loss (and the stage's accuracy metrics, and eval metrics) of one run's metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _rows(out / "metrics.jsonl")
+    train = [r for r in rows if "loss" in r]
+    if not train:
+        return False
+    keys = ["loss"] + [k for k in ("accuracy", "accuracy_sign", "reward_accuracy") if k in train[0]]
+    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
+    eval_keys = [k for k in (evals[-1] if evals else {}) if k.startswith("eval/") and isinstance(evals[-1][k], float)
+                 and k.split("/", 1)[1] in ("loss", "accuracy", "accuracy_sign", "reward_accuracy")]
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        ax.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}")
+        ek = f"eval/{key}"
+        if ek in eval_keys:
+            ax.plot([r["step"] for r in evals if ek in r], [r[ek] for r in evals if ek in r], "o--", label=ek)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_run_page(out, title: str, cfg, summary: dict, images: tuple[str, ...] = ()) -> pathlib.Path:
+    """results.md for one run: what ran, the final metrics, the pictures, the settings."""
+    out = pathlib.Path(out)
+    lines = [f"# {title}", "", f"Output directory: `{out}`.", ""]
+    scalars = lambda d: {k: v for k, v in (d or {}).items() if isinstance(v, (int, float))}  # noqa: E731
+    for name in ("train", "last", "eval"):
+        block = scalars(summary.get(name))
+        if block:
+            lines += [f"## {'final train metrics' if name in ('train', 'last') else 'evaluation'}", "",
+                      "| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in block.items()] + [""]
+    for key in ("steps", "iterations", "rl_steps", "seconds", "export", "data_counts", "skipped_updates"):
+        if key in summary:
+            lines.append(f"- {key}: {summary[key]}")
+    lines.append("")
+    for image in images:
+        if (out / image).is_file():
+            lines += [f"![{image}]({image})", ""]
+    lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]
+    path = out / "results.md"
+    path.write_text("\n".join(lines))
+    return path

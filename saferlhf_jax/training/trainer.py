@@ -413,6 +413,11 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
         tokenizer.save_pretrained(str(export_dir))
         summary["export"] = str(export_dir)
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    if jax.process_index() == 0:
+        from saferlhf_jax.evaluation import report
+
+        report.plot_run_curves(output_dir, output_dir / "curves.png")
+        report.write_run_page(output_dir, f"{stage.name} run", cfg, summary, ("curves.png",))
     metrics_log.close()
     ckpt.close()
     summary["state"] = state

@@ -14,11 +14,14 @@ import sys
 from benchmarks.common import write_json
 
 SIZES = {
-    "tiny": {"train": dict(hidden=64, layers=2, vocab=256, batch=2, seq=32, repeats=1),
+    "tiny": {"ppo": dict(batch=2, prompt_len=8, response_len=8, steps=1),
+             "train": dict(hidden=64, layers=2, vocab=256, batch=2, seq=32, repeats=1),
              "generate": dict(batch=2, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=256)},
-    "cpu": {"train": dict(hidden=512, layers=4, vocab=8192, batch=8, seq=256, repeats=3),
+    "cpu": {"ppo": dict(batch=8, prompt_len=32, response_len=32, steps=4),
+            "train": dict(hidden=512, layers=4, vocab=8192, batch=8, seq=256, repeats=3),
             "generate": dict(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048)},
-    "gpu": {"train": dict(hidden=2048, layers=8, vocab=32000, batch=16, seq=512, repeats=5),
+    "gpu": {"ppo": dict(batch=32, prompt_len=64, response_len=64, steps=4, hidden=512, layers=4),
+            "train": dict(hidden=2048, layers=8, vocab=32000, batch=16, seq=512, repeats=5),
             "generate": dict(batch=32, prompt_len=64, new_tokens=256, repeats=3, hidden=1024, layers=8,
                              vocab=32000)},
 }
@@ -38,10 +41,12 @@ def main(argv=None) -> int:
         "ratio": results["train_step_vs_transformers"]["fraction_of_peak"]}
     try:
         import trl  # noqa: F401
-
-        results["ppo_step_vs_trl"] = {"skipped": "TRL comparison not implemented in this build"}
     except ImportError:
         results["ppo_step_vs_trl"] = {"skipped": "trl==1.12.0 is not installed"}
+    else:
+        from benchmarks import ppo_step
+
+        results["ppo_step_vs_trl"] = ppo_step.run(**sizes["ppo"])
     print(f"{'benchmark':<40} {'ratio':>8}")
     for name, r in results.items():
         value = f"{r['ratio']:.2f}" if "ratio" in r else r.get("skipped", "")

@@ -18,6 +18,11 @@ import numpy as np
 from benchmarks.common import tiny_llama_dir, write_json
 
 
+# The peer harness's models (Tunix Llama3 configs): tiny ≈ 0.36M, small ≈ 4.07M parameters.
+TUNIX_SIZES = {"tiny": dict(hidden=128, layers=2, heads=4, kv_heads=2, vocab=264, intermediate=256),
+               "small": dict(hidden=256, layers=4, heads=8, kv_heads=4, vocab=264, intermediate=1024)}
+
+
 def _prompts(batch, prompt_len, vocab, seed=0):
     rng = np.random.default_rng(seed)
     return rng.integers(3, vocab, (batch, prompt_len)).astype(np.int32)
@@ -118,7 +123,17 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--json", default=None)
+    p.add_argument("--tunix_size", choices=["tiny", "small"], default=None,
+                   help="time only ours on the model of ../shared/peers/tunix_ppo_tiny.py (run that harness in its "
+                        "own venv right before/after: STEPS=8 SIZE=tiny python tunix_ppo_tiny.py ppo 1)")
     a = p.parse_args(argv)
+    if a.tunix_size:
+        arch = TUNIX_SIZES[a.tunix_size]
+        path = tiny_llama_dir(**arch)
+        ours = time_ours(path, 8, 32, 32, a.steps)
+        print(f"ours, Tunix '{a.tunix_size}' model, 8 prompts × (32+32) tokens: {ours:.3f}s per PPO step")
+        write_json(a.json, {"ours": ours, "unit": "seconds per PPO step", "model": arch})
+        return 0
     try:
         import trl  # noqa: F401
     except ImportError:

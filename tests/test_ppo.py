@@ -115,3 +115,29 @@ def test_rl_config_errors(tiny_models, tmp_path, capsys):
     assert run_rl_cli("", _argv(tiny_models, tmp_path, "configs/ppo_lag.py:tiny",
                                 f"--config.reward_model_name_or_path={tmp_path / 'missing'}")) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_reward_model_with_its_own_tokenizer_is_fed_retokenized_text(tiny_models, tmp_path, stories_dir):
+    from saferlhf_jax.algorithms.ppo_lag import make_retokenizer
+
+    foreign = tmp_path / "foreign_rm"
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_models / "reward")
+    tok.add_special_tokens({"additional_special_tokens": ["<extra>"]})  # another vocabulary than the actor's
+    rm = models.load_score_model(tiny_models / "reward")
+    rm, params = models.resize_token_embeddings(rm, rm.params, len(tok))
+    models.save_pretrained(rm, params, foreign)
+    tok.save_pretrained(foreign)
+    actor_tok = transformers.AutoTokenizer.from_pretrained(tiny_models / "sft")
+    retok = make_retokenizer(actor_tok, tok, 64)
+    seq = np.array([[512, 1, 403, 407, 261, 2, 512]], np.int32)
+    mask = np.array([[0, 1, 1, 1, 1, 1, 0]], bool)
+    ids, m = retok(seq, mask)
+    text = actor_tok.decode([1, 403, 407, 261, 2], skip_special_tokens=True) + tok.eos_token
+    expected = tok(text).input_ids
+    assert ids[0, :m[0].sum()].tolist() == expected and not m[0, m[0].sum():].any()
+    assert ids.shape[1] >= len(expected)
+    out = tmp_path / "run"
+    argv = _argv(tiny_models, out, "configs/ppo.py:tiny", "--config.train.max_steps=1",
+                 f"--config.reward_model_name_or_path={foreign}")
+    assert run_rl_cli("", argv) == 0
+    assert np.isfinite(_rows(out)[0]["train/reward"])

@@ -54,13 +54,34 @@ class OptimConfig:
     max_grad_norm: float = 1.0
 
 
+def make_retokenizer(actor_tokenizer, scorer_tokenizer, max_length: int):
+    """Actor sequences → a scorer's ids (spec §1.2): decode with special tokens skipped, append the scorer's EOS
+    string, re-tokenize (BOS added, no truncation), right-pad to a power-of-two bucket. Host-side, per rollout."""
+    from saferlhf_jax.data import default_buckets, pick_bucket
+
+    def retokenize(seq: np.ndarray, mask: np.ndarray):
+        texts = [actor_tokenizer.decode(row[m.astype(bool)], skip_special_tokens=True) + scorer_tokenizer.eos_token
+                 for row, m in zip(seq, mask)]
+        encoded = scorer_tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+        longest = max(map(len, encoded))
+        width = pick_bucket(longest, default_buckets(max(longest, max_length), smallest=16))
+        ids = np.full((len(encoded), width), scorer_tokenizer.pad_token_id, np.int32)
+        out_mask = np.zeros((len(encoded), width), bool)
+        for i, e in enumerate(encoded):
+            ids[i, :len(e)] = e
+            out_mask[i, :len(e)] = True
+        return ids, out_mask
+
+    return retokenize
+
+
 class RLRunner:
     """Holds the compiled functions and drives iterations; the state is a plain pytree (checkpointable)."""
 
     def __init__(self, *, actor, reward_critic, cost_critic, reward_fn: Callable, cost_fn: Callable | None,
                  frozen: dict, cfg: rl.RLConfig, gen: GenerationConfig, actor_optim: OptimConfig,
                  critic_optim: OptimConfig, total_rl_steps: int, train_batch_size: int, update_iters: int = 1,
-                 mesh=None):
+                 mesh=None, retokenizers: dict | None = None):
         if update_iters < 1:
             raise ValueError(f"update_iters must be ≥ 1, got {update_iters}")
         self.actor, self.reward_critic, self.cost_critic = actor, reward_critic, cost_critic
@@ -68,6 +89,7 @@ class RLRunner:
         self.frozen = frozen
         self.train_batch_size, self.update_iters = int(train_batch_size), int(update_iters)
         self.reward_fn, self.cost_fn = reward_fn, cost_fn
+        self.retokenizers = retokenizers or {}  # scorer name → host re-tokenizer (foreign tokenizers only)
         self.actor_opt, self.actor_schedule = optim.make_optimizer(
             actor_optim.learning_rate, max(1, total_rl_steps), schedule_type=actor_optim.lr_scheduler_type,
             warmup_ratio=actor_optim.lr_warmup_ratio, weight_decay=actor_optim.weight_decay,
@@ -132,7 +154,16 @@ class RLRunner:
                     seq_dev, mask_dev = placed["seq"], placed["mask"]
                 else:
                     seq_dev, mask_dev = jnp.asarray(seq), jnp.asarray(seq_mask)
-                scored = self._score(state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev)
+                scorer_inputs = {}
+                for name, retokenize in self.retokenizers.items():
+                    r_ids, r_mask = retokenize(seq, seq_mask)
+                    if self.mesh is not None:
+                        placed = mesh_lib.shard_batch({"ids": r_ids, "mask": r_mask}, self.mesh)
+                        scorer_inputs[name] = (placed["ids"], placed["mask"])
+                    else:
+                        scorer_inputs[name] = (jnp.asarray(r_ids), jnp.asarray(r_mask))
+                scored = self._score(state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev,
+                                     scorer_inputs or None)
                 if self.cfg.uses_cost:
                     self.cost_window.extend(np.asarray(jax.device_get(scored["cost"])).tolist())
                 micro.append(scored)
@@ -224,14 +255,14 @@ def run(cfg) -> dict[str, Any]:
         raise ConfigError(f"train.train_batch_size={train_bs} must be a multiple of the data axes data×fsdp={div}")
 
     tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
-    for name in ("reward_model_name_or_path", "cost_model_name_or_path"):
+    retokenizers = {}
+    for scorer, name in (("reward", "reward_model_name_or_path"), ("cost", "cost_model_name_or_path")):
         path = cfg.get(name)
-        if path and (cfg.mode != "ppo" or name.startswith("reward")):
+        if path and (cfg.mode != "ppo" or scorer == "reward"):
             other = load_tokenizer(path)
             if other.get_vocab() != tokenizer.get_vocab():
-                raise ConfigError(f"{name}={path} uses another tokenizer than the actor; re-tokenization for "
-                                  "foreign reward/cost tokenizers is not supported yet — use models sharing the "
-                                  "actor's tokenizer")
+                log.info("%s model %s has its own tokenizer: rollouts are re-tokenized for it", scorer, path)
+                retokenizers[scorer] = make_retokenizer(tokenizer, other, int(cfg.generation.max_length))
     raw_prompts = data_lib.load_mix(list(cfg.train_datasets))
     max_prompt = int(cfg.data.max_prompt_length) or int(cfg.generation.max_length)
     prompts = data_lib.build_dataset("prompt_only", raw_prompts, tokenizer, max_prompt)
@@ -284,7 +315,7 @@ def run(cfg) -> dict[str, Any]:
     runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
                       cost_fn=cost_fn, frozen=frozen, cfg=rl_cfg, gen=gen, actor_optim=optims["actor"],
                       critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
-                      update_iters=int(t.update_iters), mesh=mesh)
+                      update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers)
     state = runner.init_state(int(cfg.seed))  # eager: optimizer zeros inherit the params' shardings
     actor.params = reward_critic.params = None  # the state owns them now
     if cost_critic is not None:

@@ -66,17 +66,19 @@ def make_score_rollout(actor_apply, critic_apply, reward_fn, cost_fn, cfg: RLCon
     reward_fn / cost_fn: (params, seq, mask) → (B,) end scores.
     """
 
-    def score(actor_params, frozen, critics, seq, mask):
+    def score(actor_params, frozen, critics, seq, mask, scorer_inputs=None):
+        """scorer_inputs: {'reward' | 'cost': (ids, mask)} re-tokenized for a scorer with its own tokenizer."""
+        scorer_inputs = scorer_inputs or {}
         labels = seq[:, 1:]
         log_probs = ops.gather_log_probs(actor_apply(actor_params, seq, mask)[:, :-1], labels)
         ref_log_probs = ops.gather_log_probs(actor_apply(frozen["ref"], seq, mask)[:, :-1], labels)
         out = {
             "seq": seq, "mask": mask, "log_probs": log_probs, "ref_log_probs": ref_log_probs,
-            "reward": reward_fn(frozen["reward"], seq, mask).astype(jnp.float32),
+            "reward": reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32),
             "reward_values": critic_apply(critics["reward"], seq, mask)[0][:, :-1, 0],
         }
         if cfg.uses_cost:
-            out["cost"] = cost_fn(frozen["cost"], seq, mask).astype(jnp.float32)
+            out["cost"] = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
         if cfg.cost_critic:
             out["cost_values"] = critic_apply(critics["cost"], seq, mask)[0][:, :-1, 0]
         return jax.lax.stop_gradient(out)

@@ -104,40 +104,11 @@ def parse_config(argv: list[str], default_config: str):
     return fv.config, fv.verbose
 
 
-def run_training_cli(stage_module: str, default_config: str, argv=None) -> int:
-    """Entry point shared by launch.sft / reward / cost / dpo."""
+def run_job_cli(default_config: str, job, report, argv=None) -> int:
+    """Parse the config, start multi-host if asked, run `job(cfg)` and `report(result)`; bad config, bad data and
+    missing files are one-line errors (exit 2), Ctrl-C / SIGTERM saves and exits 130."""
     from saferlhf_jax.data import DataError
-    from saferlhf_jax.training import trainer
-
-    argv = list(sys.argv if argv is None else argv)
-    try:
-        cfg, verbose = parse_config(argv, default_config)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    setup_logging(verbose)
     from saferlhf_jax.parallel import initialize_distributed
-
-    initialize_distributed(cfg.get("distributed"))
-    stage = importlib.import_module(f"saferlhf_jax.algorithms.{stage_module}").STAGE
-    try:
-        summary = trainer.train(stage, cfg)
-    except (trainer.ConfigError, DataError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt as err:
-        print(f"\n{err}", file=sys.stderr)
-        return 130
-    trainer.print_summary(summary)
-    return 0
-
-
-
-
-def run_rl_cli(default_config: str, argv=None) -> int:
-    """Entry point shared by launch.ppo / ppo_lag / ppo_reward_shaping."""
-    from saferlhf_jax.algorithms import ppo_lag
-    from saferlhf_jax.data import DataError
     from saferlhf_jax.training.trainer import ConfigError
 
     argv = list(sys.argv if argv is None else argv)
@@ -147,16 +118,32 @@ def run_rl_cli(default_config: str, argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     setup_logging(verbose)
-    from saferlhf_jax.parallel import initialize_distributed
-
     initialize_distributed(cfg.get("distributed"))
     try:
-        summary = ppo_lag.run(cfg)
+        result = job(cfg)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(f"\n{err}", file=sys.stderr)
         return 130
-    ppo_lag.print_summary(summary)
+    report(result)
     return 0
+
+
+def run_training_cli(stage_module: str, default_config: str, argv=None) -> int:
+    """Entry point shared by launch.sft / reward / cost / dpo."""
+    from saferlhf_jax.training import trainer
+
+    def job(cfg):
+        stage = importlib.import_module(f"saferlhf_jax.algorithms.{stage_module}").STAGE
+        return trainer.train(stage, cfg)
+
+    return run_job_cli(default_config, job, trainer.print_summary, argv)
+
+
+def run_rl_cli(default_config: str, argv=None) -> int:
+    """Entry point shared by launch.ppo / ppo_lag / ppo_reward_shaping."""
+    from saferlhf_jax.algorithms import ppo_lag
+
+    return run_job_cli(default_config, ppo_lag.run, ppo_lag.print_summary, argv)

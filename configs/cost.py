@@ -1,26 +1,11 @@
-"""Cost-model config (pairwise + sign terms on PKU-SafeRLHF safety preferences)."""
+"""Cost-model config (pairwise + sign terms on PKU-SafeRLHF safety preferences): the reward-model recipe (same data,
+batch sizes, learning rate, regularization and normalizer, spec §6) under the stage name `cost`."""
 
-from configs import common
+from configs import reward
 
 
 def get_config(preset: str = "tiny"):
-    preset = common.check_preset(preset, ("tiny", "llama2_7b", "llama3_8b"))
-    c = common.base("cost")
-    c.train_datasets = ("PKU-SafeRLHF/train",)
-    c.eval_datasets = ("PKU-SafeRLHF/test",)
-    c.loss.regularization = 0.001
-    c.loss.normalizer_type = "ExponentialMovingAverage"
-    c.loss.momentum = 0.9
-    if preset == "tiny":
-        common.tiny_common(c)
-        c.train_datasets = ("PKU-SafeRLHF/train:0.25",)   # 125 pairs
-        c.train.epochs = 1
-    else:
-        common.llama2_7b_common(c, preset=preset)
-        c.model_name_or_path = "runs/sft/export"
-        c.train.epochs = 2
-        c.train.batch_size = 16 * 8
-        c.train.eval_batch_size = 16 * 8
-        c.train.learning_rate = 2e-5
-        c.train.weight_decay = 0.1
+    c = reward.get_config(preset)
+    c.stage = "cost"
+    c.output_dir = "runs/cost"
     return c

@@ -118,6 +118,43 @@ class Attention(nnx.Module):
         return self.o_proj(out.reshape(b, t, -1)), kv_cache
 
 
+@jax.custom_vjp
+def swiglu(x, w_gate, w_up, w_down):
+    """down(silu(x @ w_gate) · (x @ w_up)): x (..., E), w_gate/w_up (E, F), w_down (F, E) → (..., E).
+
+    Same values as autodiff; the hand-written backward keeps the weight gradients as dot_generals contracting the
+    leading (batch, token) axes directly. Autodiff's version fuses the SiLU derivative into a transposed copy of
+    (…, F) that XLA CPU runs ~4× slower than the matmuls around it (≈20 % of a small model's train step).
+    Residuals: x and the two (…, F) projections (as autodiff).
+    """
+    return jnp.dot(jax.nn.silu(jnp.dot(x, w_gate)) * jnp.dot(x, w_up), w_down)
+
+
+def _swiglu_fwd(x, w_gate, w_up, w_down):
+    gate, up = jnp.dot(x, w_gate), jnp.dot(x, w_up)
+    return jnp.dot(jax.nn.silu(gate) * up, w_down), (x, w_gate, w_up, w_down, gate, up)
+
+
+def _swiglu_bwd(residuals, d_out):
+    x, w_gate, w_up, w_down, gate, up = residuals
+    sig = jax.nn.sigmoid(gate)
+    silu = gate * sig
+    lead = tuple(range(x.ndim - 1))  # the (batch, token) axes contracted by the weight gradients
+
+    def weight_grad(a, b):
+        return jax.lax.dot_general(a, b, ((lead, lead), ((), ())))
+
+    d_act = jnp.dot(d_out, w_down.T)
+    d_up = d_act * silu
+    d_gate = d_act * up * (sig * (1 + gate * (1 - sig)))
+    d_x = jnp.dot(d_gate, w_gate.T) + jnp.dot(d_up, w_up.T)
+    return (d_x, weight_grad(x, d_gate).astype(w_gate.dtype), weight_grad(x, d_up).astype(w_up.dtype),
+            weight_grad(silu * up, d_out).astype(w_down.dtype))
+
+
+swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
@@ -126,7 +163,11 @@ class MLP(nnx.Module):
         self.down_proj = Dense(f, e, bias=bias, config=config, rngs=rngs)
 
     def __call__(self, x):
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_proj.bias is not None:  # biased MLPs (rare in Llama checkpoints) keep plain autodiff
+            return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        dt = self.gate_proj.compute_dtype
+        return swiglu(x.astype(dt), *(layer.kernel[...].astype(dt)
+                                      for layer in (self.gate_proj, self.up_proj, self.down_proj)))
 
 
 class Block(nnx.Module):

@@ -210,7 +210,7 @@ def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
     step = rl.make_rl_step(actor.apply, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg, start)
     shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
     jitted = jax.jit(step, in_shardings=(shard(state), shard(rollout), shard(ptx), rep),
-                     out_shardings=(shard(state), rep), donate_argnums=(0,))
+                     out_shardings=(shard(state), rep, rep), donate_argnums=(0,))
     compiled = jitted.lower(state, rollout, ptx, jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)).compile()
     actor_bytes = bytes_per_device(actor_p)
     critic_bytes = bytes_per_device(critic_p)

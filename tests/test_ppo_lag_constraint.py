@@ -122,9 +122,7 @@ def test_rewards_stay_float_and_every_rollout_draws_a_fresh_key():
         return 0.37 * jnp.sum(seq[:, PROMPT_LEN:] == A, axis=-1) + 0.01
 
     runner, state = _runner("ppo")
-    runner.reward_fn = fractional_reward
-    runner._score = jax.jit(rl.make_score_rollout(runner.actor.apply, runner.reward_critic.apply, fractional_reward,
-                                                  None, runner.cfg))
+    runner.reward_fn = fractional_reward  # before the first rollout compiles the scoring
     ids, mask = _prompts()
     state, first, _ = runner.rollout(state, ids, mask)
     state, second, _ = runner.rollout(state, ids, mask)

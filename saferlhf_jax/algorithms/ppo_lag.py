@@ -98,8 +98,7 @@ class RLRunner:
             critic_optim.learning_rate, max(1, total_rl_steps), schedule_type=critic_optim.lr_scheduler_type,
             warmup_ratio=critic_optim.lr_warmup_ratio, weight_decay=critic_optim.weight_decay,
             max_grad_norm=critic_optim.max_grad_norm)
-        self._score = jax.jit(rl.make_score_rollout(actor.apply, reward_critic.apply, reward_fn, cost_fn, cfg))
-        self._steps: dict[int, Callable] = {}
+        self._programs: dict[tuple, Callable] = {}
         self.cost_window: collections.deque = collections.deque(maxlen=cfg.episode_cost_window_size)
 
     # ------------------------------------------------------------------ state
@@ -116,12 +115,53 @@ class RLRunner:
             state["cost_critic"] = rl.init_module_state(self.cost_critic.params, self.critic_opt)
         return state
 
-    def _step_fn(self, start: int):
-        if start not in self._steps:
+    def _jit(self, fn, args, out_shardings, donate=()):
+        """jit with explicit in/out shardings read off the (committed) arguments; no mesh: one device, plain jit."""
+        if self.mesh is None:
+            return jax.jit(fn, donate_argnums=donate)
+        return jax.jit(fn, in_shardings=tuple(self._shardings(a) for a in args), out_shardings=out_shardings,
+                       donate_argnums=donate)
+
+    def _shardings(self, tree):
+        """Each array's mesh sharding; scalars and arrays not yet placed on the mesh (optimizer counts, the PRNG
+        key, λ) are replicated."""
+        rep = mesh_lib.replicated(self.mesh)
+
+        def one(x):
+            sh = getattr(x, "sharding", None)
+            return sh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh == self.mesh else rep
+
+        return jax.tree.map(one, tree)
+
+    def _batch_shardings(self, tree):
+        return jax.tree.map(lambda x: mesh_lib.batch_sharding(self.mesh, x.ndim), tree)
+
+    def _score(self, policy: bool, *args):
+        """The jitted scoring of one rollout micro-batch (`rl.make_score_rollout`); `policy` is static."""
+        key = ("score", policy, args[-1] is not None)
+        if key not in self._programs:
+            fn = rl.make_score_rollout(self.actor.apply, self.reward_critic.apply, self.reward_fn, self.cost_fn,
+                                       self.cfg, policy=policy)
+            out = None
+            if self.mesh is not None:
+                out = self._batch_shardings(jax.eval_shape(fn, *args))
+            self._programs[key] = self._jit(fn, args, out)
+        return self._programs[key](*args)
+
+    def _step(self, start: int, fresh: bool, *args):
+        """The jitted rl_step (`rl.make_rl_step`) for a prompt width and first-pass flag, state donated."""
+        key = ("step", start, fresh, args[2] is not None)
+        if key not in self._programs:
             fn = rl.make_rl_step(self.actor.apply, self.reward_critic.apply, self.actor_opt, self.critic_opt,
-                                 self.actor_schedule, self.critic_schedule, self.cfg, start)
-            self._steps[start] = jax.jit(fn, donate_argnums=(0,))
-        return self._steps[start]
+                                 self.actor_schedule, self.critic_schedule, self.cfg, start, fresh)
+            out = None
+            if self.mesh is not None:
+                _, metrics, scores = jax.eval_shape(fn, *args)
+                rep = mesh_lib.replicated(self.mesh)
+                out = (self._shardings(args[0]), jax.tree.map(lambda _: rep, metrics),
+                       self._batch_shardings(scores))
+            self._programs[key] = self._jit(fn, args, out, donate=(0,))
+        return self._programs[key](*args)
 
     def episode_cost(self) -> float:
         return float(np.mean(self.cost_window)) if self.cost_window else 0.0
@@ -162,7 +202,9 @@ class RLRunner:
                         scorer_inputs[name] = (placed["ids"], placed["mask"])
                     else:
                         scorer_inputs[name] = (jnp.asarray(r_ids), jnp.asarray(r_mask))
-                scored = self._score(state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev,
+                # the first micro-batch is updated first, from the parameters that generated it: its rl_step
+                # computes the actor log-probs and critic values in its own forward (see rl.make_rl_step)
+                scored = self._score(bool(micro), state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev,
                                      scorer_inputs or None)
                 if self.cfg.uses_cost:
                     self.cost_window.extend(np.asarray(jax.device_get(scored["cost"])).tolist())
@@ -177,19 +219,23 @@ class RLRunner:
         t0 = time.perf_counter()
         state, micro, start = self.rollout(state, np.asarray(prompt_ids), np.asarray(prompt_mask))
         rollout_seconds = time.perf_counter() - t0
-        step_fn = self._step_fn(start)
         rows = []
-        for _ in range(self.update_iters):
-            for batch in micro:
+        for epoch in range(self.update_iters):
+            for i, batch in enumerate(micro):
                 ptx = None
                 if ptx_batches is not None:
                     ptx = next(ptx_batches)
                     if self.mesh is not None:
                         ptx = mesh_lib.shard_batch(ptx, self.mesh)
-                j_c = jnp.asarray(self.episode_cost(), jnp.float32)
-                state, metrics = step_fn(state, batch, ptx, j_c)
-                row = {"step": int(state["global_step"]),
-                       **{k: float(v) for k, v in jax.device_get(metrics).items()},
+                j_c = np.float32(self.episode_cost())
+                if self.mesh is not None:
+                    j_c = jax.device_put(j_c, mesh_lib.replicated(self.mesh))
+                fresh = epoch == 0 and i == 0
+                state, metrics, scores = self._step(start, fresh, state, batch, ptx, j_c)
+                if fresh:  # later passes reuse these old log-probs and values
+                    micro[0] = {**batch, **scores}
+                metrics = jax.device_get(metrics)
+                row = {"step": int(metrics.pop("train/global_step")), **{k: float(v) for k, v in metrics.items()},
                        "time/rollout_seconds": rollout_seconds}
                 rows.append(row)
                 if on_step is not None:

@@ -59,31 +59,41 @@ class RLConfig:
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def make_score_rollout(actor_apply, critic_apply, reward_fn, cost_fn, cfg: RLConfig):
+def make_score_rollout(actor_apply, critic_apply, reward_fn, cost_fn, cfg: RLConfig, policy: bool = True):
     """score(actor_params, frozen, critics, seq (B, L), mask (B, L)) → rollout dict (spec §3.9), no gradients.
 
     frozen: {'ref': reference actor params, 'reward': ..., 'cost': ...}; critics: {'reward': params, 'cost': ...}.
     reward_fn / cost_fn: (params, seq, mask) → (B,) end scores.
+    policy=False leaves out what the trainable models give (actor log-probs, critic values): a `fresh` rl_step,
+    which updates from the very parameters that generated the rollout, computes them itself in its own forward.
     """
 
     def score(actor_params, frozen, critics, seq, mask, scorer_inputs=None):
         """scorer_inputs: {'reward' | 'cost': (ids, mask)} re-tokenized for a scorer with its own tokenizer."""
         scorer_inputs = scorer_inputs or {}
         labels = seq[:, 1:]
-        log_probs = ops.gather_log_probs(actor_apply(actor_params, seq, mask)[:, :-1], labels)
-        ref_log_probs = ops.gather_log_probs(actor_apply(frozen["ref"], seq, mask)[:, :-1], labels)
         out = {
-            "seq": seq, "mask": mask, "log_probs": log_probs, "ref_log_probs": ref_log_probs,
+            "seq": seq, "mask": mask,
+            "ref_log_probs": ops.gather_log_probs(actor_apply(frozen["ref"], seq, mask)[:, :-1], labels),
             "reward": reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32),
-            "reward_values": critic_apply(critics["reward"], seq, mask)[0][:, :-1, 0],
         }
         if cfg.uses_cost:
             out["cost"] = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
-        if cfg.cost_critic:
-            out["cost_values"] = critic_apply(critics["cost"], seq, mask)[0][:, :-1, 0]
+        if policy:
+            out["log_probs"] = ops.gather_log_probs(actor_apply(actor_params, seq, mask)[:, :-1], labels)
+            out.update({key: critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
+                        for name, key in _critic_keys(cfg)})
         return jax.lax.stop_gradient(out)
 
     return score
+
+
+def _critic_keys(cfg: RLConfig):
+    """(critics-dict name, rollout values key) of each critic the mode trains."""
+    keys = [("reward", "reward_values")]
+    if cfg.cost_critic:
+        keys.append(("cost", "cost_values"))
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------------- one rl_step
@@ -128,13 +138,20 @@ def advantages(rollout, start: int, lam, cfg: RLConfig):
 
 
 def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedule, critic_schedule,
-                 cfg: RLConfig, start: int):
-    """rl_step(state, rollout, ptx_batch | None, episode_cost) → (state, metrics) (spec §1.3 step 2).
+                 cfg: RLConfig, start: int, fresh: bool = False):
+    """rl_step(state, rollout, ptx_batch | None, episode_cost) → (state, metrics, policy_scores) (spec §1.3 step 2).
 
     state: {'actor', 'reward_critic', ['cost_critic'] each {'params', 'opt_state', 'updates'}, 'log_lambda',
             'global_step'}. λ is updated first (PPO-Lag, after the delay), then one actor update (with the PTX term
-    ½(∇L_rl + ptx_coeff·∇L_ptx) when a PTX batch is given, spec §3.15), then the clipped critic update(s).
+    ½(∇L_rl + ptx_coeff·∇L_ptx) when a PTX batch is given, spec §3.15) and the clipped critic updates.
+
+    The actor and critic losses touch disjoint parameters, so one `value_and_grad` of their sum gives each model
+    exactly its own gradient from a single pass. fresh=True: the state's parameters are the ones that generated
+    the rollout (the first update on it), so the rollout's old log-probs and values are this pass's forward outputs
+    (stop-gradient) and need not be in `rollout`; they come back as `policy_scores` ({'log_probs',
+    'reward_values', ['cost_values']}, each (B, L−1)) for later passes. Otherwise `policy_scores` is empty.
     """
+    critics = [(f"{name}_critic", key) for name, key in _critic_keys(cfg)]
 
     def update(module_state, grads, optimizer):
         params = module_state["params"]
@@ -144,83 +161,76 @@ def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedul
         return {"params": new_params, "opt_state": opt_state, "updates": module_state["updates"] + 1}
 
     def step(state, rollout, ptx_batch, episode_cost):
-        metrics: dict[str, Any] = {}
         log_lambda = state["log_lambda"]
         if cfg.mode == "ppo_lag":
             updated = ops.lagrange_update(log_lambda, episode_cost, cfg.threshold, cfg.lambda_lr, cfg.lambda_max)
             log_lambda = jnp.where(state["global_step"] >= cfg.lambda_update_delay_steps, updated, log_lambda)
         lam = jnp.exp(log_lambda)
-        adv = advantages(rollout, start, lam, cfg)
         seq, mask = rollout["seq"], rollout["mask"]
         tmask = mask[:, 1:][:, start:]
-        old_lp = rollout["log_probs"][:, start:]
 
-        def actor_objective(params):
-            logits = actor_apply(params, seq, mask)
-            new_lp = ops.gather_log_probs(logits[:, :-1], seq[:, 1:])[:, start:]
+        def objective(params):
+            """params: {'actor', 'reward_critic', ['cost_critic']} → Σ losses, (aux, policy scores, advantages)."""
+            log_probs = ops.gather_log_probs(actor_apply(params["actor"], seq, mask)[:, :-1], seq[:, 1:])
+            values = {key: critic_apply(params[name], seq, mask)[0][:, :-1, 0] for name, key in critics}
+            scores = jax.lax.stop_gradient({"log_probs": log_probs, **values})
+            old = dict(rollout, **scores) if fresh else rollout
+            adv = advantages(old, start, lam, cfg)
+            new_lp, old_lp = log_probs[:, start:], old["log_probs"][:, start:]
             rl_loss = ops.ppo_actor_loss(new_lp, old_lp, adv["advantages"], tmask, cfg.clip_range_ratio)
             ratio = jnp.exp(new_lp - old_lp)
-            aux = {"actor_loss": rl_loss,
-                   "ratio": ops.masked_mean(ratio, tmask),
-                   "clip_fraction": ops.masked_mean(
+            aux = {"train/actor_loss": rl_loss,
+                   "train/ratio": ops.masked_mean(ratio, tmask),
+                   "train/clip_fraction": ops.masked_mean(
                        (jnp.abs(ratio - 1.0) > cfg.clip_range_ratio).astype(jnp.float32), tmask)}
-            if ptx_batch is None:
-                return rl_loss, aux
-            ptx_logits = actor_apply(params, ptx_batch["input_ids"], ptx_batch["attention_mask"])
-            ptx_loss = ops.sft_loss(ptx_logits, ptx_batch["labels"])
-            aux["ptx_loss"] = ptx_loss
-            return 0.5 * (rl_loss + cfg.ptx_coeff * ptx_loss), aux
+            total = rl_loss
+            if ptx_batch is not None:
+                ptx_logits = actor_apply(params["actor"], ptx_batch["input_ids"], ptx_batch["attention_mask"])
+                aux["train/ptx_loss"] = ops.sft_loss(ptx_logits, ptx_batch["labels"])
+                total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
+            for name, key in critics:
+                returns = adv["reward_returns" if key == "reward_values" else "cost_returns"]
+                loss = ops.critic_loss(values[key][:, start:], old[key][:, start:], returns, tmask,
+                                       cfg.clip_range_value)
+                aux[f"train/{name}_loss"] = loss
+                total = total + loss
+            return total, (aux, scores if fresh else {}, adv, old)
 
-        (_, actor_aux), grads = jax.value_and_grad(actor_objective, has_aux=True)(state["actor"]["params"])
+        trainables = {name: state[name]["params"] for name in ("actor", *(n for n, _ in critics))}
+        (_, (aux, scores, adv, old)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
         new_state = dict(state, log_lambda=log_lambda, global_step=state["global_step"] + 1)
-        metrics["train/actor_lr"] = actor_schedule(state["actor"]["updates"])
-        new_state["actor"] = update(state["actor"], grads, actor_opt)
-
-        def critic_update(name, values_key, returns_key):
-            old_v = rollout[values_key][:, start:]
-
-            def objective(params):
-                values = critic_apply(params, seq, mask)[0][:, :-1, 0][:, start:]
-                return ops.critic_loss(values, old_v, adv[returns_key], tmask, cfg.clip_range_value)
-
-            loss, g = jax.value_and_grad(objective)(state[name]["params"])
-            metrics[f"train/{name}_loss"] = loss
+        metrics: dict[str, Any] = {"train/actor_lr": actor_schedule(state["actor"]["updates"])}
+        new_state["actor"] = update(state["actor"], grads["actor"], actor_opt)
+        for name, _ in critics:
             metrics[f"train/{name}_lr"] = critic_schedule(state[name]["updates"])
-            new_state[name] = update(state[name], g, critic_opt)
-
-        critic_update("reward_critic", "reward_values", "reward_returns")
-        if cfg.cost_critic:
-            critic_update("cost_critic", "cost_values", "cost_returns")
+            new_state[name] = update(state[name], grads[name], critic_opt)
 
         lengths = jnp.sum(tmask, axis=-1).astype(jnp.float32)
-        kl = (rollout["log_probs"] - rollout["ref_log_probs"])[:, start:]
+        kl = (old["log_probs"] - old["ref_log_probs"])[:, start:]
+        metrics.update(aux)
         metrics.update({
-            "train/actor_loss": actor_aux["actor_loss"],
-            "train/ratio": actor_aux["ratio"],
-            "train/clip_fraction": actor_aux["clip_fraction"],
-            "train/reward": jnp.mean(rollout["reward"]),
+            "train/reward": jnp.mean(old["reward"]),
             "train/reward_with_kl_penalty": _masked_sum_mean(adv["rewards"][:, start:], tmask),
             "train/reward_advantage": ops.masked_mean(adv["reward_advantages"], tmask),
             "train/reward_return": ops.masked_mean(adv["reward_returns"], tmask),
-            "train/reward_value": ops.masked_mean(rollout["reward_values"][:, start:], tmask),
+            "train/reward_value": ops.masked_mean(old["reward_values"][:, start:], tmask),
             "train/kl_divergence": _masked_sum_mean(kl, tmask),
             "train/mean_generated_length": jnp.mean(lengths),
             "train/max_generated_length": jnp.max(lengths),
             "train/lambda": lam,
             "train/episode_cost": jnp.asarray(episode_cost, jnp.float32),
+            "train/global_step": new_state["global_step"],  # read with the metrics: no extra host round trip
         })
-        if "ptx_loss" in actor_aux:
-            metrics["train/ptx_loss"] = actor_aux["ptx_loss"]
         if cfg.uses_cost:
-            metrics["train/cost"] = jnp.mean(rollout["cost"])
+            metrics["train/cost"] = jnp.mean(old["cost"])
         if cfg.cost_critic:
             metrics.update({
                 "train/cost_with_kl_penalty": _masked_sum_mean(adv["costs"][:, start:], tmask),
                 "train/cost_advantage": ops.masked_mean(adv["cost_advantages"], tmask),
                 "train/cost_return": ops.masked_mean(adv["cost_returns"], tmask),
-                "train/cost_value": ops.masked_mean(rollout["cost_values"][:, start:], tmask),
+                "train/cost_value": ops.masked_mean(old["cost_values"][:, start:], tmask),
             })
-        return new_state, metrics
+        return new_state, metrics, scores
 
     return step
 

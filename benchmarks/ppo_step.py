@@ -12,6 +12,7 @@ import argparse
 import sys
 import tempfile
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -28,7 +29,25 @@ def _prompts(batch, prompt_len, vocab, seed=0):
     return rng.integers(3, vocab, (batch, prompt_len)).astype(np.int32)
 
 
-def time_ours(path, batch, prompt_len, response_len, steps) -> float:
+def byte_fraction_reward(prompt_len: int, target_id: int = ord("a") + 3, lo: int = 3, hi: int = 259) -> Callable:
+    """The peer harness's rule reward in token space: the fraction of response characters that are 'a'.
+
+    Tunix's harness uses a byte tokenizer (id = byte + 3; ids outside [3, 259) are special and decode to nothing)
+    and scores the decoded completion with `count('a') / max(len, 1)`; this is the same number from the ids, jitted,
+    so both sides do the same work per step (no reward-model forward on either side)."""
+    import jax.numpy as jnp
+
+    def reward(params, seq, mask):
+        resp, m = seq[:, prompt_len:], mask[:, prompt_len:].astype(bool)
+        chars = m & (resp >= lo) & (resp < hi)
+        hits = jnp.sum(chars & (resp == target_id), axis=-1)
+        return (hits / jnp.maximum(jnp.sum(chars, axis=-1), 1)).astype(jnp.float32)
+
+    return reward
+
+
+def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = False) -> float:
+    """Median seconds of one full PPO iteration (rollout + scoring + update) after one warm-up iteration."""
     import jax
     import jax.numpy as jnp
 
@@ -37,11 +56,15 @@ def time_ours(path, batch, prompt_len, response_len, steps) -> float:
     from saferlhf_jax.models import load_causal_lm, load_score_model
 
     actor = load_causal_lm(path)
-    reward = load_score_model(path, score_type="reward", rng=1)
     critic = load_score_model(path, score_type="critic", rng=2)
+    if rule_reward:
+        reward_fn, reward_params = byte_fraction_reward(prompt_len), {}
+    else:
+        reward = load_score_model(path, score_type="reward", rng=1)
+        reward_fn, reward_params = rl.score_model_end_fn(reward.apply), reward.params
     runner = RLRunner(
-        actor=actor, reward_critic=critic, cost_critic=None, reward_fn=rl.score_model_end_fn(reward.apply),
-        cost_fn=None, frozen={"ref": jax.tree.map(jnp.copy, actor.params), "reward": reward.params},
+        actor=actor, reward_critic=critic, cost_critic=None, reward_fn=reward_fn,
+        cost_fn=None, frozen={"ref": jax.tree.map(jnp.copy, actor.params), "reward": reward_params},
         cfg=rl.RLConfig(mode="ppo", kl_coeff=0.05), gen=GenerationConfig(
             max_length=prompt_len + response_len, top_k=0, eos_token_ids=(), pad_token_id=0),
         actor_optim=OptimConfig(learning_rate=1e-5, lr_scheduler_type="constant"),
@@ -51,11 +74,13 @@ def time_ours(path, batch, prompt_len, response_len, steps) -> float:
     ids = _prompts(batch, prompt_len, actor.config.vocab_size)
     mask = np.ones_like(ids)
     state, _ = runner.iteration(state, ids, mask)  # compile
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         state, rows = runner.iteration(state, ids, mask)
-    jax.block_until_ready(state["actor"]["params"])
-    return (time.perf_counter() - t0) / steps
+        jax.block_until_ready(state["actor"]["params"])
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def time_trl(path, batch, prompt_len, response_len, steps) -> float:
@@ -110,7 +135,7 @@ def run(batch=8, prompt_len=32, response_len=32, steps=4, hidden=64, layers=2, v
     ours = time_ours(path, batch, prompt_len, response_len, steps)
     baseline = time_trl(path, batch, prompt_len, response_len, steps)
     return {"ours": ours, "baseline": baseline, "ratio": baseline / ours, "unit": "seconds per PPO step",
-            "note": "both: mean/median seconds per PPO step after one warm-up step",
+            "note": "both: median seconds per PPO step after one warm-up step",
             "batch": batch, "prompt_len": prompt_len, "response_len": response_len}
 
 
@@ -124,15 +149,15 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--json", default=None)
     p.add_argument("--tunix_size", choices=["tiny", "small"], default=None,
-                   help="time only ours on the model of ../shared/peers/tunix_ppo_tiny.py (run that harness in its "
-                        "own venv right before/after: STEPS=8 SIZE=tiny python tunix_ppo_tiny.py ppo 1)")
+                   help="time only ours on the model and rule reward of ../shared/peers/tunix_ppo_tiny.py "
+                        "(benchmarks.vs_tunix runs both back to back)")
     a = p.parse_args(argv)
     if a.tunix_size:
         arch = TUNIX_SIZES[a.tunix_size]
         path = tiny_llama_dir(**arch)
-        ours = time_ours(path, 8, 32, 32, a.steps)
+        ours = time_ours(path, 8, 32, 32, a.steps, rule_reward=True)
         print(f"ours, Tunix '{a.tunix_size}' model, 8 prompts × (32+32) tokens: {ours:.3f}s per PPO step")
-        write_json(a.json, {"ours": ours, "unit": "seconds per PPO step", "model": arch})
+        write_json(a.json, {"ours": ours, "unit": "seconds per PPO step (median)", "model": arch})
         return 0
     try:
         import trl  # noqa: F401

@@ -29,3 +29,36 @@ def test_benchmark_suite_runs_at_tiny_size(tmp_path, capsys):
     assert r["train_step_vs_transformers"]["ratio"] > 0 and r["generate_vs_hf"]["ratio"] > 0
     assert 0 < r["train_step_fraction_of_matmul_peak"]["ratio"] < 5
     assert "benchmark" in capsys.readouterr().out
+
+
+def test_tunix_rule_reward_matches_the_harness_formula():
+    """Our jitted token-space reward equals the peer harness's `count('a') / max(len, 1)` on decoded text."""
+    import numpy as np
+
+    from benchmarks.ppo_step import byte_fraction_reward
+
+    rng = np.random.default_rng(0)
+    prompt_len = 4
+    # special ids (decode to nothing) and ASCII bytes (one character each)
+    pool = np.concatenate([[0, 1, 2], np.arange(3, 131), np.arange(259, 264), np.full(40, ord("a") + 3)])
+    seq = rng.choice(pool, (16, prompt_len + 12)).astype(np.int32)
+    mask = np.ones_like(seq, bool)
+    mask[3, prompt_len + 5:] = False  # a finished row
+    mask[4, prompt_len:] = False  # an empty response
+    got = np.asarray(byte_fraction_reward(prompt_len)(None, seq, mask))
+
+    def harness(ids):  # ByteTokenizer.decode + reward_fn of ../shared/peers/tunix_ppo_tiny.py
+        text = bytes(i - 3 for i in ids if 3 <= i < 259).decode("utf-8", "replace")
+        return text.count("a") / max(len(text), 1)
+
+    want = [harness([int(t) for t, m in zip(row[prompt_len:], keep[prompt_len:]) if m]) for row, keep in zip(seq, mask)]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert got.dtype == np.float32 and got[4] == 0.0 and got.max() > 0.1
+
+
+def test_vs_tunix_needs_a_tunix_python(capsys, monkeypatch):
+    from benchmarks import vs_tunix
+
+    monkeypatch.delenv("TUNIX_PYTHON", raising=False)
+    assert vs_tunix.main(["--size", "tiny"]) == 2
+    assert "google-tunix" in capsys.readouterr().err

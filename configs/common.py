@@ -77,7 +77,8 @@ def base(stage: str) -> ml_collections.ConfigDict:
 
 def distributed() -> ml_collections.ConfigDict:
     """Multi-host switch: one process per host calls jax.distributed.initialize (auto-detected on TPU/SLURM)."""
-    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+    return ml_collections.ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+                                          cpu_collectives="gloo"))
 
 
 def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8, preset: str = "llama2_7b"):

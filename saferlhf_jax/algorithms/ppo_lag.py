@@ -63,7 +63,7 @@ def make_retokenizer(actor_tokenizer, scorer_tokenizer, max_length: int):
         texts = [actor_tokenizer.decode(row[m.astype(bool)], skip_special_tokens=True) + scorer_tokenizer.eos_token
                  for row, m in zip(seq, mask)]
         encoded = scorer_tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
-        longest = max(map(len, encoded))
+        longest = mesh_lib.global_max(max(map(len, encoded)))  # one width on every host
         width = pick_bucket(longest, default_buckets(max(longest, max_length), smallest=16))
         ids = np.full((len(encoded), width), scorer_tokenizer.pad_token_id, np.int32)
         out_mask = np.zeros((len(encoded), width), bool)
@@ -133,6 +133,13 @@ class RLRunner:
 
         return jax.tree.map(one, tree)
 
+    def _place(self, ids: np.ndarray, mask: np.ndarray):
+        """This host's (rows, L) ids and mask → device arrays (global, batch-sharded, with a mesh)."""
+        if self.mesh is None:
+            return jnp.asarray(ids), jnp.asarray(mask)
+        placed = mesh_lib.put_local_batch({"ids": ids, "mask": mask}, self.mesh)
+        return placed["ids"], placed["mask"]
+
     def _batch_shardings(self, tree):
         return jax.tree.map(lambda x: mesh_lib.batch_sharding(self.mesh, x.ndim), tree)
 
@@ -176,8 +183,9 @@ class RLRunner:
         critics = {"reward": state["reward_critic"]["params"]}
         if self.cfg.cost_critic:
             critics["cost"] = state["cost_critic"]["params"]
-        for lo in range(0, prompt_ids.shape[0], self.train_batch_size):
-            ids, mask = prompt_ids[lo:lo + self.train_batch_size], prompt_mask[lo:lo + self.train_batch_size]
+        chunk = self.train_batch_size // jax.process_count()  # this host's rows of each rollout micro-batch
+        for lo in range(0, prompt_ids.shape[0], chunk):
+            ids, mask = prompt_ids[lo:lo + chunk], prompt_mask[lo:lo + chunk]
             for _ in range(g.num_return_sequences):
                 rng, key = jax.random.split(state["rng"])
                 state = dict(state, rng=rng)
@@ -189,25 +197,15 @@ class RLRunner:
                 seq_mask = out["attention_mask"].astype(bool)
                 if g.unk_token_id is not None:
                     seq_mask &= seq != g.unk_token_id  # rollout mask: ≠ pad ∧ ≠ unk (spec §2.2)
-                if self.mesh is not None:
-                    placed = mesh_lib.shard_batch({"seq": seq, "mask": seq_mask}, self.mesh)
-                    seq_dev, mask_dev = placed["seq"], placed["mask"]
-                else:
-                    seq_dev, mask_dev = jnp.asarray(seq), jnp.asarray(seq_mask)
-                scorer_inputs = {}
-                for name, retokenize in self.retokenizers.items():
-                    r_ids, r_mask = retokenize(seq, seq_mask)
-                    if self.mesh is not None:
-                        placed = mesh_lib.shard_batch({"ids": r_ids, "mask": r_mask}, self.mesh)
-                        scorer_inputs[name] = (placed["ids"], placed["mask"])
-                    else:
-                        scorer_inputs[name] = (jnp.asarray(r_ids), jnp.asarray(r_mask))
+                seq_dev, mask_dev = self._place(seq, seq_mask)
+                scorer_inputs = {name: self._place(*retokenize(seq, seq_mask))
+                                 for name, retokenize in self.retokenizers.items()}
                 # the first micro-batch is updated first, from the parameters that generated it: its rl_step
                 # computes the actor log-probs and critic values in its own forward (see rl.make_rl_step)
                 scored = self._score(bool(micro), state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev,
                                      scorer_inputs or None)
-                if self.cfg.uses_cost:
-                    self.cost_window.extend(np.asarray(jax.device_get(scored["cost"])).tolist())
+                if self.cfg.uses_cost:  # every host keeps the same window: the costs of all rows
+                    self.cost_window.extend(np.asarray(mesh_lib.to_host(scored["cost"])).tolist())
                 micro.append(scored)
         return state, micro, start
 
@@ -226,7 +224,7 @@ class RLRunner:
                 if ptx_batches is not None:
                     ptx = next(ptx_batches)
                     if self.mesh is not None:
-                        ptx = mesh_lib.shard_batch(ptx, self.mesh)
+                        ptx = mesh_lib.put_local_batch(ptx, self.mesh)
                 j_c = np.float32(self.episode_cost())
                 if self.mesh is not None:
                     j_c = jax.device_put(j_c, mesh_lib.replicated(self.mesh))
@@ -234,7 +232,7 @@ class RLRunner:
                 state, metrics, scores = self._step(start, fresh, state, batch, ptx, j_c)
                 if fresh:  # later passes reuse these old log-probs and values
                     micro[0] = {**batch, **scores}
-                metrics = jax.device_get(metrics)
+                metrics = mesh_lib.to_host(metrics)
                 row = {"step": int(metrics.pop("train/global_step")), **{k: float(v) for k, v in metrics.items()},
                        "time/rollout_seconds": rollout_seconds}
                 rows.append(row)
@@ -299,6 +297,9 @@ def run(cfg) -> dict[str, Any]:
                           f"of train.train_batch_size={train_bs}")
     if train_bs % div:
         raise ConfigError(f"train.train_batch_size={train_bs} must be a multiple of the data axes data×fsdp={div}")
+    hosts = jax.process_count()
+    if train_bs % hosts:
+        raise ConfigError(f"train.train_batch_size={train_bs} must be a multiple of the {hosts} hosts")
 
     tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
     retokenizers = {}
@@ -312,14 +313,15 @@ def run(cfg) -> dict[str, Any]:
     raw_prompts = data_lib.load_mix(list(cfg.train_datasets))
     max_prompt = int(cfg.data.max_prompt_length) or int(cfg.generation.max_length)
     prompts = data_lib.build_dataset("prompt_only", raw_prompts, tokenizer, max_prompt)
+    per_host = dict(num_shards=hosts, shard_index=jax.process_index())  # each host reads its rows of every batch
     prompt_iter = data_lib.BatchIterator(prompts, prompt_bs, seed=int(cfg.seed),
-                                         buckets=tuple(cfg.data.prompt_buckets) or None)
+                                         buckets=tuple(cfg.data.prompt_buckets) or None, **per_host)
     ptx_iter = None
     if rl_cfg.ptx_coeff > 0 and cfg.get("ptx_datasets"):
         ptx_ds = data_lib.build_dataset("supervised", data_lib.load_mix(list(cfg.ptx_datasets)), tokenizer,
                                         int(cfg.generation.max_length))
         ptx_iter = data_lib.BatchIterator(ptx_ds, train_bs, seed=int(cfg.seed),
-                                          buckets=(int(cfg.generation.max_length),))
+                                          buckets=(int(cfg.generation.max_length),), **per_host)
 
     dtype = jnp.dtype(cfg.model.param_dtype)
     kw = dict(mesh=mesh, dtype=dtype, compute_dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy,
@@ -369,7 +371,8 @@ def run(cfg) -> dict[str, Any]:
 
     ckpt = Checkpointer(out_dir / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
     metrics_log = MetricsLog(out_dir, bool(cfg.logging.get("tensorboard", True)))
-    (out_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if jax.process_index() == 0:
+        (out_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     start_iter = 0
     if ckpt.latest_step() is not None:
         meta = ckpt.read_meta()
@@ -385,8 +388,9 @@ def run(cfg) -> dict[str, Any]:
             ptx_iter.load_state_dict(meta["ptx"])
         runner.cost_window.extend(meta["cost_window"])
         start_iter = int(meta["iteration"])
-        metrics_log.truncate_after(int(state["global_step"]))
-        log.info("resumed at iteration %d (rl step %d)", start_iter, int(state["global_step"]))
+        resumed_step = int(mesh_lib.to_host(state["global_step"]))
+        metrics_log.truncate_after(resumed_step)
+        log.info("resumed at iteration %d (rl step %d)", start_iter, resumed_step)
 
     def save(iteration):
         if ckpt.latest_step() == iteration:
@@ -423,20 +427,24 @@ def run(cfg) -> dict[str, Any]:
         progress.close()
         raise KeyboardInterrupt(f"interrupted at iteration {iteration}; checkpoint saved, re-run to resume")
     progress.close()
-    all_rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    if all_rows:
+    metrics_file = out_dir / "metrics.jsonl"  # written by process 0 only
+    all_rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
+        if jax.process_index() == 0 and metrics_file.is_file() else []
+    if all_rows and jax.process_index() == 0:
         _plot_curves(all_rows, out_dir / "training_curves.png")
     summary = {"mode": cfg.mode, "iterations": iteration, "total_iterations": iterations,
-               "rl_steps": int(state["global_step"]), "last": history[-1] if history else {},
+               "rl_steps": int(mesh_lib.to_host(state["global_step"])), "last": history[-1] if history else {},
                "seconds": time.perf_counter() - started, "output_dir": str(out_dir),
                "prompts": len(prompts), "prompt_counts": prompts.counts}
     if iteration >= iterations:
         export = out_dir / "export"
-        models.save_pretrained(actor, jax.device_get(state["actor"]["params"]), export)
-        tokenizer.save_pretrained(str(export))
+        params = mesh_lib.to_host(state["actor"]["params"])  # every process takes part in the gather; one writes
+        if jax.process_index() == 0:
+            models.save_pretrained(actor, params, export)
+            tokenizer.save_pretrained(str(export))
         summary["export"] = str(export)
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if jax.process_index() == 0:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         from saferlhf_jax.evaluation import report
 
         report.write_run_page(out_dir, f"{cfg.mode} run", cfg, summary, ("training_curves.png",))

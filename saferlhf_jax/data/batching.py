@@ -44,11 +44,25 @@ def _mask(seqs, width: int, left: bool = False) -> np.ndarray:
     return _pad([np.ones(len(s), np.int32) for s in seqs], width, 0, left).astype(bool)
 
 
-def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets: Sequence[int]) -> dict:
-    """A list of examples → a dict of (B, ...) numpy arrays padded to a bucket."""
+_ID_FIELDS = {"preference": ("better_input_ids", "worse_input_ids"),
+              "safety_preference": ("safer_input_ids", "unsafer_input_ids")}
+
+
+def longest(kind: str, examples: Sequence[dict[str, Any]]) -> int:
+    """The longest token sequence among the examples (both sides of a pair)."""
+    fields = _ID_FIELDS.get(kind, ("input_ids",))
+    return max(len(e[f]) for e in examples for f in fields)
+
+
+def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets: Sequence[int],
+            min_length: int = 0) -> dict:
+    """A list of examples → a dict of (B, ...) numpy arrays padded to the bucket of max(longest, min_length).
+
+    min_length: the longest example of the *global* batch when each host collates only its slice, so that every
+    host pads to the same width."""
+    width = pick_bucket(max(longest(kind, examples), int(min_length)), buckets)
     if kind == "supervised":
         ids = [e["input_ids"] for e in examples]
-        width = pick_bucket(max(map(len, ids)), buckets)
         return {"input_ids": _pad(ids, width, pad_id), "labels": _pad([e["labels"] for e in examples], width,
                                                                         IGNORE_INDEX),
                 "attention_mask": _mask(ids, width)}
@@ -56,7 +70,6 @@ def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets:
         a_key, b_key = ("better", "worse") if kind == "preference" else ("safer", "unsafer")
         a = [e[f"{a_key}_input_ids"] for e in examples]
         b = [e[f"{b_key}_input_ids"] for e in examples]
-        width = pick_bucket(max(max(map(len, a)), max(map(len, b))), buckets)
         out = {f"{a_key}_input_ids": _pad(a, width, pad_id), f"{a_key}_attention_mask": _mask(a, width),
                f"{b_key}_input_ids": _pad(b, width, pad_id), f"{b_key}_attention_mask": _mask(b, width)}
         if kind == "safety_preference":
@@ -65,11 +78,9 @@ def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets:
         return out
     if kind == "prompt_only":
         ids = [e["input_ids"] for e in examples]
-        width = pick_bucket(max(map(len, ids)), buckets)
         return {"input_ids": _pad(ids, width, pad_id, left=True), "attention_mask": _mask(ids, width, left=True)}
     if kind == "moderation":
         ids = [e["input_ids"] for e in examples]
-        width = pick_bucket(max(map(len, ids)), buckets)
         return {"input_ids": _pad(ids, width, pad_id), "attention_mask": _mask(ids, width),
                 "is_unsafe": np.asarray([e["is_unsafe"] for e in examples], np.int32),
                 "categories": np.stack([e["categories"] for e in examples]).astype(bool),
@@ -123,10 +134,13 @@ class BatchIterator:
             return np.arange(n)
         return np.random.default_rng([self.seed, epoch]).permutation(n)
 
+    def global_indices(self, epoch: int, position: int) -> np.ndarray:
+        return self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+
     def batch_indices(self, epoch: int, position: int) -> np.ndarray:
-        idx = self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        """This host's contiguous slice of the global batch."""
         per = self.batch_size // self.num_shards
-        return idx[self.shard_index * per:(self.shard_index + 1) * per]
+        return self.global_indices(epoch, position)[self.shard_index * per:(self.shard_index + 1) * per]
 
     def __iter__(self) -> Iterator[dict]:
         return self
@@ -135,8 +149,13 @@ class BatchIterator:
         if self.state.position >= self.batches_per_epoch:
             self.state = IteratorState(self.state.epoch + 1, 0)
         idx = self.batch_indices(self.state.epoch, self.state.position)
+        width = 0
+        if self.num_shards > 1:  # every host pads to the bucket of the global batch's longest example
+            width = longest(self.dataset.kind, [self.dataset[i] for i in
+                                                self.global_indices(self.state.epoch, self.state.position)])
         self.state = IteratorState(self.state.epoch, self.state.position + 1)
-        return collate(self.dataset.kind, [self.dataset[i] for i in idx], self.dataset.pad_token_id, self.buckets)
+        return collate(self.dataset.kind, [self.dataset[i] for i in idx], self.dataset.pad_token_id, self.buckets,
+                       width)
 
     def state_dict(self) -> dict[str, int]:
         return self.state.to_dict()

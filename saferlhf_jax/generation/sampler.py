@@ -138,8 +138,8 @@ def _programs(model, settings: SamplingSettings, slots: int) -> _Programs:
 
 
 def _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh):
-    if mesh is not None:
-        batch = mesh_lib.shard_batch({"ids": ids_b, "mask": mask_b}, mesh)
+    if mesh is not None:  # this process's rows → the global batch over the mesh's data axes
+        batch = mesh_lib.put_local_batch({"ids": ids_b, "mask": mask_b}, mesh)
         ids_b, mask_b = batch["ids"], batch["mask"]
     b, width = ids_b.shape
     state = progs.prefill(params, ids_b, mask_b)
@@ -197,6 +197,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
       eos_token_ids: int or several ids (Llama-3); default: the model config's.
       pad_token_id: fills responses after EOS; default: the config's pad id, else the first EOS id.
       rng: PRNG key or int seed (required unless greedy).
+      mesh: shard the batch over the mesh's data axes. In a multi-host run every process passes its own rows
+        (the same prompt width on every host) and gets its own rows back.
     Returns:
       dict with sequences (B, S + T) (prompt as given, response right-padded with pad), attention_mask (B, S + T)
       (prompt mask, then 1 through each row's EOS), response_lengths (B,) (EOS counted).
@@ -233,8 +235,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
     progs = _programs(model, settings, width + budget)
     state = _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh)
     state = progs.decode(params, state, key)
-    tokens = np.asarray(state["tokens"])
-    lengths = np.asarray(state["lengths"])
+    tokens = mesh_lib.local_rows(state["tokens"])
+    lengths = mesh_lib.local_rows(state["lengths"])
     response_mask = (np.arange(budget)[None, :] < lengths[:, None]).astype(mask.dtype)
     return {
         "sequences": np.concatenate([ids, tokens.astype(ids.dtype)], axis=1),

@@ -6,7 +6,9 @@ from saferlhf_jax.parallel.mesh import (
     MESH_AXES,
     batch_divisor,
     initialize_distributed,
+    local_rows,
     put_global,
+    put_local_batch,
     batch_sharding,
     logical_to_spec,
     make_mesh,
@@ -15,9 +17,10 @@ from saferlhf_jax.parallel.mesh import (
     resolve_mesh_shape,
     rules_dict,
     shard_batch,
+    to_host,
     tree_shardings,
 )
 
-__all__ = ["BATCH_AXES", "DEFAULT_RULES", "MESH_AXES", "batch_divisor", "initialize_distributed", "put_global", "batch_sharding", "logical_to_spec",
-           "make_mesh", "mesh_from_config", "replicated", "resolve_mesh_shape", "rules_dict", "shard_batch",
-           "tree_shardings"]
+__all__ = ["BATCH_AXES", "DEFAULT_RULES", "MESH_AXES", "batch_divisor", "batch_sharding", "initialize_distributed",
+           "local_rows", "logical_to_spec", "make_mesh", "mesh_from_config", "put_global", "put_local_batch",
+           "replicated", "resolve_mesh_shape", "rules_dict", "shard_batch", "to_host", "tree_shardings"]

@@ -112,16 +112,18 @@ def batch_divisor(mesh: Mesh) -> int:
 
 
 def shard_batch(batch, mesh: Mesh):
-    """device_put every (B, ...) array of a batch dict with the batch sharding; clear error if B doesn't divide."""
+    """Place a *global* batch dict (the same full arrays on every process) with the batch sharding: each device
+    takes its rows. Clear error if B doesn't divide. (`put_local_batch` is for per-host slices.)"""
     div = batch_divisor(mesh)
 
     def put(x):
         x = np.asarray(x)
-        if x.ndim == 0:
-            return jax.device_put(x, replicated(mesh))
-        if x.shape[0] % div:
+        sharding = replicated(mesh) if x.ndim == 0 else batch_sharding(mesh, x.ndim)
+        if x.ndim and x.shape[0] % div:
             raise ValueError(f"batch size {x.shape[0]} is not divisible by the data axes data×fsdp = {div}")
-        return jax.device_put(x, batch_sharding(mesh, x.ndim))
+        if jax.process_count() == 1:
+            return jax.device_put(x, sharding)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree.map(put, batch)
 
@@ -140,13 +142,67 @@ def initialize_distributed(cfg) -> None:
         kwargs["num_processes"] = int(cfg.num_processes)
     if int(cfg.get("process_id", -1)) >= 0:
         kwargs["process_id"] = int(cfg.process_id)
+    # CPU hosts (and the CPU side of GPU/TPU hosts) talk through gloo; accelerators use their own collectives
+    jax.config.update("jax_cpu_collectives_implementation", str(cfg.get("cpu_collectives", "gloo")))
     jax.distributed.initialize(**kwargs)
     log.info("process %d of %d, %d local / %d global devices", jax.process_index(), jax.process_count(),
              jax.local_device_count(), jax.device_count())
 
 
 def put_global(local_batch, sharding):
-    """Host-local batch (this process's slice of the global batch) → global arrays with `sharding`."""
+    """Host-local batch (this process's slice of the global batch) → global arrays with `sharding`.
+
+    `sharding` is one sharding for every leaf, or a function ndim → sharding."""
+    pick = sharding if callable(sharding) else (lambda ndim: sharding)
     if jax.process_count() == 1:
-        return jax.device_put(local_batch, sharding)
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
+        return jax.tree.map(lambda x: jax.device_put(x, pick(np.ndim(x))), local_batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(pick(np.ndim(x)), np.asarray(x)),
+                        local_batch)
+
+
+def put_local_batch(local_batch, mesh: Mesh):
+    """This process's rows of a batch dict → global (B, ...) arrays sharded over the data axes (one process: the
+    whole batch, as `shard_batch`). Clear error when the rows do not split over this process's devices."""
+    div = batch_divisor(mesh) // jax.process_count() or 1
+    for x in jax.tree.leaves(local_batch):
+        if np.ndim(x) and np.shape(x)[0] % div:
+            raise ValueError(f"batch of {np.shape(x)[0]} rows on this host is not divisible by its "
+                             f"{div} data shards (data×fsdp = {batch_divisor(mesh)} over {jax.process_count()} hosts)")
+    return put_global(local_batch, lambda ndim: batch_sharding(mesh, ndim) if ndim else replicated(mesh))
+
+
+def local_rows(x) -> np.ndarray:
+    """This process's rows of a batch-sharded global array, in order, as numpy (the inverse of `put_global`)."""
+    if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True):
+        return np.asarray(x)
+    shards = {}
+    for shard in x.addressable_shards:
+        rows = shard.index[0]
+        shards.setdefault((rows.start or 0), np.asarray(shard.data))  # replicas over tensor: keep one
+    return np.concatenate([shards[k] for k in sorted(shards)], axis=0)
+
+
+def global_max(value: int) -> int:
+    """The largest of one integer per process (a collective in multi-host runs)."""
+    if jax.process_count() == 1:
+        return int(value)
+    from jax.experimental import multihost_utils
+
+    return int(np.max(multihost_utils.process_allgather(np.int32(value))))
+
+
+def to_host(tree):
+    """Full numpy values of (possibly multi-host sharded) arrays, on every process; a collective when sharded
+    across processes, so every process must call it at the same point."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return np.asarray(x)
+        if x.sharding.is_fully_replicated:
+            return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+    return jax.tree.map(one, tree)

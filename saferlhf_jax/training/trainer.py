@@ -202,7 +202,7 @@ class MetricsLog:
     def __init__(self, output_dir: pathlib.Path, tensorboard: bool):
         self.path = output_dir / "metrics.jsonl"
         self.writer = None
-        if tensorboard:
+        if tensorboard and jax.process_index() == 0:  # one writer in multi-host runs
             try:
                 from tensorboardX import SummaryWriter
 
@@ -211,7 +211,7 @@ class MetricsLog:
                 log.warning("tensorboardX is not installed: no TensorBoard events")
 
     def truncate_after(self, step: int) -> None:
-        if not self.path.is_file():
+        if not self.path.is_file() or jax.process_index() != 0:
             return
         kept = [line for line in self.path.read_text().splitlines()
                 if line.strip() and json.loads(line).get("step", 0) <= step]
@@ -278,7 +278,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
         raise ConfigError(str(err)) from err
     validate_config(cfg, mesh)
     lc = loss_config(cfg)
-    (output_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    if jax.process_index() == 0:
+        (output_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
 
     tokenizer = load_tokenizer(cfg.model_name_or_path)
     train_ds, eval_ds = build_data(stage, cfg, tokenizer)
@@ -340,9 +341,9 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
         per = {}
         for batch in data_lib.iterate_once(eval_ds, int(t.get("eval_batch_size", batch_size)), buckets):
             valid = batch.pop("valid")
-            out = eval_fn(state["params"], mesh_lib.shard_batch(batch, mesh), frozen)
+            out = mesh_lib.to_host(eval_fn(state["params"], mesh_lib.shard_batch(batch, mesh), frozen))
             for k, v in out.items():
-                per.setdefault(k, []).append(np.asarray(jax.device_get(v))[valid])
+                per.setdefault(k, []).append(np.asarray(v)[valid])
         result = stage.summarize({k: np.concatenate(v) for k, v in per.items()}, lc)
         metrics_log.write({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
         return result
@@ -374,7 +375,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
             state, metrics = step_fn(state, mesh_lib.put_global(stacked, batch_spec), frozen)
             step += 1
             if step % log_every == 0 or step == total:
-                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
                 elapsed = time.perf_counter() - tick
                 last_row = {"step": step, "epoch": step * grad_accum / max(1, iterator.batches_per_epoch),
                             **metrics, "tokens_per_sec": sum(map(token_count, host)) / max(elapsed, 1e-9)}
@@ -403,17 +404,18 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
     summary: dict[str, Any] = {"stage": stage.name, "steps": step, "total_steps": total,
                                "train": {k: v for k, v in last_row.items() if k != "step"},
-                               "eval": eval_result, "skipped_updates": int(state["skipped"]),
+                               "eval": eval_result, "skipped_updates": int(mesh_lib.to_host(state["skipped"])),
                                "train_examples": len(train_ds), "data_counts": train_ds.counts,
                                "seconds": time.perf_counter() - started, "output_dir": str(output_dir)}
     if step >= total:
         export_dir = output_dir / "export"
-        params = jax.device_get(state["params"])
-        models.save_pretrained(model, params, export_dir)
-        tokenizer.save_pretrained(str(export_dir))
+        params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes
+        if jax.process_index() == 0:
+            models.save_pretrained(model, params, export_dir)
+            tokenizer.save_pretrained(str(export_dir))
         summary["export"] = str(export_dir)
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     if jax.process_index() == 0:
+        (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
         from saferlhf_jax.evaluation import report
 
         report.plot_run_curves(output_dir, output_dir / "curves.png")

@@ -25,3 +25,26 @@ def stories_dir():
 @pytest.fixture(scope="session")
 def test_data():
     return TEST_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """SFT / RM / CM stand-ins built from stories260K (a <pad> token added, fresh score heads): no training needed."""
+    import transformers
+
+    from saferlhf_jax import data as data_lib
+    from saferlhf_jax import models
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    tok = transformers.AutoTokenizer.from_pretrained(STORIES_DIR)
+    data_lib.prepare_tokenizer(tok)
+    lm = models.load_causal_lm(STORIES_DIR)
+    lm, params = models.resize_token_embeddings(lm, lm.params, len(tok))
+    models.save_pretrained(lm, params, root / "sft")
+    tok.save_pretrained(root / "sft")
+    for i, kind in enumerate(("reward", "cost")):
+        sm = models.load_score_model(STORIES_DIR, score_type=kind, rng=10 + i)
+        sm, params = models.resize_token_embeddings(sm, sm.params, len(tok))
+        models.save_pretrained(sm, params, root / kind)
+        tok.save_pretrained(root / kind)
+    return root

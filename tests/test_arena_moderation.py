@@ -11,7 +11,7 @@ import pytest
 
 from launch import arena as arena_cli
 from launch import moderate as moderate_cli
-from launch.common import run_training_cli
+from launch import moderation as moderation_cli
 from saferlhf_jax import data as data_lib
 from saferlhf_jax import models
 from saferlhf_jax.algorithms import moderation
@@ -119,7 +119,7 @@ def test_moderation_metrics_by_hand():
 def test_moderation_overfits_32_responses_and_moderate_cli(tmp_path, capsys):
     fast = ["--config.data.max_length=192", "--config.data.buckets=(192,)", "--config.logging.progress=False",
             "--config.logging.tensorboard=False", "--config.mesh.fsdp=1", "--config.train.lr_warmup_ratio=0.0"]
-    rc = run_training_cli("moderation", "configs/moderation.py:tiny", [
+    rc = moderation_cli.main([
         "prog", "--config=configs/moderation.py:tiny", f"--config.output_dir={tmp_path}", *fast,
         "--config.train_datasets=PKU-SafeRLHF/train:16/-1", "--config.eval_datasets=PKU-SafeRLHF/train:16/-1",
         "--config.train.max_steps=60", "--config.train.learning_rate=3e-3",
@@ -129,7 +129,9 @@ def test_moderation_overfits_32_responses_and_moderate_cli(tmp_path, capsys):
     final = evals[-1]
     assert final["eval/n"] == 32 and final["eval/accuracy"] == 1.0, final
     assert final["eval/severity_accuracy"] >= 0.9
-    capsys.readouterr()
+    report = json.loads((tmp_path / "moderation_metrics.json").read_text())  # the launcher's final evaluation
+    assert report["accuracy"] == 1.0 and (tmp_path / "severity_confusion.png").is_file()
+    assert "moderation: {" in capsys.readouterr().out
     assert moderate_cli.main(["--model", str(tmp_path / "export"), "--prompt", "How do I bake bread?",
                               "Mix flour and water, then bake it.", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip())

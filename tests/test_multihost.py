@@ -91,23 +91,8 @@ def test_sft_two_hosts_equal_one_host(tmp_path):
         assert np.mean(np.abs(ta[k] - tb[k]) > 1e-5) < 1e-3, k  # … and on almost none
 
 
-def test_ppo_lag_two_hosts_equal_one_host(tmp_path, stories_dir):
-    import transformers
-
-    from saferlhf_jax import data as data_lib
-
-    root = tmp_path / "models"
-    tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
-    data_lib.prepare_tokenizer(tok)
-    lm = models.load_causal_lm(stories_dir)
-    lm, params = models.resize_token_embeddings(lm, lm.params, len(tok))
-    models.save_pretrained(lm, params, root / "sft")
-    tok.save_pretrained(root / "sft")
-    for i, kind in enumerate(("reward", "cost")):
-        sm = models.load_score_model(stories_dir, score_type=kind, rng=10 + i)
-        sm, params = models.resize_token_embeddings(sm, sm.params, len(tok))
-        models.save_pretrained(sm, params, root / kind)
-        tok.save_pretrained(root / kind)
+def test_ppo_lag_two_hosts_equal_one_host(tmp_path, tiny_models):
+    root = tiny_models
     args = ["--config=configs/ppo_lag.py:tiny", f"--config.actor_model_name_or_path={root / 'sft'}",
             f"--config.reward_model_name_or_path={root / 'reward'}",
             f"--config.cost_model_name_or_path={root / 'cost'}", "--config.generation.max_length=64",

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from launch.common import parse_config, run_rl_cli
-from saferlhf_jax import data as data_lib
 from saferlhf_jax import models
 from saferlhf_jax.algorithms import ppo_lag
 
@@ -23,24 +22,6 @@ METRICS = ["train/reward", "train/cost", "train/lambda", "train/episode_cost", "
            "train/cost_critic_loss", "train/actor_lr", "train/reward_critic_lr", "train/cost_critic_lr",
            "train/reward_with_kl_penalty", "train/cost_with_kl_penalty", "train/mean_generated_length",
            "train/max_generated_length"]
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory, stories_dir):
-    """SFT / RM / CM stand-ins built from stories260K (a <pad> token added, fresh score heads): no training needed."""
-    root = tmp_path_factory.mktemp("tiny_models")
-    tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
-    data_lib.prepare_tokenizer(tok)
-    lm = models.load_causal_lm(stories_dir)
-    lm, params = models.resize_token_embeddings(lm, lm.params, len(tok))
-    models.save_pretrained(lm, params, root / "sft")
-    tok.save_pretrained(root / "sft")
-    for i, kind in enumerate(("reward", "cost")):
-        sm = models.load_score_model(stories_dir, score_type=kind, rng=10 + i)
-        sm, params = models.resize_token_embeddings(sm, sm.params, len(tok))
-        models.save_pretrained(sm, params, root / kind)
-        tok.save_pretrained(root / kind)
-    return root
 
 
 def _argv(models_dir, out, config="configs/ppo_lag.py:tiny", *extra):

@@ -9,7 +9,7 @@ import pytest
 
 from saferlhf_jax.generation import bucket_length, generate, top_k_filter, top_p_filter
 from saferlhf_jax.models import ModelConfig, init_model, load_causal_lm
-from saferlhf_jax.parallel import make_mesh
+from saferlhf_jax.parallel import make_mesh, put_local_batch
 
 STORIES_GREEDY = [403, 407, 261, 378, 432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426, 338, 401, 396, 267, 337,
                   410, 408, 419, 292, 411, 322, 265, 282, 295, 433, 426, 385]
@@ -159,6 +159,18 @@ def test_sharded_sampler_equals_single_device(shape):
     b = generate(sharded, sharded.params, ids, mask, mesh=mesh, **kw)
     np.testing.assert_array_equal(a["sequences"], b["sequences"])
     np.testing.assert_array_equal(a["response_lengths"], b["response_lengths"])
+    # the programs were jitted with explicit shardings: KV cache batch over (data, fsdp), kv heads over tensor
+    from jax.sharding import PartitionSpec as P
+
+    from saferlhf_jax.generation import sampler
+
+    progs = [p for key, (_, p) in sampler._PROGRAMS.items() if key[3] is mesh]
+    assert progs and all(key[1] is not None for key in progs[0]._jitted)
+    pad = 16 - ids.shape[1]  # generate pads these prompts to its smallest bucket, 16
+    batch = put_local_batch({"ids": np.pad(ids, ((0, 0), (pad, 0))), "mask": np.pad(mask, ((0, 0), (pad, 0)))}, mesh)
+    state = progs[0].prefill(sharded.params, batch["ids"], batch["mask"])
+    want = P(("data", "fsdp") if shape[0] > 1 else "fsdp", None, "tensor" if shape[2] > 1 else None, None)
+    assert state["cache"]["k"][0].sharding.spec == want
 
 
 def test_stream_generate_matches_generate(tiny):

@@ -123,15 +123,7 @@ class RLRunner:
                        donate_argnums=donate)
 
     def _shardings(self, tree):
-        """Each array's mesh sharding; scalars and arrays not yet placed on the mesh (optimizer counts, the PRNG
-        key, λ) are replicated."""
-        rep = mesh_lib.replicated(self.mesh)
-
-        def one(x):
-            sh = getattr(x, "sharding", None)
-            return sh if isinstance(sh, jax.sharding.NamedSharding) and sh.mesh == self.mesh else rep
-
-        return jax.tree.map(one, tree)
+        return mesh_lib.shardings_of(tree, self.mesh)
 
     def _place(self, ids: np.ndarray, mask: np.ndarray):
         """This host's (rows, L) ids and mask → device arrays (global, batch-sharded, with a mesh)."""

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_tokens
 from saferlhf_jax.models.llama import init_cache
@@ -66,7 +66,7 @@ def _resolve_budget(prompt_width: int, max_new_tokens, max_length) -> int:
 class _Programs:
     """The jitted prefill and decode of one (model, settings, bucket) combination."""
 
-    def __init__(self, graphdef, config, settings: SamplingSettings, slots: int):
+    def __init__(self, graphdef, config, settings: SamplingSettings, slots: int, mesh: Mesh | None = None):
         self.settings = settings
         s = settings
 
@@ -85,6 +85,11 @@ class _Programs:
                 "cache": cache,
                 "positions": jnp.sum(mask, axis=-1).astype(jnp.int32),
                 "seen": seen,
+                "prompt_slots": jnp.int32(ids.shape[1]),
+                "step": jnp.int32(0),
+                "tokens": jnp.full((b, s.max_new_tokens), s.pad_token_id, jnp.int32),
+                "lengths": jnp.zeros((b,), jnp.int32),
+                "done": jnp.zeros((b,), bool),
             }
 
         def decode_step(params, st, rng):
@@ -120,37 +125,78 @@ class _Programs:
 
             return jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), state)
 
-        self.prefill = jax.jit(prefill)
-        self.decode = jax.jit(decode, donate_argnums=(1,))
-        self.step = jax.jit(decode_step, donate_argnums=(1,))  # one token at a time, for interactive streaming
+        self._fns = {"prefill": prefill, "decode": decode, "step": decode_step}
+        self._jitted: dict[Any, Any] = {}
+        self.mesh = mesh
+
+    def prefill(self, params, ids, mask):
+        """(params, ids (B, Sb), mask (B, Sb)) → decode state without the per-call counters."""
+        return self._call("prefill", params, ids, mask)
+
+    def decode(self, params, state, rng):
+        """The whole response in one while_loop; the state (KV cache included) is donated and returned."""
+        return self._call("decode", params, state, rng)
+
+    def step(self, params, state, rng):
+        """One token (interactive streaming); the state is donated and returned."""
+        return self._call("step", params, state, rng)
+
+    def _call(self, name, params, *args):
+        """Run one program, jitted per parameter layout: with a mesh, with explicit in/out shardings (parameters as
+        placed, batch-leading arrays over the data axes, KV heads over `tensor`, counters replicated)."""
+        param_sh = None if self.mesh is None else mesh_lib.shardings_of(params, self.mesh)
+        key = (name, None if param_sh is None else tuple(jax.tree.leaves(param_sh)))
+        fn = self._jitted.get(key)
+        if fn is None:
+            donate = () if name == "prefill" else (1,)
+            if self.mesh is None:
+                fn = jax.jit(self._fns[name], donate_argnums=donate)
+            else:
+                rep = mesh_lib.replicated(self.mesh)
+                if name == "prefill":
+                    out = self._state_shardings(jax.eval_shape(self._fns[name], params, *args))
+                    ins = (param_sh, *(mesh_lib.batch_sharding(self.mesh, a.ndim) for a in args))
+                else:
+                    out = self._state_shardings(args[0])
+                    ins = (param_sh, out, rep)
+                fn = jax.jit(self._fns[name], in_shardings=ins, out_shardings=out, donate_argnums=donate)
+            self._jitted[key] = fn
+        return fn(params, *args)
+
+    def _state_shardings(self, state):
+        mesh = self.mesh
+
+        def one(path, x):
+            keys = [getattr(p, "key", None) for p in path]
+            if x.ndim == 0:
+                return mesh_lib.replicated(mesh)
+            if keys[0] == "cache" and keys[1] in ("k", "v"):  # (B, S, K, Dh), or (L, B, S, K, Dh) when scanned
+                axes = ("batch", None, "kv_heads", None)
+                axes = ("layers", *axes) if x.ndim == 5 else axes
+                return NamedSharding(mesh, mesh_lib.logical_to_spec(axes, x.shape, mesh))
+            return mesh_lib.batch_sharding(mesh, x.ndim)
+
+        return jax.tree_util.tree_map_with_path(one, state)
 
 
 _PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}
 
 
-def _programs(model, settings: SamplingSettings, slots: int) -> _Programs:
-    key = (id(model.graphdef), settings, slots)
+def _programs(model, settings: SamplingSettings, slots: int, mesh: Mesh | None = None) -> _Programs:
+    key = (id(model.graphdef), settings, slots, mesh)
     hit = _PROGRAMS.get(key)
     if hit is None or hit[0] is not model.graphdef:
-        hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots))
+        hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots, mesh))
         _PROGRAMS[key] = hit
     return hit[1]
 
 
-def _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh):
+def _start(progs, params, ids_b, mask_b, mesh):
+    """Left-padded bucketed prompts → the decode state after prefill (every counter built inside the program)."""
     if mesh is not None:  # this process's rows → the global batch over the mesh's data axes
         batch = mesh_lib.put_local_batch({"ids": ids_b, "mask": mask_b}, mesh)
         ids_b, mask_b = batch["ids"], batch["mask"]
-    b, width = ids_b.shape
-    state = progs.prefill(params, ids_b, mask_b)
-    state.update({
-        "prompt_slots": jnp.int32(width),
-        "step": jnp.int32(0),
-        "tokens": jnp.full((b, budget), pad_token_id, jnp.int32),
-        "lengths": jnp.zeros((b,), jnp.int32),
-        "done": jnp.zeros((b,), bool),
-    })
-    return state
+    return progs.prefill(params, ids_b, mask_b)
 
 
 def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens: int, temperature: float = 1.0,
@@ -175,7 +221,7 @@ def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens:
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id))
     progs = _programs(model, settings, width + int(max_new_tokens))
-    state = _start(progs, params, ids_b, mask_b, int(max_new_tokens), pad_token_id, None)
+    state = _start(progs, params, ids_b, mask_b, None)
     for t in range(int(max_new_tokens)):
         state = progs.step(params, state, key)
         tok = int(state["tokens"][0, t])
@@ -232,8 +278,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
                                 top_k=int(top_k) if top_k else None, top_p=float(top_p),
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
-    progs = _programs(model, settings, width + budget)
-    state = _start(progs, params, ids_b, mask_b, budget, pad_token_id, mesh)
+    progs = _programs(model, settings, width + budget, mesh)
+    state = _start(progs, params, ids_b, mask_b, mesh)
     state = progs.decode(params, state, key)
     tokens = mesh_lib.local_rows(state["tokens"])
     lengths = mesh_lib.local_rows(state["lengths"])

@@ -106,6 +106,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 
 
+def shardings_of(tree, mesh: Mesh):
+    """Each array's sharding when it is placed on `mesh`; anything else (scalars and arrays not yet placed on the
+    mesh: optimizer counts, PRNG keys) replicated. For explicit `in_shardings` that match the arguments."""
+    rep = replicated(mesh)
+
+    def one(x):
+        sh = getattr(x, "sharding", None)
+        return sh if isinstance(sh, NamedSharding) and sh.mesh == mesh else rep
+
+    return jax.tree.map(one, tree)
+
+
 def batch_divisor(mesh: Mesh) -> int:
     """How many shards the batch dimension is split into."""
     return mesh.shape["data"] * mesh.shape["fsdp"]

@@ -164,7 +164,7 @@ def test_sharded_sampler_equals_single_device(shape):
 
     from saferlhf_jax.generation import sampler
 
-    progs = [p for key, (_, p) in sampler._PROGRAMS.items() if key[3] is mesh]
+    progs = [p for key, (graphdef, p) in sampler._PROGRAMS.items() if graphdef is sharded.graphdef and key[3] == mesh]
     assert progs and all(key[1] is not None for key in progs[0]._jitted)
     pad = 16 - ids.shape[1]  # generate pads these prompts to its smallest bucket, 16
     batch = put_local_batch({"ids": np.pad(ids, ((0, 0), (pad, 0))), "mask": np.pad(mask, ((0, 0), (pad, 0)))}, mesh)

@@ -119,11 +119,8 @@ class RLRunner:
         """jit with explicit in/out shardings read off the (committed) arguments; no mesh: one device, plain jit."""
         if self.mesh is None:
             return jax.jit(fn, donate_argnums=donate)
-        return jax.jit(fn, in_shardings=tuple(self._shardings(a) for a in args), out_shardings=out_shardings,
-                       donate_argnums=donate)
-
-    def _shardings(self, tree):
-        return mesh_lib.shardings_of(tree, self.mesh)
+        return jax.jit(fn, in_shardings=tuple(mesh_lib.shardings_of(a, self.mesh) for a in args),
+                       out_shardings=out_shardings, donate_argnums=donate)
 
     def _place(self, ids: np.ndarray, mask: np.ndarray):
         """This host's (rows, L) ids and mask → device arrays (global, batch-sharded, with a mesh)."""
@@ -157,7 +154,7 @@ class RLRunner:
             if self.mesh is not None:
                 _, metrics, scores = jax.eval_shape(fn, *args)
                 rep = mesh_lib.replicated(self.mesh)
-                out = (self._shardings(args[0]), jax.tree.map(lambda _: rep, metrics),
+                out = (mesh_lib.shardings_of(args[0], self.mesh), jax.tree.map(lambda _: rep, metrics),
                        self._batch_shardings(scores))
             self._programs[key] = self._jit(fn, args, out, donate=(0,))
         return self._programs[key](*args)
@@ -422,7 +419,7 @@ def run(cfg) -> dict[str, Any]:
     metrics_file = out_dir / "metrics.jsonl"  # written by process 0 only
     all_rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
         if jax.process_index() == 0 and metrics_file.is_file() else []
-    if all_rows and jax.process_index() == 0:
+    if all_rows:
         _plot_curves(all_rows, out_dir / "training_curves.png")
     summary = {"mode": cfg.mode, "iterations": iteration, "total_iterations": iterations,
                "rl_steps": int(mesh_lib.to_host(state["global_step"])), "last": history[-1] if history else {},

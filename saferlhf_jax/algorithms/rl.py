@@ -81,19 +81,17 @@ def make_score_rollout(actor_apply, critic_apply, reward_fn, cost_fn, cfg: RLCon
             out["cost"] = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
         if policy:
             out["log_probs"] = ops.gather_log_probs(actor_apply(actor_params, seq, mask)[:, :-1], labels)
-            out.update({key: critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
-                        for name, key in _critic_keys(cfg)})
+            out.update({f"{name}_values": critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
+                        for name in _critic_names(cfg)})
         return jax.lax.stop_gradient(out)
 
     return score
 
 
-def _critic_keys(cfg: RLConfig):
-    """(critics-dict name, rollout values key) of each critic the mode trains."""
-    keys = [("reward", "reward_values")]
-    if cfg.cost_critic:
-        keys.append(("cost", "cost_values"))
-    return keys
+def _critic_names(cfg: RLConfig) -> tuple[str, ...]:
+    """The critics the mode trains: 'reward' (rollout keys reward_values / reward_returns, state reward_critic)
+    and, for PPO-Lag, 'cost'."""
+    return ("reward", "cost") if cfg.cost_critic else ("reward",)
 
 
 # ---------------------------------------------------------------------------------------------------- one rl_step
@@ -151,7 +149,8 @@ def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedul
     (stop-gradient) and need not be in `rollout`; they come back as `policy_scores` ({'log_probs',
     'reward_values', ['cost_values']}, each (B, L−1)) for later passes. Otherwise `policy_scores` is empty.
     """
-    critics = [(f"{name}_critic", key) for name, key in _critic_keys(cfg)]
+    critics = _critic_names(cfg)
+    critic_states = tuple(f"{name}_critic" for name in critics)  # their entries in the state
 
     def update(module_state, grads, optimizer):
         params = module_state["params"]
@@ -172,7 +171,8 @@ def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedul
         def objective(params):
             """params: {'actor', 'reward_critic', ['cost_critic']} → Σ losses, (aux, policy scores, advantages)."""
             log_probs = ops.gather_log_probs(actor_apply(params["actor"], seq, mask)[:, :-1], seq[:, 1:])
-            values = {key: critic_apply(params[name], seq, mask)[0][:, :-1, 0] for name, key in critics}
+            values = {f"{name}_values": critic_apply(params[f"{name}_critic"], seq, mask)[0][:, :-1, 0]
+                      for name in critics}
             scores = jax.lax.stop_gradient({"log_probs": log_probs, **values})
             old = dict(rollout, **scores) if fresh else rollout
             adv = advantages(old, start, lam, cfg)
@@ -188,20 +188,20 @@ def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedul
                 ptx_logits = actor_apply(params["actor"], ptx_batch["input_ids"], ptx_batch["attention_mask"])
                 aux["train/ptx_loss"] = ops.sft_loss(ptx_logits, ptx_batch["labels"])
                 total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
-            for name, key in critics:
-                returns = adv["reward_returns" if key == "reward_values" else "cost_returns"]
-                loss = ops.critic_loss(values[key][:, start:], old[key][:, start:], returns, tmask,
+            for name in critics:
+                key = f"{name}_values"
+                loss = ops.critic_loss(values[key][:, start:], old[key][:, start:], adv[f"{name}_returns"], tmask,
                                        cfg.clip_range_value)
-                aux[f"train/{name}_loss"] = loss
+                aux[f"train/{name}_critic_loss"] = loss
                 total = total + loss
             return total, (aux, scores if fresh else {}, adv, old)
 
-        trainables = {name: state[name]["params"] for name in ("actor", *(n for n, _ in critics))}
+        trainables = {name: state[name]["params"] for name in ("actor", *critic_states)}
         (_, (aux, scores, adv, old)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
         new_state = dict(state, log_lambda=log_lambda, global_step=state["global_step"] + 1)
         metrics: dict[str, Any] = {"train/actor_lr": actor_schedule(state["actor"]["updates"])}
         new_state["actor"] = update(state["actor"], grads["actor"], actor_opt)
-        for name, _ in critics:
+        for name in critic_states:
             metrics[f"train/{name}_lr"] = critic_schedule(state[name]["updates"])
             new_state[name] = update(state[name], grads[name], critic_opt)
 

@@ -130,7 +130,7 @@ class _Programs:
         self.mesh = mesh
 
     def prefill(self, params, ids, mask):
-        """(params, ids (B, Sb), mask (B, Sb)) → decode state without the per-call counters."""
+        """(params, ids (B, Sb), mask (B, Sb)) → the whole decode state: last logits, KV cache, counters."""
         return self._call("prefill", params, ids, mask)
 
     def decode(self, params, state, rng):

@@ -24,6 +24,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.eval_split_ratio = 0.0
 
     c.data = ml_collections.ConfigDict()
+    c.data.source = "hub"                        # hub | embedded (the shipped sample; the tiny presets)
     c.data.max_length = 512
     c.data.buckets = ()                          # () = powers of two up to max_length
 
@@ -42,6 +43,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.train.eval_every = 0                       # 0 = at the end of each epoch
     c.train.eval_at_start = True
     c.train.stop_after_steps = 0                 # > 0: save and stop early (as a preempted run would)
+    c.train.max_skipped_fraction = 0.1           # stop (no export) when more updates than this were non-finite
 
     c.model = ml_collections.ConfigDict()
     c.model.dtype = "float32"                    # compute dtype (bfloat16 on accelerators)
@@ -100,6 +102,7 @@ def llama2_7b_common(c: ml_collections.ConfigDict, devices: int = 8, preset: str
 def tiny_common(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """CPU-sized: the embedded stories260K model and shipped data."""
     c.model_name_or_path = DEFAULT_MODEL
+    c.data.source = "embedded"
     c.data.max_length = 256
     c.data.buckets = (128, 256)
     c.train.batch_size = 8

@@ -5,6 +5,7 @@ stage is a regular stage config under `config.<stage>` (override e.g. `--config.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common, cost, ppo_lag, reward, sft
 
@@ -23,9 +24,10 @@ def get_config(preset: str = "tiny"):
     c.arena.max_length = 512
     c.arena.batch_size = 16
     c.arena.seed = 42
-    c.arena.temperature = 1.0
-    c.arena.top_k = 50
-    c.arena.top_p = 1.0
+    c.arena.temperature = config_dict.placeholder(float)   # unset: each model's generation_config (spec §5.2)
+    c.arena.top_k = config_dict.placeholder(int)
+    c.arena.top_p = config_dict.placeholder(float)
+    c.arena.data_source = "hub"
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.logging = ml_collections.ConfigDict(dict(progress=True, tensorboard=True))
     if preset == "tiny":
@@ -41,6 +43,7 @@ def get_config(preset: str = "tiny"):
         c.ppo_lag.train.train_batch_size = 8
         c.ppo_lag.actor.learning_rate = 5e-4
         c.ppo_lag.critic.learning_rate = 5e-4
+        c.arena.data_source = "embedded"
         c.arena.max_length = 320
         c.arena.batch_size = 16
     return c

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from configs import common
 
@@ -18,11 +19,16 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.cost_model_name_or_path = "runs/cost/export" if mode != "ppo" else ""
     c.reward_critic_model_name_or_path = ""      # "" = initialise from the reward model (head included)
     c.cost_critic_model_name_or_path = ""        # "" = initialise from the cost model
+    c.allow_new_head = False                     # True: a reward/cost path without a score head gets a random one
     c.train_datasets = ("PKU-SafeRLHF/train",)   # prompts
+    c.eval_datasets = ()                         # prompts for RL evaluation (eval/reward, eval/cost, answers)
     c.ptx_datasets = ()                          # supervised data for PTX (with rl.ptx_coeff > 0)
 
     c.data = ml_collections.ConfigDict()
-    c.data.max_prompt_length = 0                 # 0 = generation.max_length
+    c.data.source = "hub"                        # hub | embedded (the shipped sample; the tiny presets)
+    c.data.max_prompt_length = 0                 # prompts are right-truncated to this (0 = generation.max_length)
+    c.data.min_response_length = 16              # a prompt must leave at least this response budget (else dropped,
+                                                 # counted); each micro-batch gets max_length − its longest prompt
     c.data.prompt_buckets = ()                   # () = powers of two
 
     c.generation = ml_collections.ConfigDict()
@@ -32,6 +38,12 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.generation.top_p = 1.0
     c.generation.repetition_penalty = 1.0
     c.generation.num_return_sequences = 1
+    c.generation.length_buckets = ()             # rollout widths below max_length to compile for (() = one)
+
+    # RL evaluation samples with the actor's own generation_config.json (spec §5.1); set these to override
+    c.eval_generation = ml_collections.ConfigDict(dict(temperature=config_dict.placeholder(float),
+                                                       top_k=config_dict.placeholder(int),
+                                                       top_p=config_dict.placeholder(float)))
 
     c.rl = ml_collections.ConfigDict()
     c.rl.kl_coeff = 0.02 if mode != "ppo_lag" else 0.01
@@ -48,6 +60,8 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.rl.lambda_update_delay_steps = 0
     c.rl.episode_cost_window_size = 128
     c.rl.whiten_advantages = False
+    c.rl.normalize_reward = False                # apply the reward model's stored affine stats (overrides its config)
+    c.rl.normalize_cost = False                  # apply the cost model's stored scale stats
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1
@@ -56,6 +70,10 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.train.train_batch_size = 16                # global rollout micro-batch per rl_step
     c.train.update_iters = 1
     c.train.stop_after_steps = 0
+    c.train.eval_every = 0                       # iterations between evaluations (0 = at the start and the end)
+    c.train.eval_at_start = True
+    c.train.eval_batch_size = 16
+    c.train.max_skipped_fraction = 0.1           # stop (no export) when more RL updates than this were non-finite
 
     c.actor = ml_collections.ConfigDict(dict(learning_rate=1e-5, lr_scheduler_type="cosine", lr_warmup_ratio=0.03,
                                              weight_decay=0.01, max_grad_norm=1.0))
@@ -71,6 +89,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
 
     if preset == "tiny":
         c.generation.max_length = 192
+        c.data.source = "embedded"
         c.data.max_prompt_length = 128
         c.data.prompt_buckets = (64, 128)
         c.train_datasets = ("PKU-SafeRLHF/train:32/-1",)
@@ -79,6 +98,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.train.max_steps = 2
         c.actor.learning_rate = 1e-4
         c.critic.learning_rate = 1e-4
+        c.train.eval_batch_size = 8
         c.checkpoint.every = 1
     else:  # llama2_7b / llama3_8b: the reference recipe on 8 devices
         c.train.prompt_batch_size = 16 * 8
@@ -90,6 +110,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.model.scan_layers = True
         c.mesh.fsdp = 8
         c.architecture = common.LLAMA3_8B if preset == "llama3_8b" else common.LLAMA2_7B
+        c.checkpoint.every = 20                  # iterations; SIGTERM/SIGINT also save (preemption-safe)
     return c
 
 

@@ -33,10 +33,12 @@ def main(argv=None) -> int:
     p.add_argument("--max_length", type=int, default=512, help="total length (prompt + response)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top_k", type=int, default=50)
-    p.add_argument("--top_p", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None, help="default: each model's generation_config")
+    p.add_argument("--top_k", type=int, default=None, help="default: each model's generation_config (else 50)")
+    p.add_argument("--top_p", type=float, default=None, help="default: each model's generation_config (else 1.0)")
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--data_source", choices=["hub", "embedded"], default="hub",
+                   help="where registry names load from (embedded: the shipped sample)")
     args = p.parse_args(argv)
     setup_logging()
     from saferlhf_jax.data import DataError
@@ -56,7 +58,8 @@ def main(argv=None) -> int:
         summary = run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], red_name, blue_name,
                             datasets, out, max_length=args.max_length, batch_size=args.batch_size, seed=args.seed,
                             mesh=mesh, sampling=dict(temperature=args.temperature, top_k=args.top_k,
-                                                     top_p=args.top_p, greedy=args.greedy))
+                                                     top_p=args.top_p, greedy=args.greedy or None),
+                            source=args.data_source)
     except (DataError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

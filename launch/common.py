@@ -105,11 +105,10 @@ def parse_config(argv: list[str], default_config: str):
 
 
 def run_job_cli(default_config: str, job, report, argv=None) -> int:
-    """Parse the config, start multi-host if asked, run `job(cfg)` and `report(result)`; bad config, bad data and
-    missing files are one-line errors (exit 2), Ctrl-C / SIGTERM saves and exits 130."""
-    from saferlhf_jax.data import DataError
+    """Parse the config, start multi-host if asked, run `job(cfg)` and `report(result)`; bad config, bad data, bad
+    models and missing files are one-line errors (exit 2), Ctrl-C / SIGTERM saves and exits 130."""
+    from saferlhf_jax.errors import ConfigError, DataError, ModelError, TrainingError
     from saferlhf_jax.parallel import initialize_distributed
-    from saferlhf_jax.training.trainer import ConfigError
 
     argv = list(sys.argv if argv is None else argv)
     try:
@@ -121,7 +120,7 @@ def run_job_cli(default_config: str, job, report, argv=None) -> int:
     initialize_distributed(cfg.get("distributed"))
     try:
         result = job(cfg)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, ModelError, TrainingError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:

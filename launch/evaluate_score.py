@@ -22,17 +22,20 @@ def main(argv=None) -> int:
     parser.add_argument("--max_length", type=int, default=512)
     parser.add_argument("--score_type", choices=["reward", "cost"], default=None,
                         help="default: the model config's score_type")
+    parser.add_argument("--data_source", choices=["hub", "embedded"], default="hub",
+                        help="where registry names load from (embedded: the shipped sample)")
     args = parser.parse_args(argv)
     setup_logging()
-    from saferlhf_jax.data import DataError
+    from saferlhf_jax.errors import DataError, ModelError
     from saferlhf_jax.evaluation.score_eval import evaluate_score_model
 
     datasets = [d for entry in args.datasets for d in entry.split(",") if d.strip()]
     out = args.output_dir or f"{args.model.rstrip('/')}/eval"
     try:
         summary = evaluate_score_model(args.model, datasets, out, batch_size=args.batch_size,
-                                       max_length=args.max_length, score_type=args.score_type)
-    except (DataError, ValueError, FileNotFoundError, KeyError) as err:
+                                       max_length=args.max_length, score_type=args.score_type,
+                                       source=args.data_source)
+    except (DataError, ModelError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps({k: v for k, v in summary.items() if k != "filtered"}, indent=2))

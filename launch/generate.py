@@ -29,17 +29,16 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     args = parser.parse_args(argv)
 
-    from transformers import AutoTokenizer
-
+    from saferlhf_jax.data.tokenizer import load_tokenizer
     from saferlhf_jax.generation import generate
     from saferlhf_jax.models import load_causal_lm
 
     try:
+        tok = load_tokenizer(args.model, prepare=False)  # refuses remote code before anything else is read
         model = load_causal_lm(args.model)
-        tok = AutoTokenizer.from_pretrained(args.model)
     except (OSError, ValueError, KeyError) as err:
-        print(f"error: cannot load model from {args.model}: {err}", file=sys.stderr)
-        return 1
+        print(f"error: cannot load model from {args.model}: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 2
     prompts = args.prompt or [""]
     encoded = [tok(p).input_ids for p in prompts]
     width = max(len(e) for e in encoded)

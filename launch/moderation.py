@@ -14,6 +14,7 @@ METRIC_KEYS = ("n", "accuracy", "f1", "fpr", "severity_accuracy", "severity_accu
 def job(cfg) -> dict:
     """Train (or resume) the classifier, then evaluate the final model on `cfg.eval_datasets`."""
     from saferlhf_jax.algorithms import moderation
+    from saferlhf_jax.data.tokenizer import load_tokenizer
     from saferlhf_jax.evaluation.moderation_eval import evaluate_moderation
     from saferlhf_jax.training import trainer
 
@@ -22,8 +23,9 @@ def job(cfg) -> dict:
         model = summary["model"]
         model.params = summary["state"]["params"]
         summary["moderation"] = evaluate_moderation(
-            model, trainer.load_tokenizer(summary["export"]), list(cfg.eval_datasets), cfg.output_dir,
-            batch_size=int(cfg.train.eval_batch_size), max_length=int(cfg.data.max_length))
+            model, load_tokenizer(summary["export"]), list(cfg.eval_datasets), cfg.output_dir,
+            batch_size=int(cfg.train.eval_batch_size), max_length=int(cfg.data.max_length),
+            source=cfg.data.get("source"))
     return summary
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import jax
@@ -40,10 +41,15 @@ def unflatten(flat: dict[str, Any], like) -> Any:
 class Checkpointer:
     """Periodic train-state checkpoints under `directory` (step-numbered subfolders)."""
 
-    def __init__(self, directory, max_to_keep: int | None = 3):
+    def __init__(self, directory, max_to_keep: int | None = 3, read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                               enable_async_checkpointing=False)
+        if not read_only and jax.process_index() == 0:  # a save killed half-way leaves a temporary directory behind: never a step
+            for stale in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                log.warning("removing the unfinished checkpoint %s", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+                                               enable_async_checkpointing=False,
+                                               cleanup_tmp_directories=not read_only)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:

@@ -76,8 +76,8 @@ def run(cfg) -> dict:
             }
             run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], "sft", "ppo_lag",
                       list(a.datasets), arena_dir, max_length=int(a.max_length), batch_size=int(a.batch_size),
-                      seed=int(a.seed), mesh=mesh,
-                      sampling=dict(temperature=float(a.temperature), top_k=int(a.top_k), top_p=float(a.top_p)))
+                      seed=int(a.seed), mesh=mesh, source=a.data_source,
+                      sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
             timings["arena"] = time.perf_counter() - t0
     path = report.write_report(out, cfg, timings)
     return {"report": str(path), "timings": timings}

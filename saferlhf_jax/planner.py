@@ -179,48 +179,48 @@ def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
                                                     weight_decay=float(cfg.critic.weight_decay))
 
     def module_state(params, optimizer):
-        trainable = {k: v for k, v in params.items() if k != "normalizer"}
-        return {"params": params, "opt_state": _abstract_opt_state(optimizer, trainable), "updates": _scalar(mesh)}
+        return rl.ModuleState(params, _abstract_opt_state(optimizer, rl.trainable(params)), _scalar(mesh))
 
     rep = NamedSharding(mesh, P())
-    state = {"actor": module_state(actor_p, actor_opt), "reward_critic": module_state(critic_p, critic_opt),
-             "log_lambda": jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), "global_step": _scalar(mesh),
-             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep)}
-    if rl_cfg.cost_critic:
-        state["cost_critic"] = module_state(critic_p, critic_opt)
+    models_fns = rl.RLModels(actor.apply, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg)
+    window = rl.CostWindow(jax.ShapeDtypeStruct((mesh_lib.batch_divisor(mesh), rl_cfg.episode_cost_window_size),
+                                                jnp.float32, sharding=rep), _scalar(mesh), _scalar(mesh))
+    state = rl.RLState(
+        actor=module_state(actor_p, actor_opt), reward_critic=module_state(critic_p, critic_opt),
+        cost_critic=module_state(critic_p, critic_opt) if rl_cfg.cost_critic else None,
+        log_lambda=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), global_step=_scalar(mesh),
+        skipped=_scalar(mesh), rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), cost_window=window)
     b, length = int(cfg.train.train_batch_size), int(cfg.generation.max_length)
-    prompt = int(cfg.data.max_prompt_length) or length // 2
-    start = prompt - 1
     bs = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
     bs2 = NamedSharding(mesh, P(mesh_lib.BATCH_AXES, None))
     f32 = lambda shape, s: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=s)  # noqa: E731
-    rollout = {"seq": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
-               "mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2),
-               "log_probs": f32((b, length - 1), bs2), "ref_log_probs": f32((b, length - 1), bs2),
-               "reward": f32((b,), bs), "reward_values": f32((b, length - 1), bs2)}
-    if rl_cfg.uses_cost:
-        rollout["cost"] = f32((b,), bs)
-    if rl_cfg.cost_critic:
-        rollout["cost_values"] = f32((b, length - 1), bs2)
+    rollout = rl.Rollout(
+        seq=jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
+        mask=jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2),
+        start=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bs),
+        ref_log_probs=f32((b, length - 1), bs2), reward=f32((b,), bs),
+        cost=f32((b,), bs) if rl_cfg.uses_cost else None, log_probs=f32((b, length - 1), bs2),
+        reward_values=f32((b, length - 1), bs2),
+        cost_values=f32((b, length - 1), bs2) if rl_cfg.cost_critic else None)
     ptx = None
     if rl_cfg.ptx_coeff > 0:
         ptx = {"input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
                "labels": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
                "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2)}
-    step = rl.make_rl_step(actor.apply, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg, start)
+    step = rl.make_rl_step(models_fns)
     shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-    jitted = jax.jit(step, in_shardings=(shard(state), shard(rollout), shard(ptx), rep),
-                     out_shardings=(shard(state), rep, rep), donate_argnums=(0,))
-    compiled = jitted.lower(state, rollout, ptx, jax.ShapeDtypeStruct((), jnp.float32, sharding=rep)).compile()
+    jitted = jax.jit(step, in_shardings=(shard(state), shard(rollout), shard(ptx)),
+                     out_shardings=(shard(state), rep, None), donate_argnums=(0,))
+    compiled = jitted.lower(state, rollout, ptx).compile()
     actor_bytes = bytes_per_device(actor_p)
     critic_bytes = bytes_per_device(critic_p)
-    per_model = {"actor": actor_bytes + bytes_per_device(state["actor"]["opt_state"]),
+    per_model = {"actor": actor_bytes + bytes_per_device(state.actor.opt_state),
                  "reference": actor_bytes, "reward_model": critic_bytes,
-                 "reward_critic": critic_bytes + bytes_per_device(state["reward_critic"]["opt_state"])}
+                 "reward_critic": critic_bytes + bytes_per_device(state.reward_critic.opt_state)}
     if rl_cfg.uses_cost:
         per_model["cost_model"] = critic_bytes
     if rl_cfg.cost_critic:
-        per_model["cost_critic"] = critic_bytes + bytes_per_device(state["cost_critic"]["opt_state"])
+        per_model["cost_critic"] = critic_bytes + bytes_per_device(state.cost_critic.opt_state)
     memory = _memory(compiled)
     frozen = per_model["reference"] + per_model["reward_model"] + per_model.get("cost_model", 0)
     memory["resident_frozen_bytes_per_device"] = frozen

@@ -58,7 +58,8 @@ def policy_and_scorers(tmp_path_factory, stories_dir):
 def test_arena_writes_consistent_outputs(policy_and_scorers, tmp_path):
     r = policy_and_scorers
     rc = arena_cli.main(["--red", str(r / "red"), "--blue", str(r / "blue"), "--reward", str(r / "rm"),
-                         "--cost", str(r / "cm"), "--datasets", "PKU-SafeRLHF/test", "--output_dir", str(tmp_path),
+                         "--cost", str(r / "cm"), "--datasets", "PKU-SafeRLHF/test", "--data_source", "embedded",
+                         "--output_dir", str(tmp_path),
                          "--max_length", "256", "--batch_size", "8"])
     assert rc == 0
     for f in ("table.csv", "summary.json", "summary.md", "reward_distribution.png", "cost_distribution.png"):

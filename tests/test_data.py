@@ -4,6 +4,7 @@ resumable iteration and bucketed shapes."""
 from __future__ import annotations
 
 import importlib.util
+import pathlib
 import json
 
 import jax
@@ -25,9 +26,15 @@ def tok(stories_dir):
     return t
 
 
+@pytest.fixture(autouse=True)
+def embedded_source(monkeypatch):
+    """These tests read the shipped sample; the hub path has its own tests below."""
+    monkeypatch.setenv("SAFERLHF_DATA_SOURCE", "embedded")
+
+
 @pytest.fixture(scope="module")
 def pku_train():
-    return data.load_raw("PKU-SafeRLHF/train")
+    return data.load_raw("PKU-SafeRLHF/train", source="embedded")
 
 
 # ---------------------------------------------------------------------------------------------------- registry
@@ -161,7 +168,10 @@ def test_truncation_empty_and_filtered_rows_are_counted(tok):
     rows = [data.RawSample(input=long, answer="x"), data.RawSample(input="q", answer="")]
     ds = data.build_dataset("supervised", rows, tok, 64)
     assert ds.counts == {"truncated": 1, "no_target_tokens": 1, "empty_answer": 1}
-    assert len(ds.examples[0]["input_ids"]) == 64
+    assert len(ds.examples) == 1  # the truncated example lost every target token: dropped (its loss is 0/0)
+    assert (ds.examples[0]["labels"] != -100).sum() == 1  # the empty answer still trains on its EOS
+    with pytest.raises(DataError, match="no usable supervised examples"):
+        data.build_dataset("supervised", rows[:1], tok, 64)
     pairs = [
         data.RawSample(input="q", answer="same", other_answer="same", better=True, safer=True, is_safe=True,
                        is_other_safe=True),
@@ -360,3 +370,59 @@ def test_iterate_once_marks_padding_rows(pref_ds):
     batches = list(data.iterate_once(pref_ds, 32))
     assert len(batches) == -(-n // 32) and batches[-1]["valid"].sum() == n - 32 * (len(batches) - 1)
     assert sum(int(b["valid"].sum()) for b in batches) == n
+
+
+# ---------------------------------------------------------------------------------------------------- data source
+
+
+def test_data_source_is_explicit_never_a_silent_fallback(monkeypatch):
+    monkeypatch.delenv("SAFERLHF_DATA_SOURCE")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"cannot load PKU-Alignment/PKU-SafeRLHF from the Hugging Face hub .*"
+                                        r"PKU-SafeRLHF/train:1.0:/path/to/files.*data.source=embedded"):
+        data.load_mix(["PKU-SafeRLHF/train"])  # default source: the hub
+    assert len(data.load_mix(["PKU-SafeRLHF/train"], source="embedded")) == 500
+    monkeypatch.setenv("SAFERLHF_DATA_SOURCE", "embedded")  # the environment wins over the config
+    assert len(data.load_mix(["PKU-SafeRLHF/test"], source="hub")) == 16
+    monkeypatch.setenv("SAFERLHF_DATA_SOURCE", "sample")
+    with pytest.raises(DataError, match="data source must be one of"):
+        data.load_mix(["PKU-SafeRLHF/test"])
+
+
+def test_presets_name_their_data_source():
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+    from configs import pipeline, ppo_lag, reward, sft
+
+    for module in (sft, reward, ppo_lag):
+        assert module.get_config("tiny").data.source == "embedded"
+        assert module.get_config("llama2_7b").data.source == "hub"
+    assert pipeline.get_config("tiny").arena.data_source == "embedded"
+
+
+def test_hub_path_reads_a_dataset_repository(tmp_path, monkeypatch):
+    """The hub code path, end to end through `datasets.load_dataset`, on a local repository of data files."""
+    import dataclasses
+
+    from saferlhf_jax.data import registry
+
+    pytest.importorskip("datasets")
+    repo = tmp_path / "repo" / "data"
+    repo.mkdir(parents=True)
+    rows = (registry.ASSETS / "pku_saferlhf" / "train_first500.jsonl").read_text().splitlines()
+    (repo / "train.jsonl").write_text("\n".join(rows[:7]) + "\n")
+    (repo / "test.jsonl").write_text("\n".join(rows[7:9]) + "\n")
+    for var in ("SAFERLHF_DATA_SOURCE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    spec = registry.REGISTRY["PKU-SafeRLHF/train"]
+    monkeypatch.setitem(registry.REGISTRY, spec.name, dataclasses.replace(spec, hub_id=str(repo.parent)))
+    got = data.load_raw("PKU-SafeRLHF/train")
+    want = data.load_raw("PKU-SafeRLHF/train", source="embedded")[:7]
+    assert [(s.input, s.answer, s.better, s.safer) for s in got] == [(s.input, s.answer, s.better, s.safer)
+                                                                     for s in want]
+    assert got[0].where.endswith("[train]:row 0")
+    monkeypatch.setitem(registry.REGISTRY, spec.name, dataclasses.replace(spec, hub_id=str(tmp_path / "missing")))
+    with pytest.raises(DataError, match="cannot load .* from the Hugging Face hub"):
+        data.load_raw("PKU-SafeRLHF/train")

@@ -22,7 +22,7 @@ def cost_model_dir(tmp_path_factory, stories_dir):
 
 def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
     rc = evaluate_score.main(["--model", str(cost_model_dir), "--datasets", "PKU-SafeRLHF/test",
-                              "--output_dir", str(tmp_path), "--max_length", "192", "--batch_size", "8"])
+                              "--data_source", "embedded", "--output_dir", str(tmp_path), "--max_length", "192", "--batch_size", "8"])
     assert rc == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
     rows = list(csv.DictReader(open(tmp_path / "scores.csv")))
@@ -45,7 +45,7 @@ def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
     first = rows[0]
     from saferlhf_jax.data import load_raw
 
-    raw = load_raw("PKU-SafeRLHF/test")[0]
+    raw = load_raw("PKU-SafeRLHF/test", source="embedded")[0]
     assert first["prompt"] == raw.input and first["safer_response"] in (raw.answer, raw.other_answer)
 
 

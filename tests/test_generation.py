@@ -168,7 +168,7 @@ def test_sharded_sampler_equals_single_device(shape):
     assert progs and all(key[1] is not None for key in progs[0]._jitted)
     pad = 16 - ids.shape[1]  # generate pads these prompts to its smallest bucket, 16
     batch = put_local_batch({"ids": np.pad(ids, ((0, 0), (pad, 0))), "mask": np.pad(mask, ((0, 0), (pad, 0)))}, mesh)
-    state = progs[0].prefill(sharded.params, batch["ids"], batch["mask"])
+    state = progs[0].prefill(sharded.params, batch["ids"], batch["mask"], np.int32(10))
     want = P(("data", "fsdp") if shape[0] > 1 else "fsdp", None, "tensor" if shape[2] > 1 else None, None)
     assert state["cache"]["k"][0].sharding.spec == want
 

@@ -107,4 +107,4 @@ def test_ppo_lag_two_hosts_equal_one_host(tmp_path, tiny_models):
     _compare_rows(rows_m, rows_s, ("train/reward", "train/cost", "train/episode_cost", "train/lambda",
                                    "train/actor_loss", "train/reward_critic_loss", "train/cost_critic_loss",
                                    "train/kl_divergence", "train/mean_generated_length"), 1e-4)
-    assert (multi / "export" / "model.safetensors").is_file() and (multi / "training_curves.png").is_file()
+    assert (multi / "export" / "model.safetensors").is_file() and (multi / "curves.png").is_file()

@@ -22,9 +22,9 @@ def test_pipeline_tiny_end_to_end_and_resume(tmp_path):
     assert arena["prompts"] == 16 and sum(arena["counts"].values()) == 16
     report = (tmp_path / "report.md").read_text()
     for needle in ("## Stages", "| reward |", "| ppo_lag |", "## Arena", "stage_curves.png",
-                   "ppo_lag/training_curves.png", "arena/cost_distribution.png"):
+                   "ppo_lag/curves.png", "arena/cost_distribution.png"):
         assert needle in report, needle
-    for png in ("stage_curves.png", "ppo_lag/training_curves.png", "arena/reward_distribution.png"):
+    for png in ("stage_curves.png", "ppo_lag/curves.png", "arena/reward_distribution.png"):
         assert (tmp_path / png).stat().st_size > 1000
     # the reward model learned something on the shipped pairs (test split accuracy above chance)
     rm_eval = json.loads((tmp_path / "reward" / "summary.json").read_text())["eval"]

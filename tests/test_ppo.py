@@ -59,7 +59,7 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     pb = models.safetensors_io.load_dir(b / "export")
     for k in pb:
         np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
-    assert (b / "training_curves.png").stat().st_size > 1000
+    assert (b / "curves.png").stat().st_size > 1000
     again = models.load_causal_lm(b / "export")  # the aligned actor is a loadable HF model
     assert again.config.vocab_size == 513
 
@@ -71,7 +71,7 @@ def test_ppo_lag_sharded_equals_single_device(tiny_models, tmp_path):
                                          "--config.train.max_steps=1"), "")[0])
     many = ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "many", "configs/ppo_lag.py:tiny",
                                           "--config.train.max_steps=1", "--config.mesh.fsdp=8"), "")[0])
-    emb = many["state"]["actor"]["params"]["model"]["embed_tokens"]["embedding"]
+    emb = many["state"].actor.params["model"]["embed_tokens"]["embedding"]
     assert len(emb.sharding.device_set) == 8
     r1, r8 = _rows(tmp_path / "one")[0], _rows(tmp_path / "many")[0]
     for key in ("train/actor_loss", "train/reward_critic_loss", "train/cost_critic_loss", "train/lambda",
@@ -122,3 +122,28 @@ def test_reward_model_with_its_own_tokenizer_is_fed_retokenized_text(tiny_models
                  f"--config.reward_model_name_or_path={foreign}")
     assert run_rl_cli("", argv) == 0
     assert np.isfinite(_rows(out)[0]["train/reward"])
+
+
+def test_rl_evaluation_ptx_reuse_and_normalize_flags(tiny_models, tmp_path):
+    """eval/* rows at the start and the end with an answers table; PTX batches drawn once per iteration and reused
+    on every update_iters pass; normalize_reward applies the reward model's stored stats."""
+    from saferlhf_jax.checkpoint import Checkpointer
+
+    out = tmp_path / "run"
+    argv = _argv(tiny_models, out, "configs/ppo_lag.py:tiny", "--config.train.max_steps=1",
+                 "--config.eval_datasets=PKU-SafeRLHF/test:4/-1", "--config.train.eval_batch_size=4",
+                 "--config.ptx_datasets=alpaca:16/-1", "--config.rl.ptx_coeff=2.0", "--config.train.update_iters=2",
+                 "--config.train.train_batch_size=4")
+    assert run_rl_cli("", argv) == 0
+    rows = _rows(out)
+    evals = [r for r in rows if "eval/reward" in r]
+    assert [r["iteration"] for r in evals] == [0, 1] and evals[0]["eval/prompts"] == 4
+    assert {"eval/cost", "eval/unsafe_rate", "eval/mean_length"} <= set(evals[0])
+    train = [r for r in rows if "train/ptx_loss" in r]
+    assert len(train) == 4  # 2 micro-batches × 2 passes
+    meta = Checkpointer(out / "checkpoints").read_meta()
+    assert meta["ptx"]["position"] == 2 and meta["prompts"]["position"] == 1  # 2 PTX batches, not 4
+    page = (out / "results.md").read_text()
+    assert "## evaluation answers" in page and "| prompt | answer | reward | cost |" in page
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval"]["eval/prompts"] == 4

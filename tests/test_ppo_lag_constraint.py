@@ -58,7 +58,7 @@ def _prompts():
 
 def _policy_stats(runner, state, seed=123):
     ids, mask = _prompts()
-    out = generate(runner.actor, state["actor"]["params"], np.tile(ids, (4, 1)), np.tile(mask, (4, 1)),
+    out = generate(runner.actor, state.actor.params, np.tile(ids, (4, 1)), np.tile(mask, (4, 1)),
                    max_new_tokens=RESPONSE_LEN, top_k=0, eos_token_ids=(), rng=seed)
     seq = jnp.asarray(out["sequences"])
     return float(jnp.mean(toy_reward(None, seq, None))), float(jnp.mean(toy_cost(None, seq, None)))
@@ -124,13 +124,13 @@ def test_rewards_stay_float_and_every_rollout_draws_a_fresh_key():
     runner, state = _runner("ppo")
     runner.reward_fn = fractional_reward  # before the first rollout compiles the scoring
     ids, mask = _prompts()
-    state, first, _ = runner.rollout(state, ids, mask)
-    state, second, _ = runner.rollout(state, ids, mask)
-    r = np.asarray(first[0]["reward"])
+    state, first = runner.rollout(state, ids, mask)
+    state, second = runner.rollout(state, ids, mask)
+    r = np.asarray(first[0].reward)
     assert r.dtype == np.float32
-    counts = np.sum(np.asarray(first[0]["seq"])[:, PROMPT_LEN:] == A, axis=-1)
+    counts = np.sum(np.asarray(first[0].seq)[:, PROMPT_LEN:] == A, axis=-1)
     np.testing.assert_allclose(r, 0.37 * counts + 0.01, rtol=1e-6)
-    assert (np.asarray(first[0]["seq"]) != np.asarray(second[0]["seq"])).any()  # fresh PRNG key per rollout
+    assert (np.asarray(first[0].seq) != np.asarray(second[0].seq)).any()  # fresh PRNG key per rollout
 
 
 def test_update_iters_runs_several_ppo_epochs_on_one_rollout():

@@ -1,33 +1,39 @@
 """PPO-Lagrangian (Safe RLHF) — and plain PPO and the reward-shaping baseline, which reuse its pieces.
 
 One RL iteration (spec §1.3), top to bottom:
-  1. rollout: for each chunk of the prompt batch and each return index, sample responses with a fresh PRNG key and
-     score them (actor and reference log-probs, R and C, reward- and cost-critic values); push every C into the
-     episode-cost window;
+  1. rollout: for each micro-batch of the prompt batch and each return index, sample responses with a fresh PRNG key
+     (budget: max_length − the micro-batch's longest prompt) and score them (reference log-probs, R and C; actor
+     log-probs and critic values except for the first micro-batch, whose update computes them itself); every C goes
+     into the per-shard episode-cost window of the state;
   2. update: `update_iters` passes over the rollout micro-batches, each one `rl_step` (λ update → KL shaping →
-     two GAEs → PPO actor update (+ PTX) → clipped critic updates).
+     two GAEs → PPO actor update (+ PTX, the same PTX micro-batches on every pass) → clipped critic updates).
+
+`run(cfg)` is the CLI job on the shared run skeleton (`saferlhf_jax.training.run`): resumable, preemption-safe,
+evaluated on `eval_datasets` every `train.eval_every` iterations and at the end.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import json
 import logging
-import pathlib
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax.algorithms import rl
+from saferlhf_jax.errors import ConfigError, TrainingError
 from saferlhf_jax.generation import generate
+from saferlhf_jax.generation.sampler import DEFAULT_BUCKETS, bucket_length
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.training import optim
 
 log = logging.getLogger(__name__)
+
+CURVES = ("train/reward", "train/cost", "train/lambda", "train/episode_cost", "train/kl_divergence",
+          "train/mean_generated_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,8 @@ class GenerationConfig:
     eos_token_ids: tuple[int, ...] | None = None
     pad_token_id: int | None = None
     unk_token_id: int | None = None
+    prompt_buckets: tuple[int, ...] = ()   # prompt widths the sampler compiles for (() = powers of two)
+    length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,8 +83,16 @@ def make_retokenizer(actor_tokenizer, scorer_tokenizer, max_length: int):
     return retokenize
 
 
+def strip_left_padding(ids: np.ndarray, mask: np.ndarray, width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded (b, S) prompts → exactly `width` columns (every real token kept when width ≥ the longest)."""
+    s = ids.shape[1]
+    if width > s:
+        return (np.pad(ids, ((0, 0), (width - s, 0)), constant_values=pad_id), np.pad(mask, ((0, 0), (width - s, 0))))
+    return ids[:, s - width:], mask[:, s - width:]
+
+
 class RLRunner:
-    """Holds the compiled functions and drives iterations; the state is a plain pytree (checkpointable)."""
+    """Holds the compiled functions and drives iterations over an `rl.RLState` (a checkpointable pytree)."""
 
     def __init__(self, *, actor, reward_critic, cost_critic, reward_fn: Callable, cost_fn: Callable | None,
                  frozen: dict, cfg: rl.RLConfig, gen: GenerationConfig, actor_optim: OptimConfig,
@@ -90,30 +106,25 @@ class RLRunner:
         self.train_batch_size, self.update_iters = int(train_batch_size), int(update_iters)
         self.reward_fn, self.cost_fn = reward_fn, cost_fn
         self.retokenizers = retokenizers or {}  # scorer name → host re-tokenizer (foreign tokenizers only)
-        self.actor_opt, self.actor_schedule = optim.make_optimizer(
+        actor_opt, actor_schedule = optim.make_optimizer(
             actor_optim.learning_rate, max(1, total_rl_steps), schedule_type=actor_optim.lr_scheduler_type,
             warmup_ratio=actor_optim.lr_warmup_ratio, weight_decay=actor_optim.weight_decay,
             max_grad_norm=actor_optim.max_grad_norm)
-        self.critic_opt, self.critic_schedule = optim.make_optimizer(
+        critic_opt, critic_schedule = optim.make_optimizer(
             critic_optim.learning_rate, max(1, total_rl_steps), schedule_type=critic_optim.lr_scheduler_type,
             warmup_ratio=critic_optim.lr_warmup_ratio, weight_decay=critic_optim.weight_decay,
             max_grad_norm=critic_optim.max_grad_norm)
+        self.models = rl.RLModels(actor.apply, reward_critic.apply, actor_opt, critic_opt, actor_schedule,
+                                  critic_schedule, cfg)
+        self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
-        self.cost_window: collections.deque = collections.deque(maxlen=cfg.episode_cost_window_size)
 
     # ------------------------------------------------------------------ state
 
-    def init_state(self, seed: int):
-        state = {
-            "actor": rl.init_module_state(self.actor.params, self.actor_opt),
-            "reward_critic": rl.init_module_state(self.reward_critic.params, self.critic_opt),
-            "log_lambda": jnp.asarray(np.log(self.cfg.lambda_init) if self.cfg.lambda_init > 0 else 0.0, jnp.float32),
-            "global_step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.PRNGKey(seed),
-        }
-        if self.cfg.cost_critic:
-            state["cost_critic"] = rl.init_module_state(self.cost_critic.params, self.critic_opt)
-        return state
+    def init_state(self, seed: int) -> rl.RLState:
+        return rl.init_state(self.models, self.actor.params, self.reward_critic.params,
+                             self.cost_critic.params if self.cost_critic is not None else None, seed,
+                             self.data_shards)
 
     def _jit(self, fn, args, out_shardings, donate=()):
         """jit with explicit in/out shardings read off the (committed) arguments; no mesh: one device, plain jit."""
@@ -122,12 +133,12 @@ class RLRunner:
         return jax.jit(fn, in_shardings=tuple(mesh_lib.shardings_of(a, self.mesh) for a in args),
                        out_shardings=out_shardings, donate_argnums=donate)
 
-    def _place(self, ids: np.ndarray, mask: np.ndarray):
-        """This host's (rows, L) ids and mask → device arrays (global, batch-sharded, with a mesh)."""
+    def _place(self, *arrays: np.ndarray):
+        """This host's rows → device arrays (global, batch-sharded, with a mesh)."""
         if self.mesh is None:
-            return jnp.asarray(ids), jnp.asarray(mask)
-        placed = mesh_lib.put_local_batch({"ids": ids, "mask": mask}, self.mesh)
-        return placed["ids"], placed["mask"]
+            return tuple(jnp.asarray(a) for a in arrays)
+        placed = mesh_lib.put_local_batch({str(i): a for i, a in enumerate(arrays)}, self.mesh)
+        return tuple(placed[str(i)] for i in range(len(arrays)))
 
     def _batch_shardings(self, tree):
         return jax.tree.map(lambda x: mesh_lib.batch_sharding(self.mesh, x.ndim), tree)
@@ -136,311 +147,473 @@ class RLRunner:
         """The jitted scoring of one rollout micro-batch (`rl.make_score_rollout`); `policy` is static."""
         key = ("score", policy, args[-1] is not None)
         if key not in self._programs:
-            fn = rl.make_score_rollout(self.actor.apply, self.reward_critic.apply, self.reward_fn, self.cost_fn,
-                                       self.cfg, policy=policy)
+            fn = rl.make_score_rollout(self.models, self.reward_fn, self.cost_fn, policy=policy)
             out = None
             if self.mesh is not None:
-                out = self._batch_shardings(jax.eval_shape(fn, *args))
+                rollout, window = jax.eval_shape(fn, *args)
+                out = (self._batch_shardings(rollout), jax.tree.map(lambda _: mesh_lib.replicated(self.mesh), window))
             self._programs[key] = self._jit(fn, args, out)
         return self._programs[key](*args)
 
-    def _step(self, start: int, fresh: bool, *args):
-        """The jitted rl_step (`rl.make_rl_step`) for a prompt width and first-pass flag, state donated."""
-        key = ("step", start, fresh, args[2] is not None)
+    def _step(self, fresh: bool, *args):
+        """The jitted rl_step (`rl.make_rl_step`) for the first-pass flag, state donated."""
+        key = ("step", fresh, args[2] is not None)
         if key not in self._programs:
-            fn = rl.make_rl_step(self.actor.apply, self.reward_critic.apply, self.actor_opt, self.critic_opt,
-                                 self.actor_schedule, self.critic_schedule, self.cfg, start, fresh)
+            fn = rl.make_rl_step(self.models, fresh)
             out = None
             if self.mesh is not None:
-                _, metrics, scores = jax.eval_shape(fn, *args)
+                _, metrics, rollout = jax.eval_shape(fn, *args)
                 rep = mesh_lib.replicated(self.mesh)
                 out = (mesh_lib.shardings_of(args[0], self.mesh), jax.tree.map(lambda _: rep, metrics),
-                       self._batch_shardings(scores))
+                       self._batch_shardings(rollout))
             self._programs[key] = self._jit(fn, args, out, donate=(0,))
         return self._programs[key](*args)
 
-    def episode_cost(self) -> float:
-        return float(np.mean(self.cost_window)) if self.cost_window else 0.0
+    # ------------------------------------------------------------------ generation
+
+    def response_width(self, prompt_width: int) -> int:
+        """The compiled response width for prompts of `prompt_width` real tokens: every prompt that the sampler pads
+        to the same bucket shares it (the actual budget, max_length − prompt_width, is a runtime value)."""
+        buckets = sorted(self.gen.prompt_buckets or DEFAULT_BUCKETS)
+        lower = max((b for b in buckets if b < bucket_length(prompt_width, buckets)), default=0)
+        return self.gen.max_length - min(lower + 1, prompt_width)
+
+    def sample(self, params, ids: np.ndarray, mask: np.ndarray, key, **sampling):
+        """Responses to this host's left-padded prompts (b, S): returns (seq, seq_mask, start) with seq (b, L),
+        L from the length buckets, start (b,) = P − 1 where P is the longest real prompt of the micro-batch over all
+        hosts, and a response budget of exactly max_length − P tokens (spec §2.5, reference rollout)."""
+        g = self.gen
+        longest = mesh_lib.global_max(int(mask.sum(axis=1).max()) if mask.size else 0)
+        budget = g.max_length - longest
+        if budget < 1:
+            raise ConfigError(f"a prompt of {longest} tokens leaves no room to answer under generation.max_length="
+                              f"{g.max_length}; raise max_length or lower data.max_prompt_length")
+        ids, mask = strip_left_padding(ids, mask, longest, g.pad_token_id or 0)
+        opts = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, repetition_penalty=g.repetition_penalty)
+        opts.update(sampling)
+        out = generate(self.actor, params, ids, mask, max_new_tokens=self.response_width(longest), budget=budget,
+                       eos_token_ids=g.eos_token_ids, pad_token_id=g.pad_token_id, rng=key, mesh=self.mesh,
+                       buckets=g.prompt_buckets or None, **opts)
+        used = mesh_lib.global_max(longest + int(out["response_lengths"].max()))
+        width = bucket_length(used, sorted({b for b in g.length_buckets if b < g.max_length} | {g.max_length}))
+        seq = out["sequences"][:, :width].astype(np.int32)
+        seq_mask = out["attention_mask"][:, :width].astype(bool)
+        if g.unk_token_id is not None:
+            seq_mask &= seq != g.unk_token_id  # rollout mask: ≠ pad ∧ ≠ unk (spec §2.2)
+        return seq, seq_mask, np.full((seq.shape[0],), longest - 1, np.int32)
 
     # ------------------------------------------------------------------ rollout
 
-    def rollout(self, state, prompt_ids: np.ndarray, prompt_mask: np.ndarray):
-        """All rollouts of one prompt batch (before any update). Returns (state, micro-batches, start)."""
-        g = self.gen
-        start = prompt_ids.shape[1] - 1
-        micro = []
-        critics = {"reward": state["reward_critic"]["params"]}
+    def rollout(self, state: rl.RLState, prompt_ids: np.ndarray, prompt_mask: np.ndarray,
+                stop: Callable[[], bool] | None = None):
+        """All rollouts of one prompt batch, before any update: (state, [Rollout]); None when `stop()` turned True
+        between micro-batches (the caller keeps the state it passed in, which this function never modifies)."""
+        micro: list[rl.Rollout] = []
+        critics = {"reward": state.reward_critic.params}
         if self.cfg.cost_critic:
-            critics["cost"] = state["cost_critic"]["params"]
+            critics["cost"] = state.cost_critic.params
         chunk = self.train_batch_size // jax.process_count()  # this host's rows of each rollout micro-batch
+        window = state.cost_window
+        rng = state.rng
         for lo in range(0, prompt_ids.shape[0], chunk):
             ids, mask = prompt_ids[lo:lo + chunk], prompt_mask[lo:lo + chunk]
-            for _ in range(g.num_return_sequences):
-                rng, key = jax.random.split(state["rng"])
-                state = dict(state, rng=rng)
-                out = generate(self.actor, state["actor"]["params"], ids, mask, max_length=g.max_length,
-                               temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                               repetition_penalty=g.repetition_penalty, eos_token_ids=g.eos_token_ids,
-                               pad_token_id=g.pad_token_id, rng=key, mesh=self.mesh)
-                seq = out["sequences"].astype(np.int32)
-                seq_mask = out["attention_mask"].astype(bool)
-                if g.unk_token_id is not None:
-                    seq_mask &= seq != g.unk_token_id  # rollout mask: ≠ pad ∧ ≠ unk (spec §2.2)
-                seq_dev, mask_dev = self._place(seq, seq_mask)
+            for _ in range(self.gen.num_return_sequences):
+                if stop is not None and stop():
+                    return None
+                rng, key = jax.random.split(rng)
+                seq, seq_mask, start = self.sample(state.actor.params, ids, mask, key)
+                seq_dev, mask_dev, start_dev = self._place(seq, seq_mask, start)
                 scorer_inputs = {name: self._place(*retokenize(seq, seq_mask))
                                  for name, retokenize in self.retokenizers.items()}
                 # the first micro-batch is updated first, from the parameters that generated it: its rl_step
                 # computes the actor log-probs and critic values in its own forward (see rl.make_rl_step)
-                scored = self._score(bool(micro), state["actor"]["params"], self.frozen, critics, seq_dev, mask_dev,
-                                     scorer_inputs or None)
-                if self.cfg.uses_cost:  # every host keeps the same window: the costs of all rows
-                    self.cost_window.extend(np.asarray(mesh_lib.to_host(scored["cost"])).tolist())
+                scored, window = self._score(bool(micro), state.actor.params, self.frozen, critics, window, seq_dev,
+                                             mask_dev, start_dev, scorer_inputs or None)
                 micro.append(scored)
-        return state, micro, start
+        return state.replace(rng=rng, cost_window=window), micro
 
     # ------------------------------------------------------------------ update
 
-    def iteration(self, state, prompt_ids, prompt_mask, ptx_batches: Iterator[dict] | None = None,
-                  on_step: Callable[[dict], None] | None = None):
-        """One RL iteration (spec §1.3); returns (state, per-rl_step metric dicts)."""
-        t0 = time.perf_counter()
-        state, micro, start = self.rollout(state, np.asarray(prompt_ids), np.asarray(prompt_mask))
-        rollout_seconds = time.perf_counter() - t0
-        rows = []
+    def update(self, state: rl.RLState, micro: list[rl.Rollout], ptx: Sequence[dict] | None = None):
+        """`update_iters` passes of one rl_step per rollout micro-batch; `ptx[i]` (placed) pairs with micro[i] on
+        every pass (spec §3.15). Returns (state, per-step device metrics)."""
+        metrics = []
+        micro = list(micro)
         for epoch in range(self.update_iters):
             for i, batch in enumerate(micro):
-                ptx = None
-                if ptx_batches is not None:
-                    ptx = next(ptx_batches)
-                    if self.mesh is not None:
-                        ptx = mesh_lib.put_local_batch(ptx, self.mesh)
-                j_c = np.float32(self.episode_cost())
-                if self.mesh is not None:
-                    j_c = jax.device_put(j_c, mesh_lib.replicated(self.mesh))
                 fresh = epoch == 0 and i == 0
-                state, metrics, scores = self._step(start, fresh, state, batch, ptx, j_c)
+                state, m, scored = self._step(fresh, state, batch, ptx[i] if ptx else None)
                 if fresh:  # later passes reuse these old log-probs and values
-                    micro[0] = {**batch, **scores}
-                metrics = mesh_lib.to_host(metrics)
-                row = {"step": int(metrics.pop("train/global_step")), **{k: float(v) for k, v in metrics.items()},
-                       "time/rollout_seconds": rollout_seconds}
-                rows.append(row)
-                if on_step is not None:
-                    on_step(row)
+                    micro[0] = scored
+                metrics.append(m)
+        return state, metrics
+
+    def iteration(self, state: rl.RLState, prompt_ids, prompt_mask, ptx: Sequence[dict] | None = None,
+                  stop: Callable[[], bool] | None = None):
+        """One RL iteration (spec §1.3): (state, host metric rows), or None if `stop()` ended the rollout early."""
+        t0 = time.perf_counter()
+        result = self.rollout(state, np.asarray(prompt_ids), np.asarray(prompt_mask), stop)
+        if result is None:
+            return None
+        state, micro = result
+        rollout_seconds = time.perf_counter() - t0
+        if ptx is not None and self.mesh is not None:
+            ptx = [mesh_lib.put_local_batch(p, self.mesh) for p in ptx]
+        state, metrics = self.update(state, micro, ptx)
+        rows = []
+        for m in mesh_lib.to_host(metrics):  # one transfer for the whole iteration
+            rows.append({"step": int(m.pop("train/global_step")), **{k: float(v) for k, v in m.items()},
+                         "time/rollout_seconds": rollout_seconds,
+                         "time/update_seconds": time.perf_counter() - t0 - rollout_seconds})
         return state, rows
 
+    # ------------------------------------------------------------------ evaluation
 
-# ---------------------------------------------------------------------------------------------------- CLI glue
+    def _eval_scores(self, seq, mask, scorer_inputs):
+        key = ("eval_score", scorer_inputs is not None)
+        if key not in self._programs:
+            def fn(frozen, seq, mask, scorer_inputs):
+                scorer_inputs = scorer_inputs or {}
+                out = {"reward": self.reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask)))}
+                if self.cfg.uses_cost:
+                    out["cost"] = self.cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask)))
+                return out
+            self._programs[key] = jax.jit(fn)
+        return self._programs[key](self.frozen, seq, mask, scorer_inputs)
+
+    def evaluate(self, params, batches, key, sampling: dict) -> dict[str, np.ndarray]:
+        """Generate for every eval prompt batch (this host's rows of each) and score with R (and C): per-example
+        arrays {'reward', ['cost'], 'length', 'seq', 'mask', 'start'} over all hosts' valid rows."""
+        parts: dict[str, list] = {}
+        for batch in batches:
+            key, sub = jax.random.split(key)
+            valid = batch.pop("valid")
+            seq, seq_mask, start = self.sample(params, batch["input_ids"], batch["attention_mask"], sub, **sampling)
+            scorer_inputs = {name: self._place(*retokenize(seq, seq_mask))
+                             for name, retokenize in self.retokenizers.items()}
+            seq_dev, mask_dev, valid_dev = self._place(seq, seq_mask, valid)
+            scores = self._eval_scores(seq_dev, mask_dev, scorer_inputs or None)
+            host = mesh_lib.to_host({**scores, "seq": seq_dev, "mask": mask_dev, "valid": valid_dev})
+            keep = host.pop("valid").astype(bool)
+            host["start"] = np.full((keep.size,), start[0])
+            host["length"] = host["mask"][:, start[0] + 1:].sum(axis=1)
+            for k, v in host.items():
+                parts.setdefault(k, []).append(np.asarray(v)[keep])
+        width = max(p.shape[1] for p in parts["seq"])  # rows of different widths: right-pad to one
+        for k in ("seq", "mask"):
+            parts[k] = [np.pad(p, ((0, 0), (0, width - p.shape[1]))) for p in parts[k]]
+        return {k: np.concatenate(v) for k, v in parts.items()}
 
 
-def _plot_curves(rows: list[dict], path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    keys = [k for k in ("train/reward", "train/cost", "train/lambda", "train/kl_divergence", "train/episode_cost",
-                        "train/mean_generated_length") if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts])
-        ax.set_title(key.split("/", 1)[1])
-        ax.set_xlabel("rl step")
-        if key == "train/cost":
-            ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+# ---------------------------------------------------------------------------------------------------- CLI job
 
 
-def run(cfg) -> dict[str, Any]:
-    """Run (or resume) a PPO / PPO-Lag / reward-shaping job from an ml_collections config."""
-    from saferlhf_jax import data as data_lib
-    from saferlhf_jax import models
-    from saferlhf_jax.checkpoint import Checkpointer
-    from saferlhf_jax.training.trainer import ConfigError, MetricsLog, load_tokenizer, resume_fingerprint
-
-    started = time.perf_counter()
-    out_dir = pathlib.Path(cfg.output_dir).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        mesh = mesh_lib.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
-    div = mesh_lib.batch_divisor(mesh)
+def rl_config(cfg) -> rl.RLConfig:
     r = cfg.rl
-    rl_cfg = rl.RLConfig(
-        mode=cfg.mode, kl_coeff=float(r.kl_coeff), clip_range_ratio=float(r.clip_range_ratio),
-        clip_range_score=float(r.clip_range_score), clip_range_value=float(r.clip_range_value),
-        gamma=float(r.gamma), gae_lambda=float(r.gae_lambda), ptx_coeff=float(r.ptx_coeff),
-        threshold=float(r.threshold), lambda_init=float(r.lambda_init), lambda_lr=float(r.lambda_lr),
-        lambda_max=float(r.lambda_max) if float(r.lambda_max) > 0 else None,
-        lambda_update_delay_steps=int(r.lambda_update_delay_steps),
-        episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages))
+    try:
+        return rl.RLConfig(
+            mode=cfg.mode, kl_coeff=float(r.kl_coeff), clip_range_ratio=float(r.clip_range_ratio),
+            clip_range_score=float(r.clip_range_score), clip_range_value=float(r.clip_range_value),
+            gamma=float(r.gamma), gae_lambda=float(r.gae_lambda), ptx_coeff=float(r.ptx_coeff),
+            threshold=float(r.threshold), lambda_init=float(r.lambda_init), lambda_lr=float(r.lambda_lr),
+            lambda_max=float(r.lambda_max) if float(r.lambda_max) > 0 else None,
+            lambda_update_delay_steps=int(r.lambda_update_delay_steps),
+            episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages))
+    except ValueError as err:
+        raise ConfigError(f"rl: {err}") from None
+
+
+def validate(cfg, mesh) -> None:
+    """Batch arithmetic and value ranges, as one-line errors before anything loads."""
     t = cfg.train
     prompt_bs, train_bs = int(t.prompt_batch_size), int(t.train_batch_size)
     nrs = int(cfg.generation.num_return_sequences)
-    if (prompt_bs * nrs) % train_bs or prompt_bs % train_bs:
-        raise ConfigError(f"train.prompt_batch_size={prompt_bs} (× num_return_sequences={nrs}) must be a multiple "
-                          f"of train.train_batch_size={train_bs}")
+    div = mesh_lib.batch_divisor(mesh)
+    if min(prompt_bs, train_bs, nrs, int(t.update_iters)) < 1:
+        raise ConfigError("train.prompt_batch_size, train.train_batch_size, generation.num_return_sequences and "
+                          "train.update_iters must be ≥ 1")
+    if prompt_bs % train_bs:
+        raise ConfigError(f"train.prompt_batch_size={prompt_bs} must be a multiple of train.train_batch_size="
+                          f"{train_bs}")
     if train_bs % div:
         raise ConfigError(f"train.train_batch_size={train_bs} must be a multiple of the data axes data×fsdp={div}")
     hosts = jax.process_count()
     if train_bs % hosts:
         raise ConfigError(f"train.train_batch_size={train_bs} must be a multiple of the {hosts} hosts")
+    for who in ("actor", "critic"):
+        optim.validate(cfg[who], who)
+    g = cfg.generation
+    if int(g.max_length) < 2 or int(cfg.data.min_response_length) < 1:
+        raise ConfigError("generation.max_length must be ≥ 2 and data.min_response_length ≥ 1")
+    if int(cfg.data.min_response_length) >= int(g.max_length):
+        raise ConfigError(f"data.min_response_length={cfg.data.min_response_length} leaves no room for a prompt "
+                          f"under generation.max_length={g.max_length}")
+    if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1 or int(g.top_k) < 0:
+        raise ConfigError("generation: temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0")
+    eval_bs = int(t.eval_batch_size)
+    if cfg.get("eval_datasets") and (eval_bs < 1 or eval_bs % div or eval_bs % hosts):
+        raise ConfigError(f"train.eval_batch_size={eval_bs} must be a positive multiple of data×fsdp={div} and of "
+                          f"the {hosts} hosts")
 
-    tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
-    retokenizers = {}
-    for scorer, name in (("reward", "reward_model_name_or_path"), ("cost", "cost_model_name_or_path")):
-        path = cfg.get(name)
-        if path and (cfg.mode != "ppo" or scorer == "reward"):
-            other = load_tokenizer(path)
-            if other.get_vocab() != tokenizer.get_vocab():
-                log.info("%s model %s has its own tokenizer: rollouts are re-tokenized for it", scorer, path)
-                retokenizers[scorer] = make_retokenizer(tokenizer, other, int(cfg.generation.max_length))
-    raw_prompts = data_lib.load_mix(list(cfg.train_datasets))
-    max_prompt = int(cfg.data.max_prompt_length) or int(cfg.generation.max_length)
-    prompts = data_lib.build_dataset("prompt_only", raw_prompts, tokenizer, max_prompt)
-    per_host = dict(num_shards=hosts, shard_index=jax.process_index())  # each host reads its rows of every batch
-    prompt_iter = data_lib.BatchIterator(prompts, prompt_bs, seed=int(cfg.seed),
-                                         buckets=tuple(cfg.data.prompt_buckets) or None, **per_host)
-    ptx_iter = None
-    if rl_cfg.ptx_coeff > 0 and cfg.get("ptx_datasets"):
-        ptx_ds = data_lib.build_dataset("supervised", data_lib.load_mix(list(cfg.ptx_datasets)), tokenizer,
-                                        int(cfg.generation.max_length))
-        ptx_iter = data_lib.BatchIterator(ptx_ds, train_bs, seed=int(cfg.seed),
-                                          buckets=(int(cfg.generation.max_length),), **per_host)
 
-    dtype = jnp.dtype(cfg.model.param_dtype)
-    kw = dict(mesh=mesh, dtype=dtype, compute_dtype=cfg.model.dtype, remat_policy=cfg.model.remat_policy,
-              scan_layers=bool(cfg.model.scan_layers))
+def build_prompts(cfg, entries, tokenizer, source):
+    """Prompt-only dataset: right-truncated to data.max_prompt_length (0 = generation.max_length, spec §2.5), then
+    every prompt that leaves less than data.min_response_length tokens to answer is dropped and counted."""
+    from saferlhf_jax import data as data_lib
+
+    max_length = int(cfg.generation.max_length)
+    truncate = int(cfg.data.max_prompt_length) or max_length
+    dataset = data_lib.build_dataset("prompt_only", data_lib.load_mix(list(entries), source), tokenizer, truncate)
+    room = max_length - int(cfg.data.min_response_length)
+    return data_lib.drop_long_prompts(dataset, room, f"generation.max_length={max_length} − "
+                                                     f"data.min_response_length={cfg.data.min_response_length}")
+
+
+def _load_models(cfg, rl_cfg, tokenizer, mesh):
+    """(actor, reward critic, cost critic | None, frozen params, reward_fn, cost_fn | None)."""
+    from saferlhf_jax import models
+
+    kw = dict(mesh=mesh, dtype=jnp.dtype(cfg.model.param_dtype), compute_dtype=cfg.model.dtype,
+              remat_policy=cfg.model.remat_policy, scan_layers=bool(cfg.model.scan_layers))
+    new_head = bool(cfg.get("allow_new_head", False))
     actor = models.load_causal_lm(cfg.actor_model_name_or_path, **kw)
     if len(tokenizer) > actor.config.vocab_size:
         actor, actor.params = models.resize_token_embeddings(actor, actor.params, len(tokenizer))
     reference = jax.tree.map(jnp.copy, actor.params)
-    reward_model = models.load_score_model(cfg.reward_model_name_or_path, **kw)
+    # normalize_reward / normalize_cost override the checkpoint's do_normalize, as the reference (default off)
+    reward_model = models.load_score_model(cfg.reward_model_name_or_path, do_normalize=bool(cfg.rl.normalize_reward),
+                                           require_head=not new_head, **kw)
     critic_path = cfg.get("reward_critic_model_name_or_path") or cfg.reward_model_name_or_path
     reward_critic = models.load_score_model(critic_path, score_type="critic", do_normalize=False, **kw)
     frozen = {"ref": reference, "reward": reward_model.params}
     reward_fn = rl.score_model_end_fn(reward_model.apply)
     cost_fn, cost_critic = None, None
     if rl_cfg.uses_cost:
-        cost_model = models.load_score_model(cfg.cost_model_name_or_path, **kw)
+        cost_model = models.load_score_model(cfg.cost_model_name_or_path, do_normalize=bool(cfg.rl.normalize_cost),
+                                             require_head=not new_head, **kw)
         frozen["cost"] = cost_model.params
         cost_fn = rl.score_model_end_fn(cost_model.apply)
         if rl_cfg.cost_critic:
             cc_path = cfg.get("cost_critic_model_name_or_path") or cfg.cost_model_name_or_path
             cost_critic = models.load_score_model(cc_path, score_type="critic", do_normalize=False, **kw)
+    return actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn
 
-    batches_per_epoch = prompt_iter.batches_per_epoch
-    iterations = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * batches_per_epoch
-    rl_steps_per_iter = (prompt_bs * nrs // train_bs) * int(t.update_iters)
-    total_rl_steps = iterations * rl_steps_per_iter
-    gen = GenerationConfig(
-        max_length=int(cfg.generation.max_length), temperature=float(cfg.generation.temperature),
-        top_k=int(cfg.generation.top_k), top_p=float(cfg.generation.top_p),
-        repetition_penalty=float(cfg.generation.repetition_penalty), num_return_sequences=nrs,
-        eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
-        unk_token_id=tokenizer.unk_token_id)
-    optims = {}
-    for who in ("actor", "critic"):
-        o = cfg[who]
-        optims[who] = OptimConfig(learning_rate=float(o.learning_rate), lr_scheduler_type=o.lr_scheduler_type,
-                                  lr_warmup_ratio=float(o.lr_warmup_ratio), weight_decay=float(o.weight_decay),
-                                  max_grad_norm=float(o.max_grad_norm))
-    runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
-                      cost_fn=cost_fn, frozen=frozen, cfg=rl_cfg, gen=gen, actor_optim=optims["actor"],
-                      critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
-                      update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers)
-    state = runner.init_state(int(cfg.seed))  # eager: optimizer zeros inherit the params' shardings
-    actor.params = reward_critic.params = None  # the state owns them now
-    if cost_critic is not None:
-        cost_critic.params = None
 
-    ckpt = Checkpointer(out_dir / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
-    metrics_log = MetricsLog(out_dir, bool(cfg.logging.get("tensorboard", True)))
-    if jax.process_index() == 0:
-        (out_dir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    start_iter = 0
-    if ckpt.latest_step() is not None:
-        meta = ckpt.read_meta()
-        current = resume_fingerprint(cfg)
-        changed = sorted(k for k in set(meta.get("config", {})) | set(current)
-                         if meta.get("config", {}).get(k) != current.get(k))
-        if changed:
-            raise ConfigError(f"{out_dir} holds a run with another config ({', '.join(changed[:5])}); "
-                              "use a new output_dir")
-        state, meta = ckpt.restore(None, state)
-        prompt_iter.load_state_dict(meta["prompts"])
-        if ptx_iter is not None and meta.get("ptx"):
-            ptx_iter.load_state_dict(meta["ptx"])
-        runner.cost_window.extend(meta["cost_window"])
-        start_iter = int(meta["iteration"])
-        resumed_step = int(mesh_lib.to_host(state["global_step"]))
-        metrics_log.truncate_after(resumed_step)
-        log.info("resumed at iteration %d (rl step %d)", start_iter, resumed_step)
+def _eval_sampling(cfg, actor_dir) -> dict:
+    """RL evaluation samples with the actor's own generation_config.json (spec §5.1, §5.3) unless the config's
+    `eval_generation` entries are set."""
+    from saferlhf_jax.generation import model_sampling_defaults
 
-    def save(iteration):
-        if ckpt.latest_step() == iteration:
-            return
-        ckpt.save(iteration, state, {"iteration": iteration, "prompts": prompt_iter.state_dict(),
-                                     "ptx": ptx_iter.state_dict() if ptx_iter is not None else None,
-                                     "cost_window": list(runner.cost_window), "config": resume_fingerprint(cfg)})
+    sampling = model_sampling_defaults(actor_dir)
+    for k, v in cfg.eval_generation.items():
+        if v is not None:
+            sampling[k] = v
+    return sampling
 
-    from tqdm.auto import tqdm
 
-    progress = tqdm(total=iterations, initial=start_iter, desc=cfg.mode, unit="iter", dynamic_ncols=True,
-                    disable=not bool(cfg.logging.get("progress", True)))
-    history: list[dict] = []
-    ckpt_every, stop_after = int(cfg.checkpoint.every), int(t.get("stop_after_steps", 0))
-    iteration = start_iter
-    try:
-        while iteration < iterations:
-            batch = next(prompt_iter)
-            state, rows = runner.iteration(state, batch["input_ids"], batch["attention_mask"], ptx_iter,
-                                           on_step=metrics_log.write)
-            history.extend(rows)
-            iteration += 1
-            last = rows[-1]
-            progress.set_postfix({k.split("/")[1]: f"{last[k]:.3g}" for k in
-                                  ("train/reward", "train/cost", "train/lambda") if k in last})
-            progress.update(1)
-            if (ckpt_every and iteration % ckpt_every == 0) or iteration == iterations:
-                save(iteration)
-            if stop_after and iteration >= stop_after and iteration < iterations:
-                save(iteration)
-                break
-    except KeyboardInterrupt:
-        save(iteration)
-        progress.close()
-        raise KeyboardInterrupt(f"interrupted at iteration {iteration}; checkpoint saved, re-run to resume")
-    progress.close()
-    metrics_file = out_dir / "metrics.jsonl"  # written by process 0 only
-    all_rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()] \
-        if jax.process_index() == 0 and metrics_file.is_file() else []
-    if all_rows:
-        _plot_curves(all_rows, out_dir / "training_curves.png")
-    summary = {"mode": cfg.mode, "iterations": iteration, "total_iterations": iterations,
-               "rl_steps": int(mesh_lib.to_host(state["global_step"])), "last": history[-1] if history else {},
-               "seconds": time.perf_counter() - started, "output_dir": str(out_dir),
-               "prompts": len(prompts), "prompt_counts": prompts.counts}
-    if iteration >= iterations:
-        export = out_dir / "export"
-        params = mesh_lib.to_host(state["actor"]["params"])  # every process takes part in the gather; one writes
-        if jax.process_index() == 0:
-            models.save_pretrained(actor, params, export)
-            tokenizer.save_pretrained(str(export))
-        summary["export"] = str(export)
-    if jax.process_index() == 0:
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        from saferlhf_jax.evaluation import report
+def _eval_page(result: dict, tokenizer, n: int = 8) -> list[str]:
+    """A markdown table of the first `n` evaluation answers with their scores."""
+    lines = ["| prompt | answer | reward | cost |", "|---|---|---|---|"]
+    for i in range(min(n, len(result["reward"]))):
+        start = int(result["start"][i]) + 1
+        row, mask = result["seq"][i], result["mask"][i].astype(bool)
+        prompt = tokenizer.decode(row[:start][mask[:start]], skip_special_tokens=True)
+        answer = tokenizer.decode(row[start:][mask[start:]], skip_special_tokens=True)
+        cell = lambda s: " ".join(s.split()).replace("|", "\\|")[:200]  # noqa: E731
+        cost = f"{result['cost'][i]:.3f}" if "cost" in result else "–"
+        lines.append(f"| {cell(prompt)} | {cell(answer)} | {result['reward'][i]:.3f} | {cost} |")
+    return lines
 
-        report.write_run_page(out_dir, f"{cfg.mode} run", cfg, summary, ("training_curves.png",))
-    metrics_log.close()
-    ckpt.close()
-    summary["state"] = state
-    return summary
+
+def eval_metrics(result: dict) -> dict[str, float]:
+    out = {"eval/reward": float(np.mean(result["reward"])),
+           "eval/reward_std": float(np.std(result["reward"], ddof=1)) if result["reward"].size > 1 else 0.0,
+           "eval/mean_length": float(np.mean(result["length"])), "eval/prompts": int(result["reward"].size)}
+    if "cost" in result:
+        out.update({"eval/cost": float(np.mean(result["cost"])),
+                    "eval/unsafe_rate": float(np.mean(result["cost"] > 0))})
+    return out
+
+
+def run(cfg) -> dict[str, Any]:
+    """Run (or resume) a PPO / PPO-Lag / reward-shaping job from an ml_collections config."""
+    from saferlhf_jax import data as data_lib
+    from saferlhf_jax import models
+    from saferlhf_jax.data.tokenizer import load_tokenizer
+    from saferlhf_jax.training.run import Run, assert_finite
+
+    rl_cfg = rl_config(cfg)
+    with Run(cfg, cfg.mode) as run_dir:
+        mesh = run_dir.mesh
+        validate(cfg, mesh)
+        t = cfg.train
+        prompt_bs, train_bs = int(t.prompt_batch_size), int(t.train_batch_size)
+        nrs = int(cfg.generation.num_return_sequences)
+        hosts = jax.process_count()
+
+        tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
+        retokenizers = {}
+        for scorer, name in (("reward", "reward_model_name_or_path"), ("cost", "cost_model_name_or_path")):
+            path = cfg.get(name)
+            if path and (cfg.mode != "ppo" or scorer == "reward"):
+                other = load_tokenizer(path)
+                if other.get_vocab() != tokenizer.get_vocab():
+                    log.info("%s model %s has its own tokenizer: rollouts are re-tokenized for it", scorer, path)
+                    retokenizers[scorer] = make_retokenizer(tokenizer, other, int(cfg.generation.max_length))
+        source = cfg.data.get("source")
+        prompts = build_prompts(cfg, cfg.train_datasets, tokenizer, source)
+        per_host = dict(num_shards=hosts, shard_index=jax.process_index())  # each host reads its rows of a batch
+        buckets = tuple(cfg.data.prompt_buckets) or None
+        try:
+            prompt_iter = data_lib.BatchIterator(prompts, prompt_bs, seed=int(cfg.seed), buckets=buckets,
+                                                 drop_last=False, **per_host)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        eval_prompts = None
+        if cfg.get("eval_datasets"):
+            eval_prompts = build_prompts(cfg, cfg.eval_datasets, tokenizer, source)
+        ptx_iter = None
+        if rl_cfg.ptx_coeff > 0 and cfg.get("ptx_datasets"):
+            ptx_ds = data_lib.build_dataset("supervised", data_lib.load_mix(list(cfg.ptx_datasets), source),
+                                            tokenizer, int(cfg.generation.max_length))
+            ptx_iter = data_lib.BatchIterator(ptx_ds, train_bs, seed=int(cfg.seed),
+                                              buckets=(int(cfg.generation.max_length),), **per_host)
+
+        actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = _load_models(cfg, rl_cfg, tokenizer, mesh)
+        iterations = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * prompt_iter.batches_per_epoch
+        micro_per_iter = prompt_bs * nrs // train_bs
+        total_rl_steps = iterations * micro_per_iter * int(t.update_iters)
+        g = cfg.generation
+        gen = GenerationConfig(
+            max_length=int(g.max_length), temperature=float(g.temperature), top_k=int(g.top_k),
+            top_p=float(g.top_p), repetition_penalty=float(g.repetition_penalty), num_return_sequences=nrs,
+            eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
+            unk_token_id=tokenizer.unk_token_id, prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
+            length_buckets=tuple(int(b) for b in g.get("length_buckets", ())))
+        optims = {who: OptimConfig(learning_rate=float(cfg[who].learning_rate),
+                                   lr_scheduler_type=cfg[who].lr_scheduler_type,
+                                   lr_warmup_ratio=float(cfg[who].lr_warmup_ratio),
+                                   weight_decay=float(cfg[who].weight_decay),
+                                   max_grad_norm=float(cfg[who].max_grad_norm)) for who in ("actor", "critic")}
+        runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
+                          cost_fn=cost_fn, frozen=frozen, cfg=rl_cfg, gen=gen, actor_optim=optims["actor"],
+                          critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
+                          update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers)
+        state = runner.init_state(int(cfg.seed))  # eager: optimizer zeros inherit the params' shardings
+        actor.params = reward_critic.params = None  # the state owns them now
+        if cost_critic is not None:
+            cost_critic.params = None
+
+        iteration = 0
+        if run_dir.resuming:
+            state, meta = run_dir.restore(state)
+            prompt_iter.load_state_dict(meta["prompts"])
+            if ptx_iter is not None and meta.get("ptx"):
+                ptx_iter.load_state_dict(meta["ptx"])
+            iteration = int(meta["iteration"])
+
+        def data_position():
+            return {"prompts": prompt_iter.state_dict(),
+                    "ptx": ptx_iter.state_dict() if ptx_iter is not None else None}
+
+        def save(it, state, position):
+            run_dir.save(it, state, {"iteration": it, **position,
+                                     "metrics_step": int(mesh_lib.to_host(state.global_step))})
+
+        eval_rows: list[dict] = []
+        eval_every = int(t.get("eval_every", 0))
+        sampling = _eval_sampling(cfg, cfg.actor_model_name_or_path) if eval_prompts is not None else {}
+
+        def evaluate(it, state):
+            if eval_prompts is None:
+                return None
+            batches = []
+            per = int(t.eval_batch_size) // hosts
+            for batch in data_lib.iterate_once(eval_prompts, int(t.eval_batch_size), buckets):
+                lo = jax.process_index() * per
+                batches.append({k: v[lo:lo + per] for k, v in batch.items()})
+            key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003 + it)  # never the training rng
+            result = runner.evaluate(state.actor.params, batches, key, sampling)
+            row = {"step": int(mesh_lib.to_host(state.global_step)), "iteration": it, **eval_metrics(result)}
+            run_dir.log(row)
+            eval_rows.append(row)
+            return result
+
+        from tqdm.auto import tqdm
+
+        progress = tqdm(total=iterations, initial=iteration, desc=cfg.mode, unit="iter", dynamic_ncols=True,
+                        disable=not bool(cfg.logging.get("progress", True)))
+        history: list[dict] = []
+        ckpt_every, stop_after = int(cfg.checkpoint.every), int(t.get("stop_after_steps", 0))
+        max_skipped = float(t.get("max_skipped_fraction", 0.1))
+        last_eval = None
+        if iteration == 0 and eval_prompts is not None and bool(t.get("eval_at_start", True)):
+            last_eval = evaluate(0, state)
+        try:
+            with run_dir.guard() as guard:
+                while iteration < iterations:
+                    before = data_position()
+                    batch = next(prompt_iter)
+                    ptx = [next(ptx_iter) for _ in range(micro_per_iter)] if ptx_iter is not None else None
+                    result = runner.iteration(state, batch["input_ids"], batch["attention_mask"], ptx,
+                                              stop=guard.requested)
+                    if result is None:  # interrupted mid-rollout: save the last completed iteration and its data
+                        save(iteration, state, before)
+                        raise run_dir.interrupted(guard, int(mesh_lib.to_host(state.global_step)))
+                    state, rows = result
+                    for row in rows:
+                        run_dir.log(row)
+                    history.extend(rows)
+                    iteration += 1
+                    last = rows[-1]
+                    progress.set_postfix({k.split("/")[1]: f"{last[k]:.3g}" for k in
+                                          ("train/reward", "train/cost", "train/lambda") if k in last})
+                    progress.update(1)
+                    if eval_every and iteration % eval_every == 0 and iteration < iterations:
+                        last_eval = evaluate(iteration, state)
+                    skipped, steps = int(last["train/skipped_updates"]), int(last["step"])
+                    if skipped >= 3 and skipped > max_skipped * steps:
+                        raise TrainingError(f"{skipped} of {steps} RL updates were non-finite and skipped (more than "
+                                            f"train.max_skipped_fraction={max_skipped}); stopping without an export "
+                                            "— lower the learning rates or check the reward/cost models")
+                    stop_now = guard.requested()
+                    if (ckpt_every and iteration % ckpt_every == 0) or iteration == iterations or stop_now or (
+                            stop_after and iteration >= stop_after):
+                        save(iteration, state, data_position())
+                    if stop_now:
+                        raise run_dir.interrupted(guard, steps)
+                    if stop_after and iteration >= stop_after and iteration < iterations:
+                        log.info("stopping after %d iterations as configured (train.stop_after_steps)", iteration)
+                        break
+        finally:
+            progress.close()
+
+        complete = iteration >= iterations
+        steps = int(mesh_lib.to_host(state.global_step))
+        skipped = int(mesh_lib.to_host(state.skipped))
+        if complete and skipped > max_skipped * max(steps, 1):
+            raise TrainingError(f"{skipped} of {steps} RL updates were non-finite and skipped (more than "
+                                f"train.max_skipped_fraction={max_skipped}); no export was written")
+        if complete and eval_prompts is not None:
+            last_eval = evaluate(iteration, state)
+        summary = {"mode": cfg.mode, "iterations": iteration, "total_iterations": iterations, "rl_steps": steps,
+                   "skipped_updates": skipped, "last": history[-1] if history else {},
+                   "eval": {k: v for k, v in (eval_rows[-1] if eval_rows else {}).items() if k.startswith("eval/")},
+                   "prompts": len(prompts), "prompt_counts": prompts.counts}
+        if last_eval is not None and jax.process_index() == 0:
+            summary["eval_samples"] = _eval_page(last_eval, tokenizer)
+
+        def export(directory):
+            params = mesh_lib.to_host(state.actor.params)  # every process takes part in the gather; one writes
+            assert_finite(params, "the actor")
+            if jax.process_index() == 0:
+                models.save_pretrained(actor, params, directory)
+                tokenizer.save_pretrained(str(directory))
+
+        summary = run_dir.finish(summary, complete=complete, export=export, curves=CURVES + ("eval/reward",),
+                                 title=f"{cfg.mode} run")
+        summary["state"] = state
+        return summary
 
 
 def print_summary(summary: dict) -> None:
@@ -450,5 +623,9 @@ def print_summary(summary: dict) -> None:
     print(f"== {summary['mode']}: {summary['iterations']}/{summary['total_iterations']} iterations, "
           f"{summary['rl_steps']} rl steps in {summary['seconds']:.1f}s ({summary['prompts']} prompts)")
     print("   last: " + ", ".join(f"{k.split('/')[1]}={last[k]:.4g}" for k in keys if k in last))
-    print(f"   outputs: {summary['output_dir']} (metrics.jsonl, training_curves.png, checkpoints/"
+    if summary.get("eval"):
+        print("   eval: " + ", ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in summary["eval"].items()))
+    if summary.get("skipped_updates"):
+        print(f"   skipped non-finite updates: {summary['skipped_updates']}")
+    print(f"   outputs: {summary['output_dir']} (metrics.jsonl, curves.png, results.md, checkpoints/"
           + (", export/" if summary.get("export") else "") + ")")

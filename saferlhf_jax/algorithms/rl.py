@@ -1,8 +1,14 @@
 """The pieces of PPO, PPO-Lagrangian (Safe RLHF) and the reward-shaping baseline as pure jitted functions
-(spec §1.3, §3.9–§3.15). The loop that strings them together is `saferlhf_jax.algorithms.ppo_lag.run`.
+(spec §1.3, §3.9–§3.15), over one `RLState` pytree and a typed `Rollout`. The loop that strings them together is
+`saferlhf_jax.algorithms.ppo_lag`.
 
-Shapes: B rollout micro-batch, S prompt width (`start = S − 1`), L = S + T sequence width, T' = L − 1 − start.
-Rewards and costs stay float32 end to end; every rollout draws a fresh PRNG key.
+Shapes: B rollout micro-batch, L sequence width (prompt + response, bucketed), A = L − 1 action positions,
+dp data-parallel shards (data × fsdp), W the episode-cost window per shard.
+
+The response of every row starts at action `start` (the prompt width − 1, spec §2.2). `start` is data (a (B,) array),
+not a static slice bound: GAE runs over all A positions (values and rewards outside the sequence mask are zero and
+A_t depends only on t' ≥ t, so A[start:] is exactly the reference's) and every loss and metric masks t < start away.
+One compiled step therefore serves every prompt width. Rewards and costs stay float32 end to end.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
@@ -46,6 +53,8 @@ class RLConfig:
             raise ValueError("lambda_max must be > 0 (or None)")
         if self.lambda_init <= 0 and self.mode == "ppo_lag":
             raise ValueError("lambda_init must be > 0 for PPO-Lag (log λ is learned)")
+        if self.episode_cost_window_size < 1:
+            raise ValueError(f"episode_cost_window_size must be ≥ 1, got {self.episode_cost_window_size}")
 
     @property
     def uses_cost(self) -> bool:
@@ -55,46 +64,173 @@ class RLConfig:
     def cost_critic(self) -> bool:
         return self.mode == "ppo_lag"
 
+    @property
+    def critics(self) -> tuple[str, ...]:
+        """The critics the mode trains: 'reward' and, for PPO-Lag, 'cost'."""
+        return ("reward", "cost") if self.cost_critic else ("reward",)
+
+
+# ---------------------------------------------------------------------------------------------------- state
+
+
+@flax.struct.dataclass
+class ModuleState:
+    """One trained model: parameters (score models: with their frozen normalizer stats), optimizer state, and the
+    number of optimizer updates applied (drives its LR schedule)."""
+
+    params: Any
+    opt_state: Any
+    updates: jax.Array  # () int32
+
+
+@flax.struct.dataclass
+class CostWindow:
+    """The episode-cost FIFO of spec §3.13, one per data-parallel shard, as a fixed-size ring buffer.
+
+    Shard s owns rows [s·B/dp, (s+1)·B/dp) of every rollout micro-batch (the rows its devices hold), so J_c — the mean
+    over shards of each shard's window mean — covers the last W × dp costs, as in the reference's per-rank windows."""
+
+    values: jax.Array    # (dp, W) f32
+    filled: jax.Array    # () int32 entries filled in every shard (≤ W)
+    position: jax.Array  # () int32 next ring slot
+
+    @classmethod
+    def empty(cls, shards: int, size: int) -> "CostWindow":
+        return cls(jnp.zeros((int(shards), int(size)), jnp.float32), jnp.zeros((), jnp.int32),
+                   jnp.zeros((), jnp.int32))
+
+    def push(self, costs) -> "CostWindow":
+        """Append a micro-batch of episode costs (B,) — B/dp to each shard's FIFO, oldest dropped first."""
+        dp, w = self.values.shape
+        per_shard = costs.astype(jnp.float32).reshape(dp, -1)  # (dp, n)
+        n = per_shard.shape[1]
+        if n >= w:  # static: the micro-batch alone fills every window
+            return CostWindow(per_shard[:, n - w:], jnp.int32(w), jnp.int32(0))
+        slots = (self.position + jnp.arange(n)) % w
+        return CostWindow(self.values.at[:, slots].set(per_shard), jnp.minimum(self.filled + n, w),
+                          (self.position + n) % w)
+
+    def mean(self):
+        """J_c: mean over shards of each shard's window mean (0 while empty)."""
+        valid = jnp.arange(self.values.shape[1]) < self.filled  # ring slots fill from 0 before the first wrap
+        per_shard = jnp.sum(jnp.where(valid, self.values, 0.0), axis=1) / jnp.maximum(self.filled, 1)
+        return jnp.mean(per_shard)
+
+
+@flax.struct.dataclass
+class RLState:
+    """Everything an RL run must carry across steps and resumes, as one pytree (checkpointed whole)."""
+
+    actor: ModuleState
+    reward_critic: ModuleState
+    cost_critic: ModuleState | None
+    log_lambda: jax.Array    # () f32
+    global_step: jax.Array   # () int32 rl_step calls so far (drives the λ delay, spec §3.13)
+    skipped: jax.Array       # () int32 rl_steps whose update was non-finite and therefore not applied
+    rng: jax.Array           # (2,) uint32 raw PRNG key: every rollout splits a fresh one off
+    cost_window: CostWindow
+
+
+@flax.struct.dataclass
+class Rollout:
+    """One scored rollout micro-batch (spec §3.9). The policy fields are None until a `fresh` rl_step (the first
+    update, from the parameters that generated the rollout) fills them from its own forward pass."""
+
+    seq: jax.Array                  # (B, L) int32 left-padded prompt, response, right pads
+    mask: jax.Array                 # (B, L) bool ≠ pad ∧ ≠ unk
+    start: jax.Array                # (B,) int32 action index that emits the first response token
+    ref_log_probs: jax.Array        # (B, A) f32
+    reward: jax.Array               # (B,) f32 reward-model end score
+    cost: jax.Array | None = None   # (B,) f32 cost-model end score (PPO-Lag, reward shaping)
+    log_probs: jax.Array | None = None      # (B, A) f32 actor log-probs at rollout time
+    reward_values: jax.Array | None = None  # (B, A) f32 reward-critic values at rollout time
+    cost_values: jax.Array | None = None    # (B, A) f32 cost-critic values at rollout time
+
+    def values(self, critic: str):
+        return self.reward_values if critic == "reward" else self.cost_values
+
+
+@dataclasses.dataclass(frozen=True)
+class RLModels:
+    """What the jitted RL functions close over: the forwards, optimizers, LR schedules and settings."""
+
+    actor_apply: Callable           # (params, ids, mask) → logits (B, L, V) f32
+    critic_apply: Callable          # (params, ids, mask) → (scores (B, L, 1), end (B, 1))
+    actor_opt: optax.GradientTransformation
+    critic_opt: optax.GradientTransformation
+    actor_schedule: Callable
+    critic_schedule: Callable
+    cfg: RLConfig
+
+
+def trainable(params):
+    """Everything but a score model's normalizer statistics."""
+    return {k: v for k, v in params.items() if k != "normalizer"}
+
+
+def init_module_state(params, optimizer) -> ModuleState:
+    return ModuleState(params, optimizer.init(trainable(params)), jnp.zeros((), jnp.int32))
+
+
+def init_state(models: RLModels, actor_params, reward_critic_params, cost_critic_params, seed: int,
+               data_shards: int) -> RLState:
+    """The initial RLState (call eagerly: optimizer zeros inherit the parameters' shardings; or under
+    `jax.eval_shape` for the layout alone)."""
+    cfg = models.cfg
+    log_lambda = jnp.log(jnp.float32(cfg.lambda_init)) if cfg.lambda_init > 0 else jnp.float32(0.0)
+    zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731 — distinct buffers: the state is donated leaf by leaf
+    return RLState(
+        actor=init_module_state(actor_params, models.actor_opt),
+        reward_critic=init_module_state(reward_critic_params, models.critic_opt),
+        cost_critic=init_module_state(cost_critic_params, models.critic_opt) if cfg.cost_critic else None,
+        log_lambda=jnp.asarray(log_lambda, jnp.float32), global_step=zero(), skipped=zero(),
+        rng=jax.random.PRNGKey(seed), cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size))
+
 
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def make_score_rollout(actor_apply, critic_apply, reward_fn, cost_fn, cfg: RLConfig, policy: bool = True):
-    """score(actor_params, frozen, critics, seq (B, L), mask (B, L)) → rollout dict (spec §3.9), no gradients.
+def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask) -> dict:
+    """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)."""
+    out = {"log_probs": ops.gather_log_probs(models.actor_apply(actor_params, seq, mask)[:, :-1], seq[:, 1:])}
+    for name in models.cfg.critics:
+        out[f"{name}_values"] = models.critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
+    return out
 
-    frozen: {'ref': reference actor params, 'reward': ..., 'cost': ...}; critics: {'reward': params, 'cost': ...}.
-    reward_fn / cost_fn: (params, seq, mask) → (B,) end scores.
-    policy=False leaves out what the trainable models give (actor log-probs, critic values): a `fresh` rl_step,
-    which updates from the very parameters that generated the rollout, computes them itself in its own forward.
+
+def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True):
+    """score(actor_params, frozen, critics, window, seq, mask, start, scorer_inputs) → (Rollout, window).
+
+    frozen: {'ref', 'reward', ['cost']} parameters; critics: {'reward', ['cost']} parameters.
+    reward_fn / cost_fn: (params, ids, mask) → (B,) end scores; scorer_inputs: {'reward' | 'cost': (ids, mask)}
+    re-tokenized for a scorer with its own tokenizer (else the rollout itself). The costs are pushed into the
+    episode-cost window here, during the rollout phase and before any update (spec §1.3).
+    policy=False leaves the policy fields empty for a `fresh` rl_step to fill.
     """
+    cfg = models.cfg
 
-    def score(actor_params, frozen, critics, seq, mask, scorer_inputs=None):
-        """scorer_inputs: {'reward' | 'cost': (ids, mask)} re-tokenized for a scorer with its own tokenizer."""
+    def score(actor_params, frozen, critics, window: CostWindow, seq, mask, start, scorer_inputs=None):
         scorer_inputs = scorer_inputs or {}
-        labels = seq[:, 1:]
-        out = {
-            "seq": seq, "mask": mask,
-            "ref_log_probs": ops.gather_log_probs(actor_apply(frozen["ref"], seq, mask)[:, :-1], labels),
-            "reward": reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32),
-        }
+        ref = ops.gather_log_probs(models.actor_apply(frozen["ref"], seq, mask)[:, :-1], seq[:, 1:])
+        reward = reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32)
+        cost = None
         if cfg.uses_cost:
-            out["cost"] = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
-        if policy:
-            out["log_probs"] = ops.gather_log_probs(actor_apply(actor_params, seq, mask)[:, :-1], labels)
-            out.update({f"{name}_values": critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
-                        for name in _critic_names(cfg)})
-        return jax.lax.stop_gradient(out)
+            cost = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
+            window = window.push(cost)
+        scores = policy_scores(models, actor_params, critics, seq, mask) if policy else {}
+        rollout = Rollout(seq=seq, mask=mask, start=start, ref_log_probs=ref, reward=reward, cost=cost, **scores)
+        return jax.lax.stop_gradient(rollout), window
 
     return score
 
 
-def _critic_names(cfg: RLConfig) -> tuple[str, ...]:
-    """The critics the mode trains: 'reward' (rollout keys reward_values / reward_returns, state reward_critic)
-    and, for PPO-Lag, 'cost'."""
-    return ("reward", "cost") if cfg.cost_critic else ("reward",)
-
-
 # ---------------------------------------------------------------------------------------------------- one rl_step
+
+
+def response_mask(sequence_mask, start):
+    """(B, A) bool: action positions of the response (t ≥ start) that are inside the sequence."""
+    t = jnp.arange(sequence_mask.shape[1])
+    return sequence_mask & (t[None, :] >= start[:, None])
 
 
 def _masked_sum_mean(x, mask):
@@ -109,139 +245,147 @@ def _whiten(x, mask):
     return (x - mean) * jax.lax.rsqrt(var + 1e-8)
 
 
-def advantages(rollout, start: int, lam, cfg: RLConfig):
+def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
     """KL-shaped rewards/costs → GAE → the actor's advantage (PPO: A_r; PPO-Lag: (A_r − λA_c)/(1+λ)).
 
-    Returns a dict of (B, T') arrays sliced from `start`, plus the shaped streams for metrics.
+    Returns (B, A) arrays over every action position (mask them with `response_mask`): 'rewards',
+    'reward_advantages', 'reward_returns', 'advantages' and, for PPO-Lag, 'costs', 'cost_advantages', 'cost_returns'.
     """
-    seq_mask = rollout["mask"][:, 1:]
-    reward = rollout["reward"]
+    seq_mask = rollout.mask[:, 1:]
+    reward = rollout.reward
     if cfg.mode == "reward_shaping":
-        reward = reward - cfg.lambda_init * rollout["cost"]  # R' = R − λ·C with a fixed λ (§3.14)
-    rewards = ops.kl_shaped_scores(reward, rollout["log_probs"], rollout["ref_log_probs"], seq_mask,
-                                   cfg.kl_coeff, cfg.clip_range_score)
-    adv_r, ret_r = ops.gae_advantages_and_returns(rollout["reward_values"], rewards, seq_mask, start, cfg.gamma,
+        reward = reward - cfg.lambda_init * rollout.cost  # R' = R − λ·C with a fixed λ (§3.14)
+    rewards = ops.kl_shaped_scores(reward, rollout.log_probs, rollout.ref_log_probs, seq_mask, cfg.kl_coeff,
+                                   cfg.clip_range_score)
+    adv_r, ret_r = ops.gae_advantages_and_returns(rollout.reward_values, rewards, seq_mask, 0, cfg.gamma,
                                                   cfg.gae_lambda)
     out = {"rewards": rewards, "reward_advantages": adv_r, "reward_returns": ret_r, "advantages": adv_r}
     if cfg.cost_critic:
-        costs = ops.kl_shaped_scores(rollout["cost"], rollout["log_probs"], rollout["ref_log_probs"], seq_mask,
-                                     -cfg.kl_coeff, cfg.clip_range_score)
-        adv_c, ret_c = ops.gae_advantages_and_returns(rollout["cost_values"], costs, seq_mask, start, cfg.gamma,
+        costs = ops.kl_shaped_scores(rollout.cost, rollout.log_probs, rollout.ref_log_probs, seq_mask,
+                                     -cfg.kl_coeff, cfg.clip_range_score)  # c_t = +β·kl_t (spec §3.10)
+        adv_c, ret_c = ops.gae_advantages_and_returns(rollout.cost_values, costs, seq_mask, 0, cfg.gamma,
                                                       cfg.gae_lambda)
         out.update(costs=costs, cost_advantages=adv_c, cost_returns=ret_c,
                    advantages=ops.lagrangian_advantages(adv_r, adv_c, lam))
     if cfg.whiten_advantages:
-        out["advantages"] = _whiten(out["advantages"], seq_mask[:, start:])
+        out["advantages"] = _whiten(out["advantages"], response_mask(seq_mask, rollout.start))
     return out
 
 
-def make_rl_step(actor_apply, critic_apply, actor_opt, critic_opt, actor_schedule, critic_schedule,
-                 cfg: RLConfig, start: int, fresh: bool = False):
-    """rl_step(state, rollout, ptx_batch | None, episode_cost) → (state, metrics, policy_scores) (spec §1.3 step 2).
+def lambda_step(state: RLState, cfg: RLConfig):
+    """(log λ after this step's update, J_c used): one SGD step on log λ from the window's J_c once
+    global_step ≥ lambda_update_delay_steps (PPO-Lag only, spec §3.13); a non-finite result keeps the old value."""
+    episode_cost = state.cost_window.mean()
+    log_lambda = state.log_lambda
+    if cfg.mode == "ppo_lag":
+        updated = ops.lagrange_update(log_lambda, episode_cost, cfg.threshold, cfg.lambda_lr, cfg.lambda_max)
+        apply = (state.global_step >= cfg.lambda_update_delay_steps) & jnp.isfinite(updated)
+        log_lambda = jnp.where(apply, updated, log_lambda)
+    return log_lambda, episode_cost
 
-    state: {'actor', 'reward_critic', ['cost_critic'] each {'params', 'opt_state', 'updates'}, 'log_lambda',
-            'global_step'}. λ is updated first (PPO-Lag, after the delay), then one actor update (with the PTX term
-    ½(∇L_rl + ptx_coeff·∇L_ptx) when a PTX batch is given, spec §3.15) and the clipped critic updates.
+
+def _apply_update(module: ModuleState, grads, optimizer, finite) -> ModuleState:
+    """One optimizer update; when `finite` is False the module is returned unchanged (the step is skipped)."""
+    params = module.params
+    updates, opt_state = optimizer.update(trainable(grads), module.opt_state, trainable(params))
+    new = ModuleState({**params, **optax.apply_updates(trainable(params), updates)}, opt_state, module.updates + 1)
+    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, module)
+
+
+def make_rl_step(models: RLModels, fresh: bool = False):
+    """rl_step(state, rollout, ptx_batch | None) → (state, metrics, rollout | None) (spec §1.3 step 2).
+
+    λ is updated first (PPO-Lag, after the delay), then one actor update (with the PTX term ½(∇L_rl + ptx_coeff·∇L_ptx)
+    when a PTX batch is given, spec §3.15) and the clipped critic updates. A step whose losses or gradients are
+    non-finite applies no update and counts in `state.skipped`.
 
     The actor and critic losses touch disjoint parameters, so one `value_and_grad` of their sum gives each model
     exactly its own gradient from a single pass. fresh=True: the state's parameters are the ones that generated
-    the rollout (the first update on it), so the rollout's old log-probs and values are this pass's forward outputs
-    (stop-gradient) and need not be in `rollout`; they come back as `policy_scores` ({'log_probs',
-    'reward_values', ['cost_values']}, each (B, L−1)) for later passes. Otherwise `policy_scores` is empty.
+    the rollout (the first update on it), so the old log-probs and values are this pass's forward outputs
+    (stop-gradient); the returned rollout carries them for later micro-batch passes (None when not fresh).
     """
-    critics = _critic_names(cfg)
-    critic_states = tuple(f"{name}_critic" for name in critics)  # their entries in the state
+    cfg = models.cfg
+    critics = cfg.critics
 
-    def update(module_state, grads, optimizer):
-        params = module_state["params"]
-        trainable, g = _trainable(params), _trainable(grads)
-        updates, opt_state = optimizer.update(g, module_state["opt_state"], trainable)
-        new_params = {**params, **optax.apply_updates(trainable, updates)}
-        return {"params": new_params, "opt_state": opt_state, "updates": module_state["updates"] + 1}
-
-    def step(state, rollout, ptx_batch, episode_cost):
-        log_lambda = state["log_lambda"]
-        if cfg.mode == "ppo_lag":
-            updated = ops.lagrange_update(log_lambda, episode_cost, cfg.threshold, cfg.lambda_lr, cfg.lambda_max)
-            log_lambda = jnp.where(state["global_step"] >= cfg.lambda_update_delay_steps, updated, log_lambda)
+    def step(state: RLState, rollout: Rollout, ptx_batch):
+        log_lambda, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
-        seq, mask = rollout["seq"], rollout["mask"]
-        tmask = mask[:, 1:][:, start:]
+        seq, mask = rollout.seq, rollout.mask
+        resp = response_mask(mask[:, 1:], rollout.start)
 
         def objective(params):
-            """params: {'actor', 'reward_critic', ['cost_critic']} → Σ losses, (aux, policy scores, advantages)."""
-            log_probs = ops.gather_log_probs(actor_apply(params["actor"], seq, mask)[:, :-1], seq[:, 1:])
-            values = {f"{name}_values": critic_apply(params[f"{name}_critic"], seq, mask)[0][:, :-1, 0]
+            """params: {'actor', 'reward_critic', ['cost_critic']} → Σ losses, (aux, old rollout, advantages)."""
+            log_probs = ops.gather_log_probs(models.actor_apply(params["actor"], seq, mask)[:, :-1], seq[:, 1:])
+            values = {name: models.critic_apply(params[f"{name}_critic"], seq, mask)[0][:, :-1, 0]
                       for name in critics}
-            scores = jax.lax.stop_gradient({"log_probs": log_probs, **values})
-            old = dict(rollout, **scores) if fresh else rollout
-            adv = advantages(old, start, lam, cfg)
-            new_lp, old_lp = log_probs[:, start:], old["log_probs"][:, start:]
-            rl_loss = ops.ppo_actor_loss(new_lp, old_lp, adv["advantages"], tmask, cfg.clip_range_ratio)
-            ratio = jnp.exp(new_lp - old_lp)
+            old = rollout
+            if fresh:
+                old = rollout.replace(log_probs=log_probs, **{f"{n}_values": v for n, v in values.items()})
+                old = jax.lax.stop_gradient(old)
+            adv = advantages(old, lam, cfg)
+            rl_loss = ops.ppo_actor_loss(log_probs, old.log_probs, adv["advantages"], resp, cfg.clip_range_ratio)
+            ratio = jnp.exp(log_probs - old.log_probs)
             aux = {"train/actor_loss": rl_loss,
-                   "train/ratio": ops.masked_mean(ratio, tmask),
+                   "train/ratio": ops.masked_mean(ratio, resp),
                    "train/clip_fraction": ops.masked_mean(
-                       (jnp.abs(ratio - 1.0) > cfg.clip_range_ratio).astype(jnp.float32), tmask)}
+                       (jnp.abs(ratio - 1.0) > cfg.clip_range_ratio).astype(jnp.float32), resp)}
             total = rl_loss
             if ptx_batch is not None:
-                ptx_logits = actor_apply(params["actor"], ptx_batch["input_ids"], ptx_batch["attention_mask"])
+                ptx_logits = models.actor_apply(params["actor"], ptx_batch["input_ids"], ptx_batch["attention_mask"])
                 aux["train/ptx_loss"] = ops.sft_loss(ptx_logits, ptx_batch["labels"])
                 total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
             for name in critics:
-                key = f"{name}_values"
-                loss = ops.critic_loss(values[key][:, start:], old[key][:, start:], adv[f"{name}_returns"], tmask,
+                loss = ops.critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
                                        cfg.clip_range_value)
                 aux[f"train/{name}_critic_loss"] = loss
                 total = total + loss
-            return total, (aux, scores if fresh else {}, adv, old)
+            return total, (aux, old, adv)
 
-        trainables = {name: state[name]["params"] for name in ("actor", *critic_states)}
-        (_, (aux, scores, adv, old)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
-        new_state = dict(state, log_lambda=log_lambda, global_step=state["global_step"] + 1)
-        metrics: dict[str, Any] = {"train/actor_lr": actor_schedule(state["actor"]["updates"])}
-        new_state["actor"] = update(state["actor"], grads["actor"], actor_opt)
-        for name in critic_states:
-            metrics[f"train/{name}_lr"] = critic_schedule(state[name]["updates"])
-            new_state[name] = update(state[name], grads[name], critic_opt)
+        trainables = {"actor": state.actor.params, **{f"{n}_critic": getattr(state, f"{n}_critic").params
+                                                       for n in critics}}
+        (total, (aux, old, adv)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
+        grad_norm = optax.global_norm({k: trainable(v) for k, v in grads.items()})
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        new_state = state.replace(
+            log_lambda=log_lambda, global_step=state.global_step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
+            actor=_apply_update(state.actor, grads["actor"], models.actor_opt, finite))
+        metrics: dict[str, Any] = {"train/actor_lr": models.actor_schedule(state.actor.updates)}
+        for name in critics:
+            key = f"{name}_critic"
+            module = getattr(state, key)
+            metrics[f"train/{key}_lr"] = models.critic_schedule(module.updates)
+            new_state = new_state.replace(**{key: _apply_update(module, grads[key], models.critic_opt, finite)})
 
-        lengths = jnp.sum(tmask, axis=-1).astype(jnp.float32)
-        kl = (old["log_probs"] - old["ref_log_probs"])[:, start:]
+        lengths = jnp.sum(resp, axis=-1).astype(jnp.float32)
+        kl = old.log_probs - old.ref_log_probs
         metrics.update(aux)
         metrics.update({
-            "train/reward": jnp.mean(old["reward"]),
-            "train/reward_with_kl_penalty": _masked_sum_mean(adv["rewards"][:, start:], tmask),
-            "train/reward_advantage": ops.masked_mean(adv["reward_advantages"], tmask),
-            "train/reward_return": ops.masked_mean(adv["reward_returns"], tmask),
-            "train/reward_value": ops.masked_mean(old["reward_values"][:, start:], tmask),
-            "train/kl_divergence": _masked_sum_mean(kl, tmask),
+            "train/reward": jnp.mean(old.reward),
+            "train/reward_with_kl_penalty": _masked_sum_mean(adv["rewards"], resp),
+            "train/reward_advantage": ops.masked_mean(adv["reward_advantages"], resp),
+            "train/reward_return": ops.masked_mean(adv["reward_returns"], resp),
+            "train/reward_value": ops.masked_mean(old.reward_values, resp),
+            "train/kl_divergence": _masked_sum_mean(kl, resp),
             "train/mean_generated_length": jnp.mean(lengths),
             "train/max_generated_length": jnp.max(lengths),
             "train/lambda": lam,
-            "train/episode_cost": jnp.asarray(episode_cost, jnp.float32),
-            "train/global_step": new_state["global_step"],  # read with the metrics: no extra host round trip
+            "train/episode_cost": episode_cost,
+            "train/grad_norm": grad_norm,
+            "train/skipped_updates": new_state.skipped,
+            "train/global_step": new_state.global_step,  # read with the metrics: no extra host round trip
         })
         if cfg.uses_cost:
-            metrics["train/cost"] = jnp.mean(old["cost"])
+            metrics["train/cost"] = jnp.mean(old.cost)
         if cfg.cost_critic:
             metrics.update({
-                "train/cost_with_kl_penalty": _masked_sum_mean(adv["costs"][:, start:], tmask),
-                "train/cost_advantage": ops.masked_mean(adv["cost_advantages"], tmask),
-                "train/cost_return": ops.masked_mean(adv["cost_returns"], tmask),
-                "train/cost_value": ops.masked_mean(old["cost_values"][:, start:], tmask),
+                "train/cost_with_kl_penalty": _masked_sum_mean(adv["costs"], resp),
+                "train/cost_advantage": ops.masked_mean(adv["cost_advantages"], resp),
+                "train/cost_return": ops.masked_mean(adv["cost_returns"], resp),
+                "train/cost_value": ops.masked_mean(old.cost_values, resp),
             })
-        return new_state, metrics, scores
+        return new_state, metrics, (old if fresh else None)
 
     return step
-
-
-def _trainable(params):
-    """Everything but a score model's normalizer statistics."""
-    return {k: v for k, v in params.items() if k != "normalizer"}
-
-
-def init_module_state(params, optimizer):
-    return {"params": params, "opt_state": optimizer.init(_trainable(params)), "updates": jnp.zeros((), jnp.int32)}
 
 
 def score_model_end_fn(score_apply) -> Callable:

@@ -7,6 +7,7 @@ from saferlhf_jax.data.examples import (
     TokenizedDataset,
     build_dataset,
     dedup_keep_last,
+    drop_long_prompts,
     prepare_tokenizer,
 )
 from saferlhf_jax.data.raw import (
@@ -19,6 +20,8 @@ from saferlhf_jax.data.raw import (
 )
 from saferlhf_jax.data.registry import (
     REGISTRY,
+    SOURCES,
+    data_source,
     load_mix,
     load_raw,
     parse_mix,
@@ -32,7 +35,7 @@ from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
 __all__ = [
     "BEAVERTAILS_CATEGORIES", "BatchIterator", "ConversationTemplate", "DEFAULT_TEMPLATE", "DataError",
     "IGNORE_INDEX", "KINDS", "PKU_HARM_CATEGORIES", "REGISTRY", "RawSample", "SEVERITY_NAMES", "TokenizedDataset",
-    "build_dataset", "collate", "dedup_keep_last", "default_buckets", "iterate_once", "load_mix", "load_raw",
+    "SOURCES", "build_dataset", "data_source", "collate", "dedup_keep_last", "drop_long_prompts", "default_buckets", "iterate_once", "load_mix", "load_raw",
     "parse_mix", "parse_mix_entry", "pick_bucket", "prepare_tokenizer", "read_rows", "resolve_name",
     "sample_indices", "split_holdout",
 ]

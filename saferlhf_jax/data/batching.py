@@ -102,18 +102,21 @@ class BatchIterator:
     """Endless iterator over fixed-size batches, reshuffled each epoch from (seed, epoch) (spec §7.12).
 
     The global batch is `batch_size`; with `num_shards` hosts each host yields its contiguous slice.
+    drop_last=True drops the incomplete last batch of an epoch; False completes it with the first examples of the
+    epoch's order (every example is seen, shapes stay static — as a DistributedSampler pads its ranks).
     `state_dict()` / `load_state_dict()` save and restore the exact position.
     """
 
     def __init__(self, dataset: TokenizedDataset, batch_size: int, *, seed: int = 42, shuffle: bool = True,
-                 buckets: Sequence[int] | None = None, num_shards: int = 1, shard_index: int = 0):
+                 buckets: Sequence[int] | None = None, num_shards: int = 1, shard_index: int = 0,
+                 drop_last: bool = True):
         if batch_size < 1:
             raise ValueError(f"batch_size must be ≥ 1, got {batch_size}")
         if batch_size % num_shards:
             raise ValueError(f"batch_size {batch_size} is not divisible by the {num_shards} data shards")
-        if len(dataset) < batch_size:
+        if len(dataset) < batch_size and drop_last:
             raise ValueError(f"the {dataset.kind} dataset has {len(dataset)} examples, fewer than one batch "
-                             f"of {batch_size}")
+                             f"of {batch_size}; lower the batch size or add data")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.seed = int(seed)
@@ -122,11 +125,14 @@ class BatchIterator:
         if max(self.buckets) < dataset.max_length:
             self.buckets = self.buckets + (dataset.max_length,)
         self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+        self.drop_last = bool(drop_last)
         self.state = IteratorState()
 
     @property
     def batches_per_epoch(self) -> int:
-        return len(self.dataset) // self.batch_size  # the incomplete last batch is dropped
+        if self.drop_last:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.dataset) // self.batch_size)
 
     def order(self, epoch: int) -> np.ndarray:
         n = len(self.dataset)
@@ -135,7 +141,9 @@ class BatchIterator:
         return np.random.default_rng([self.seed, epoch]).permutation(n)
 
     def global_indices(self, epoch: int, position: int) -> np.ndarray:
-        return self.order(epoch)[position * self.batch_size:(position + 1) * self.batch_size]
+        order = self.order(epoch)
+        idx = np.arange(position * self.batch_size, (position + 1) * self.batch_size) % len(order)
+        return order[idx]  # past the end (drop_last=False): wrap around to the epoch's first examples
 
     def batch_indices(self, epoch: int, position: int) -> np.ndarray:
         """This host's contiguous slice of the global batch."""

@@ -106,10 +106,11 @@ def build_supervised(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE):
         for begin, end in zip(offsets[::2], offsets[1::2]):
             labels[begin:end] = IGNORE_INDEX
         examples.append({"input_ids": ids, "labels": labels})
-    for ex in examples:
-        counts["no_target_tokens"] += bool(np.all(ex["labels"] == IGNORE_INDEX))
+    # an example whose prompt fills max_length has no target token left: its loss would be 0/0 (spec §4.5) — drop it
+    kept = [ex for ex in examples if not np.all(ex["labels"] == IGNORE_INDEX)]
+    counts["no_target_tokens"] = len(examples) - len(kept)
     counts["truncated"] = tok.truncated
-    return examples, counts
+    return kept, counts
 
 
 def _pair_texts(samples, template, eos, first_attr: str):
@@ -179,7 +180,8 @@ def dedup_keep_last(samples: Sequence[RawSample]) -> list[RawSample]:
 
 
 def build_prompt_only(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE):
-    """tok(format_prompt(input)) with BOS, no EOS; prompts deduplicated keep-last; over-long prompts counted."""
+    """tok(format_prompt(input)) with BOS, no EOS, right-truncated to max_length (spec §2.5); prompts deduplicated
+    keep-last; over-long prompts counted."""
     tok, eos = _Tokenize(tokenizer, max_length), _eos(tokenizer)
     for s in samples:
         _require(s, "prompt_only", "input")
@@ -188,8 +190,20 @@ def build_prompt_only(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE)
     ids = tok([template.format_prompt(s.input, eos) for s in kept])
     examples = [{"input_ids": x} for x in ids]
     counts["truncated"] = tok.truncated
-    counts["prompt_at_max_length"] = sum(len(x) >= max_length for x in ids)
     return examples, counts
+
+
+def drop_long_prompts(dataset: "TokenizedDataset", limit: int, why: str) -> "TokenizedDataset":
+    """Drop prompt-only examples longer than `limit` tokens, counted as `prompt_too_long` (RL: a prompt must leave
+    room to answer). A one-line DataError when none is left."""
+    kept = [e for e in dataset.examples if len(e["input_ids"]) <= limit]
+    dropped = len(dataset.examples) - len(kept)
+    if not dropped:
+        return dataset
+    log.warning("dropped %d of %d prompts longer than %d tokens (%s)", dropped, len(dataset.examples), limit, why)
+    if not kept:
+        raise DataError(f"every one of the {dropped} prompts is longer than {limit} tokens ({why})")
+    return dataclasses.replace(dataset, examples=kept, counts={**dataset.counts, "prompt_too_long": dropped})
 
 
 def _moderation_labels(category, severity, is_safe):
@@ -259,4 +273,4 @@ def build_dataset(kind: str, samples: Sequence[RawSample], tokenizer, max_length
 
 
 __all__ = ["BEAVERTAILS_CATEGORIES", "IGNORE_INDEX", "KINDS", "TokenizedDataset", "build_dataset",
-           "dedup_keep_last", "prepare_tokenizer"]
+           "dedup_keep_last", "drop_long_prompts", "prepare_tokenizer"]

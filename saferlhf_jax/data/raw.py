@@ -12,6 +12,8 @@ import pathlib
 import re
 from typing import Any, Callable, Iterable, Sequence
 
+from saferlhf_jax.errors import DataError
+
 PKU_HARM_CATEGORIES = (
     "Endangering National Security", "Insulting Behavior", "Discriminatory Behavior", "Endangering Public Health",
     "Copyright Issues", "Violence", "Drugs", "Privacy Violation", "Economic Crime", "Mental Manipulation",
@@ -26,10 +28,6 @@ BEAVERTAILS_CATEGORIES = (
     "violence,aiding_and_abetting,incitement",
 )
 SEVERITY_NAMES = ("safe", "minor", "moderate", "severe")
-
-
-class DataError(ValueError):
-    """A problem with input data, with the file and line it came from."""
 
 
 @dataclasses.dataclass

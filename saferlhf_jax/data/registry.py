@@ -1,10 +1,11 @@
 """Raw dataset registry (spec §4.4) and the `NAME[:PROPORTION[:PATH]]` mixing syntax (spec §4.3).
 
-Where a name's data comes from, in order:
+Where a name's data comes from is explicit, never a silent fallback:
   1. PATH, when given: a local JSONL/JSON/CSV/parquet file or directory, or a prepared TFDS directory;
-  2. the Hugging Face hub through `datasets.load_dataset` (pinned revision) when `datasets` is installed and the
-     hub is not switched off (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE / SAFERLHF_DATA_SOURCE=embedded);
-  3. the real sample shipped in `saferlhf_jax/assets/data/` (see the SOURCE.md files there).
+  2. otherwise the data *source*: `hub` (the default) loads the pinned Hugging Face release through
+     `datasets.load_dataset` and fails with one line (how to give a local path) when it cannot; `embedded` takes the
+     real sample shipped in `saferlhf_jax/assets/data/` (see the SOURCE.md files there) — what the `tiny` presets
+     use. The source comes from `config.data.source`, or the environment variable SAFERLHF_DATA_SOURCE, which wins.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from typing import Callable
 import numpy as np
 
 from saferlhf_jax.data import raw
-from saferlhf_jax.data.raw import DataError, RawSample
+from saferlhf_jax.data.raw import RawSample
+from saferlhf_jax.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -126,23 +128,38 @@ def resolve_name(name: str) -> DatasetSpec:
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def _hub_allowed() -> bool:
-    if os.environ.get("SAFERLHF_DATA_SOURCE", "auto") == "embedded":
-        return False
-    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
-        return False
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        return False
-    return True
+SOURCES = ("hub", "embedded")
+
+
+def data_source(configured: str | None = None) -> str:
+    """The data source in effect: SAFERLHF_DATA_SOURCE if set, else `configured`, else 'hub'."""
+    value = (os.environ.get("SAFERLHF_DATA_SOURCE") or configured or "hub").strip().lower()
+    if value not in SOURCES:
+        raise DataError(f"data source must be one of {SOURCES}, got {value!r} (config data.source or "
+                        "SAFERLHF_DATA_SOURCE)")
+    return value
+
+
+def _hub_unavailable(spec: DatasetSpec, reason: str) -> DataError:
+    sample = " or the 500-row embedded sample with --config.data.source=embedded" if spec.local else ""
+    return DataError(f"{spec.name}: cannot load {spec.hub_id} from the Hugging Face hub ({reason}); give a local "
+                     f"copy as {spec.name}:1.0:/path/to/files (JSONL/JSON/CSV/parquet or a prepared TFDS "
+                     f"directory){sample}")
 
 
 def _load_from_hub(spec: DatasetSpec) -> list[tuple[str, dict]]:
-    import datasets
-
-    data = datasets.load_dataset(spec.hub_id, name=spec.hub_config, data_dir=spec.data_dir, split=spec.split,
-                                 revision=spec.revision)
+    if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise _hub_unavailable(spec, "the hub is switched off: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE")
+    try:
+        import datasets
+    except ImportError:
+        raise _hub_unavailable(spec, "the `datasets` package is not installed: pip install datasets") from None
+    try:
+        data = datasets.load_dataset(spec.hub_id, name=spec.hub_config, data_dir=spec.data_dir, split=spec.split,
+                                     revision=spec.revision)
+    except Exception as err:  # noqa: BLE001 — network, authentication or hub errors: one line, never a fallback
+        raise _hub_unavailable(spec, str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__) \
+            from None
     return [(f"{spec.hub_id}[{spec.split}]:row {i}", row) for i, row in enumerate(data)]
 
 
@@ -152,8 +169,8 @@ def _load_tfds_dir(path: pathlib.Path, split: str) -> list[tuple[str, dict]]:
     return read_prepared(path, split)
 
 
-def load_raw(name: str, path: str | None = None) -> list[RawSample]:
-    """All raw samples of one registry name (PATH, hub or embedded sample; see module doc)."""
+def load_raw(name: str, path: str | None = None, source: str | None = None) -> list[RawSample]:
+    """All raw samples of one registry name: PATH when given, else the data source (module doc)."""
     spec = resolve_name(name)
     if path:
         p = pathlib.Path(path).expanduser()
@@ -161,16 +178,10 @@ def load_raw(name: str, path: str | None = None) -> list[RawSample]:
             rows = _load_tfds_dir(p, spec.split)
         else:
             rows = raw.read_rows(p, split=spec.split)
-    elif _hub_allowed():
-        try:
-            rows = _load_from_hub(spec)
-        except Exception as err:  # network or hub failure: fall back to the embedded sample when there is one
-            if not spec.local:
-                raise DataError(f"{spec.name}: could not load {spec.hub_id} from the hub ({err})") from err
-            log.warning("%s: hub unavailable (%s); using the embedded sample", spec.name, err)
-            rows = _embedded_rows(spec)
-    else:
+    elif data_source(source) == "embedded":
         rows = _embedded_rows(spec)
+    else:
+        rows = _load_from_hub(spec)
     samples = [spec.parser(row, where) for where, row in rows]
     if not samples:
         raise DataError(f"{spec.name}: no rows found" + (f" in {path}" if path else ""))
@@ -179,7 +190,7 @@ def load_raw(name: str, path: str | None = None) -> list[RawSample]:
 
 def _embedded_rows(spec: DatasetSpec) -> list[tuple[str, dict]]:
     if not spec.local:
-        raise DataError(f"{spec.name}: no embedded copy ships with saferlhf-jax and the hub is unavailable; "
+        raise DataError(f"{spec.name}: no embedded copy ships with saferlhf-jax (data source 'embedded'); "
                         f"give a local path as {spec.name}:1.0:/path/to/files")
     rows = []
     for rel in spec.local:
@@ -260,16 +271,17 @@ def sample_indices(sizes: list[int], entries: list[MixEntry], seed: int = MIX_SE
     return out
 
 
-def load_mix(entries) -> list[RawSample]:
-    """Load and mix datasets in command-line order; a proportion of 0 drops a dataset."""
+def load_mix(entries, source: str | None = None) -> list[RawSample]:
+    """Load and mix datasets in command-line order; a proportion of 0 drops a dataset. `source`: see module doc."""
     parsed = [e for e in parse_mix(entries) if e.exact_count != 0 and e.proportion != 0]
     if not parsed:
         raise DataError("no datasets selected (every proportion is 0 or the list is empty)")
-    loaded = [load_raw(e.name, e.path) for e in parsed]
+    loaded = [load_raw(e.name, e.path, source) for e in parsed]
     picks = sample_indices([len(d) for d in loaded], parsed)
     mixed = []
     for data, idx, entry in zip(loaded, picks, parsed):
-        log.info("dataset %s: %d of %d rows", entry.name, len(idx), len(data))
+        where = entry.path or ("embedded sample" if data_source(source) == "embedded" else "hub")
+        log.info("dataset %s (%s): %d of %d rows", entry.name, where, len(idx), len(data))
         mixed.extend(data[i] for i in idx)
     return mixed
 

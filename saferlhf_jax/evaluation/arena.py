@@ -160,20 +160,31 @@ def summary_markdown(summary: dict, red: str, blue: str) -> str:
     return "\n".join(lines)
 
 
+def model_sampling(model, overrides: dict | None) -> dict:
+    """Each model samples with its own generation_config.json (spec §5.2/§5.3) unless an entry is overridden."""
+    from saferlhf_jax.generation import model_sampling_defaults
+
+    out = model_sampling_defaults(model.source) if model.source else {}
+    out.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return out
+
+
 def run_arena(red, blue, reward, cost, red_name: str, blue_name: str, datasets: Sequence[str], output_dir, *,
               max_length: int = 512, batch_size: int = 16, seed: int = 42, mesh=None,
-              template: ConversationTemplate = DEFAULT_TEMPLATE, sampling: dict | None = None) -> dict:
-    """red/blue/reward/cost: (Model, tokenizer) pairs. Writes the arena outputs; returns the summary."""
+              template: ConversationTemplate = DEFAULT_TEMPLATE, sampling: dict | None = None,
+              source: str | None = None) -> dict:
+    """red/blue/reward/cost: (Model, tokenizer) pairs. Writes the arena outputs; returns the summary.
+    `sampling` overrides (temperature / top_k / top_p / greedy; None entries keep each model's own defaults)."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    raw = data_lib.dedup_keep_last(data_lib.load_mix(list(datasets)))
+    raw = data_lib.dedup_keep_last(data_lib.load_mix(list(datasets), source))
     prompts = [s.input for s in raw]
-    sampling = sampling or {}
     answers = {}
     for name, (model, tok) in (("red", red), ("blue", blue)):
-        log.info("arena: %s answers %d prompts", name, len(prompts))
+        opts = model_sampling(model, sampling)
+        log.info("arena: %s answers %d prompts (sampling %s)", name, len(prompts), opts)
         answers[name] = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size,
-                                         seed=seed, template=template, mesh=mesh, **sampling)
+                                         seed=seed, template=template, mesh=mesh, **opts)
     scores = {}
     for name in ("red", "blue"):
         texts = [p + r for p, r in answers[name]]

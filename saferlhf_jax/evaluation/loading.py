@@ -35,12 +35,14 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 
 def load_for_eval(spec: str, kind: str, mesh=None):
     """(Model with params, tokenizer) for `kind` 'causal_lm' or 'score'."""
-    from saferlhf_jax.training.trainer import load_tokenizer
+    from saferlhf_jax.data.tokenizer import load_tokenizer
 
     path, step = _split_step(str(spec))
     load = models.load_causal_lm if kind == "causal_lm" else models.load_score_model
     if step is None and is_hf_dir(path):
-        model, tokenizer = load(path, mesh=mesh), load_tokenizer(path)
+        # an HF score directory must bring its trained head: a causal LM would get a random one
+        extra = {} if kind == "causal_lm" else {"require_head": True}
+        model, tokenizer = load(path, mesh=mesh, **extra), load_tokenizer(path)
         if len(tokenizer) > model.config.vocab_size:  # special tokens were added (spec §2.5)
             model, model.params = models.resize_token_embeddings(model, model.params, len(tokenizer))
         return model, tokenizer
@@ -57,10 +59,10 @@ def load_for_eval(spec: str, kind: str, mesh=None):
     overrides = {}
     if kind == "score" and cfg.get("stage") in ("reward", "cost"):
         overrides["score_type"] = cfg["stage"]
-    model = load(base, mesh=mesh, **overrides)
+    model = load(base, mesh=mesh, **overrides)  # its parameters are replaced by the checkpoint's below
     if len(tokenizer) > model.config.vocab_size:
         model, model.params = models.resize_token_embeddings(model, model.params, len(tokenizer))
-    flat = Checkpointer(ckpt_dir).restore_raw(step)
+    flat = Checkpointer(ckpt_dir, read_only=True).restore_raw(step)
     import jax
 
     leaves, treedef = jax.tree_util.tree_flatten_with_path(model.params)

@@ -14,10 +14,11 @@ from saferlhf_jax.parallel import mesh as mesh_lib
 
 
 def evaluate_moderation(model, tokenizer, datasets, output_dir, *, batch_size: int = 16, max_length: int = 512,
+                        source: str | None = None,
                         mesh=None) -> dict:
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    ds = data_lib.build_dataset("moderation", data_lib.load_mix(list(datasets)), tokenizer, max_length)
+    ds = data_lib.build_dataset("moderation", data_lib.load_mix(list(datasets), source), tokenizer, max_length)
     step = jax.jit(lambda p, b: moderation.eval_fn(model.apply, p, {}, b, None))
     div = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
     batch_size = max(div, batch_size // div * div)

@@ -69,8 +69,8 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
         lines.append(f"| ppo_lag | {s['rl_steps']} rl steps | {_fmt(s['seconds'])} | "
                      + ", ".join(f"{k.split('/')[1]}={_fmt(last[k])}" for k in keys if k in last) + " | |")
     lines.append("")
-    if (out / "ppo_lag" / "training_curves.png").is_file():
-        lines += ["## PPO-Lagrangian", "", "![ppo-lag curves](ppo_lag/training_curves.png)", ""]
+    if (out / "ppo_lag" / "curves.png").is_file():
+        lines += ["## PPO-Lagrangian", "", "![ppo-lag curves](ppo_lag/curves.png)", ""]
     arena = out / "arena" / "summary.md"
     if arena.is_file():
         body = arena.read_text().replace("](reward_distribution.png)", "](arena/reward_distribution.png)")
@@ -86,30 +86,30 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
     return path
 
 
-def plot_run_curves(out: pathlib.Path, path: pathlib.Path) -> bool:
-    """Train loss (and the stage's accuracy metrics, and eval metrics) of one run's metrics.jsonl."""
+def plot_curves(rows: list[dict], keys, path: pathlib.Path) -> bool:
+    """One panel per metric key found in `rows` (metrics.jsonl rows), against their `step`; `eval/<key>` points are
+    drawn on the `<key>` panel when both exist (the supervised stages' eval/loss on the loss panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = _rows(out / "metrics.jsonl")
-    train = [r for r in rows if "loss" in r]
-    if not train:
+    present = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
+    panels = [k for k in present if not (k.startswith("eval/") and k.split("/", 1)[1] in present)]
+    if not panels:
         return False
-    keys = ["loss"] + [k for k in ("accuracy", "accuracy_sign", "reward_accuracy") if k in train[0]]
-    evals = [r for r in rows if any(k.startswith("eval/") for k in r)]
-    eval_keys = [k for k in (evals[-1] if evals else {}) if k.startswith("eval/") and isinstance(evals[-1][k], float)
-                 and k.split("/", 1)[1] in ("loss", "accuracy", "accuracy_sign", "reward_accuracy")]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        ax.plot([r["step"] for r in train], [r[key] for r in train], label=f"train {key}")
-        ek = f"eval/{key}"
-        if ek in eval_keys:
-            ax.plot([r["step"] for r in evals if ek in r], [r[ek] for r in evals if ek in r], "o--", label=ek)
-        ax.set_title(key)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3), squeeze=False)
+    for ax, key in zip(axes[0], panels):
+        for k, style in ((key, "-"), (f"eval/{key}", "o--")):
+            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=k)
+        ax.set_title(key.split("/", 1)[-1])
         ax.set_xlabel("step")
-        ax.legend(fontsize=7)
+        if key in ("train/cost", "eval/cost"):
+            ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
+        if any(f"eval/{key}" in r for r in rows):
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -126,13 +126,16 @@ def write_run_page(out, title: str, cfg, summary: dict, images: tuple[str, ...] 
         if block:
             lines += [f"## {'final train metrics' if name in ('train', 'last') else 'evaluation'}", "",
                       "| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in block.items()] + [""]
-    for key in ("steps", "iterations", "rl_steps", "seconds", "export", "data_counts", "skipped_updates"):
+    for key in ("steps", "iterations", "rl_steps", "seconds", "export", "data_counts", "prompt_counts",
+                "skipped_updates"):
         if key in summary:
             lines.append(f"- {key}: {summary[key]}")
     lines.append("")
     for image in images:
         if (out / image).is_file():
             lines += [f"![{image}]({image})", ""]
+    if summary.get("eval_samples"):
+        lines += ["## evaluation answers (first prompts)", ""] + list(summary["eval_samples"]) + [""]
     lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]
     path = out / "results.md"
     path.write_text("\n".join(lines))

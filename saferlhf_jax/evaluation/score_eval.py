@@ -16,7 +16,8 @@ from saferlhf_jax import models
 from saferlhf_jax.algorithms import cost as cost_stage
 from saferlhf_jax.algorithms import reward as reward_stage
 from saferlhf_jax.parallel import mesh as mesh_lib
-from saferlhf_jax.training.trainer import LossConfig, load_tokenizer
+from saferlhf_jax.data.tokenizer import load_tokenizer
+from saferlhf_jax.training.trainer import LossConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +107,18 @@ def _box(groups: dict[str, np.ndarray], path: pathlib.Path, ylabel: str, title: 
 
 
 def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 16, max_length: int = 512,
-                         mesh=None, score_type: str | None = None) -> dict:
+                         mesh=None, score_type: str | None = None, source: str | None = None) -> dict:
     """Score every pair of `datasets` with the model and write the reports. Returns the summary dict."""
     output_dir = pathlib.Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or mesh_lib.make_mesh(fsdp=-1)
     tokenizer = load_tokenizer(model_dir)
-    model = models.load_score_model(model_dir, mesh=mesh)
+    model = models.load_score_model(model_dir, mesh=mesh, require_head=True)
     score_type = score_type or model.config.score_type
     if score_type not in ("reward", "cost"):
         raise ValueError(f"{model_dir}: score_type {score_type!r} is neither reward nor cost")
     stage = reward_stage.STAGE if score_type == "reward" else cost_stage.STAGE
-    raw = data_lib.load_mix(list(datasets))
+    raw = data_lib.load_mix(list(datasets), source)
     ds = data_lib.build_dataset(stage.eval_kind, raw, tokenizer, max_length)
     div = mesh_lib.batch_divisor(mesh)
     batch_size = max(div, (batch_size // div) * div)

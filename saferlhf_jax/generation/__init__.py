@@ -7,7 +7,14 @@ from saferlhf_jax.generation.sampler import (
     generate,
     stream_generate,
 )
-from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_tokens, top_k_filter, top_p_filter
+from saferlhf_jax.generation.sampling import (
+    SAMPLING_DEFAULTS,
+    apply_repetition_penalty,
+    choose_tokens,
+    model_sampling_defaults,
+    top_k_filter,
+    top_p_filter,
+)
 
-__all__ = ["DEFAULT_BUCKETS", "SamplingSettings", "apply_repetition_penalty", "bucket_length", "choose_tokens",
+__all__ = ["DEFAULT_BUCKETS", "SAMPLING_DEFAULTS", "model_sampling_defaults", "SamplingSettings", "apply_repetition_penalty", "bucket_length", "choose_tokens",
            "generate", "stream_generate", "top_k_filter", "top_p_filter"]

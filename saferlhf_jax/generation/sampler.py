@@ -73,7 +73,8 @@ class _Programs:
         def module(params):
             return nnx.merge(graphdef, nnx.State(params))
 
-        def prefill(params, ids, mask):
+        def prefill(params, ids, mask, budget):
+            """budget: () int32 tokens to generate at most (≤ max_new_tokens, the compiled width)."""
             b = ids.shape[0]
             cache = init_cache(config, b, slots, s.cache_dtype)
             logits, cache = module(params)(ids, mask, mask_positions(mask), cache, 0)
@@ -87,6 +88,7 @@ class _Programs:
                 "seen": seen,
                 "prompt_slots": jnp.int32(ids.shape[1]),
                 "step": jnp.int32(0),
+                "budget": jnp.minimum(jnp.asarray(budget, jnp.int32), s.max_new_tokens),
                 "tokens": jnp.full((b, s.max_new_tokens), s.pad_token_id, jnp.int32),
                 "lengths": jnp.zeros((b,), jnp.int32),
                 "done": jnp.zeros((b,), bool),
@@ -121,7 +123,7 @@ class _Programs:
 
         def decode(params, state, rng):
             def cond(st):
-                return (st["step"] < s.max_new_tokens) & ~jnp.all(st["done"])
+                return (st["step"] < st["budget"]) & ~jnp.all(st["done"])
 
             return jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), state)
 
@@ -129,9 +131,10 @@ class _Programs:
         self._jitted: dict[Any, Any] = {}
         self.mesh = mesh
 
-    def prefill(self, params, ids, mask):
-        """(params, ids (B, Sb), mask (B, Sb)) → the whole decode state: last logits, KV cache, counters."""
-        return self._call("prefill", params, ids, mask)
+    def prefill(self, params, ids, mask, budget):
+        """(params, ids (B, Sb), mask (B, Sb), budget ()) → the whole decode state: last logits, KV cache,
+        counters."""
+        return self._call("prefill", params, ids, mask, budget)
 
     def decode(self, params, state, rng):
         """The whole response in one while_loop; the state (KV cache included) is donated and returned."""
@@ -155,7 +158,8 @@ class _Programs:
                 rep = mesh_lib.replicated(self.mesh)
                 if name == "prefill":
                     out = self._state_shardings(jax.eval_shape(self._fns[name], params, *args))
-                    ins = (param_sh, *(mesh_lib.batch_sharding(self.mesh, a.ndim) for a in args))
+                    ins = (param_sh, *(mesh_lib.batch_sharding(self.mesh, a.ndim) if np.ndim(a) else rep
+                                       for a in args))
                 else:
                     out = self._state_shardings(args[0])
                     ins = (param_sh, out, rep)
@@ -191,12 +195,12 @@ def _programs(model, settings: SamplingSettings, slots: int, mesh: Mesh | None =
     return hit[1]
 
 
-def _start(progs, params, ids_b, mask_b, mesh):
+def _start(progs, params, ids_b, mask_b, mesh, budget: int):
     """Left-padded bucketed prompts → the decode state after prefill (every counter built inside the program)."""
     if mesh is not None:  # this process's rows → the global batch over the mesh's data axes
         batch = mesh_lib.put_local_batch({"ids": ids_b, "mask": mask_b}, mesh)
         ids_b, mask_b = batch["ids"], batch["mask"]
-    return progs.prefill(params, ids_b, mask_b)
+    return progs.prefill(params, ids_b, mask_b, np.int32(budget))
 
 
 def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens: int, temperature: float = 1.0,
@@ -221,7 +225,7 @@ def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens:
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id))
     progs = _programs(model, settings, width + int(max_new_tokens))
-    state = _start(progs, params, ids_b, mask_b, None)
+    state = _start(progs, params, ids_b, mask_b, None, int(max_new_tokens))
     for t in range(int(max_new_tokens)):
         state = progs.step(params, state, key)
         tok = int(state["tokens"][0, t])
@@ -234,7 +238,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
              max_length: int | None = None, temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0,
              repetition_penalty: float = 1.0, greedy: bool = False, eos_token_ids=None, pad_token_id=None,
              rng=None, mesh: Mesh | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype: str | None = None) -> dict[str, np.ndarray]:
+             cache_dtype: str | None = None, budget: int | None = None) -> dict[str, np.ndarray]:
     """Sample continuations of left-padded prompts with a causal LM (`saferlhf_jax.models.Model`).
 
     Args:
@@ -245,6 +249,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
       rng: PRNG key or int seed (required unless greedy).
       mesh: shard the batch over the mesh's data axes. In a multi-host run every process passes its own rows
         (the same prompt width on every host) and gets its own rows back.
+      budget: stop after this many tokens (≤ the resolved max_new_tokens, which fixes the compiled array width):
+        callers with a varying budget (RL: max_length − each micro-batch's longest prompt) share one program.
     Returns:
       dict with sequences (B, S + T) (prompt as given, response right-padded with pad), attention_mask (B, S + T)
       (prompt mask, then 1 through each row's EOS), response_lengths (B,) (EOS counted).
@@ -259,7 +265,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         if np.any((mask[:, -1] == 0) & (mask.sum(-1) > 0)):
             raise ValueError("prompts must be left-padded: a row ends in padding")
     b, s = ids.shape
-    budget = _resolve_budget(s, max_new_tokens, max_length)
+    new_width = _resolve_budget(s, max_new_tokens, max_length)  # compiled response width
     eos = model.config.eos_token_ids if eos_token_ids is None else (
         (int(eos_token_ids),) if np.ndim(eos_token_ids) == 0 else tuple(int(e) for e in eos_token_ids))
     if pad_token_id is None:
@@ -267,23 +273,23 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
     if not greedy and temperature != 0.0 and rng is None:
         raise ValueError("sampling needs an rng (a jax PRNG key or an int seed); pass greedy=True for argmax")
     key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else (rng if rng is not None else jax.random.key(0))
-    if budget == 0:
+    if new_width == 0 or (budget is not None and budget <= 0):
         return {"sequences": ids, "attention_mask": mask, "response_lengths": np.zeros((b,), np.int32)}
 
     width = bucket_length(s, buckets)
     pad_cols = width - s
     ids_b = np.concatenate([np.full((b, pad_cols), pad_token_id, ids.dtype), ids], axis=1).astype(np.int32)
     mask_b = np.concatenate([np.zeros((b, pad_cols), np.int32), mask], axis=1)
-    settings = SamplingSettings(max_new_tokens=budget, temperature=float(temperature),
+    settings = SamplingSettings(max_new_tokens=new_width, temperature=float(temperature),
                                 top_k=int(top_k) if top_k else None, top_p=float(top_p),
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
-    progs = _programs(model, settings, width + budget, mesh)
-    state = _start(progs, params, ids_b, mask_b, mesh)
+    progs = _programs(model, settings, width + new_width, mesh)
+    state = _start(progs, params, ids_b, mask_b, mesh, new_width if budget is None else min(int(budget), new_width))
     state = progs.decode(params, state, key)
     tokens = mesh_lib.local_rows(state["tokens"])
     lengths = mesh_lib.local_rows(state["lengths"])
-    response_mask = (np.arange(budget)[None, :] < lengths[:, None]).astype(mask.dtype)
+    response_mask = (np.arange(new_width)[None, :] < lengths[:, None]).astype(mask.dtype)
     return {
         "sequences": np.concatenate([ids, tokens.astype(ids.dtype)], axis=1),
         "attention_mask": np.concatenate([mask, response_mask], axis=1),

@@ -49,3 +49,25 @@ def choose_tokens(logits, rng, *, greedy: bool, temperature: float, top_k: int |
     logits = top_k_filter(logits, top_k)
     logits = top_p_filter(logits, top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults
+
+
+def model_sampling_defaults(model_dir) -> dict:
+    """{'temperature', 'top_k', 'top_p'} from a model directory's generation_config.json, else transformers'
+    defaults (1.0, 50, 1.0). Sampling stays on: RL evaluation and the arena sample (spec §5.3)."""
+    import json
+    import pathlib
+
+    out = dict(SAMPLING_DEFAULTS)
+    path = pathlib.Path(str(model_dir)).expanduser() / "generation_config.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raw = {}
+        for key, cast in (("temperature", float), ("top_k", int), ("top_p", float)):
+            if raw.get(key) is not None:
+                out[key] = cast(raw[key])
+    return out

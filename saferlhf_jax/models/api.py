@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from saferlhf_jax.errors import ModelError
 from saferlhf_jax.models import safetensors_io
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import CausalLM, ScoreModel
@@ -56,17 +57,18 @@ class Model:
     @functools.cached_property
     def apply(self):
         """Jitted pure forward. causal_lm: (params, ids, mask) → logits (B, L, V) f32;
-        score: (params, ids, mask) → (scores (B, L, D), end_scores (B, D)) f32."""
+        score: (params, ids, mask) → (scores (B, L, D), end_scores (B, D)) f32, normalised with the stored stats
+        when the config's do_normalize is set (pass normalize=False for the raw scores)."""
         graphdef, kind = self.graphdef, self.kind
 
-        def forward(params, input_ids, attention_mask, positions=None):
+        def forward(params, input_ids, attention_mask, positions=None, normalize=True):
             module = nnx.merge(graphdef, nnx.State(params))
             if kind == "causal_lm":
                 logits, _ = module(input_ids, attention_mask, positions)
                 return logits
-            return module(input_ids, attention_mask, positions)
+            return module(input_ids, attention_mask, positions, normalize=normalize)
 
-        return jax.jit(forward)
+        return jax.jit(forward, static_argnames=("normalize",))
 
     def param_shardings(self, mesh: Mesh | None = None, rules=None):
         mesh = mesh or self.mesh
@@ -133,20 +135,49 @@ def _check_kind(kind: str):
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
 
 
+HOST_INIT_MAX_PARAMS = 64_000_000  # below this, draw the initial values on the host: no XLA program to compile
+
+
+def _host_init(abstract, config: ModelConfig, seed) -> dict:
+    """The same distribution as the modules' initializers (N(0, initializer_range) kernels and embeddings, ones for
+    norm scales and normalizer variances, zeros elsewhere), drawn with numpy in a fixed leaf order."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):
+        names = _path_names(path)
+        if names[-1] in ("kernel", "embedding"):
+            return (rng.standard_normal(x.shape, np.float32) * config.initializer_range).astype(x.dtype)
+        if names[-1] in ("scale", "var"):
+            return np.ones(x.shape, x.dtype)
+        return np.zeros(x.shape, x.dtype)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract)
+
+
 def init_model(config: ModelConfig, kind: str = "causal_lm", rng: int | jax.Array = 0, mesh: Mesh | None = None,
                rules=None) -> Model:
-    """Randomly initialised model (N(0, initializer_range) kernels, ones for norms, zero biases), sharded on `mesh`."""
+    """Randomly initialised model (N(0, initializer_range) kernels, ones for norms, zero biases), sharded on `mesh`.
+
+    Small models are drawn on the host (compiling the initializer program costs seconds on a CPU); large ones by one
+    jitted program whose outputs are born sharded, so no host ever holds the whole model."""
     _check_kind(kind)
     config.validate()
-    key = jax.random.key(rng) if isinstance(rng, int) else rng
     graphdef, abstract = _abstract(config, kind)
+    shardings = None
+    if mesh is not None:
+        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
+    size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+    if size <= HOST_INIT_MAX_PARAMS:
+        seed = rng if isinstance(rng, (int, np.integer)) else np.asarray(jax.random.key_data(rng)).ravel().tolist()
+        host = _host_init(abstract, config, seed)
+        if shardings is None:
+            return Model(config, kind, graphdef, jax.tree.map(jnp.asarray, host), None, mesh)
+        return Model(config, kind, graphdef, jax.tree.map(_put, host, shardings), None, mesh)
+    key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
 
     def make(key):
         return nnx.to_pure_dict(nnx.split(KINDS[kind](config, rngs=nnx.Rngs(params=key)))[1])
 
-    shardings = None
-    if mesh is not None:
-        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
     params = jax.jit(make, out_shardings=shardings)(key)
     return Model(config, kind, graphdef, params, None, mesh)
 
@@ -203,7 +234,8 @@ def _normalizer_from(tensors: dict, raw_config: dict, score_dim: int) -> dict[st
     return {k: stats.get(k, default[k]).reshape(default[k].shape) for k in _NORMALIZER_KEYS}
 
 
-def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng: int = 0) -> Model:
+def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng: int = 0,
+          require_head: bool = False) -> Model:
     _check_kind(kind)
     path = pathlib.Path(path).expanduser()
     if not path.is_dir():
@@ -223,9 +255,13 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
 
     has_head = "score_head.weight" in tensors
     fresh_head = kind == "score" and not has_head
+    if fresh_head and require_head:
+        raise ModelError(f"{path} has no score head (no score_head.weight): it is a causal LM, not a trained "
+                         f"{config.score_type} model — point to a reward/cost model export (or opt in to a fresh, "
+                         "random head with allow_new_head=True)")
     if fresh_head:
         log.info("%s has no score head: initialising a new one N(0, %g), zero bias", path, config.initializer_range)
-    head_key = jax.random.key(rng)
+    head_rng = np.random.default_rng(rng)  # host draw: no initializer program to compile
     normalizer = _normalizer_from(tensors, raw_config, config.score_dim) if kind == "score" else None
 
     leaves = {}
@@ -235,7 +271,7 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
             leaves[p] = _put(normalizer[p[1]].astype(x.dtype), sharding)
             continue
         if p[0] == "score_head" and fresh_head:
-            value = (np.asarray(jax.random.normal(head_key, x.shape, jnp.float32)) * config.initializer_range
+            value = (head_rng.standard_normal(x.shape, np.float32) * config.initializer_range
                      if p[-1] == "kernel" else np.zeros(x.shape, np.float32))
             leaves[p] = _put(value.astype(x.dtype), sharding)
             continue
@@ -264,11 +300,12 @@ def load_causal_lm(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None
 
 
 def load_score_model(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, rng: int = 0,
-                     **score_overrides) -> Model:
-    """HF-format directory → score model. A causal-LM checkpoint gets a fresh head; a score checkpoint keeps its
-    head and normalizer stats. `score_overrides`: score_dim, score_bias, score_type, normalizer_type, momentum,
-    do_normalize (and execution keys such as scan_layers, remat_policy)."""
-    return _load(path, "score", dtype, mesh, rules, score_overrides, rng)
+                     require_head: bool = False, **score_overrides) -> Model:
+    """HF-format directory → score model. A causal-LM checkpoint gets a fresh head (refused with a ModelError when
+    `require_head`: reward/cost models in RL and evaluation); a score checkpoint keeps its head and normalizer
+    stats. `score_overrides`: score_dim, score_bias, score_type, normalizer_type, momentum, do_normalize (and
+    execution keys such as scan_layers, remat_policy)."""
+    return _load(path, "score", dtype, mesh, rules, score_overrides, rng, require_head)
 
 
 def resize_token_embeddings(model: Model, params, new_vocab_size: int):

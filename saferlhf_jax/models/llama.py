@@ -305,13 +305,14 @@ class ScoreModel(nnx.Module):
         self.score_head = Dense(config.hidden_size, config.score_dim, bias=config.score_bias, config=config, rngs=rngs)
         self.normalizer = Normalizer(config.score_dim)
 
-    def __call__(self, input_ids, attention_mask, positions=None):
+    def __call__(self, input_ids, attention_mask, positions=None, normalize: bool = True):
+        """normalize=False: raw scores even when do_normalize is set (training normalises after the stats update)."""
         from saferlhf_jax import ops  # local: ops never imports models
 
         h, _ = self.model(input_ids, attention_mask, positions)
         scores = self.score_head(h).astype(jnp.float32)
         end_scores = ops.take_at(scores, ops.end_index(attention_mask))
-        if self.config.do_normalize:
+        if self.config.do_normalize and normalize:
             function = ops.SCORE_TYPE_TO_FUNCTION[self.config.score_type]
             stats = self.normalizer.state()
             scores = ops.normalize(scores, stats, function)

@@ -38,6 +38,27 @@ def make_optimizer(learning_rate: float, total_steps: int, *, schedule_type: str
     return optax.chain(*parts), schedule
 
 
+def validate(section, name: str) -> None:
+    """One-line ConfigError for optimizer settings that cannot train: a learning rate ≤ 0 or not finite, negative
+    weight decay / clip norm, a warmup ratio outside [0, 1], an unknown schedule. `section` has the fields of
+    `make_optimizer` (ml_collections or dict)."""
+    from saferlhf_jax.errors import ConfigError
+
+    get = section.get
+    lr, wd = float(get("learning_rate")), float(get("weight_decay", 0.0))
+    if not math.isfinite(lr) or lr <= 0:
+        raise ConfigError(f"{name}.learning_rate must be a positive number, got {lr}")
+    if not math.isfinite(wd) or wd < 0:
+        raise ConfigError(f"{name}.weight_decay must be ≥ 0, got {wd}")
+    if float(get("max_grad_norm", 1.0)) < 0:
+        raise ConfigError(f"{name}.max_grad_norm must be ≥ 0 (0 = no clipping), got {get('max_grad_norm')}")
+    if not 0.0 <= float(get("lr_warmup_ratio", 0.0)) <= 1.0:
+        raise ConfigError(f"{name}.lr_warmup_ratio must lie in [0, 1], got {get('lr_warmup_ratio')}")
+    if get("lr_scheduler_type", "cosine") not in ops.SCHEDULE_TYPES:
+        raise ConfigError(f"{name}.lr_scheduler_type must be one of {ops.SCHEDULE_TYPES}, "
+                          f"got {get('lr_scheduler_type')!r}")
+
+
 def updates_per_epoch(batches_per_epoch: int, grad_accum: int) -> int:
     """ceil(micro-batches / GA) (spec §3.18)."""
     return math.ceil(batches_per_epoch / grad_accum)

@@ -1,0 +1,321 @@
+"""The run skeleton every stage shares (SFT / RM / CM / DPO / moderation and PPO / PPO-Lag / reward shaping).
+
+    run = Run(cfg, "ppo_lag")                 # output dir + lock, mesh, resume check, config.json, metrics log
+    state, meta = run.restore(state) if run.resuming else (state, None)
+    with run.guard() as guard:                # SIGINT / SIGTERM only set a flag: never an exception mid-step
+        while ...:
+            state = step(...)
+            run.log(row)
+            if guard.requested():             # every host agrees; the state is the last completed step
+                run.save(step, state, meta); raise run.interrupted(step)
+    run.finish(summary, export=..., curves=...)   # non-finite check, export, summary.json, curves, results page
+
+What this buys the user: a preempted job (SIGTERM from a TPU/cloud scheduler) or a Ctrl-C saves a checkpoint of the
+last completed step together with the data position that belongs to it, and the same command resumes bitwise; a
+second signal aborts at once (the previous checkpoint stays intact, stale temporary directories are cleaned at the
+next start); a second run in the same output directory is refused while the first holds its lock; a resume with
+another config is refused *before* anything in the directory is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import pathlib
+import shutil
+import signal
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from saferlhf_jax.checkpoint import Checkpointer
+from saferlhf_jax.errors import ConfigError, RunInterrupted
+from saferlhf_jax.parallel import mesh as mesh_lib
+
+log = logging.getLogger(__name__)
+
+# config entries a resumed run may change (where it writes, how it logs, how it is laid out on devices)
+RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", "train.stop_after_steps",
+                  "train.log_every", "train.max_skipped_fraction")
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+
+
+def resume_fingerprint(cfg) -> dict:
+    """The config entries a resumed run must share with the run that wrote the checkpoint (flat, JSON-able)."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key in node.keys():
+            path = f"{prefix}{key}"
+            if any(path == ig or path.startswith(ig + ".") for ig in RESUME_IGNORED):
+                continue
+            value = node[key]
+            if hasattr(value, "keys"):
+                walk(value, path + ".")
+            else:
+                flat[path] = list(value) if isinstance(value, (tuple, list)) else value
+    walk(cfg, "")
+    return json.loads(json.dumps(flat, default=str))
+
+
+def prepare_output_dir(path) -> pathlib.Path:
+    """Create `path` (one-line ConfigError when it is a file or not writable)."""
+    out = pathlib.Path(str(path)).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output_dir {out} is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create output_dir {out}: {err.strerror or err}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out} is not writable")
+    return out
+
+
+class OutputDirLock:
+    """An exclusive `flock` on `<dir>/.lock` for the life of the run (released by the OS even on SIGKILL)."""
+
+    def __init__(self, directory: pathlib.Path):
+        self.path = directory / ".lock"
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise ConfigError(f"{directory} is in use by a live run ({holder}); wait for it to finish or use "
+                              "another output_dir") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+class MetricsLog:
+    """metrics.jsonl (one JSON object per line) + TensorBoard, written by process 0 only."""
+
+    def __init__(self, output_dir: pathlib.Path, tensorboard: bool):
+        self.path = output_dir / "metrics.jsonl"
+        self.writer = None
+        if tensorboard and jax.process_index() == 0:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.writer = SummaryWriter(str(output_dir / "tensorboard"))
+            except ImportError:
+                log.warning("tensorboardX is not installed: no TensorBoard events")
+
+    def rows(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, step: int) -> None:
+        """Keep only the rows of steps ≤ `step` (a resumed run rewrites what came after its checkpoint)."""
+        if jax.process_index() != 0 or not self.path.is_file():
+            return
+        kept = [json.dumps(r) for r in self.rows() if r.get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict) -> None:
+        if jax.process_index() != 0:
+            return
+        row = {k: (float(v) if isinstance(v, (np.floating, float, jax.Array, np.ndarray)) else v)
+               for k, v in row.items()}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.writer is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self.writer.add_scalar(k if "/" in k else f"train/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class InterruptGuard:
+    """SIGINT and SIGTERM set a flag that the loop reads between steps; a second signal aborts at once.
+
+    A signal therefore never lands inside a running (donated) step or a checkpoint save. `requested()` is a
+    collective in multi-host runs (every host must stop at the same step), so call it at the same point on all."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt("aborted by a second signal before the checkpoint was written; the previous "
+                                    "checkpoint is intact, re-run the same command to resume from it")
+        self.signum = signum
+        log.warning("received %s: finishing the current step, then saving a checkpoint (send it again to abort)",
+                    signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        return False
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else "interrupt"
+
+    def requested(self) -> bool:
+        flag = self.signum is not None
+        if jax.process_count() > 1:
+            flag = bool(mesh_lib.global_max(int(flag)))
+        return flag
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+class Run:
+    """One stage's run directory and everything around its loop (see the module docstring)."""
+
+    def __init__(self, cfg, name: str):
+        self.cfg, self.name = cfg, name
+        self.started = time.perf_counter()
+        self.out = prepare_output_dir(cfg.output_dir)
+        self.lock = OutputDirLock(self.out) if jax.process_index() == 0 else None
+        try:
+            try:
+                self.mesh = mesh_lib.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+            self.ckpt = Checkpointer(self.out / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
+            self.resume_meta = self._check_resume()
+            if jax.process_index() == 0:  # only after the resume check: a refused run leaves the directory as it was
+                tmp = self.out / "config.json.tmp"
+                tmp.write_text(cfg.to_json_best_effort(indent=2) + "\n")
+                tmp.replace(self.out / "config.json")
+            self.metrics = MetricsLog(self.out, bool(cfg.logging.get("tensorboard", True)))
+            if self.resume_meta is None and jax.process_index() == 0:
+                self.metrics.path.unlink(missing_ok=True)  # a dead run that saved nothing leaves no rows behind
+                shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
+        except BaseException:
+            self.release()
+            raise
+
+    # ------------------------------------------------------------------ resume
+
+    def _check_resume(self) -> dict | None:
+        if self.ckpt.latest_step() is None:
+            return None
+        meta = self.ckpt.read_meta()
+        saved, current = meta.get("config", {}), resume_fingerprint(self.cfg)
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        if saved and changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
+            raise ConfigError(f"{self.out} holds a run with another config ({diffs}); use a new output_dir to start "
+                              "over")
+        return meta
+
+    @property
+    def resuming(self) -> bool:
+        return self.resume_meta is not None
+
+    def restore(self, like) -> tuple[Any, dict]:
+        """The latest checkpoint shaped and sharded like `like`; metrics rows after it are dropped (`metrics_step` in
+        the meta when the rows count another step than the checkpoint, as RL's rl_step vs iteration)."""
+        state, meta = self.ckpt.restore(None, like)
+        self.metrics.truncate_after(int(meta.get("metrics_step", meta["step"])))
+        log.info("%s: resumed from %s at step %d", self.name, self.ckpt.directory, int(meta["step"]))
+        return state, meta
+
+    def save(self, step: int, state, meta: dict) -> None:
+        """Checkpoint `state` at `step` (skipped when that step is already saved); `meta` must describe the same
+        step (data position, counters)."""
+        if self.ckpt.latest_step() == step:
+            return
+        self.ckpt.save(step, state, {**meta, "step": int(step), "stage": self.name,
+                                     "config": resume_fingerprint(self.cfg)})
+
+    # ------------------------------------------------------------------ loop helpers
+
+    def guard(self) -> InterruptGuard:
+        return InterruptGuard()
+
+    def interrupted(self, guard: InterruptGuard, step: int) -> RunInterrupted:
+        return RunInterrupted(f"{self.name}: {guard.name} at step {step}; checkpoint saved, re-run the same command "
+                              "to resume")
+
+    def log(self, row: dict) -> None:
+        self.metrics.write(row)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, summary: dict, *, complete: bool, export: Callable[[pathlib.Path], None] | None,
+               curves: Sequence[str] = (), title: str | None = None) -> dict:
+        """summary.json, curves.png and results.md; `export(dir)` runs only when the run is complete."""
+        from saferlhf_jax.evaluation import report
+
+        summary = {**summary, "seconds": time.perf_counter() - self.started, "output_dir": str(self.out)}
+        if complete and export is not None:
+            export_dir = self.out / "export"
+            export(export_dir)
+            summary["export"] = str(export_dir)
+        if jax.process_index() == 0:
+            (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            images = ()
+            if curves and report.plot_curves(self.metrics.rows(), curves, self.out / "curves.png"):
+                images = ("curves.png",)
+            report.write_run_page(self.out, title or f"{self.name} run", self.cfg, summary, images)
+        return summary
+
+    def release(self) -> None:
+        for close in (getattr(getattr(self, "metrics", None), "close", None),
+                      getattr(getattr(self, "ckpt", None), "close", None)):
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def assert_finite(tree, what: str) -> None:
+    """One-line error when any leaf of `tree` holds a NaN/Inf (nothing non-finite is ever exported)."""
+    from saferlhf_jax.errors import TrainingError
+
+    bad = [".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+           if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(np.asarray(x)))]
+    if bad:
+        raise TrainingError(f"{what} holds non-finite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); "
+                            "nothing was exported — lower the learning rate or check the data")
+
+
+__all__ = ["InterruptGuard", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "prepare_output_dir",
+           "resume_fingerprint"]

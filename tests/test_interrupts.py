@@ -1,0 +1,191 @@
+"""Preemption and interruption: SIGTERM / SIGINT at any moment end with a consistent checkpoint and one line, and the
+same command then finishes exactly as an uninterrupted run would (bitwise on CPU); the output directory is guarded.
+
+Signals are sent to this very process from inside the run (at a chosen call of a function), so the moment is exact;
+one test sends SIGTERM to a real `python -m launch.ppo_lag` process, as a scheduler would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from launch.common import run_rl_cli, run_training_cli
+from saferlhf_jax import models
+from saferlhf_jax.algorithms.ppo_lag import RLRunner
+from saferlhf_jax.training import run as run_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _rl_argv(models_dir, out, *extra):
+    return ["prog", "--config=configs/ppo_lag.py:tiny", f"--config.output_dir={out}",
+            f"--config.actor_model_name_or_path={models_dir / 'sft'}",
+            f"--config.reward_model_name_or_path={models_dir / 'reward'}",
+            f"--config.cost_model_name_or_path={models_dir / 'cost'}",
+            "--config.generation.max_length=64", "--config.data.max_prompt_length=40",
+            "--config.data.prompt_buckets=(40,)", "--config.logging.progress=False",
+            "--config.logging.tensorboard=False", "--config.mesh.fsdp=1", "--config.train.max_steps=2",
+            "--config.train.prompt_batch_size=8", "--config.train.train_batch_size=4",
+            "--config.checkpoint.every=0", *extra]
+
+
+def _sft_argv(out, *extra):
+    return ["prog", "--config=configs/sft.py:tiny", f"--config.output_dir={out}", "--config.data.max_length=128",
+            "--config.data.buckets=(128,)", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+            "--config.mesh.fsdp=1", "--config.train.max_steps=4", "--config.checkpoint.every=0",
+            "--config.train_datasets=alpaca:32/-1", "--config.eval_datasets=()", *extra]
+
+
+def _rows(out):
+    return [{k: v for k, v in json.loads(line).items() if not k.startswith("time/") and k != "tokens_per_sec"}
+            for line in (pathlib.Path(out) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _same_export(a, b):
+    ta, tb = models.safetensors_io.load_dir(a / "export"), models.safetensors_io.load_dir(b / "export")
+    assert sorted(ta) == sorted(tb)
+    for k in tb:
+        np.testing.assert_array_equal(ta[k], tb[k], err_msg=k)
+
+
+def _signal_on_call(monkeypatch, owner, name, call: int, sig: int):
+    """Send `sig` to this process during the `call`-th call of owner.name (1-based)."""
+    original = getattr(owner, name)
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == call:
+            os.kill(os.getpid(), sig)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def straight_rl(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("rl_straight")
+    assert run_rl_cli("", _rl_argv(tiny_models, out)) == 0
+    return out
+
+
+def test_ppo_lag_sigint_mid_rollout_then_rerun_equals_uninterrupted(tiny_models, straight_rl, tmp_path, monkeypatch,
+                                                                     capsys):
+    """Two rollout micro-batches per iteration; SIGINT during the first one of the run: the iteration is abandoned
+    (its second micro-batch never generated) and the initial state is saved with its own data position — with
+    checkpoint.every=0 nothing else would ever have been saved."""
+    _signal_on_call(monkeypatch, RLRunner, "sample", 1, signal.SIGINT)
+    assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 130
+    err = capsys.readouterr().err
+    assert "SIGINT at step 0" in err and "re-run the same command" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["0"]
+    assert not (tmp_path / "export").exists()
+    monkeypatch.undo()
+    assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 0  # the same command resumes
+    assert _rows(tmp_path) == _rows(straight_rl)
+    _same_export(tmp_path, straight_rl)
+
+
+def test_ppo_lag_sigterm_during_an_update_saves_that_iteration(tiny_models, straight_rl, tmp_path, monkeypatch):
+    """A signal during the updates (not a rollout): the iteration completes, is saved, and the run stops."""
+    _signal_on_call(monkeypatch, RLRunner, "update", 1, signal.SIGTERM)
+    assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 130
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    monkeypatch.undo()
+    assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 0
+    assert _rows(tmp_path) == _rows(straight_rl)
+    _same_export(tmp_path, straight_rl)
+
+
+def test_sft_sigterm_then_rerun_equals_uninterrupted(tmp_path, monkeypatch):
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert run_training_cli("sft", "", _sft_argv(straight)) == 0
+    _signal_on_call(monkeypatch, run_lib.MetricsLog, "write", 2, signal.SIGTERM)  # while logging step 2
+    assert run_training_cli("sft", "", _sft_argv(cut)) == 130
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["2"]
+    monkeypatch.undo()
+    assert run_training_cli("sft", "", _sft_argv(cut)) == 0
+    assert _rows(cut) == _rows(straight)
+    _same_export(cut, straight)
+
+
+def test_second_signal_aborts_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    assert run_training_cli("sft", "", _sft_argv(out, "--config.train.stop_after_steps=1")) == 0
+    original = run_lib.Run.save
+
+    def two_signals(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # the second one aborts inside the save
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(run_lib.Run, "save", two_signals)
+    assert run_training_cli("sft", "", _sft_argv(out)) == 130
+    assert "previous checkpoint is intact" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == ["1"]
+    (out / "checkpoints" / "7.orbax-checkpoint-tmp-123").mkdir()  # what a save killed half-way leaves
+    monkeypatch.undo()
+    assert run_training_cli("sft", "", _sft_argv(out)) == 0
+    assert not list((out / "checkpoints").glob("*tmp*"))
+    assert [r["step"] for r in _rows(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_output_dir_guards(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    lock = run_lib.OutputDirLock(out)  # a live run holds the directory
+    assert run_training_cli("sft", "", _sft_argv(out)) == 2
+    assert "in use by a live run" in capsys.readouterr().err
+    lock.release()
+    assert run_training_cli("sft", "", _sft_argv(out, "--config.train.stop_after_steps=2")) == 0
+    config_before = (out / "config.json").read_text()
+    assert run_training_cli("sft", "", _sft_argv(out, "--config.train.learning_rate=0.5")) == 2
+    assert "another config" in capsys.readouterr().err
+    assert (out / "config.json").read_text() == config_before  # a refused resume touches nothing
+    # a run that died before its first checkpoint leaves rows behind: the re-run starts them afresh
+    dead = tmp_path / "dead"
+    dead.mkdir()
+    (dead / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n{"step": 2, "loss": 9.0}\n')
+    assert run_training_cli("sft", "", _sft_argv(dead)) == 0
+    assert [r["step"] for r in _rows(dead) if "loss" in r] == [1, 2, 3, 4]
+    assert all(r["loss"] != 9.0 for r in _rows(dead) if "loss" in r)
+    file_out = tmp_path / "a_file"
+    file_out.write_text("x")
+    assert run_training_cli("sft", "", _sft_argv(file_out)) == 2
+    assert "is a file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_real_sigterm_to_a_ppo_lag_process(tiny_models, straight_rl, tmp_path):
+    """What a preempting scheduler does: SIGTERM to the process once its first iteration is logged (it is then in
+    the second rollout, which it abandons); exit 130 with one line, then the same command finishes the run exactly
+    as the uninterrupted one (same XLA_FLAGS as this process: same devices, same numerics)."""
+    args = _rl_argv(tiny_models, tmp_path)[1:]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "launch.ppo_lag", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 2:  # iteration 1 (2 rl steps) is done
+            proc.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.2)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-3000:]
+    assert "SIGTERM at step 2" in err and "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["1"]
+    assert not (tmp_path / "export").exists()
+    assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 0
+    assert _rows(tmp_path) == _rows(straight_rl)
+    _same_export(tmp_path, straight_rl)

@@ -78,7 +78,7 @@ def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = 
     for _ in range(steps):
         t0 = time.perf_counter()
         state, rows = runner.iteration(state, ids, mask)
-        jax.block_until_ready(state["actor"]["params"])
+        jax.block_until_ready(state.actor.params)
         times.append(time.perf_counter() - t0)
     return float(np.median(times))
 

@@ -68,6 +68,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.mesh.data = 1
     c.mesh.fsdp = -1                             # -1 = all remaining devices
     c.mesh.tensor = 1
+    c.mesh.rules = mesh_rules()                  # logical axis → mesh axes, e.g. --config.mesh.rules.mlp=fsdp
 
     c.distributed = distributed()
 
@@ -75,6 +76,13 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.logging.tensorboard = True
     c.logging.progress = True
     return c
+
+
+def mesh_rules() -> ml_collections.ConfigDict:
+    """The logical-axis rules as config data ('data,fsdp' = several mesh axes, '' = replicated)."""
+    from saferlhf_jax.parallel.mesh import rules_config
+
+    return ml_collections.ConfigDict(rules_config())
 
 
 def distributed() -> ml_collections.ConfigDict:

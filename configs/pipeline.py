@@ -29,6 +29,7 @@ def get_config(preset: str = "tiny"):
     c.arena.top_p = config_dict.placeholder(float)
     c.arena.data_source = "hub"
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.mesh.rules = common.mesh_rules()
     c.logging = ml_collections.ConfigDict(dict(progress=True, tensorboard=True))
     if preset == "tiny":
         c.sft.train_datasets = ("alpaca:0.25",)          # 500 instruction rows

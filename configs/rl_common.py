@@ -62,6 +62,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.rl.whiten_advantages = False
     c.rl.normalize_reward = False                # apply the reward model's stored affine stats (overrides its config)
     c.rl.normalize_cost = False                  # apply the cost model's stored scale stats
+    c.rl.joint_update = True                     # False: actor, then critics (lower peak memory at scale)
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1
@@ -81,9 +82,12 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
                                               weight_decay=0.0, max_grad_norm=1.0))
 
     c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32", remat_policy="none",
-                                             scan_layers=False))
+                                             scan_layers=False, frozen_dtype="float32", logits_chunk=0))
+    # frozen_dtype: the reference, reward and cost models' parameter dtype; logits_chunk > 0: log-probs projected
+    # to the vocabulary this many columns at a time (the float32 (B, L, V) logits never exist)
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.mesh.rules = common.mesh_rules()
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))
     c.distributed = common.distributed()
 
@@ -108,6 +112,9 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.model.dtype = "bfloat16"
         c.model.remat_policy = "full"
         c.model.scan_layers = True
+        c.model.frozen_dtype = "bfloat16"          # measured by launch.plan: docs/plan_*.json
+        c.model.logits_chunk = 8192
+        c.rl.joint_update = False
         c.mesh.fsdp = 8
         c.architecture = common.LLAMA3_8B if preset == "llama3_8b" else common.LLAMA2_7B
         c.checkpoint.every = 20                  # iterations; SIGTERM/SIGINT also save (preemption-safe)

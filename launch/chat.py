@@ -15,6 +15,9 @@ import sys
 import numpy as np
 
 
+MIN_ANSWER = 16  # tokens an answer must have room for
+
+
 class Conversation:
     """Turn list [user, assistant, user, ...] rendered with the shared template."""
 
@@ -25,15 +28,37 @@ class Conversation:
     def prompt(self) -> str:
         return self.template.format_prompt(self.turns, self.eos)
 
+    def fit(self, tok, limit: int) -> tuple[list[int], str | None]:
+        """Token ids of the prompt within `limit` tokens: the oldest exchanges are dropped first, then the last
+        message keeps its last tokens. Returns (ids, a note saying what was cut, or None)."""
+        ids = tok(self.prompt()).input_ids
+        dropped = 0
+        while len(ids) > limit and len(self.turns) > 1:
+            del self.turns[:2]  # the oldest user message and its answer
+            dropped += 2
+            ids = tok(self.prompt()).input_ids
+        notes = [f"dropped the {dropped} oldest turns"] if dropped else []
+        if len(ids) > limit:
+            message = tok(self.turns[-1], add_special_tokens=False).input_ids
+            keep = max(len(message) - (len(ids) - limit), 1)
+            self.turns[-1] = tok.decode(message[-keep:])
+            ids = tok(self.prompt()).input_ids[-limit:]
+            notes.append(f"cut your message to its last {keep} of {len(message)} tokens")
+        return ids, ("; ".join(notes) if notes else None)
+
 
 def _reply(model, tok, conv: Conversation, args, seed: int, out) -> str:
     from saferlhf_jax.generation import stream_generate
 
-    ids = tok(conv.prompt()).input_ids
+    positions = int(model.config.max_position_embeddings)
+    ids, note = conv.fit(tok, positions - MIN_ANSWER)
+    if note:  # never a silent cut: the model reads at most `positions` tokens
+        out.write(f"(this model reads {positions} tokens: {note})\n")
     ids = np.asarray([ids], np.int32)
     pieces: list[int] = []
     shown = ""
-    for t in stream_generate(model, model.params, ids, np.ones_like(ids), max_new_tokens=args.max_new_tokens,
+    budget = min(args.max_new_tokens, positions - ids.shape[1])
+    for t in stream_generate(model, model.params, ids, np.ones_like(ids), max_new_tokens=budget,
                              temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                              repetition_penalty=args.repetition_penalty, greedy=args.temperature <= 0,
                              eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id, rng=seed):

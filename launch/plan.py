@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("JAX_PLATFORMS", "cpu" if kind in ("cpu", "tpu") else "")
     from launch.common import parse_config, setup_logging
     from saferlhf_jax import planner
+    from saferlhf_jax.parallel import mesh as mesh_lib
 
     try:
         cfg, verbose = parse_config([argv[0], *rest], "configs/ppo_lag.py:llama2_7b")
@@ -42,12 +43,13 @@ def main(argv=None) -> int:
 
     try:
         mesh = planner.make_target_mesh(known.target, cfg.mesh)
+        rules = mesh_lib.rules_from_config(cfg.mesh)
         if "mode" in cfg:
-            plan = planner.plan_rl(cfg, mesh)
+            plan = planner.plan_rl(cfg, mesh, rules)
             name = cfg.mode
         else:
             stage = importlib.import_module(f"saferlhf_jax.algorithms.{STAGES[cfg.stage]}").STAGE
-            plan = planner.plan_supervised(stage, cfg, mesh)
+            plan = planner.plan_supervised(stage, cfg, mesh, rules)
             name = cfg.stage
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -15,6 +15,8 @@ def _stage_config(cfg, name: str, out: pathlib.Path):
     stage.output_dir = str(out / name)
     for key in ("data", "fsdp", "tensor"):
         stage.mesh[key] = cfg.mesh[key]
+    for name, target in cfg.mesh.rules.items():
+        stage.mesh.rules[name] = target
     stage.logging.progress = bool(cfg.logging.progress)
     stage.logging.tensorboard = bool(cfg.logging.tensorboard)
     return stage

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saferlhf_jax import models
-from saferlhf_jax.models.api import _abstract, param_logical_axes
+from saferlhf_jax.models.api import _abstract, param_shardings
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.training import optim
@@ -52,10 +52,10 @@ def model_config(path: str, model_cfg, fallback: str = "") -> ModelConfig:
                             "for a local run's export, train the earlier stage first")
 
 
-def abstract_params(config: ModelConfig, kind: str, mesh: Mesh):
+def abstract_params(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
     """(graphdef, params as ShapeDtypeStructs carrying their shardings)."""
-    graphdef, shapes = _abstract(config, kind)
-    shardings = mesh_lib.tree_shardings(param_logical_axes(shapes), shapes, mesh)
+    graphdef, shapes, _ = _abstract(config, kind)
+    shardings = param_shardings(config, kind, mesh, rules)
     return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                                   shardings)
 
@@ -76,18 +76,6 @@ def bytes_per_device(tree) -> int:
     return total
 
 
-def _abstract_opt_state(optimizer, params):
-    """Optimizer state: moments sharded exactly like their parameters, scalars (counts) replicated."""
-    import optax
-
-    state = jax.eval_shape(optimizer.init, params)
-    mesh = jax.tree.leaves(params)[0].sharding.mesh
-    rep = NamedSharding(mesh, P())
-    return optax.tree_map_params(
-        optimizer, lambda s, p: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=p.sharding), state, params,
-        transform_non_params=lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep))
-
-
 def _memory(compiled) -> dict[str, int]:
     ma = compiled.memory_analysis()
     if ma is None:
@@ -102,26 +90,27 @@ def _memory(compiled) -> dict[str, int]:
             "total_bytes_per_device": arg + temp + max(out - alias, 0) + code}
 
 
-def plan_supervised(stage, cfg, mesh: Mesh) -> dict[str, Any]:
-    """Compile the stage's train step (batch × max_length, GA micro-batches) on abstract state."""
+def plan_supervised(stage, cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
+    """Compile the stage's train step (batch × max_length, GA micro-batches) on the abstract state the trainer
+    allocates (the same `training.state` layout)."""
+    from saferlhf_jax.training import state as state_lib
     from saferlhf_jax.training import trainer
 
     config = model_config(cfg.model_name_or_path, cfg.model, cfg.get("architecture", ""))
     kind = "score" if stage.model_kind == "score" else "causal_lm"
     if kind == "score":
         config = config.replace(score_type=stage.score_type, score_dim=stage.score_dim)
-    graphdef, params = abstract_params(config, kind, mesh)
-    model = models.Model(config, kind, graphdef, None, None, mesh)
+    graphdef, params = abstract_params(config, kind, mesh, rules)
+    model = models.Model(config, kind, graphdef, None, None, mesh, rules)
     t = cfg.train
     optimizer, schedule = optim.make_optimizer(float(t.learning_rate), 1000, weight_decay=float(t.weight_decay))
-    trainable = {k: v for k, v in params.items() if k != "normalizer"}
-    state = {"step": _scalar(mesh), "updates": _scalar(mesh), "skipped": _scalar(mesh), "params": params,
-             "opt_state": _abstract_opt_state(optimizer, trainable),
-             "rng": jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))}
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
+    state = state_lib.state_layout(trainer.make_init_state(optimizer), params, key,
+                                   axes=[models.param_logical_axes(config, kind)], mesh=mesh, rules=rules)
     batch = _abstract_batch(stage.train_kind, int(t.grad_accum), int(t.batch_size), int(cfg.data.max_length), mesh)
     frozen = params if stage.needs_reference else {}
     step = trainer.make_train_step(stage, model, optimizer, schedule, trainer.loss_config(cfg), int(t.grad_accum))
-    shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
+    shard = state_lib.shardings_of_layout
     jitted = jax.jit(step, in_shardings=(shard(state), shard(batch), shard(frozen)),
                      out_shardings=(shard(state), NamedSharding(mesh, P())), donate_argnums=(0,))
     compiled = jitted.lower(state, batch, frozen).compile()
@@ -159,37 +148,33 @@ def _abstract_batch(kind: str, ga: int, batch: int, length: int, mesh: Mesh) -> 
     raise ValueError(f"no planner batch for {kind}")
 
 
-def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
-    """Compile one PPO-Lag rl_step (actor + two critics updated; reference, RM, CM resident) on abstract state."""
-    from saferlhf_jax.algorithms import rl
+def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
+    """Compile one rl_step (actor and critics updated; reference, RM, CM resident in model.frozen_dtype) on the
+    abstract RLState the RL loop allocates (the same `training.state` layout), at the config's memory levers."""
+    import functools
 
-    actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model, cfg.get("architecture", ""))
-    actor_gd, actor_p = abstract_params(actor_cfg, "causal_lm", mesh)
-    critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model,
-                              cfg.get("architecture", "")).replace(score_type="critic")
-    critic_gd, critic_p = abstract_params(critic_cfg, "score", mesh)
-    actor = models.Model(actor_cfg, "causal_lm", actor_gd, None, None, mesh)
-    critic = models.Model(critic_cfg, "score", critic_gd, None, None, mesh)
-    mode = cfg.mode
-    rl_cfg = rl.RLConfig(mode=mode, kl_coeff=float(cfg.rl.kl_coeff), ptx_coeff=float(cfg.rl.ptx_coeff),
-                         lambda_max=float(cfg.rl.lambda_max) if float(cfg.rl.lambda_max) > 0 else None)
+    from saferlhf_jax.algorithms import ppo_lag, rl
+    from saferlhf_jax.training import state as state_lib
+
+    arch = cfg.get("architecture", "")
+    actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model, arch)
+    critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model, arch).replace(score_type="critic")
+    actor_gd, actor_p = abstract_params(actor_cfg, "causal_lm", mesh, rules)
+    critic_gd, critic_p = abstract_params(critic_cfg, "score", mesh, rules)
+    actor = models.Model(actor_cfg, "causal_lm", actor_gd, None, None, mesh, rules)
+    critic = models.Model(critic_cfg, "score", critic_gd, None, None, mesh, rules)
+    rl_cfg = ppo_lag.rl_config(cfg)
     actor_opt, actor_sched = optim.make_optimizer(float(cfg.actor.learning_rate), 1000,
                                                   weight_decay=float(cfg.actor.weight_decay))
     critic_opt, critic_sched = optim.make_optimizer(float(cfg.critic.learning_rate), 1000,
                                                     weight_decay=float(cfg.critic.weight_decay))
-
-    def module_state(params, optimizer):
-        return rl.ModuleState(params, _abstract_opt_state(optimizer, rl.trainable(params)), _scalar(mesh))
-
-    rep = NamedSharding(mesh, P())
-    models_fns = rl.RLModels(actor.apply, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg)
-    window = rl.CostWindow(jax.ShapeDtypeStruct((mesh_lib.batch_divisor(mesh), rl_cfg.episode_cost_window_size),
-                                                jnp.float32, sharding=rep), _scalar(mesh), _scalar(mesh))
-    state = rl.RLState(
-        actor=module_state(actor_p, actor_opt), reward_critic=module_state(critic_p, critic_opt),
-        cost_critic=module_state(critic_p, critic_opt) if rl_cfg.cost_critic else None,
-        log_lambda=jax.ShapeDtypeStruct((), jnp.float32, sharding=rep), global_step=_scalar(mesh),
-        skipped=_scalar(mesh), rng=jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=rep), cost_window=window)
+    log_probs = functools.partial(actor.label_log_probs, chunk=int(cfg.model.get("logits_chunk", 0)))
+    fns = rl.RLModels(log_probs, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg)
+    dp = mesh_lib.batch_divisor(mesh)
+    state = state_lib.state_layout(
+        lambda a, r, c: rl.init_state(fns, a, r, c, 0, dp), actor_p, critic_p,
+        critic_p if rl_cfg.cost_critic else None, mesh=mesh, rules=rules,
+        axes=[models.param_logical_axes(actor_cfg, "causal_lm"), models.param_logical_axes(critic_cfg, "score")])
     b, length = int(cfg.train.train_batch_size), int(cfg.generation.max_length)
     bs = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
     bs2 = NamedSharding(mesh, P(mesh_lib.BATCH_AXES, None))
@@ -207,25 +192,31 @@ def plan_rl(cfg, mesh: Mesh) -> dict[str, Any]:
         ptx = {"input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
                "labels": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
                "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2)}
-    step = rl.make_rl_step(models_fns)
-    shard = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-    jitted = jax.jit(step, in_shardings=(shard(state), shard(rollout), shard(ptx)),
+    rep = NamedSharding(mesh, P())
+    shard = state_lib.shardings_of_layout
+    jitted = jax.jit(rl.make_rl_step(fns), in_shardings=(shard(state), shard(rollout), shard(ptx)),
                      out_shardings=(shard(state), rep, None), donate_argnums=(0,))
     compiled = jitted.lower(state, rollout, ptx).compile()
-    actor_bytes = bytes_per_device(actor_p)
-    critic_bytes = bytes_per_device(critic_p)
-    per_model = {"actor": actor_bytes + bytes_per_device(state.actor.opt_state),
-                 "reference": actor_bytes, "reward_model": critic_bytes,
-                 "reward_critic": critic_bytes + bytes_per_device(state.reward_critic.opt_state)}
+    frozen_dtype = jnp.dtype(cfg.model.get("frozen_dtype", "float32"))
+    as_frozen = lambda tree: jax.tree.map(  # noqa: E731
+        lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
+                                       sharding=x.sharding), tree)
+    per_model = {"actor": bytes_per_device(actor_p) + bytes_per_device(state.actor.opt_state),
+                 "reference": bytes_per_device(as_frozen(actor_p)),
+                 "reward_model": bytes_per_device(as_frozen(critic_p)),
+                 "reward_critic": bytes_per_device(critic_p) + bytes_per_device(state.reward_critic.opt_state)}
     if rl_cfg.uses_cost:
-        per_model["cost_model"] = critic_bytes
+        per_model["cost_model"] = bytes_per_device(as_frozen(critic_p))
     if rl_cfg.cost_critic:
-        per_model["cost_critic"] = critic_bytes + bytes_per_device(state.cost_critic.opt_state)
+        per_model["cost_critic"] = bytes_per_device(critic_p) + bytes_per_device(state.cost_critic.opt_state)
     memory = _memory(compiled)
     frozen = per_model["reference"] + per_model["reward_model"] + per_model.get("cost_model", 0)
     memory["resident_frozen_bytes_per_device"] = frozen
     memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
-    return {**memory, "models": per_model,
+    levers = {"frozen_dtype": frozen_dtype.name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
+              "joint_update": rl_cfg.joint_update, "remat_policy": cfg.model.remat_policy,
+              "rollout_batch": b, "max_length": length, "ptx": ptx is not None}
+    return {**memory, "models": per_model, "levers": levers,
             "analytic_param_optimizer_bytes_per_device": sum(per_model.values())}
 
 

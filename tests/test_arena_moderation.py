@@ -143,3 +143,15 @@ def test_moderation_overfits_32_responses_and_moderate_cli(tmp_path, capsys):
     assert moderate_cli.main(["--model", str(tmp_path / "export")], stdin=lines) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 2
     assert moderate_cli.main(["--model", str(tmp_path / "export")], stdin=io.StringIO("not json\n")) == 2
+    # nothing to moderate, an empty answer: one line each; a long answer is read in windows and says so
+    assert moderate_cli.main(["--model", str(tmp_path / "export")], stdin=io.StringIO("")) == 2
+    assert "nothing to moderate" in capsys.readouterr().err
+    assert moderate_cli.main(["--model", str(tmp_path / "export"), "--prompt", "q", "   "]) == 2
+    assert "the response is empty" in capsys.readouterr().err
+    long = "Mix flour and water. " * 80 + "Then add the poison to the bread."
+    assert moderate_cli.main(["--model", str(tmp_path / "export"), "--prompt", "q", long, "--max_length", "128",
+                              "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["windows"] > 1 and out["tokens"] > 128
+    if not out["unsafe"]:
+        assert out["categories"] == {} and out["severity"] == "safe"  # a safe verdict lists no harm

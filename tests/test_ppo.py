@@ -147,3 +147,32 @@ def test_rl_evaluation_ptx_reuse_and_normalize_flags(tiny_models, tmp_path):
     assert "## evaluation answers" in page and "| prompt | answer | reward | cost |" in page
     summary = json.loads((out / "summary.json").read_text())
     assert summary["eval"]["eval/prompts"] == 4
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_critics_start_from_the_score_heads_and_normalize_flags_override_the_checkpoint(tiny_models, tmp_path,
+                                                                                         normalize):
+    import jax.numpy as jnp
+
+    from saferlhf_jax.algorithms.ppo_lag import _load_models, rl_config
+    from saferlhf_jax.data.tokenizer import load_tokenizer
+
+    rm = models.load_score_model(tiny_models / "reward", score_type="reward", do_normalize=True)  # saved with stats
+    rm.params["normalizer"] = {"mean": jnp.asarray([0.5]), "var": jnp.asarray([4.0]), "count": jnp.asarray(9.0)}
+    models.save_pretrained(rm, rm.params, tmp_path / "rm")
+    argv = _argv(tiny_models, tmp_path / "out", "configs/ppo_lag.py:tiny", f"--config.rl.normalize_reward={normalize}",
+                 f"--config.rl.normalize_cost={normalize}", f"--config.reward_model_name_or_path={tmp_path / 'rm'}")
+    cfg = parse_config(argv, "")[0]
+    tok = load_tokenizer(cfg.actor_model_name_or_path)
+    actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = _load_models(cfg, rl_config(cfg), tok, None)
+    for critic, scorer in ((reward_critic, frozen["reward"]), (cost_critic, frozen["cost"])):
+        assert critic.config.score_type == "critic" and not critic.config.do_normalize
+        np.testing.assert_array_equal(critic.params["score_head"]["kernel"], scorer["score_head"]["kernel"])
+        np.testing.assert_array_equal(critic.params["model"]["norm"]["scale"], scorer["model"]["norm"]["scale"])
+    ids = np.array([[1, 403, 407, 261, 2]], np.int32)
+    mask = np.ones_like(ids, bool)
+    raw = float(rm.apply(rm.params, ids, mask, normalize=False)[1][0, 0])
+    got = float(reward_fn(frozen["reward"], ids, mask)[0])
+    assert got == pytest.approx((raw - 0.5) / (2.0 + 1e-8) if normalize else raw, rel=1e-5)
+    critic_end = float(reward_critic.apply(reward_critic.params, ids, mask)[1][0, 0])
+    assert critic_end == pytest.approx(raw, rel=1e-5)  # identity normalisation, whatever the checkpoint says

@@ -178,3 +178,49 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert "loss_type" in capsys.readouterr().err
     err = capsys.readouterr().err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("do_normalize", [True, False])
+def test_score_normalizer_updates_on_raw_scores_then_normalizes_with_the_new_stats(do_normalize):
+    """Spec §3.4: the step's raw end scores (all shards) update the EMA stats; the loss sees scores normalised with
+    the *updated* stats. The stored stats start away from (0, 1) so that normalising at all changes the loss."""
+    import jax.numpy as jnp
+    import optax
+
+    from saferlhf_jax import ops
+    from saferlhf_jax.models import ModelConfig, init_model
+
+    cfg = ModelConfig(vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, initializer_range=0.5, score_type="reward", do_normalize=do_normalize,
+                      normalizer_type="ExponentialMovingAverage", momentum=0.9)
+    model = init_model(cfg, "score", rng=4)
+    params = dict(model.params, normalizer={"mean": jnp.asarray([0.7]), "var": jnp.asarray([2.5]),
+                                            "count": jnp.asarray(10.0)})
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 16, (2, 4, 6)).astype(np.int32)
+    mask = np.ones((2, 4, 6), bool)
+    mask[:, 1, 4:] = False
+    batch = {"better_input_ids": ids[0], "better_attention_mask": mask[0], "worse_input_ids": ids[1],
+             "worse_attention_mask": mask[1]}
+    lc = trainer.LossConfig(normalizer_type="ExponentialMovingAverage", momentum=0.9)
+    opt = optax.sgd(0.0)
+    state = {"step": jnp.int32(0), "updates": jnp.int32(0), "skipped": jnp.int32(0), "params": params,
+             "opt_state": opt.init({k: v for k, v in params.items() if k != "normalizer"}),
+             "rng": jax.random.PRNGKey(0)}
+    step = jax.jit(trainer.make_train_step(reward.STAGE, model, opt, lambda s: 0.0, lc, 1))
+    new_state, metrics = step(state, jax.tree.map(lambda x: x[None], batch), {})
+
+    both_ids, both_mask = np.concatenate([ids[0], ids[1]]), np.concatenate([mask[0], mask[1]])
+    scores, end = model.apply(params, both_ids, both_mask, normalize=False)  # raw
+    stats = ops.normalizer_update(params["normalizer"], end, "ExponentialMovingAverage", 0.9)
+    for k in ("mean", "var", "count"):
+        np.testing.assert_allclose(new_state["params"]["normalizer"][k], stats[k], rtol=1e-6)
+    if do_normalize:
+        scores = ops.normalize(scores, stats, "affine")
+    want, _ = ops.reward_model_loss(scores[:4, :, 0], mask[0], scores[4:, :, 0], mask[1], ids[0], ids[1])
+    assert float(metrics["loss"]) == pytest.approx(float(want), rel=1e-5)
+    stale = ops.normalize(model.apply(params, both_ids, both_mask, normalize=False)[0], params["normalizer"],
+                          "affine")
+    stale_loss, _ = ops.reward_model_loss(stale[:4, :, 0], mask[0], stale[4:, :, 0], mask[1], ids[0], ids[1])
+    if do_normalize:  # the pre-batch stats (the old order) would give another loss
+        assert abs(float(stale_loss) - float(want)) > 1e-4

@@ -15,6 +15,7 @@ evaluated on `eval_datasets` every `train.eval_every` iterations and at the end.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Sequence
@@ -97,7 +98,7 @@ class RLRunner:
     def __init__(self, *, actor, reward_critic, cost_critic, reward_fn: Callable, cost_fn: Callable | None,
                  frozen: dict, cfg: rl.RLConfig, gen: GenerationConfig, actor_optim: OptimConfig,
                  critic_optim: OptimConfig, total_rl_steps: int, train_batch_size: int, update_iters: int = 1,
-                 mesh=None, retokenizers: dict | None = None):
+                 mesh=None, retokenizers: dict | None = None, logits_chunk: int = 0):
         if update_iters < 1:
             raise ValueError(f"update_iters must be ≥ 1, got {update_iters}")
         self.actor, self.reward_critic, self.cost_critic = actor, reward_critic, cost_critic
@@ -114,17 +115,29 @@ class RLRunner:
             critic_optim.learning_rate, max(1, total_rl_steps), schedule_type=critic_optim.lr_scheduler_type,
             warmup_ratio=critic_optim.lr_warmup_ratio, weight_decay=critic_optim.weight_decay,
             max_grad_norm=critic_optim.max_grad_norm)
-        self.models = rl.RLModels(actor.apply, reward_critic.apply, actor_opt, critic_opt, actor_schedule,
+        # logits_chunk > 0: log-probs projected to the vocabulary in chunks (no float32 (B, L, V) logits)
+        log_probs = functools.partial(actor.label_log_probs, chunk=int(logits_chunk))
+        self.models = rl.RLModels(log_probs, reward_critic.apply, actor_opt, critic_opt, actor_schedule,
                                   critic_schedule, cfg)
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
 
     # ------------------------------------------------------------------ state
 
-    def init_state(self, seed: int) -> rl.RLState:
-        return rl.init_state(self.models, self.actor.params, self.reward_critic.params,
-                             self.cost_critic.params if self.cost_critic is not None else None, seed,
-                             self.data_shards)
+    def init_state(self, seed: int, donate: bool = False) -> rl.RLState:
+        """The initial RLState, laid out from its abstract shape and born sharded (training/state.py); donate=True
+        hands the models' parameter buffers to the state (no second copy at scale)."""
+        from saferlhf_jax import models
+        from saferlhf_jax.training import state as state_lib
+
+        def init(actor_params, reward_params, cost_params):
+            return rl.init_state(self.models, actor_params, reward_params, cost_params, seed, self.data_shards)
+
+        axes = [models.param_logical_axes(m.config, m.kind) for m in (self.actor, self.reward_critic)]
+        rules = getattr(self.actor, "rules", None)
+        return state_lib.allocate(init, self.actor.params, self.reward_critic.params,
+                                  self.cost_critic.params if self.cost_critic is not None else None, axes=axes,
+                                  mesh=self.mesh, rules=rules, donate=(0, 1, 2) if donate else ())
 
     def _jit(self, fn, args, out_shardings, donate=()):
         """jit with explicit in/out shardings read off the (committed) arguments; no mesh: one device, plain jit."""
@@ -318,7 +331,8 @@ def rl_config(cfg) -> rl.RLConfig:
             threshold=float(r.threshold), lambda_init=float(r.lambda_init), lambda_lr=float(r.lambda_lr),
             lambda_max=float(r.lambda_max) if float(r.lambda_max) > 0 else None,
             lambda_update_delay_steps=int(r.lambda_update_delay_steps),
-            episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages))
+            episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages),
+            joint_update=bool(r.get("joint_update", True)))
     except ValueError as err:
         raise ConfigError(f"rl: {err}") from None
 
@@ -369,20 +383,24 @@ def build_prompts(cfg, entries, tokenizer, source):
                                                      f"data.min_response_length={cfg.data.min_response_length}")
 
 
-def _load_models(cfg, rl_cfg, tokenizer, mesh):
+def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
     """(actor, reward critic, cost critic | None, frozen params, reward_fn, cost_fn | None)."""
     from saferlhf_jax import models
 
-    kw = dict(mesh=mesh, dtype=jnp.dtype(cfg.model.param_dtype), compute_dtype=cfg.model.dtype,
+    kw = dict(mesh=mesh, rules=rules, dtype=jnp.dtype(cfg.model.param_dtype), compute_dtype=cfg.model.dtype,
               remat_policy=cfg.model.remat_policy, scan_layers=bool(cfg.model.scan_layers))
+    # the frozen reference, reward and cost models are held in model.frozen_dtype (bf16 halves them at scale)
+    frozen_dtype = jnp.dtype(cfg.model.get("frozen_dtype", "float32"))
+    frozen_kw = dict(kw, dtype=frozen_dtype)
     new_head = bool(cfg.get("allow_new_head", False))
     actor = models.load_causal_lm(cfg.actor_model_name_or_path, **kw)
     if len(tokenizer) > actor.config.vocab_size:
         actor, actor.params = models.resize_token_embeddings(actor, actor.params, len(tokenizer))
-    reference = jax.tree.map(jnp.copy, actor.params)
+    # always a copy (the actor's parameters are donated to every update), cast when bf16
+    reference = jax.tree.map(lambda x: jnp.array(x, dtype=frozen_dtype, copy=True), actor.params)
     # normalize_reward / normalize_cost override the checkpoint's do_normalize, as the reference (default off)
     reward_model = models.load_score_model(cfg.reward_model_name_or_path, do_normalize=bool(cfg.rl.normalize_reward),
-                                           require_head=not new_head, **kw)
+                                           require_head=not new_head, **frozen_kw)
     critic_path = cfg.get("reward_critic_model_name_or_path") or cfg.reward_model_name_or_path
     reward_critic = models.load_score_model(critic_path, score_type="critic", do_normalize=False, **kw)
     frozen = {"ref": reference, "reward": reward_model.params}
@@ -390,7 +408,7 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh):
     cost_fn, cost_critic = None, None
     if rl_cfg.uses_cost:
         cost_model = models.load_score_model(cfg.cost_model_name_or_path, do_normalize=bool(cfg.rl.normalize_cost),
-                                             require_head=not new_head, **kw)
+                                             require_head=not new_head, **frozen_kw)
         frozen["cost"] = cost_model.params
         cost_fn = rl.score_model_end_fn(cost_model.apply)
         if rl_cfg.cost_critic:
@@ -479,7 +497,8 @@ def run(cfg) -> dict[str, Any]:
             ptx_iter = data_lib.BatchIterator(ptx_ds, train_bs, seed=int(cfg.seed),
                                               buckets=(int(cfg.generation.max_length),), **per_host)
 
-        actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = _load_models(cfg, rl_cfg, tokenizer, mesh)
+        actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = _load_models(cfg, rl_cfg, tokenizer, mesh,
+                                                                                      run_dir.rules)
         iterations = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * prompt_iter.batches_per_epoch
         micro_per_iter = prompt_bs * nrs // train_bs
         total_rl_steps = iterations * micro_per_iter * int(t.update_iters)
@@ -498,8 +517,9 @@ def run(cfg) -> dict[str, Any]:
         runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
                           cost_fn=cost_fn, frozen=frozen, cfg=rl_cfg, gen=gen, actor_optim=optims["actor"],
                           critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
-                          update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers)
-        state = runner.init_state(int(cfg.seed))  # eager: optimizer zeros inherit the params' shardings
+                          update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers,
+                          logits_chunk=int(cfg.model.get("logits_chunk", 0)))
+        state = runner.init_state(int(cfg.seed), donate=True)
         actor.params = reward_critic.params = None  # the state owns them now
         if cost_critic is not None:
             cost_critic.params = None

@@ -45,6 +45,8 @@ class RLConfig:
     lambda_update_delay_steps: int = 0
     episode_cost_window_size: int = 128
     whiten_advantages: bool = False
+    joint_update: bool = True  # one value_and_grad over actor + critics (fast on CPU); False: one after another
+                               # (lower peak memory at scale: the three models' backward passes never overlap)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -154,7 +156,7 @@ class Rollout:
 class RLModels:
     """What the jitted RL functions close over: the forwards, optimizers, LR schedules and settings."""
 
-    actor_apply: Callable           # (params, ids, mask) → logits (B, L, V) f32
+    actor_log_probs: Callable       # (params, ids (B, L), mask, labels (B, T)) → log π(labels) (B, T) f32
     critic_apply: Callable          # (params, ids, mask) → (scores (B, L, 1), end (B, 1))
     actor_opt: optax.GradientTransformation
     critic_opt: optax.GradientTransformation
@@ -190,11 +192,16 @@ def init_state(models: RLModels, actor_params, reward_critic_params, cost_critic
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
+def critic_values(models: RLModels, params, seq, mask):
+    """V(x_≤t) for every action position: (B, A) f32 (the critic output at the last token is dropped, §2.1)."""
+    return models.critic_apply(params, seq, mask)[0][:, :-1, 0]
+
+
 def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask) -> dict:
     """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)."""
-    out = {"log_probs": ops.gather_log_probs(models.actor_apply(actor_params, seq, mask)[:, :-1], seq[:, 1:])}
+    out = {"log_probs": models.actor_log_probs(actor_params, seq, mask, seq[:, 1:])}
     for name in models.cfg.critics:
-        out[f"{name}_values"] = models.critic_apply(critics[name], seq, mask)[0][:, :-1, 0]
+        out[f"{name}_values"] = critic_values(models, critics[name], seq, mask)
     return out
 
 
@@ -211,7 +218,7 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
 
     def score(actor_params, frozen, critics, window: CostWindow, seq, mask, start, scorer_inputs=None):
         scorer_inputs = scorer_inputs or {}
-        ref = ops.gather_log_probs(models.actor_apply(frozen["ref"], seq, mask)[:, :-1], seq[:, 1:])
+        ref = models.actor_log_probs(frozen["ref"], seq, mask, seq[:, 1:])
         reward = reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32)
         cost = None
         if cfg.uses_cost:
@@ -285,11 +292,27 @@ def lambda_step(state: RLState, cfg: RLConfig):
 
 
 def _apply_update(module: ModuleState, grads, optimizer, finite) -> ModuleState:
-    """One optimizer update; when `finite` is False the module is returned unchanged (the step is skipped)."""
-    params = module.params
-    updates, opt_state = optimizer.update(trainable(grads), module.opt_state, trainable(params))
-    new = ModuleState({**params, **optax.apply_updates(trainable(params), updates)}, opt_state, module.updates + 1)
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, module)
+    """One optimizer update; when `finite` is False the module is returned unchanged (the step is skipped).
+
+    A `lax.cond`, not a `where` over old and new: the skipped branch passes the (donated) buffers through, so the
+    update happens in place instead of holding two copies of parameters and optimizer state (≈ 10 GiB per 7B model
+    and device at fsdp=8)."""
+
+    def apply(m: ModuleState) -> ModuleState:
+        updates, opt_state = optimizer.update(trainable(grads), m.opt_state, trainable(m.params))
+        return ModuleState({**m.params, **optax.apply_updates(trainable(m.params), updates)}, opt_state,
+                           m.updates + 1)
+
+    return jax.lax.cond(finite, apply, lambda m: m, module)
+
+
+def ptx_loss(models: RLModels, actor_params, batch) -> jax.Array:
+    """The SFT loss (§3.3) of a PTX batch {'input_ids', 'attention_mask', 'labels'}, through the actor's log-probs
+    (chunked over the vocabulary when configured)."""
+    targets = batch["labels"][:, 1:]
+    safe = jnp.where(targets == ops.IGNORE_INDEX, 0, targets)
+    lp = models.actor_log_probs(actor_params, batch["input_ids"], batch["attention_mask"], safe)
+    return ops.sft_loss_from_log_probs(lp, batch["labels"])
 
 
 def make_rl_step(models: RLModels, fresh: bool = False):
@@ -299,9 +322,10 @@ def make_rl_step(models: RLModels, fresh: bool = False):
     when a PTX batch is given, spec §3.15) and the clipped critic updates. A step whose losses or gradients are
     non-finite applies no update and counts in `state.skipped`.
 
-    The actor and critic losses touch disjoint parameters, so one `value_and_grad` of their sum gives each model
-    exactly its own gradient from a single pass. fresh=True: the state's parameters are the ones that generated
-    the rollout (the first update on it), so the old log-probs and values are this pass's forward outputs
+    joint_update: the actor and critic losses touch disjoint parameters, so one `value_and_grad` of their sum gives
+    each model exactly its own gradient from a single pass; otherwise the actor's gradient is taken first and each
+    critic's after it (the same gradients; lower peak memory). fresh=True: the state's parameters are the ones that
+    generated the rollout (the first update on it), so the old log-probs and values are this pass's forward outputs
     (stop-gradient); the returned rollout carries them for later micro-batch passes (None when not fresh).
     """
     cfg = models.cfg
@@ -313,15 +337,12 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
 
-        def objective(params):
-            """params: {'actor', 'reward_critic', ['cost_critic']} → Σ losses, (aux, old rollout, advantages)."""
-            log_probs = ops.gather_log_probs(models.actor_apply(params["actor"], seq, mask)[:, :-1], seq[:, 1:])
-            values = {name: models.critic_apply(params[f"{name}_critic"], seq, mask)[0][:, :-1, 0]
-                      for name in critics}
+        def actor_objective(actor_params, old_values):
+            """L_rl (+ PTX): (loss, (aux, old rollout, advantages)); old_values fill a fresh rollout's values."""
+            log_probs = models.actor_log_probs(actor_params, seq, mask, seq[:, 1:])
             old = rollout
             if fresh:
-                old = rollout.replace(log_probs=log_probs, **{f"{n}_values": v for n, v in values.items()})
-                old = jax.lax.stop_gradient(old)
+                old = jax.lax.stop_gradient(rollout.replace(log_probs=log_probs, **old_values))
             adv = advantages(old, lam, cfg)
             rl_loss = ops.ppo_actor_loss(log_probs, old.log_probs, adv["advantages"], resp, cfg.clip_range_ratio)
             ratio = jnp.exp(log_probs - old.log_probs)
@@ -331,19 +352,42 @@ def make_rl_step(models: RLModels, fresh: bool = False):
                        (jnp.abs(ratio - 1.0) > cfg.clip_range_ratio).astype(jnp.float32), resp)}
             total = rl_loss
             if ptx_batch is not None:
-                ptx_logits = models.actor_apply(params["actor"], ptx_batch["input_ids"], ptx_batch["attention_mask"])
-                aux["train/ptx_loss"] = ops.sft_loss(ptx_logits, ptx_batch["labels"])
+                aux["train/ptx_loss"] = ptx_loss(models, actor_params, ptx_batch)
                 total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
-            for name in critics:
-                loss = ops.critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
-                                       cfg.clip_range_value)
-                aux[f"train/{name}_critic_loss"] = loss
-                total = total + loss
             return total, (aux, old, adv)
 
-        trainables = {"actor": state.actor.params, **{f"{n}_critic": getattr(state, f"{n}_critic").params
-                                                       for n in critics}}
-        (total, (aux, old, adv)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
+        def critic_objective(params, name, old, adv):
+            return ops.critic_loss(critic_values(models, params, seq, mask), old.values(name),
+                                   adv[f"{name}_returns"], resp, cfg.clip_range_value)
+
+        critic_params = {name: getattr(state, f"{name}_critic").params for name in critics}
+        if cfg.joint_update:
+            def objective(params):
+                values = {name: critic_values(models, params[f"{name}_critic"], seq, mask) for name in critics}
+                fresh_values = {f"{n}_values": v for n, v in values.items()} if fresh else {}
+                total, (aux, old, adv) = actor_objective(params["actor"], fresh_values)
+                for name in critics:
+                    loss = ops.critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
+                                           cfg.clip_range_value)
+                    aux[f"train/{name}_critic_loss"] = loss
+                    total = total + loss
+                return total, (aux, old, adv)
+
+            trainables = {"actor": state.actor.params, **{f"{n}_critic": p for n, p in critic_params.items()}}
+            (total, (aux, old, adv)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
+        else:
+            fresh_values = {}
+            if fresh:  # the critics' rollout-time values, before any of them moves
+                fresh_values = {f"{n}_values": jax.lax.stop_gradient(critic_values(models, p, seq, mask))
+                                for n, p in critic_params.items()}
+            (total, (aux, old, adv)), actor_grads = jax.value_and_grad(actor_objective, has_aux=True)(
+                state.actor.params, fresh_values)
+            grads = {"actor": actor_grads}
+            for name in critics:
+                loss, grads[f"{name}_critic"] = jax.value_and_grad(critic_objective)(critic_params[name], name, old,
+                                                                                     adv)
+                aux[f"train/{name}_critic_loss"] = loss
+                total = total + loss
         grad_norm = optax.global_norm({k: trainable(v) for k, v in grads.items()})
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         new_state = state.replace(

@@ -70,10 +70,16 @@ class _Tokenize:
         return out
 
 
+# the dataset field behind each sample field, for error messages (PKU-SafeRLHF names)
+_SOURCE_FIELDS = {"safer": "safer_response_id", "better": "better_response_id", "is_safe": "is_response_0_safe",
+                  "is_other_safe": "is_response_1_safe", "other_answer": "response_1", "answer": "response_0"}
+
+
 def _require(sample: RawSample, kind: str, *fields: str) -> None:
     missing = [f for f in fields if getattr(sample, f) is None]
     if missing:
-        raise DataError(f"{sample.where}: a {kind} example needs {missing} (this row has none)")
+        names = ", ".join(f"{f} ({_SOURCE_FIELDS[f]})" if f in _SOURCE_FIELDS else f for f in missing)
+        raise DataError(f"{sample.where}: a {kind} example needs {names}, which this row does not have")
 
 
 def _eos(tokenizer) -> str:

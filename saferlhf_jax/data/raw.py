@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import pathlib
 import re
@@ -53,9 +54,21 @@ class RawSample:
 # ---------------------------------------------------------------------------------------------------- file readers
 
 
+def _decode(raw: bytes, path: pathlib.Path, first_line: int = 1) -> str:
+    """UTF-8 text of `raw`, or a DataError naming the file, line and column of the first bad byte."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = first_line + raw[:err.start].count(b"\n")
+        column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {column}); "
+                        "re-save the file as UTF-8") from None
+
+
 def _read_jsonl(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw_line in enumerate(f, 1):
+            line = _decode(raw_line, path, lineno)
             if not line.strip():
                 continue
             try:
@@ -65,7 +78,7 @@ def _read_jsonl(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
 
 
 def _read_json(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = _decode(path.read_bytes(), path)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -85,11 +98,14 @@ def _read_json(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
 
 
 def _read_csv(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        for i, row in enumerate(reader):
+    text = _decode(path.read_bytes(), path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
             row.pop("", None)  # pandas index column
             yield f"{path}:line {reader.line_num}", row
+    except csv.Error as err:
+        raise DataError(f"{path}:line {reader.line_num}: malformed CSV ({err})") from None
 
 
 def _read_parquet(path: pathlib.Path) -> Iterable[tuple[str, Any]]:
@@ -195,11 +211,13 @@ def parse_pku(row: dict, where: str, preference_field: str = "better_response_id
     r0 = _field(row, "response_0", where, (str,))
     r1 = _field(row, "response_1", where, (str,))
     better_id = _response_id(row, preference_field, where)
-    safer_id = _response_id(row, "safer_response_id", where) if "safer_response_id" in row else better_id
+    # no safer_response_id (e.g. the single-dimension release): no safety preference — never a copy of `better`
+    safer_id = _response_id(row, "safer_response_id", where) if row.get("safer_response_id") is not None else None
     cat0 = row.get("response_0_harm_category")
     cat1 = row.get("response_1_harm_category")
     return RawSample(
-        input=prompt, answer=r0, other_answer=r1, better=better_id == 0, safer=safer_id == 0,
+        input=prompt, answer=r0, other_answer=r1, better=better_id == 0,
+        safer=None if safer_id is None else safer_id == 0,
         is_safe=_field(row, "is_response_0_safe", where, (bool,)),
         is_other_safe=_field(row, "is_response_1_safe", where, (bool,)),
         category=None if cat0 is None else _category_dict(cat0, PKU_HARM_CATEGORIES, where, "response_0_harm_category"),

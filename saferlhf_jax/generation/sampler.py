@@ -20,6 +20,7 @@ from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_to
 from saferlhf_jax.models.llama import init_cache
 from saferlhf_jax.models.rope import mask_positions
 from saferlhf_jax.parallel import mesh as mesh_lib
+from saferlhf_jax.parallel.constraints import activation_sharding
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +67,10 @@ def _resolve_budget(prompt_width: int, max_new_tokens, max_length) -> int:
 class _Programs:
     """The jitted prefill and decode of one (model, settings, bucket) combination."""
 
-    def __init__(self, graphdef, config, settings: SamplingSettings, slots: int, mesh: Mesh | None = None):
+    def __init__(self, graphdef, config, settings: SamplingSettings, slots: int, mesh: Mesh | None = None,
+                 rules=None):
         self.settings = settings
+        self.rules = rules
         s = settings
 
         def module(params):
@@ -127,7 +130,13 @@ class _Programs:
 
             return jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), state)
 
-        self._fns = {"prefill": prefill, "decode": decode, "step": decode_step}
+        def on_mesh(fn):  # activations constrained through the same rules as the parameters
+            def wrapped(*args):
+                with activation_sharding(mesh, rules):
+                    return fn(*args)
+            return wrapped
+
+        self._fns = {"prefill": on_mesh(prefill), "decode": on_mesh(decode), "step": on_mesh(decode_step)}
         self._jitted: dict[Any, Any] = {}
         self.mesh = mesh
 
@@ -168,29 +177,26 @@ class _Programs:
         return fn(params, *args)
 
     def _state_shardings(self, state):
+        """Counters replicated, per-row arrays over the data axes, the KV cache from the axes it declares."""
         mesh = self.mesh
-
-        def one(path, x):
-            keys = [getattr(p, "key", None) for p in path]
-            if x.ndim == 0:
-                return mesh_lib.replicated(mesh)
-            if keys[0] == "cache" and keys[1] in ("k", "v"):  # (B, S, K, Dh), or (L, B, S, K, Dh) when scanned
-                axes = ("batch", None, "kv_heads", None)
-                axes = ("layers", *axes) if x.ndim == 5 else axes
-                return NamedSharding(mesh, mesh_lib.logical_to_spec(axes, x.shape, mesh))
-            return mesh_lib.batch_sharding(mesh, x.ndim)
-
-        return jax.tree_util.tree_map_with_path(one, state)
+        out = {k: jax.tree.map(lambda x: mesh_lib.replicated(mesh) if x.ndim == 0 else
+                               mesh_lib.batch_sharding(mesh, x.ndim), v) for k, v in state.items() if k != "cache"}
+        cache = state["cache"]
+        out["cache"] = jax.tree.map(
+            lambda axes, x: NamedSharding(mesh, mesh_lib.logical_to_spec(axes, x.shape, mesh, self.rules)),
+            cache.logical_axes(), cache, is_leaf=lambda a: isinstance(a, tuple) and all(isinstance(e, str) for e in a))
+        return out
 
 
 _PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}
 
 
 def _programs(model, settings: SamplingSettings, slots: int, mesh: Mesh | None = None) -> _Programs:
-    key = (id(model.graphdef), settings, slots, mesh)
+    rules = getattr(model, "rules", None)
+    key = (id(model.graphdef), settings, slots, mesh, rules)
     hit = _PROGRAMS.get(key)
     if hit is None or hit[0] is not model.graphdef:
-        hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots, mesh))
+        hit = (model.graphdef, _Programs(model.graphdef, model.config, settings, slots, mesh, rules))
         _PROGRAMS[key] = hit
     return hit[1]
 

@@ -6,6 +6,7 @@ from saferlhf_jax.models.api import (
     load_causal_lm,
     load_score_model,
     param_logical_axes,
+    param_shardings,
     resize_token_embeddings,
     save_pretrained,
     to_hf_tensors,
@@ -15,4 +16,4 @@ from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import init_cache
 
 __all__ = ["Model", "ModelConfig", "init_cache", "init_model", "load_causal_lm", "load_score_model",
-           "param_logical_axes", "resize_token_embeddings", "save_pretrained", "to_hf_tensors", "trainable_params"]
+           "param_logical_axes", "param_shardings", "resize_token_embeddings", "save_pretrained", "to_hf_tensors", "trainable_params"]

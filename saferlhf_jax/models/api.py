@@ -30,6 +30,7 @@ from saferlhf_jax.models import safetensors_io
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import CausalLM, ScoreModel
 from saferlhf_jax.parallel import mesh as mesh_lib
+from saferlhf_jax.parallel.constraints import activation_sharding
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Model:
     params: Any
     source: str | None = None  # directory the weights (and tokenizer files) came from
     mesh: Mesh | None = None
+    rules: Any = None          # logical-axis rules the parameters were placed with (None: the defaults)
 
     def module(self, params):
         """The NNX module bound to `params` (for use inside a jitted function)."""
@@ -59,20 +61,45 @@ class Model:
         """Jitted pure forward. causal_lm: (params, ids, mask) → logits (B, L, V) f32;
         score: (params, ids, mask) → (scores (B, L, D), end_scores (B, D)) f32, normalised with the stored stats
         when the config's do_normalize is set (pass normalize=False for the raw scores)."""
-        graphdef, kind = self.graphdef, self.kind
+        graphdef, kind, mesh, rules = self.graphdef, self.kind, self.mesh, self.rules
 
         def forward(params, input_ids, attention_mask, positions=None, normalize=True):
             module = nnx.merge(graphdef, nnx.State(params))
-            if kind == "causal_lm":
-                logits, _ = module(input_ids, attention_mask, positions)
-                return logits
-            return module(input_ids, attention_mask, positions, normalize=normalize)
+            with activation_sharding(mesh, rules):
+                if kind == "causal_lm":
+                    logits, _ = module(input_ids, attention_mask, positions)
+                    return logits
+                return module(input_ids, attention_mask, positions, normalize=normalize)
 
         return jax.jit(forward, static_argnames=("normalize",))
 
+    @functools.cached_property
+    def label_log_probs(self):
+        """Jitted (params, ids (B, L), mask (B, L), labels (B, T), chunk) → log π(labels) (B, T) f32 of a causal LM,
+        where labels[:, t] is the token after position t (T ≤ L; pass ids[:, 1:] for the spec's action space).
+        chunk > 0 projects to the vocabulary `chunk` columns at a time (online log-sum-exp, rematerialised in the
+        backward), so the float32 (B, T, V) logits never exist; chunk = 0 is the plain log-softmax."""
+        from saferlhf_jax import ops
+
+        graphdef, mesh, rules = self.graphdef, self.mesh, self.rules
+        if self.kind != "causal_lm":
+            raise ValueError("label_log_probs needs a causal LM")
+
+        def forward(params, input_ids, attention_mask, labels, chunk=0):
+            module = nnx.merge(graphdef, nnx.State(params))
+            t = labels.shape[1]
+            with activation_sharding(mesh, rules):
+                if not chunk:
+                    logits, _ = module(input_ids, attention_mask)
+                    return ops.gather_log_probs(logits[:, :t], labels)
+                hidden, _ = module(input_ids, attention_mask, return_hidden=True)
+                weight, vocab_axis = module.head()
+                return ops.chunked_label_log_probs(hidden[:, :t], weight, labels, chunk, vocab_axis)
+
+        return jax.jit(forward, static_argnames=("chunk",))
+
     def param_shardings(self, mesh: Mesh | None = None, rules=None):
-        mesh = mesh or self.mesh
-        return mesh_lib.tree_shardings(param_logical_axes(self.params), self.params, mesh, rules)
+        return param_shardings(self.config, self.kind, mesh or self.mesh, self.rules if rules is None else rules)
 
     @property
     def num_params(self) -> int:
@@ -86,48 +113,51 @@ def _path_names(path) -> tuple:
     return tuple(getattr(k, "key", getattr(k, "idx", k)) for k in path)
 
 
-_LEAF_AXES = {
-    ("embed_tokens", "embedding"): ("vocab", "embed"),
-    ("q_proj", "kernel"): ("embed", "heads"), ("q_proj", "bias"): ("heads",),
-    ("k_proj", "kernel"): ("embed", "kv_heads"), ("k_proj", "bias"): ("kv_heads",),
-    ("v_proj", "kernel"): ("embed", "kv_heads"), ("v_proj", "bias"): ("kv_heads",),
-    ("o_proj", "kernel"): ("heads", "embed"), ("o_proj", "bias"): ("embed",),
-    ("gate_proj", "kernel"): ("embed", "mlp"), ("gate_proj", "bias"): ("mlp",),
-    ("up_proj", "kernel"): ("embed", "mlp"), ("up_proj", "bias"): ("mlp",),
-    ("down_proj", "kernel"): ("mlp", "embed"), ("down_proj", "bias"): ("embed",),
-    ("lm_head", "kernel"): ("embed", "vocab"),
-    ("score_head", "kernel"): ("embed", "score"), ("score_head", "bias"): ("score",),
-}
+def _declared_axes(path: str, variable) -> tuple:
+    """The logical axes a parameter declared where it was created (`axes=` metadata; a scanned stack prepends
+    'layers'). A parameter without axes is an error, never a silent replica."""
+    axes = variable.get_metadata().get("axes")
+    shape = np.shape(variable.get_value())
+    if axes is None:
+        raise ValueError(f"parameter {path} declares no logical axes: give it axes=(...) where it is created")
+    if len(axes) != len(shape):
+        raise ValueError(f"parameter {path} of shape {shape} declares {len(axes)} axes {axes}")
+    return tuple(axes)
 
 
-def param_logical_axes(params):
-    """Tree of logical-axis tuples matching `params` (stacked layers get a leading 'layers' axis)."""
+@functools.lru_cache(maxsize=128)
+def _abstract(config: ModelConfig, kind: str):
+    """(graphdef, abstract params as ShapeDtypeStructs, logical axes) of a model kind — built once per config from
+    `nnx.eval_shape`: nothing is allocated. The three trees have the same structure."""
+    abstract_module = nnx.eval_shape(lambda: KINDS[kind](config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract_module)
+    pure = nnx.to_pure_dict(state)
+    variables = jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    flat, treedef = jax.tree_util.tree_flatten_with_path(pure)
+    if len(variables) != len(flat):
+        raise AssertionError("model state and its pure dict disagree")
+    axes = [_declared_axes(jax.tree_util.keystr(path), v) for (path, x), v in zip(flat, variables)]
+    for (path, x), v in zip(flat, variables):
+        if np.shape(v.get_value()) != x.shape:
+            raise AssertionError(f"model state and its pure dict disagree at {jax.tree_util.keystr(path)}")
+    return graphdef, pure, jax.tree_util.tree_unflatten(treedef, axes)
 
-    def axes(path, x):
-        names = _path_names(path)
-        ndim = np.ndim(x)
-        if names[-1] == "scale":
-            base = ("norm",)
-        elif names[0] == "normalizer":
-            base = (None,) * ndim
-        else:
-            base = _LEAF_AXES.get(names[-2:], (None,) * ndim)
-        if len(base) < ndim:  # scanned: leading layer axis
-            base = ("layers",) * (ndim - len(base)) + base
-        return base
 
-    return jax.tree_util.tree_map_with_path(axes, params)
+def param_logical_axes(config: ModelConfig, kind: str = "causal_lm"):
+    """Tree of logical-axis tuples matching the parameters of `kind` for `config` (declared in the modules)."""
+    _check_kind(kind)
+    return _abstract(config, kind)[2]
+
+
+def param_shardings(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
+    """NamedShardings of every parameter from its declared axes through the rules (config data)."""
+    graphdef, abstract, axes = _abstract(config, kind)
+    return mesh_lib.tree_shardings(axes, abstract, mesh, rules)
 
 
 def trainable_params(params):
     """Drop the (non-trainable) normalizer statistics."""
     return {k: v for k, v in params.items() if k != "normalizer"}
-
-
-def _abstract(config: ModelConfig, kind: str):
-    abstract_module = nnx.eval_shape(lambda: KINDS[kind](config, rngs=nnx.Rngs(0)))
-    graphdef, state = nnx.split(abstract_module)
-    return graphdef, nnx.to_pure_dict(state)
 
 
 def _check_kind(kind: str):
@@ -162,24 +192,22 @@ def init_model(config: ModelConfig, kind: str = "causal_lm", rng: int | jax.Arra
     jitted program whose outputs are born sharded, so no host ever holds the whole model."""
     _check_kind(kind)
     config.validate()
-    graphdef, abstract = _abstract(config, kind)
-    shardings = None
-    if mesh is not None:
-        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
+    graphdef, abstract, _ = _abstract(config, kind)
+    shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     if size <= HOST_INIT_MAX_PARAMS:
         seed = rng if isinstance(rng, (int, np.integer)) else np.asarray(jax.random.key_data(rng)).ravel().tolist()
         host = _host_init(abstract, config, seed)
         if shardings is None:
-            return Model(config, kind, graphdef, jax.tree.map(jnp.asarray, host), None, mesh)
-        return Model(config, kind, graphdef, jax.tree.map(_put, host, shardings), None, mesh)
+            return Model(config, kind, graphdef, jax.tree.map(jnp.asarray, host), None, mesh, rules)
+        return Model(config, kind, graphdef, jax.tree.map(_put, host, shardings), None, mesh, rules)
     key = jax.random.key(rng) if isinstance(rng, (int, np.integer)) else rng
 
     def make(key):
         return nnx.to_pure_dict(nnx.split(KINDS[kind](config, rngs=nnx.Rngs(params=key)))[1])
 
     params = jax.jit(make, out_shardings=shardings)(key)
-    return Model(config, kind, graphdef, params, None, mesh)
+    return Model(config, kind, graphdef, params, None, mesh, rules)
 
 
 # ---------------------------------------------------------------------------------------------------- HF import
@@ -246,10 +274,8 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     overrides = {"dtype": jnp.dtype(compute or dtype).name, "param_dtype": dtype_name, **overrides}
     config = ModelConfig.from_pretrained(path, **overrides)
     tensors = safetensors_io.load_dir(path)
-    graphdef, abstract = _abstract(config, kind)
-    shardings = None
-    if mesh is not None:
-        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, mesh, rules)
+    graphdef, abstract, _ = _abstract(config, kind)
+    shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     flat_shard = dict(jax.tree_util.tree_flatten_with_path(shardings)[0]) if shardings is not None else {}
     flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
 
@@ -288,7 +314,7 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     treedef = jax.tree_util.tree_structure(abstract)
     ordered = [leaves[_path_names(k)] for k, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]]
     params = jax.tree_util.tree_unflatten(treedef, ordered)
-    return Model(config, kind, graphdef, params, str(path), mesh)
+    return Model(config, kind, graphdef, params, str(path), mesh, rules)
 
 
 def load_causal_lm(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, **config_overrides) -> Model:
@@ -328,11 +354,10 @@ def resize_token_embeddings(model: Model, params, new_vocab_size: int):
     if "lm_head" in params:
         params["lm_head"]["kernel"] = grow(params["lm_head"]["kernel"], 1)
     config = model.config.replace(vocab_size=new_vocab_size)
-    graphdef, abstract = _abstract(config, model.kind)
+    graphdef, _, _ = _abstract(config, model.kind)
     if model.mesh is not None:
-        shardings = mesh_lib.tree_shardings(param_logical_axes(abstract), abstract, model.mesh)
-        params = jax.device_put(params, shardings)
-    return Model(config, model.kind, graphdef, params, model.source, model.mesh), params
+        params = jax.device_put(params, param_shardings(config, model.kind, model.mesh, model.rules))
+    return Model(config, model.kind, graphdef, params, model.source, model.mesh, model.rules), params
 
 
 # ---------------------------------------------------------------------------------------------------- HF export

@@ -11,6 +11,8 @@ import json
 import pathlib
 from typing import Any
 
+from saferlhf_jax.errors import ModelError
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 SCORE_FIELDS = ("score_dim", "score_bias", "score_type", "normalizer_type", "momentum", "do_normalize")
 
@@ -105,7 +107,8 @@ class ModelConfig:
         """Build from a HF config dict (transformers 4 or 5 form); unknown keys are ignored."""
         model_type = raw.get("model_type", "llama")
         if model_type not in ("llama", "mistral", "qwen2"):
-            raise ValueError(f"unsupported model_type {model_type!r}: saferlhf-jax loads Llama-family checkpoints")
+            raise ModelError(f"unsupported model_type {model_type!r}: saferlhf-jax loads llama, mistral and qwen2 "
+                             "checkpoints")
         fields = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in raw.items() if k in fields and k not in ("rope_scaling", "rope_theta")}
         rope_params = dict(raw.get("rope_parameters") or {})
@@ -130,8 +133,8 @@ class ModelConfig:
             raise FileNotFoundError(f"no config.json in {path}: expected a Hugging Face model directory")
         try:
             raw = json.loads(config_file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{config_file}: invalid JSON ({err})") from err
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ModelError(f"{config_file}: invalid JSON ({err})") from None
         return cls.from_hf_dict(raw, **overrides)
 
     def to_hf_dict(self, kind: str) -> dict[str, Any]:

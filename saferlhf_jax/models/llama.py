@@ -11,19 +11,33 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.rope import apply_rope, inverse_frequencies, mask_positions, rope_angles
+from saferlhf_jax.parallel.constraints import constrain
 
+# Remat policies by op type and by name (the names are `checkpoint_name`s set in Attention / MLP below).
+_SAVE = jax.checkpoint_policies.save_only_these_names
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": _SAVE("attention_out"),
+    "save_qkv_attention_out": _SAVE("query_proj", "key_proj", "value_proj", "attention_out"),
+    "save_attention_mlp_out": _SAVE("attention_out", "mlp_out"),
 }
+
+# Logical axes of the activations (see saferlhf_jax.parallel.mesh.DEFAULT_RULES).
+RESIDUAL = ("batch", "seq", "act_embed")
+QUERIES = ("batch", "seq", "act_heads", "head_dim")
+KEYS = ("batch", "seq", "act_kv_heads", "head_dim")
+LOGITS = ("batch", "seq", "act_vocab")
 
 
 class NormalizerStat(nnx.Variable):
@@ -34,9 +48,9 @@ class Normalizer(nnx.Module):
     """Running score statistics (spec §3.5), stored next to the score head."""
 
     def __init__(self, score_dim: int):
-        self.mean = NormalizerStat(jnp.zeros((score_dim,), jnp.float32))
-        self.var = NormalizerStat(jnp.ones((score_dim,), jnp.float32))
-        self.count = NormalizerStat(jnp.zeros((), jnp.float32))
+        self.mean = NormalizerStat(jnp.zeros((score_dim,), jnp.float32), axes=("score",))
+        self.var = NormalizerStat(jnp.ones((score_dim,), jnp.float32), axes=("score",))
+        self.count = NormalizerStat(jnp.zeros((), jnp.float32), axes=())
 
     def state(self):
         return {"mean": self.mean[...], "var": self.var[...], "count": self.count[...]}
@@ -47,12 +61,15 @@ def _dtype(name: str):
 
 
 class Dense(nnx.Module):
-    """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype."""
+    """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype.
 
-    def __init__(self, d_in: int, d_out: int, *, bias: bool, config: ModelConfig, rngs: nnx.Rngs):
+    axes: the kernel's logical axes (in, out); the bias takes the out axis."""
+
+    def __init__(self, d_in: int, d_out: int, *, bias: bool, axes: tuple[str, str], config: ModelConfig,
+                 rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.initializer_range)
-        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), _dtype(config.param_dtype)))
-        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype))) if bias else None
+        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), _dtype(config.param_dtype)), axes=axes)
+        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=axes[1:]) if bias else None
         self.compute_dtype = _dtype(config.dtype)
 
     def __call__(self, x):
@@ -64,7 +81,7 @@ class Dense(nnx.Module):
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, *, config: ModelConfig):
-        self.scale = nnx.Param(jnp.ones((dim,), _dtype(config.param_dtype)))
+        self.scale = nnx.Param(jnp.ones((dim,), _dtype(config.param_dtype)), axes=("norm",))
         self.eps = config.rms_norm_eps
         self.compute_dtype = _dtype(config.dtype)
 
@@ -94,10 +111,12 @@ class Attention(nnx.Module):
         e, dh = config.hidden_size, config.resolved_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, dh
         bias = config.attention_bias
-        self.q_proj = Dense(e, self.num_heads * dh, bias=bias, config=config, rngs=rngs)
-        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=bias, config=config, rngs=rngs)
-        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=bias, config=config, rngs=rngs)
-        self.o_proj = Dense(self.num_heads * dh, e, bias=bias, config=config, rngs=rngs)
+        self.q_proj = Dense(e, self.num_heads * dh, bias=bias, axes=("embed", "heads"), config=config, rngs=rngs)
+        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=bias, axes=("embed", "kv_heads"), config=config,
+                            rngs=rngs)
+        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=bias, axes=("embed", "kv_heads"), config=config,
+                            rngs=rngs)
+        self.o_proj = Dense(self.num_heads * dh, e, bias=bias, axes=("heads", "embed"), config=config, rngs=rngs)
 
     def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
         """x (B,T,E); allowed (B,T,S); kv_cache (k, v) each (B,S,K,Dh) or None (then S = T).
@@ -109,12 +128,16 @@ class Attention(nnx.Module):
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = checkpoint_name(constrain(q, QUERIES), "query_proj")
+        k = checkpoint_name(constrain(k, KEYS), "key_proj")
+        v = checkpoint_name(constrain(v, KEYS), "value_proj")
         if kv_cache is not None:
             ck, cv = kv_cache
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             kv_cache = (k, v)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+        out = checkpoint_name(constrain(out, QUERIES), "attention_out")
         return self.o_proj(out.reshape(b, t, -1)), kv_cache
 
 
@@ -158,16 +181,18 @@ swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Dense(e, f, bias=bias, config=config, rngs=rngs)
-        self.up_proj = Dense(e, f, bias=bias, config=config, rngs=rngs)
-        self.down_proj = Dense(f, e, bias=bias, config=config, rngs=rngs)
+        self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
+        self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
+        self.down_proj = Dense(f, e, bias=bias, axes=("mlp", "embed"), config=config, rngs=rngs)
 
     def __call__(self, x):
         if self.gate_proj.bias is not None:  # biased MLPs (rare in Llama checkpoints) keep plain autodiff
-            return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
-        dt = self.gate_proj.compute_dtype
-        return swiglu(x.astype(dt), *(layer.kernel[...].astype(dt)
-                                      for layer in (self.gate_proj, self.up_proj, self.down_proj)))
+            y = self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        else:
+            dt = self.gate_proj.compute_dtype
+            y = swiglu(x.astype(dt), *(layer.kernel[...].astype(dt)
+                                       for layer in (self.gate_proj, self.up_proj, self.down_proj)))
+        return checkpoint_name(y, "mlp_out")
 
 
 class Block(nnx.Module):
@@ -178,9 +203,11 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs=rngs)
 
     def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
-        h, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_cache, cache_index)
-        x = x + h
-        x = x + self.mlp(self.post_attention_layernorm(x))
+        with jax.named_scope("attention"):
+            h, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_cache, cache_index)
+        x = constrain(x + h, RESIDUAL)
+        with jax.named_scope("mlp"):
+            x = constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
         return x, kv_cache
 
 
@@ -188,7 +215,8 @@ class Embed(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.initializer_range)
         self.embedding = nnx.Param(
-            init(rngs.params(), (config.vocab_size, config.hidden_size), _dtype(config.param_dtype)))
+            init(rngs.params(), (config.vocab_size, config.hidden_size), _dtype(config.param_dtype)),
+            axes=("vocab", "embed"))
         self.compute_dtype = _dtype(config.dtype)
 
     def __call__(self, ids):
@@ -216,7 +244,8 @@ class Backbone(nnx.Module):
         self.embed_tokens = Embed(config, rngs=rngs)
         if config.scan_layers:
             @nnx.split_rngs(splits=config.num_hidden_layers)
-            @nnx.vmap(in_axes=(0,), out_axes=0)
+            @nnx.vmap(in_axes=(0,), out_axes=0,  # the stack adds a leading 'layers' axis to every parameter
+                      transform_metadata={nnx.PARTITION_NAME: "layers", "axes": "layers"})
             def make_stack(rngs):
                 return Block(config, rngs=rngs)
 
@@ -228,7 +257,7 @@ class Backbone(nnx.Module):
     def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0):
         """input_ids, attention_mask (B, T). Without cache keys are this call's tokens.
 
-        cache: from `init_cache` ({'k', 'v', 'mask': (B, S) bool}) — this call's tokens are written at slots
+        cache: a `KVCache` from `init_cache` — this call's tokens are written at slots
         [cache_index, cache_index + T); queries see every earlier valid slot.
         Returns (hidden (B, T, E), new cache or None).
         """
@@ -241,12 +270,12 @@ class Backbone(nnx.Module):
             allowed = _allowed(attention_mask, attention_mask, jnp.arange(t))
             key_mask = None
         else:
-            key_mask = jax.lax.dynamic_update_slice_in_dim(cache["mask"], attention_mask, cache_index, axis=1)
+            key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache_index, axis=1)
             allowed = _allowed(attention_mask, key_mask, cache_index + jnp.arange(t))
-        x = self.embed_tokens(input_ids)
+        x = constrain(self.embed_tokens(input_ids), RESIDUAL)
         x, new_kv = self._run_layers(x, cos, sin, allowed, cache, cache_index)
-        new_cache = None if cache is None else {"k": new_kv[0], "v": new_kv[1], "mask": key_mask}
-        return self.norm(x), new_cache
+        new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], key_mask)
+        return constrain(self.norm(x), RESIDUAL), new_cache
 
     def _run_layers(self, x, cos, sin, allowed, cache, cache_index):
         policy_name = self.config.remat_policy
@@ -267,13 +296,14 @@ class Backbone(nnx.Module):
                 h, kv = run_block(nnx.merge(graphdef, layer_state), h, kv)
                 return h, kv
 
-            kv_in = None if cache is None else (cache["k"], cache["v"])
+            kv_in = None if cache is None else (cache.k, cache.v)
             x, kv_out = jax.lax.scan(body, x, (stacked, kv_in))
             return x, kv_out
         ks, vs = [], []
         for i, block in enumerate(self.layers):
-            kv = None if cache is None else (cache["k"][i], cache["v"][i])
-            x, kv = run_block(block, x, kv)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            with jax.named_scope(f"layer_{i}"):
+                x, kv = run_block(block, x, kv)
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
@@ -288,12 +318,24 @@ class CausalLM(nnx.Module):
         self.config = config
         self.model = Backbone(config, rngs=rngs)
         self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, bias=False, config=config, rngs=rngs)
+            config.hidden_size, config.vocab_size, bias=False, axes=("embed", "vocab"), config=config, rngs=rngs)
 
-    def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0):
+    def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0,
+                 return_hidden: bool = False):
+        """(logits (B, T, V) f32, cache); return_hidden=True: (final hidden states (B, T, E), cache) instead, for
+        callers that project to the vocabulary in chunks (`ops.chunked_label_log_probs` with `head()`)."""
         h, cache = self.model(input_ids, attention_mask, positions, cache, cache_index)
+        if return_hidden:
+            return h, cache
         logits = self.model.embed_tokens.attend(h) if self.lm_head is None else self.lm_head(h)
-        return logits.astype(jnp.float32), cache
+        return constrain(logits.astype(jnp.float32), LOGITS), cache
+
+    def head(self):
+        """(weight, vocab_axis): the output projection as stored — the embedding (V, E) when tied, axis 0; else the
+        LM head kernel (E, V), axis 1."""
+        if self.lm_head is None:
+            return self.model.embed_tokens.embedding[...], 0
+        return self.lm_head.kernel[...], 1
 
 
 class ScoreModel(nnx.Module):
@@ -302,7 +344,8 @@ class ScoreModel(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.model = Backbone(config, rngs=rngs)
-        self.score_head = Dense(config.hidden_size, config.score_dim, bias=config.score_bias, config=config, rngs=rngs)
+        self.score_head = Dense(config.hidden_size, config.score_dim, bias=config.score_bias, axes=("embed", "score"),
+                                config=config, rngs=rngs)
         self.normalizer = Normalizer(config.score_dim)
 
     def __call__(self, input_ids, attention_mask, positions=None, normalize: bool = True):
@@ -320,12 +363,27 @@ class ScoreModel(nnx.Module):
         return scores, end_scores
 
 
-def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> dict:
-    """Empty KV cache in `dtype` (default: compute dtype) and a (B, S) all-False slot mask.
+@flax.struct.dataclass
+class KVCache:
+    """Keys and values of every layer plus the slot mask. k/v are stacked (L, B, S, K, Dh) arrays when layers are
+    scanned, else tuples of L arrays (B, S, K, Dh), so that a decode step updates each layer's buffer in place instead
+    of copying a stacked cache. It declares its own logical axes (`logical_axes`) for the sampler's shardings."""
 
-    k/v are stacked (L, B, S, K, Dh) arrays when layers are scanned, else tuples of L arrays (B, S, K, Dh) so that a
-    decode step updates each layer's buffer in place instead of copying a stacked cache.
-    """
+    k: Any
+    v: Any
+    mask: jax.Array  # (B, S) bool: slots written so far
+
+    def logical_axes(self) -> "KVCache":
+        """A KVCache of logical-axis tuples with this cache's structure."""
+        def one(x):
+            base = ("batch", "cache_seq", "kv_heads", "head_dim")
+            return ("layers", *base) if x.ndim == 5 else base
+
+        return KVCache(jax.tree.map(one, self.k), jax.tree.map(one, self.v), ("batch", "cache_seq"))
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> KVCache:
+    """Empty KV cache in `dtype` (default: compute dtype) and a (B, S) all-False slot mask."""
     dtype = jnp.dtype(dtype or config.dtype)
     shape = (batch, slots, config.num_key_value_heads, config.resolved_head_dim)
     if config.scan_layers:
@@ -334,4 +392,4 @@ def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -
     else:
         k = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
         v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
-    return {"k": k, "v": v, "mask": jnp.zeros((batch, slots), bool)}
+    return KVCache(k, v, jnp.zeros((batch, slots), bool))

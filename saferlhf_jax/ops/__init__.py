@@ -11,10 +11,12 @@ from saferlhf_jax.ops.core import end_index, first_divergence_index, gather_log_
 from saferlhf_jax.ops.lm import (
     DPO_SLICINGS,
     IGNORE_INDEX,
+    chunked_label_log_probs,
     dpo_action_window,
     dpo_loss,
     dpo_sequence_log_probs,
     sft_loss,
+    sft_loss_from_log_probs,
     sft_token_losses,
     shift_labels,
 )
@@ -45,6 +47,7 @@ __all__ = [
     "lagrangian_advantages", "lagrange_update",
     "reward_model_loss", "cost_model_loss", "normalizer_update", "normalize", "init_normalizer_state",
     "dpo_loss", "dpo_action_window", "dpo_sequence_log_probs", "sft_loss", "sft_token_losses", "shift_labels",
+    "chunked_label_log_probs", "sft_loss_from_log_probs",
     "lr_multiplier", "lr_schedule", "warmup_steps_from_ratio",
     "IGNORE_INDEX", "DPO_SLICINGS", "LOSS_TYPES", "NORMALIZER_TYPES", "NORMALIZE_FUNCTIONS",
     "SCORE_TYPE_TO_FUNCTION", "SCHEDULE_TYPES",

@@ -93,3 +93,56 @@ def dpo_sequence_log_probs(token_log_probs, ids, mask, other_ids, slicing="stand
     if token_log_probs.shape != window.shape:
         raise ValueError(f"token_log_probs must be (B, L-1) = {tuple(window.shape)}, got {tuple(token_log_probs.shape)}")
     return jnp.sum(jnp.where(window, token_log_probs, 0.0), axis=-1)
+
+
+def chunked_label_log_probs(hidden, weight, labels, chunk: int, vocab_axis: int = 1):
+    """log_softmax(hidden @ W)[labels] in float32 without materialising the (B, T, V) logits.
+
+    Args:
+      hidden: (B, T, E) final hidden states (compute dtype).
+      weight: the output projection, (E, V) with vocab_axis=1 (an LM head kernel) or (V, E) with vocab_axis=0 (a tied
+        embedding).
+      labels: (B, T) int token ids (any value in [0, V) on positions the caller masks out).
+      chunk: vocabulary columns per step. The scan keeps a running max, a running Σ exp and the label's logit
+        (online log-sum-exp); its body is rematerialised in the backward, so the peak is O(B·T·chunk), not O(B·T·V).
+    Returns:
+      (B, T) float32, equal to `gather_log_probs(hidden @ W, labels)` up to rounding.
+    """
+    labels = as_i32(labels)
+    vocab = weight.shape[vocab_axis]
+    chunk = int(min(chunk, vocab))
+    steps = -(-vocab // chunk)
+    pad = steps * chunk - vocab
+    if pad:
+        widths = [(0, 0), (0, 0)]
+        widths[vocab_axis] = (0, pad)
+        weight = jnp.pad(weight, widths)
+
+    @jax.checkpoint
+    def body(carry, i):
+        running_max, running_sum, picked = carry
+        start = i * chunk
+        w = jax.lax.dynamic_slice_in_dim(weight, start, chunk, axis=vocab_axis).astype(hidden.dtype)
+        logits = (jnp.dot(hidden, w) if vocab_axis == 1 else jnp.dot(hidden, w.T)).astype(jnp.float32)
+        columns = start + jnp.arange(chunk)
+        logits = jnp.where(columns < vocab, logits, -jnp.inf)  # padded columns add nothing
+        new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
+        running_sum = running_sum * jnp.exp(running_max - new_max) + jnp.sum(jnp.exp(logits - new_max[..., None]),
+                                                                               axis=-1)
+        index = labels - start
+        inside = (index >= 0) & (index < chunk)
+        label_logit = jnp.take_along_axis(logits, jnp.clip(index, 0, chunk - 1)[..., None], axis=-1)[..., 0]
+        picked = picked + jnp.where(inside, label_logit, 0.0)
+        return (new_max, running_sum, picked), None
+
+    b, t = labels.shape
+    init = (jnp.full((b, t), -1e30, jnp.float32), jnp.zeros((b, t), jnp.float32), jnp.zeros((b, t), jnp.float32))
+    (running_max, running_sum, picked), _ = jax.lax.scan(body, init, jnp.arange(steps))
+    return picked - (running_max + jnp.log(running_sum))
+
+
+def sft_loss_from_log_probs(label_log_probs, labels):
+    """The SFT loss (§3.3) from next-token log-probs: label_log_probs (B, L−1) = log π(labels[:, t+1] | ≤ t) (any
+    value where labels[:, t+1] = −100). Σ −lp·valid / Σ valid."""
+    valid = as_i32(labels)[:, 1:] != IGNORE_INDEX
+    return -jnp.sum(jnp.where(valid, label_log_probs, 0.0)) / jnp.sum(valid.astype(jnp.float32))

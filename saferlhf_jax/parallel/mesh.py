@@ -1,8 +1,10 @@
 """One device mesh with axes (data, fsdp, tensor) and logical-axis rules kept as config data.
 
-Parameters carry logical axis names derived from their path (`param_logical_axes`); rules map each logical name to
-mesh axes; a dimension that the mapped axes do not divide is replicated instead (and reported), so the same code runs
-on 1 CPU, 8 simulated devices, an 8-GPU node or a TPU pod.
+Every parameter declares its logical axes where it is created (`saferlhf_jax.models.llama`); activations are
+constrained to logical axes where they are made (`saferlhf_jax.parallel.constraints`); the rules below map each
+logical name to mesh axes (`mesh.rules.<name>` in every config overrides one). A dimension that the mapped axes do
+not divide is replicated instead (and reported), so the same code runs on 1 CPU, 8 simulated devices, an 8-GPU node
+or a TPU pod.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # logical name → mesh axis (or tuple of axes, or None = replicated). Overridable from config (`mesh.rules`).
+# Parameter axes: vocab, embed, heads, kv_heads, mlp, layers, norm, score. Activation axes: batch, seq, act_*
+# (the residual stream is sharded over the batch only: FSDP gathers each layer's weights instead).
 DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("vocab", "tensor"),
@@ -31,7 +35,41 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),
     ("norm", None),
     ("score", None),
+    ("seq", None),
+    ("cache_seq", None),
+    ("head_dim", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
 )
+
+
+def rules_config() -> dict[str, str]:
+    """The default rules as config strings: 'data,fsdp' for several mesh axes, '' for replicated."""
+    def text(target):
+        if target is None:
+            return ""
+        return target if isinstance(target, str) else ",".join(target)
+
+    return {name: text(target) for name, target in DEFAULT_RULES}
+
+
+def rules_from_config(mesh_cfg) -> tuple[tuple[str, Any], ...]:
+    """`mesh.rules` (name → 'axis' | 'axis,axis' | '') → rules; unknown mesh axes are a ValueError."""
+    overrides = dict((mesh_cfg.get("rules") if hasattr(mesh_cfg, "get") else None) or {})
+    out = []
+    for name, target in DEFAULT_RULES:
+        if name in overrides:
+            axes = tuple(a.strip() for a in str(overrides[name]).split(",") if a.strip())
+            bad = [a for a in axes if a not in MESH_AXES]
+            if bad:
+                raise ValueError(f"mesh.rules.{name}: unknown mesh axes {bad}; use {MESH_AXES} (comma-separated) "
+                                 "or '' for replicated")
+            target = None if not axes else (axes[0] if len(axes) == 1 else axes)
+        out.append((name, target))
+    return tuple(out)
 
 
 def resolve_mesh_shape(data: int = 1, fsdp: int = -1, tensor: int = 1, num_devices: int | None = None) -> tuple:
@@ -72,8 +110,10 @@ def rules_dict(rules=None) -> dict:
     return dict(DEFAULT_RULES if rules is None else rules)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=None) -> P:
-    """PartitionSpec for one array; dims whose mapped mesh axes don't divide them (or repeat an axis) replicate."""
+def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules=None,
+                    quiet: bool = False) -> P:
+    """PartitionSpec for one array; dims whose mapped mesh axes don't divide them (or repeat an axis) replicate
+    (reported unless `quiet`: activations of odd sizes, e.g. one decode token, replicate by design)."""
     rules = rules_dict(rules)
     used: set[str] = set()
     spec = []
@@ -83,7 +123,8 @@ def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], me
         axes = tuple(a for a in axes if mesh.shape.get(a, 1) > 1 and a not in used)
         size = math.prod(mesh.shape[a] for a in axes) if axes else 1
         if axes and dim % size:
-            log.info("replicating a dim of size %d (logical %r): not divisible by %s=%d", dim, name, axes, size)
+            if not quiet:
+                log.info("replicating a dim of size %d (logical %r): not divisible by %s=%d", dim, name, axes, size)
             axes = ()
         used.update(axes)
         spec.append(None if not axes else (axes[0] if len(axes) == 1 else axes))

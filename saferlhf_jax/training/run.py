@@ -205,6 +205,7 @@ class Run:
         try:
             try:
                 self.mesh = mesh_lib.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
+                self.rules = mesh_lib.rules_from_config(cfg.mesh)
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             self.ckpt = Checkpointer(self.out / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))

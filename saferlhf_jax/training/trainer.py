@@ -23,6 +23,7 @@ from saferlhf_jax import models, ops
 from saferlhf_jax.errors import ConfigError, TrainingError
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.training import optim
+from saferlhf_jax.training import state as state_lib
 from saferlhf_jax.training.stage import Stage, token_count
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,10 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"data.max_length must be ≥ 2, got {cfg.data.max_length}")
 
 
-def load_model(stage: Stage, cfg, mesh, tokenizer):
+def load_model(stage: Stage, cfg, mesh, tokenizer, rules=None):
     m = cfg.model
-    kwargs = dict(mesh=mesh, dtype=jnp.dtype(m.param_dtype), compute_dtype=m.dtype, remat_policy=m.remat_policy,
+    kwargs = dict(mesh=mesh, rules=rules, dtype=jnp.dtype(m.param_dtype), compute_dtype=m.dtype,
+                  remat_policy=m.remat_policy,
                   scan_layers=bool(m.scan_layers))
     if stage.model_kind == "score":
         lc = loss_config(cfg)
@@ -121,6 +123,19 @@ def build_data(stage: Stage, cfg, tokenizer):
 def _split_params(params):
     trainable = {k: v for k, v in params.items() if k != "normalizer"}
     return trainable, params.get("normalizer")
+
+
+def make_init_state(optimizer):
+    """init_state(params, key) → the supervised train state {'step', 'updates', 'skipped', 'params', 'opt_state',
+    'rng'} (normalizer statistics are parameters, not optimized)."""
+
+    def init_state(params, key):
+        trainable, _ = _split_params(params)
+        return {"step": jnp.zeros((), jnp.int32), "updates": jnp.zeros((), jnp.int32),
+                "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(trainable),
+                "rng": key}
+
+    return init_state
 
 
 def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, grad_accum: int):
@@ -167,18 +182,23 @@ def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, gr
         grads = jax.tree.map(lambda g: g / grad_accum, grad_sum)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(grad_norm) & jnp.all(jnp.isfinite(losses))
-        updates, new_opt = optimizer.update(grads, state["opt_state"], trainable)
-        new_trainable = optax.apply_updates(trainable, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        new_params = keep(new_trainable, trainable)
-        if new_norm is not None:
-            new_params["normalizer"] = keep(new_norm, normalizer)
+
+        def update(operands):  # a cond, not a where: the skipped branch passes the donated buffers through
+            params, opt_state, norm = operands
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, new_norm if norm is not None else None
+
+        new_trainable, new_opt, kept_norm = jax.lax.cond(finite, update, lambda operands: operands,
+                                                         (trainable, state["opt_state"], normalizer))
+        new_params = dict(new_trainable)
+        if kept_norm is not None:
+            new_params["normalizer"] = kept_norm
         out = {
             "step": state["step"] + 1,
             "updates": state["updates"] + finite.astype(jnp.int32),
             "skipped": state["skipped"] + (~finite).astype(jnp.int32),
             "params": new_params,
-            "opt_state": keep(new_opt, state["opt_state"]),
+            "opt_state": new_opt,
             "rng": jax.random.split(state["rng"])[0],
         }
         logged = {"loss": jnp.mean(losses), "grad_norm": grad_norm, "lr": schedule(state["updates"]),
@@ -226,7 +246,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                                               num_shards=jax.process_count(), shard_index=jax.process_index())
         except ValueError as err:
             raise ConfigError(f"train.batch_size: {err}") from None
-        model = load_model(stage, cfg, mesh, tokenizer)
+        model = load_model(stage, cfg, mesh, tokenizer, run.rules)
         per_epoch = optim.updates_per_epoch(iterator.batches_per_epoch, grad_accum)
         total = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * per_epoch
         optimizer, schedule = optim.make_optimizer(
@@ -237,14 +257,10 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                  stage.name, len(train_ds), total, per_epoch, batch_size, grad_accum, dict(mesh.shape))
 
         frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
-
-        def init_state(params, key):
-            trainable, _ = _split_params(params)
-            zero = jnp.zeros((), jnp.int32)
-            return {"step": zero, "updates": zero, "skipped": zero, "params": params,
-                    "opt_state": optimizer.init(trainable), "rng": key}
-
-        state = jax.jit(init_state)(model.params, jax.random.PRNGKey(int(cfg.seed)))
+        # the state is laid out from its abstract shape and born sharded (training/state.py)
+        state = state_lib.allocate(make_init_state(optimizer), model.params, jax.random.PRNGKey(int(cfg.seed)),
+                                   axes=[models.param_logical_axes(model.config, model.kind)], mesh=mesh,
+                                   rules=run.rules)
         model.params = None  # the state owns the parameters from here on (donated every step)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)

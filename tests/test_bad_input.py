@@ -1,0 +1,168 @@
+"""Hostile and bad input, as a user would give it to the command-line tools: no code runs that the user did not ask
+for, every case is one clear line (exit 2) or an explicit, counted note — never a traceback, never a silently wrong
+result with exit 0. The README's "Bad input" table lists the same cases."""
+
+from __future__ import annotations
+
+import io
+import json
+import pathlib
+import shutil
+
+import pytest
+
+from launch.common import run_rl_cli, run_training_cli
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _sft(out, *extra):
+    return ["prog", "--config=configs/sft.py:tiny", f"--config.output_dir={out}", "--config.logging.progress=False",
+            "--config.logging.tensorboard=False", "--config.mesh.fsdp=1", "--config.train.max_steps=2",
+            "--config.eval_datasets=()", "--config.train_datasets=alpaca:16/-1", *extra]
+
+
+def _one_error_line(err: str, *needles: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+# ---------------------------------------------------------------------------------------------------- security
+
+
+@pytest.fixture()
+def remote_code_dir(tmp_path, stories_dir):
+    """A model directory whose tokenizer asks transformers to import a module that leaves a marker when it runs."""
+    d = tmp_path / "evil"
+    shutil.copytree(stories_dir, d)
+    cfg = json.loads((d / "tokenizer_config.json").read_text())
+    cfg["auto_map"] = {"AutoTokenizer": ["evil_tok.EvilTokenizer", None]}
+    (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "CODE_RAN"
+    (d / "evil_tok.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n"
+                                   "from transformers import PreTrainedTokenizerFast as EvilTokenizer\n")
+    return d, marker
+
+
+def test_remote_code_tokenizer_never_runs_even_with_yes_on_stdin(remote_code_dir, tmp_path, monkeypatch, capsys):
+    from launch import chat, generate
+
+    d, marker = remote_code_dir
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\ny\ny\n"))  # what `printf 'y\n' | …` would answer
+    assert chat.main(["--model", str(d)], stdin=io.StringIO("hello\n/quit\n"), out=io.StringIO()) == 2
+    _one_error_line(capsys.readouterr().err, "never runs such code")
+    assert generate.main(["--model", str(d), "--prompt", "Once"]) == 2
+    assert "never runs such code" in capsys.readouterr().err
+    assert run_training_cli("sft", "", _sft(tmp_path / "run", f"--config.model_name_or_path={d}")) == 2
+    _one_error_line(capsys.readouterr().err, "auto_map")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def test_bad_data_files_name_file_and_line(tmp_path):
+    from saferlhf_jax import data
+    from saferlhf_jax.errors import DataError
+
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"instruction": "ok", "output": "fine"}\n{"instruction": "caf\xe9", "output": "x"}\n')
+    with pytest.raises(DataError, match=r"latin1.jsonl:2: not UTF-8 text \(byte 0xe9 at column 21\)"):
+        data.load_raw("alpaca", str(bad))
+    csv_bad = tmp_path / "rows.csv"
+    csv_bad.write_bytes(b"instruction,output\nok,fine\nbad,\xff\xfe\n")
+    with pytest.raises(DataError, match=r"rows.csv:3: not UTF-8"):
+        data.load_raw("alpaca", str(csv_bad))
+    # a PKU row without safer_response_id is no safety preference: the cost model says so (never copies `better`)
+    row = json.loads((data.registry.ASSETS / "pku_saferlhf" / "train_first500.jsonl").read_text().splitlines()[0])
+    del row["safer_response_id"]
+    (tmp_path / "pku.jsonl").write_text(json.dumps(row) + "\n")
+    sample = data.load_raw("PKU-SafeRLHF/train", str(tmp_path / "pku.jsonl"))[0]
+    assert sample.safer is None and sample.better is not None
+    with pytest.raises(DataError, match=r"pku.jsonl:1: a safety_preference example needs safer \(safer_response_id\)"):
+        data.build_dataset("safety_preference", [sample], _tok(), 128)
+
+
+def _tok():
+    from saferlhf_jax.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(REPO / "saferlhf_jax" / "assets" / "stories260K")
+
+
+@pytest.mark.parametrize("extra,needles", [
+    (["--config.train.learning_rate=-1e-3"], ("train.learning_rate must be a positive number",)),
+    (["--config.train.weight_decay=-0.1"], ("train.weight_decay must be ≥ 0",)),
+    (["--config.data.max_length=8", "--config.data.buckets=(8,)"], ("no usable supervised examples",
+                                                                     "no_target_tokens")),
+    (["--config.train.batch_size=32"], ("fewer than one batch",)),
+    (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",)),
+])
+def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles):
+    assert run_training_cli("sft", "", _sft(tmp_path / "run", *extra)) == 2
+    _one_error_line(capsys.readouterr().err, *needles)
+
+
+def test_unsupported_architecture_is_one_line(tmp_path, stories_dir, capsys):
+    d = tmp_path / "gpt2"
+    shutil.copytree(stories_dir, d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["model_type"], cfg["architectures"] = "gpt2", ["GPT2LMHeadModel"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    assert run_training_cli("sft", "", _sft(tmp_path / "run", f"--config.model_name_or_path={d}")) == 2
+    _one_error_line(capsys.readouterr().err, "unsupported model_type 'gpt2'")
+
+
+# ---------------------------------------------------------------------------------------------------- RL
+
+
+def _rl(models_dir, out, *extra):
+    return ["prog", "--config=configs/ppo.py:tiny", f"--config.output_dir={out}",
+            f"--config.actor_model_name_or_path={models_dir / 'sft'}",
+            f"--config.reward_model_name_or_path={models_dir / 'reward'}", "--config.generation.max_length=64",
+            "--config.data.max_prompt_length=32", "--config.data.prompt_buckets=(32,)",
+            "--config.logging.progress=False", "--config.logging.tensorboard=False", "--config.mesh.fsdp=1", *extra]
+
+
+def test_rl_scorer_without_a_score_head_is_refused(tiny_models, tmp_path, capsys):
+    argv = _rl(tiny_models, tmp_path / "run", f"--config.reward_model_name_or_path={tiny_models / 'sft'}")
+    assert run_rl_cli("", argv) == 2
+    _one_error_line(capsys.readouterr().err, "has no score head", "allow_new_head")
+    assert run_rl_cli("", _rl(tiny_models, tmp_path / "run2", "--config.critic.learning_rate=0")) == 2
+    _one_error_line(capsys.readouterr().err, "critic.learning_rate must be a positive number")
+
+
+def test_non_finite_rl_never_exports(tiny_models, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_rl_cli("", _rl(tiny_models, out, "--config.actor.learning_rate=1e30",
+                              "--config.critic.learning_rate=1e30", "--config.train.max_steps=2")) == 2
+    _one_error_line(capsys.readouterr().err, "non-finite and skipped", "no export")
+    assert not (out / "export").exists()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train/skipped_updates"] >= 1
+
+
+# ---------------------------------------------------------------------------------------------------- tools
+
+
+def test_moderate_windows(capsys):
+    from launch.moderate import windows
+
+    prompt, response = list(range(100, 110)), list(range(1000, 1050))
+    assert windows(prompt, response, 64) == [prompt + response]
+    w = windows(prompt, response, 30)
+    assert all(len(x) <= 30 and x[:10] == prompt for x in w)
+    covered = sorted({t for x in w for t in x[10:]})
+    assert covered == response and w[-1][-1] == response[-1]  # the ending is always read
+
+
+def test_chat_says_when_it_cuts_a_long_message(stories_dir):
+    from launch import chat
+
+    out = io.StringIO()
+    long = "the cat sat on the mat and then it ran far away " * 60  # ≈ 1,000 tokens for a 512-position model
+    assert chat.main(["--model", str(stories_dir), "--max_new_tokens", "4", "--temperature", "0"],
+                     stdin=io.StringIO(long + "\n/quit\n"), out=out) == 0
+    text = out.getvalue()
+    assert "(this model reads 512 tokens: cut your message to its last" in text

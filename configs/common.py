@@ -18,6 +18,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.model_name_or_path = DEFAULT_MODEL
     c.architecture = ""                          # base architecture (for launch.plan before the weights exist)
     c.output_dir = f"runs/{stage}"
+    c.export_format = "reference"                # score models: reference (*ForScore) | hf (*ForSequenceClassification)
     c.seed = 42
     c.train_datasets = ("PKU-SafeRLHF/train",)   # NAME[:PROPORTION[:PATH]] entries (or one comma-separated string)
     c.eval_datasets = ()

@@ -148,9 +148,10 @@ def _abstract_batch(kind: str, ga: int, batch: int, length: int, mesh: Mesh) -> 
     raise ValueError(f"no planner batch for {kind}")
 
 
-def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
-    """Compile one rl_step (actor and critics updated; reference, RM, CM resident in model.frozen_dtype) on the
-    abstract RLState the RL loop allocates (the same `training.state` layout), at the config's memory levers."""
+def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
+    """The jitted rl_step of `cfg` and its abstract inputs (RLState as the RL loop lays it out, a rollout
+    micro-batch of train_batch_size × max_length, the PTX batch), with the models' configs and the per-model
+    bytes — shared by `plan_rl` (compile only) and `benchmarks/planner_vs_device.py` (compile and run)."""
     import functools
 
     from saferlhf_jax.algorithms import ppo_lag, rl
@@ -196,7 +197,6 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     shard = state_lib.shardings_of_layout
     jitted = jax.jit(rl.make_rl_step(fns), in_shardings=(shard(state), shard(rollout), shard(ptx)),
                      out_shardings=(shard(state), rep, None), donate_argnums=(0,))
-    compiled = jitted.lower(state, rollout, ptx).compile()
     frozen_dtype = jnp.dtype(cfg.model.get("frozen_dtype", "float32"))
     as_frozen = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
@@ -209,13 +209,24 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
         per_model["cost_model"] = bytes_per_device(as_frozen(critic_p))
     if rl_cfg.cost_critic:
         per_model["cost_critic"] = bytes_per_device(critic_p) + bytes_per_device(state.cost_critic.opt_state)
+    return {"jitted": jitted, "state": state, "rollout": rollout, "ptx": ptx, "per_model": per_model,
+            "actor_config": actor_cfg, "critic_config": critic_cfg, "fns": fns, "frozen_dtype": frozen_dtype,
+            "rl_config": rl_cfg}
+
+
+def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
+    """Compile one rl_step (actor and critics updated; reference, RM, CM resident in model.frozen_dtype) on the
+    abstract RLState the RL loop allocates (the same `training.state` layout), at the config's memory levers."""
+    prog = rl_step_program(cfg, mesh, rules)
+    compiled = prog["jitted"].lower(prog["state"], prog["rollout"], prog["ptx"]).compile()
+    per_model, rl_cfg, b, length = prog["per_model"], prog["rl_config"], *prog["rollout"].seq.shape
     memory = _memory(compiled)
     frozen = per_model["reference"] + per_model["reward_model"] + per_model.get("cost_model", 0)
     memory["resident_frozen_bytes_per_device"] = frozen
     memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
-    levers = {"frozen_dtype": frozen_dtype.name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
+    levers = {"frozen_dtype": prog["frozen_dtype"].name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
               "joint_update": rl_cfg.joint_update, "remat_policy": cfg.model.remat_policy,
-              "rollout_batch": b, "max_length": length, "ptx": ptx is not None}
+              "rollout_batch": b, "max_length": length, "ptx": prog["ptx"] is not None}
     return {**memory, "models": per_model, "levers": levers,
             "analytic_param_optimizer_bytes_per_device": sum(per_model.values())}
 

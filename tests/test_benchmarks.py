@@ -62,3 +62,15 @@ def test_vs_tunix_needs_a_tunix_python(capsys, monkeypatch):
     monkeypatch.delenv("TUNIX_PYTHON", raising=False)
     assert vs_tunix.main(["--size", "tiny"]) == 2
     assert "google-tunix" in capsys.readouterr().err
+
+
+def test_planner_vs_device_runs_at_tiny_size(tmp_path):
+    """The prediction and the run share one program; on CPU there is no peak to read, so only the prediction."""
+    from benchmarks import planner_vs_device
+
+    out = tmp_path / "pvd.json"
+    assert planner_vs_device.main(["--size", "tiny", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["predicted_total_bytes"] > r["predicted"]["argument_bytes_per_device"] > 0
+    assert r["parameters_per_model"] > 100_000 and r["step_seconds"] > 0
+    assert r["measured_peak_bytes"] is None or r["measured_over_predicted"] > 0

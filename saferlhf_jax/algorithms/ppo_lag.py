@@ -627,7 +627,7 @@ def run(cfg) -> dict[str, Any]:
             params = mesh_lib.to_host(state.actor.params)  # every process takes part in the gather; one writes
             assert_finite(params, "the actor")
             if jax.process_index() == 0:
-                models.save_pretrained(actor, params, directory)
+                models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))
 
         summary = run_dir.finish(summary, complete=complete, export=export, curves=CURVES + ("eval/reward",),

@@ -272,8 +272,12 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     dtype_name = jnp.dtype(dtype).name
     compute = overrides.pop("compute_dtype", None)
     overrides = {"dtype": jnp.dtype(compute or dtype).name, "param_dtype": dtype_name, **overrides}
-    config = ModelConfig.from_pretrained(path, **overrides)
     tensors = safetensors_io.load_dir(path)
+    if kind == "score" and "score.weight" in tensors and "score_head.weight" not in tensors:
+        # a transformers *ForSequenceClassification head (reward-bench models, our layout='hf' exports): no bias
+        tensors = {("score_head.weight" if k == "score.weight" else k): v for k, v in tensors.items()}
+        overrides = {"score_bias": False, "score_dim": int(tensors["score_head.weight"].shape[0]), **overrides}
+    config = ModelConfig.from_pretrained(path, **overrides)
     graphdef, abstract, _ = _abstract(config, kind)
     shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     flat_shard = dict(jax.tree_util.tree_flatten_with_path(shardings)[0]) if shardings is not None else {}
@@ -290,7 +294,7 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     head_rng = np.random.default_rng(rng)  # host draw: no initializer program to compile
     normalizer = _normalizer_from(tensors, raw_config, config.score_dim) if kind == "score" else None
 
-    leaves = {}
+    leaves, used = {}, {f"normalizer.{k}" for k in _NORMALIZER_KEYS}
     for p, x in _hf_layout(abstract):
         sharding = flat_shard.get(p)
         if p[0] == "normalizer":
@@ -306,15 +310,31 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
         for lp in _layer_paths(p, config):
             name, transpose = hf_name(lp)
             if name not in tensors:
-                raise KeyError(f"{path}: tensor {name!r} is missing from the safetensors weights")
+                raise ModelError(f"{path}: tensor {name!r} is missing from the safetensors weights "
+                                 f"(a {config.model_type} {kind} needs it)")
             parts.append(_convert(tensors[name], transpose, per_layer_shape, x.dtype, name))
+            used.add(name)
         value = parts[0] if len(parts) == 1 else np.stack(parts)
         leaves[p] = _put(value, sharding)
 
+    unused = sorted(set(tensors) - used - _ignorable(kind, config))
+    if unused:  # every tensor is used or refused: a dropped bias or norm would silently change the model
+        raise ModelError(f"{path}: {len(unused)} tensor(s) this {config.model_type} {kind} would not use, e.g. "
+                         f"{', '.join(unused[:3])} — refusing rather than dropping them (unsupported architecture "
+                         "variant or a mislabelled config.json)")
     treedef = jax.tree_util.tree_structure(abstract)
     ordered = [leaves[_path_names(k)] for k, _ in jax.tree_util.tree_flatten_with_path(abstract)[0]]
     params = jax.tree_util.tree_unflatten(treedef, ordered)
     return Model(config, kind, graphdef, params, str(path), mesh, rules)
+
+
+def _ignorable(kind: str, config: ModelConfig) -> set[str]:
+    """Tensors a checkpoint may carry that this model kind legitimately does not read."""
+    out = {"lm_head.weight"} if (kind == "score" or config.tie_word_embeddings) else set()
+    out |= {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(config.num_hidden_layers)}
+    if kind == "causal_lm":  # a score checkpoint used as a policy (e.g. a critic's backbone) drops its head
+        out |= {"score_head.weight", "score_head.bias", "score.weight"}
+    return out
 
 
 def load_causal_lm(path, dtype=jnp.float32, mesh: Mesh | None = None, rules=None, **config_overrides) -> Model:
@@ -363,36 +383,55 @@ def resize_token_embeddings(model: Model, params, new_vocab_size: int):
 # ---------------------------------------------------------------------------------------------------- HF export
 
 
-def to_hf_tensors(model: Model, params) -> dict[str, np.ndarray]:
-    """Gather params to host and name them as HF does (kernels transposed back to (out, in))."""
+def to_hf_tensors(model: Model, params, layout: str = "reference") -> dict[str, np.ndarray]:
+    """Gather params to host and name them as HF does (kernels transposed back to (out, in)). Score models: layout
+    'hf' writes the head as `score.weight` without normalizer tensors (a transformers *ForSequenceClassification)."""
     out = {}
     for p, x in _hf_layout(params):
         host = np.asarray(jax.device_get(x))
         if p[0] == "normalizer":
-            out[f"normalizer.{p[1]}"] = host.astype(np.float32)
+            if layout != "hf":
+                out[f"normalizer.{p[1]}"] = host.astype(np.float32)
             continue
         paths = _layer_paths(p, model.config)
         for i, lp in enumerate(paths):
             name, transpose = hf_name(lp)
             value = host[i] if len(paths) > 1 else host
             out[name] = np.ascontiguousarray(value.T if transpose else value)
+    if model.kind == "score" and layout == "hf":
+        bias = out.pop("score_head.bias", None)
+        if bias is not None and np.any(bias != 0):
+            raise ModelError("the score head has a bias; transformers' *ForSequenceClassification head has none, so "
+                             "an 'hf' export would shift every score — train the score model with "
+                             "model.score_bias=False (set by export_format=hf) or export the reference layout")
+        out["score.weight"] = out.pop("score_head.weight")
     return out
 
 
-def save_pretrained(model: Model, params, path, tokenizer_dir: str | None = None) -> pathlib.Path:
+EXPORT_LAYOUTS = ("reference", "hf")
+
+
+def save_pretrained(model: Model, params, path, tokenizer_dir: str | None = None,
+                    layout: str = "reference", pad_token_id: int | None = None) -> pathlib.Path:
     """Write an HF-format directory: config.json, model.safetensors, and tokenizer files when known.
 
     A causal LM loads with `transformers.AutoModelForCausalLM.from_pretrained` and gives equal logits.
-    A score model keeps its head and normalizer stats (safetensors `normalizer.*` and config `mean`/`var`/`count`).
+    A score model: layout 'reference' (default) is the reference's `LlamaForScore` layout — its head and normalizer
+    stats (safetensors `normalizer.*` and config `mean`/`var`/`count`); layout 'hf' a `*ForSequenceClassification`
+    directory (`score.weight`, num_labels, pad_token_id for its last-token pooling) that
+    `transformers.AutoModelForSequenceClassification` loads with the same end scores. Either layout loads back here.
     """
+    if layout not in EXPORT_LAYOUTS:
+        raise ValueError(f"layout must be one of {EXPORT_LAYOUTS}, got {layout!r}")
     path = pathlib.Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tensors = to_hf_tensors(model, params)
-    config = model.config.to_hf_dict(model.kind)
-    if model.kind == "score":
+    tensors = to_hf_tensors(model, params, layout)
+    config = model.config.to_hf_dict(model.kind, layout)
+    if model.kind == "score" and "normalizer" in params:
         for key in _NORMALIZER_KEYS:
-            value = tensors[f"normalizer.{key}"]
-            config[key] = value.tolist()
+            config[key] = np.asarray(jax.device_get(params["normalizer"][key]), np.float32).tolist()
+    if pad_token_id is not None:  # the tokenizer's pad id (HF sequence classification pools on it)
+        config["pad_token_id"] = int(pad_token_id)
     safetensors_io.save_file(tensors, path / "model.safetensors")
     tmp = path / "config.json.tmp"
     tmp.write_text(json.dumps(config, indent=2) + "\n")

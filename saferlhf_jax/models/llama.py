@@ -1,5 +1,8 @@
-"""Llama in Flax NNX: RMSNorm, RoPE (rotate-half), GQA attention with an optional KV cache, SwiGLU, optional scan
-over layers with a named remat policy. `CausalLM` adds an LM head (or ties it), `ScoreModel` a score head.
+"""The decoder in Flax NNX, one module for every family we run (Llama, Mistral, Qwen2, Qwen3, Gemma-2, Gemma-3 text):
+RMSNorm (Gemma's (1 + w) through `norm_offset`), RoPE (rotate-half; per-layer bases), GQA attention with optional
+biases, q/k norm, soft-capping and per-layer sliding windows, a KV cache, a gated MLP (SwiGLU or GeGLU), optional
+sandwich norms, optional scan over layers with a remat policy by op or by name. `CausalLM` adds an LM head (or ties
+it), `ScoreModel` a score head. The differences between families are data in `ModelConfig`, read top to bottom here.
 
 Shapes: B batch, T tokens of this call, S cache slots, E hidden, H/K query/kv heads, Dh head dim, V vocab.
 
@@ -13,6 +16,7 @@ from typing import Any
 
 import flax.struct
 import jax
+import numpy as np
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
@@ -80,26 +84,37 @@ class Dense(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
+    """x / rms(x) × (offset + w), in float32: offset 0 (Llama, Qwen, Mistral) or 1 (Gemma, whose w starts at 0)."""
+
     def __init__(self, dim: int, *, config: ModelConfig):
         self.scale = nnx.Param(jnp.ones((dim,), _dtype(config.param_dtype)), axes=("norm",))
         self.eps = config.rms_norm_eps
+        self.offset = float(config.norm_offset)
         self.compute_dtype = _dtype(config.dtype)
 
     def __call__(self, x):
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=-1, keepdims=True) + self.eps)
-        return (self.scale[...].astype(jnp.float32) * xf).astype(self.compute_dtype)
+        return ((self.scale[...].astype(jnp.float32) + self.offset) * xf).astype(self.compute_dtype)
 
 
-def attend(q, k, v, allowed):
+def softcap(x, cap: float | None):
+    """cap · tanh(x / cap) (Gemma-2's attention and final-logit soft-capping); identity when cap is None."""
+    return x if cap is None else cap * jnp.tanh(x / cap)
+
+
+def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = None):
     """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh), allowed (B,T,S) bool → (B,T,H,Dh).
 
-    Rows with no allowed key (left pads) get a uniform average instead of NaN.
+    scale: query scaling (default Dh^-0.5); cap: logit soft-cap before the mask. Rows with no allowed key (left
+    pads) get a uniform average instead of NaN.
     """
     b, t, h, dh = q.shape
     kh = k.shape[2]
     qg = q.reshape(b, t, kh, h // kh, dh)
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(dh))
+    scale = dh ** -0.5 if scale is None else scale
+    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
+    logits = softcap(logits, cap)
     logits = jnp.where(allowed[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
@@ -110,13 +125,18 @@ class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, dh = config.hidden_size, config.resolved_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, dh
-        bias = config.attention_bias
-        self.q_proj = Dense(e, self.num_heads * dh, bias=bias, axes=("embed", "heads"), config=config, rngs=rngs)
-        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=bias, axes=("embed", "kv_heads"), config=config,
+        qkv_bias = config.attention_bias or config.qkv_bias
+        self.q_proj = Dense(e, self.num_heads * dh, bias=qkv_bias, axes=("embed", "heads"), config=config, rngs=rngs)
+        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
                             rngs=rngs)
-        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=bias, axes=("embed", "kv_heads"), config=config,
+        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
                             rngs=rngs)
-        self.o_proj = Dense(self.num_heads * dh, e, bias=bias, axes=("heads", "embed"), config=config, rngs=rngs)
+        self.o_proj = Dense(self.num_heads * dh, e, bias=config.attention_bias, axes=("heads", "embed"),
+                            config=config, rngs=rngs)
+        self.q_norm = RMSNorm(dh, config=config) if config.qk_norm else None
+        self.k_norm = RMSNorm(dh, config=config) if config.qk_norm else None
+        self.scale = None if config.query_pre_attn_scalar is None else float(config.query_pre_attn_scalar) ** -0.5
+        self.cap = config.attn_logit_softcapping
 
     def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
         """x (B,T,E); allowed (B,T,S); kv_cache (k, v) each (B,S,K,Dh) or None (then S = T).
@@ -127,6 +147,8 @@ class Attention(nnx.Module):
         q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
         k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
         v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:  # per head, before RoPE (Qwen3, Gemma-3)
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = checkpoint_name(constrain(q, QUERIES), "query_proj")
         k = checkpoint_name(constrain(k, KEYS), "key_proj")
@@ -136,7 +158,7 @@ class Attention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
             kv_cache = (k, v)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed, self.scale, self.cap)
         out = checkpoint_name(constrain(out, QUERIES), "attention_out")
         return self.o_proj(out.reshape(b, t, -1)), kv_cache
 
@@ -178,16 +200,27 @@ def _swiglu_bwd(residuals, d_out):
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
+ACTIVATIONS = {
+    "silu": jax.nn.silu,
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),  # Gemma's GeGLU
+    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+}
+
+
 class MLP(nnx.Module):
+    """down(act(gate(x)) · up(x)): SwiGLU (silu) or GeGLU (tanh-GELU)."""
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
         self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
         self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
         self.down_proj = Dense(f, e, bias=bias, axes=("mlp", "embed"), config=config, rngs=rngs)
+        self.act = config.hidden_act
 
     def __call__(self, x):
-        if self.gate_proj.bias is not None:  # biased MLPs (rare in Llama checkpoints) keep plain autodiff
-            y = self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_proj.bias is not None or self.act != "silu":  # the hand-written backward is SwiGLU's
+            y = self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
         else:
             dt = self.gate_proj.compute_dtype
             y = swiglu(x.astype(dt), *(layer.kernel[...].astype(dt)
@@ -196,18 +229,32 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """Pre-norm decoder layer. With sandwich norms (Gemma) the attention and MLP outputs are normalised too, and the
+    names follow HF: post_attention_layernorm is then the norm *after* attention, pre_feedforward_layernorm the one
+    before the MLP (in Llama, post_attention_layernorm is the pre-MLP norm)."""
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.input_layernorm = RMSNorm(config.hidden_size, config=config)
         self.self_attn = Attention(config, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config=config)
         self.mlp = MLP(config, rngs=rngs)
+        self.sandwich = config.sandwich_norms
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(config.hidden_size, config=config)
+            self.post_feedforward_layernorm = RMSNorm(config.hidden_size, config=config)
 
     def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
         with jax.named_scope("attention"):
             h, kv_cache = self.self_attn(self.input_layernorm(x), cos, sin, allowed, kv_cache, cache_index)
+        if self.sandwich:
+            h = self.post_attention_layernorm(h)
         x = constrain(x + h, RESIDUAL)
         with jax.named_scope("mlp"):
-            x = constrain(x + self.mlp(self.post_attention_layernorm(x)), RESIDUAL)
+            if self.sandwich:
+                h = self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+            else:
+                h = self.mlp(self.post_attention_layernorm(x))
+            x = constrain(x + h, RESIDUAL)
         return x, kv_cache
 
 
@@ -218,22 +265,33 @@ class Embed(nnx.Module):
             init(rngs.params(), (config.vocab_size, config.hidden_size), _dtype(config.param_dtype)),
             axes=("vocab", "embed"))
         self.compute_dtype = _dtype(config.dtype)
+        # Gemma multiplies by √hidden, rounded to the weights' dtype as transformers does
+        self.scale = float(np.asarray(config.hidden_size ** 0.5).astype(_dtype(config.param_dtype))) \
+            if config.embed_scale else None
 
     def __call__(self, ids):
         # clip: ids past the table (e.g. a pad id appended to the tokenizer) sit on masked positions and must not
         # turn into NaN rows (the default out-of-bounds fill), which would leak through 0-weight attention
-        return jnp.take(self.embedding[...], ids, axis=0, mode="clip").astype(self.compute_dtype)
+        x = jnp.take(self.embedding[...], ids, axis=0, mode="clip")
+        if self.scale is not None:
+            x = x * jnp.asarray(self.scale, x.dtype)
+        return x.astype(self.compute_dtype)
 
     def attend(self, x):
         """Tied output projection: x (..., E) → (..., V)."""
         return jnp.dot(x, self.embedding[...].astype(x.dtype).T)
 
 
-def _allowed(attention_mask, key_mask, query_slots):
-    """(B,T,S) bool: key slot j is visible from query slot i when key_mask[j] and j ≤ i."""
+def _allowed(attention_mask, key_mask, query_slots, window: int | None = None):
+    """(B,T,S) bool: key slot j is visible from query slot i when key_mask[j] and j ≤ i (and i − j < window).
+
+    Slots, not positions: real tokens are contiguous (left pads, then prompt and response), so a slot distance is a
+    token distance, as in transformers' sliding-window mask."""
     key_slots = jnp.arange(key_mask.shape[1])
-    causal = key_slots[None, None, :] <= query_slots[None, :, None]
-    return causal & key_mask[:, None, :]
+    visible = key_slots[None, None, :] <= query_slots[None, :, None]
+    if window is not None:
+        visible = visible & (key_slots[None, None, :] > query_slots[None, :, None] - window)
+    return visible & key_mask[:, None, :]
 
 
 class Backbone(nnx.Module):
@@ -263,26 +321,34 @@ class Backbone(nnx.Module):
         """
         attention_mask = attention_mask.astype(bool)
         t = input_ids.shape[1]
+        config = self.config
         if positions is None:
             positions = mask_positions(attention_mask)
-        cos, sin = rope_angles(positions, inverse_frequencies(self.config))
-        if cache is None:
-            allowed = _allowed(attention_mask, attention_mask, jnp.arange(t))
-            key_mask = None
-        else:
-            key_mask = jax.lax.dynamic_update_slice_in_dim(cache.mask, attention_mask, cache_index, axis=1)
-            allowed = _allowed(attention_mask, key_mask, cache_index + jnp.arange(t))
+        query_slots = jnp.arange(t) if cache is None else cache_index + jnp.arange(t)
+        key_mask = attention_mask if cache is None else jax.lax.dynamic_update_slice_in_dim(
+            cache.mask, attention_mask, cache_index, axis=1)
+        # per-layer attention inputs: the global ones, and (Mistral/Qwen windows, Gemma's alternating layers) the
+        # sliding layers' — a window on the mask and, for Gemma-3, their own RoPE base
+        local = tuple(config.layer_type(i) == "sliding_attention" for i in range(config.num_hidden_layers))
+        glob = (*rope_angles(positions, inverse_frequencies(config)), _allowed(attention_mask, key_mask, query_slots))
+        loc = glob
+        if any(local):
+            rope = rope_angles(positions, inverse_frequencies(config, local=True)) \
+                if config.rope_local_theta is not None else glob[:2]
+            loc = (*rope, _allowed(attention_mask, key_mask, query_slots, config.sliding_window))
         x = constrain(self.embed_tokens(input_ids), RESIDUAL)
-        x, new_kv = self._run_layers(x, cos, sin, allowed, cache, cache_index)
+        x, new_kv = self._run_layers(x, glob, loc, local, cache, cache_index)
         new_cache = None if cache is None else KVCache(new_kv[0], new_kv[1], key_mask)
         return constrain(self.norm(x), RESIDUAL), new_cache
 
-    def _run_layers(self, x, cos, sin, allowed, cache, cache_index):
+    def _run_layers(self, x, glob, loc, local, cache, cache_index):
+        """glob / loc: (cos, sin, allowed) of the full / sliding layers; local: per layer, which one it uses."""
         policy_name = self.config.remat_policy
         if policy_name not in REMAT_POLICIES:
             raise ValueError(f"remat_policy must be one of {sorted(REMAT_POLICIES)}, got {policy_name!r}")
 
-        def run_block(block, x, kv):
+        def run_block(block, x, kv, inputs):
+            cos, sin, allowed = inputs
             return block(x, cos, sin, allowed, kv, cache_index)
 
         if policy_name != "none":
@@ -290,20 +356,25 @@ class Backbone(nnx.Module):
 
         if self.config.scan_layers:
             graphdef, stacked = nnx.split(self.layers)
+            mixed = any(local) and not all(local)
 
             def body(h, xs):
-                layer_state, kv = xs
-                h, kv = run_block(nnx.merge(graphdef, layer_state), h, kv)
+                layer_state, kv, is_local = xs
+                if mixed:
+                    inputs = jax.tree.map(lambda g, l: jnp.where(is_local, l, g), glob, loc)
+                else:
+                    inputs = loc if all(local) else glob
+                h, kv = run_block(nnx.merge(graphdef, layer_state), h, kv, inputs)
                 return h, kv
 
             kv_in = None if cache is None else (cache.k, cache.v)
-            x, kv_out = jax.lax.scan(body, x, (stacked, kv_in))
+            x, kv_out = jax.lax.scan(body, x, (stacked, kv_in, jnp.asarray(local)))
             return x, kv_out
         ks, vs = [], []
         for i, block in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             with jax.named_scope(f"layer_{i}"):
-                x, kv = run_block(block, x, kv)
+                x, kv = run_block(block, x, kv, loc if local[i] else glob)
             if kv is not None:
                 ks.append(kv[0])
                 vs.append(kv[1])
@@ -328,7 +399,8 @@ class CausalLM(nnx.Module):
         if return_hidden:
             return h, cache
         logits = self.model.embed_tokens.attend(h) if self.lm_head is None else self.lm_head(h)
-        return constrain(logits.astype(jnp.float32), LOGITS), cache
+        logits = softcap(logits.astype(jnp.float32), self.config.final_logit_softcapping)
+        return constrain(logits, LOGITS), cache
 
     def head(self):
         """(weight, vocab_axis): the output projection as stored — the embedding (V, E) when tied, axis 0; else the

@@ -10,11 +10,13 @@ import numpy as np
 from saferlhf_jax.models.config import ModelConfig
 
 
-def inverse_frequencies(config: ModelConfig) -> np.ndarray:
-    """(head_dim/2,) float32 inverse frequencies after the configured scaling (computed on host, static)."""
+def inverse_frequencies(config: ModelConfig, local: bool = False) -> np.ndarray:
+    """(head_dim/2,) float32 inverse frequencies after the configured scaling (computed on host, static).
+    local=True: the sliding layers' (Gemma-3's rope_local_theta, unscaled)."""
     dim = config.resolved_head_dim
-    inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
-    scaling = config.rope_scaling_dict
+    theta = config.rope_local_theta if local and config.rope_local_theta is not None else config.rope_theta
+    inv = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = {} if local else config.rope_scaling_dict
     rope_type = scaling.get("rope_type", "default")
     if rope_type == "linear":
         inv = inv / float(scaling["factor"])

@@ -12,6 +12,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from saferlhf_jax.errors import ModelError
+
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -23,12 +25,12 @@ def read_header(path: pathlib.Path) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw_len = f.read(8)
         if len(raw_len) != 8:
-            raise ValueError(f"{path}: not a safetensors file (too short)")
+            raise ModelError(f"{path}: not a safetensors file (too short)")
         (n,) = struct.unpack("<Q", raw_len)
         try:
             header = json.loads(f.read(n))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path}: corrupt safetensors header ({err})") from err
+            raise ModelError(f"{path}: corrupt safetensors header ({err})") from None
     return header, 8 + n
 
 
@@ -37,6 +39,11 @@ def load_file(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     path = pathlib.Path(path)
     header, offset = read_header(path)
     header.pop("__metadata__", None)
+    needed = offset + max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+    size = path.stat().st_size
+    if size < needed:
+        raise ModelError(f"{path} is truncated: {size} bytes on disk, its header needs {needed} (an interrupted "
+                         "download or copy?)")
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     out = {}
     for name, info in header.items():

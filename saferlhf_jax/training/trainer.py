@@ -75,8 +75,16 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"loss.normalizer_type must be none|RunningMeanStd|ExponentialMovingAverage, "
                           f"got {lc.normalizer_type!r}")
     optim.validate(t, "train")
+    if export_layout(cfg) not in models.api.EXPORT_LAYOUTS:
+        raise ConfigError(f"export_format must be one of {models.api.EXPORT_LAYOUTS}, got {export_layout(cfg)!r}")
     if int(cfg.data.max_length) < 2:
         raise ConfigError(f"data.max_length must be ≥ 2, got {cfg.data.max_length}")
+
+
+def export_layout(cfg) -> str:
+    """Score models: 'reference' (the reference's *ForScore layout) or 'hf' (transformers'
+    *ForSequenceClassification, loadable by AutoModelForSequenceClassification); causal LMs ignore it."""
+    return str(cfg.get("export_format", "reference"))
 
 
 def load_model(stage: Stage, cfg, mesh, tokenizer, rules=None):
@@ -86,8 +94,10 @@ def load_model(stage: Stage, cfg, mesh, tokenizer, rules=None):
                   scan_layers=bool(m.scan_layers))
     if stage.model_kind == "score":
         lc = loss_config(cfg)
+        # an 'hf' export has no head bias (transformers' head has none): train without one so it is exact
+        bias = {"score_bias": False} if export_layout(cfg) == "hf" else {}
         model = models.load_score_model(cfg.model_name_or_path, rng=int(cfg.seed), score_type=stage.score_type,
-                                        score_dim=stage.score_dim,
+                                        score_dim=stage.score_dim, **bias,
                                         normalizer_type=lc.normalizer_type, momentum=lc.momentum,
                                         do_normalize=bool(cfg.get("loss", {}).get("do_normalize", False)), **kwargs)
     else:
@@ -352,7 +362,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
             params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes
             assert_finite(params, f"the {stage.name} model")
             if jax.process_index() == 0:
-                models.save_pretrained(model, params, directory)
+                models.save_pretrained(model, params, directory, layout=export_layout(cfg),
+                                       pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))
 
         curves = ("loss", "accuracy", "accuracy_sign", "reward_accuracy")

@@ -51,6 +51,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"              # master weights
     c.model.remat_policy = "none"                # none | full | dots | dots_no_batch
     c.model.scan_layers = False
+    c.model.optimizer_memory = "device"          # pinned_host: optimizer state in host memory between updates
 
     c.loss = ml_collections.ConfigDict()
     c.loss.loss_type = "sequence-wise"

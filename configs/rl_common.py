@@ -82,9 +82,11 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
                                               weight_decay=0.0, max_grad_norm=1.0))
 
     c.model = ml_collections.ConfigDict(dict(dtype="float32", param_dtype="float32", remat_policy="none",
-                                             scan_layers=False, frozen_dtype="float32", logits_chunk=0))
+                                             scan_layers=False, frozen_dtype="float32", logits_chunk=0,
+                                             optimizer_memory="device"))
     # frozen_dtype: the reference, reward and cost models' parameter dtype; logits_chunk > 0: log-probs projected
-    # to the vocabulary this many columns at a time (the float32 (B, L, V) logits never exist)
+    # to the vocabulary this many columns at a time (the float32 (B, L, V) logits never exist); optimizer_memory
+    # 'pinned_host' keeps the optimizer state in host memory between updates (TPU/GPU memory kinds)
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()

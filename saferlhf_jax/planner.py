@@ -85,8 +85,9 @@ def _memory(compiled) -> dict[str, int]:
     out = int(getattr(ma, "output_size_in_bytes", 0))
     alias = int(getattr(ma, "alias_size_in_bytes", 0))
     code = int(getattr(ma, "generated_code_size_in_bytes", 0))
+    host_arg = int(getattr(ma, "host_argument_size_in_bytes", 0))  # optimizer state offloaded to host memory
     return {"argument_bytes_per_device": arg, "temp_bytes_per_device": temp, "output_bytes_per_device": out,
-            "alias_bytes_per_device": alias, "code_bytes": code,
+            "alias_bytes_per_device": alias, "code_bytes": code, "host_argument_bytes_per_device": host_arg,
             "total_bytes_per_device": arg + temp + max(out - alias, 0) + code}
 
 
@@ -105,11 +106,14 @@ def plan_supervised(stage, cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     t = cfg.train
     optimizer, schedule = optim.make_optimizer(float(t.learning_rate), 1000, weight_decay=float(t.weight_decay))
     key = jax.ShapeDtypeStruct((2,), jnp.uint32, sharding=NamedSharding(mesh, P()))
+    memory_kind = str(cfg.model.get("optimizer_memory", "device"))
     state = state_lib.state_layout(trainer.make_init_state(optimizer), params, key,
-                                   axes=[models.param_logical_axes(config, kind)], mesh=mesh, rules=rules)
+                                   axes=[models.param_logical_axes(config, kind)], mesh=mesh, rules=rules,
+                                   optimizer_memory=memory_kind)
     batch = _abstract_batch(stage.train_kind, int(t.grad_accum), int(t.batch_size), int(cfg.data.max_length), mesh)
     frozen = params if stage.needs_reference else {}
-    step = trainer.make_train_step(stage, model, optimizer, schedule, trainer.loss_config(cfg), int(t.grad_accum))
+    step = trainer.make_train_step(stage, model, optimizer, schedule, trainer.loss_config(cfg), int(t.grad_accum),
+                                   optimizer_on_host=memory_kind != "device")
     shard = state_lib.shardings_of_layout
     jitted = jax.jit(step, in_shardings=(shard(state), shard(batch), shard(frozen)),
                      out_shardings=(shard(state), NamedSharding(mesh, P())), donate_argnums=(0,))
@@ -170,11 +174,13 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     critic_opt, critic_sched = optim.make_optimizer(float(cfg.critic.learning_rate), 1000,
                                                     weight_decay=float(cfg.critic.weight_decay))
     log_probs = functools.partial(actor.label_log_probs, chunk=int(cfg.model.get("logits_chunk", 0)))
-    fns = rl.RLModels(log_probs, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg)
+    memory_kind = str(cfg.model.get("optimizer_memory", "device"))
+    fns = rl.RLModels(log_probs, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg,
+                      optimizer_on_host=memory_kind != "device")
     dp = mesh_lib.batch_divisor(mesh)
     state = state_lib.state_layout(
         lambda a, r, c: rl.init_state(fns, a, r, c, 0, dp), actor_p, critic_p,
-        critic_p if rl_cfg.cost_critic else None, mesh=mesh, rules=rules,
+        critic_p if rl_cfg.cost_critic else None, mesh=mesh, rules=rules, optimizer_memory=memory_kind,
         axes=[models.param_logical_axes(actor_cfg, "causal_lm"), models.param_logical_axes(critic_cfg, "score")])
     b, length = int(cfg.train.train_batch_size), int(cfg.generation.max_length)
     bs = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
@@ -225,6 +231,7 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     memory["resident_frozen_bytes_per_device"] = frozen
     memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
     levers = {"frozen_dtype": prog["frozen_dtype"].name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
+              "optimizer_memory": str(cfg.model.get("optimizer_memory", "device")),
               "joint_update": rl_cfg.joint_update, "remat_policy": cfg.model.remat_policy,
               "rollout_batch": b, "max_length": length, "ptx": prog["ptx"] is not None}
     return {**memory, "models": per_model, "levers": levers,

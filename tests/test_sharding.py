@@ -157,3 +157,25 @@ def test_state_layout_shards_optimizer_moments_like_their_parameters():
     assert tuple(adam.mu["model"]["embed_tokens"]["embedding"].sharding.spec) == (None, "fsdp")
     assert tuple(adam.nu["model"]["embed_tokens"]["embedding"].sharding.spec) == (None, "fsdp")
     assert layout["step"].sharding.is_fully_replicated
+
+
+def test_optimizer_state_offloaded_to_host_gives_the_same_step():
+    _eight()
+    mesh = make_mesh(fsdp=8)
+    (runner, state), prompts = _toy_runner(mesh=mesh, window=64)
+    (offload, off_state), _ = _toy_runner(mesh=mesh, window=64)
+    offload.optimizer_memory = "pinned_host"
+    offload.models = dataclasses.replace(offload.models, optimizer_on_host=True)
+    off_state = offload.init_state(0)
+    mu = off_state.actor.opt_state[1][0].mu["model"]["embed_tokens"]["embedding"]
+    assert mu.sharding.memory_kind == "pinned_host" and state.actor.params["model"]["norm"]["scale"].sharding \
+        .memory_kind == "device"
+    ids, mask = prompts()
+    state, micro = runner.rollout(state, ids, mask)
+    off_state, off_micro = offload.rollout(off_state, ids, mask)
+    a, ma, _ = runner._step(True, state, micro[0], None)
+    b, mb, _ = offload._step(True, off_state, off_micro[0], None)
+    assert b.actor.opt_state[1][0].nu["model"]["norm"]["scale"].sharding.memory_kind == "pinned_host"
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6), a.actor.params,
+                 b.actor.params)
+    assert float(ma["train/actor_loss"]) == pytest.approx(float(mb["train/actor_loss"]), abs=1e-7)

@@ -98,7 +98,8 @@ class RLRunner:
     def __init__(self, *, actor, reward_critic, cost_critic, reward_fn: Callable, cost_fn: Callable | None,
                  frozen: dict, cfg: rl.RLConfig, gen: GenerationConfig, actor_optim: OptimConfig,
                  critic_optim: OptimConfig, total_rl_steps: int, train_batch_size: int, update_iters: int = 1,
-                 mesh=None, retokenizers: dict | None = None, logits_chunk: int = 0):
+                 mesh=None, retokenizers: dict | None = None, logits_chunk: int = 0,
+                 optimizer_memory: str = "device"):
         if update_iters < 1:
             raise ValueError(f"update_iters must be ≥ 1, got {update_iters}")
         self.actor, self.reward_critic, self.cost_critic = actor, reward_critic, cost_critic
@@ -117,8 +118,9 @@ class RLRunner:
             max_grad_norm=critic_optim.max_grad_norm)
         # logits_chunk > 0: log-probs projected to the vocabulary in chunks (no float32 (B, L, V) logits)
         log_probs = functools.partial(actor.label_log_probs, chunk=int(logits_chunk))
+        self.optimizer_memory = optimizer_memory  # 'pinned_host': optimizer state offloaded between updates
         self.models = rl.RLModels(log_probs, reward_critic.apply, actor_opt, critic_opt, actor_schedule,
-                                  critic_schedule, cfg)
+                                  critic_schedule, cfg, optimizer_on_host=optimizer_memory != "device")
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
 
@@ -137,7 +139,8 @@ class RLRunner:
         rules = getattr(self.actor, "rules", None)
         return state_lib.allocate(init, self.actor.params, self.reward_critic.params,
                                   self.cost_critic.params if self.cost_critic is not None else None, axes=axes,
-                                  mesh=self.mesh, rules=rules, donate=(0, 1, 2) if donate else ())
+                                  mesh=self.mesh, rules=rules, donate=(0, 1, 2) if donate else (),
+                                  optimizer_memory=self.optimizer_memory)
 
     def _jit(self, fn, args, out_shardings, donate=()):
         """jit with explicit in/out shardings read off the (committed) arguments; no mesh: one device, plain jit."""
@@ -362,6 +365,10 @@ def validate(cfg, mesh) -> None:
     if int(cfg.data.min_response_length) >= int(g.max_length):
         raise ConfigError(f"data.min_response_length={cfg.data.min_response_length} leaves no room for a prompt "
                           f"under generation.max_length={g.max_length}")
+    from saferlhf_jax.training.state import OPTIMIZER_MEMORY
+
+    if str(cfg.model.get("optimizer_memory", "device")) not in OPTIMIZER_MEMORY:
+        raise ConfigError(f"model.optimizer_memory must be one of {OPTIMIZER_MEMORY}")
     if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1 or int(g.top_k) < 0:
         raise ConfigError("generation: temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0")
     eval_bs = int(t.eval_batch_size)
@@ -518,7 +525,8 @@ def run(cfg) -> dict[str, Any]:
                           cost_fn=cost_fn, frozen=frozen, cfg=rl_cfg, gen=gen, actor_optim=optims["actor"],
                           critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
                           update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers,
-                          logits_chunk=int(cfg.model.get("logits_chunk", 0)))
+                          logits_chunk=int(cfg.model.get("logits_chunk", 0)),
+                          optimizer_memory=str(cfg.model.get("optimizer_memory", "device")))
         state = runner.init_state(int(cfg.seed), donate=True)
         actor.params = reward_critic.params = None  # the state owns them now
         if cost_critic is not None:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from saferlhf_jax import ops
+from saferlhf_jax.training.state import to_device, to_host
 
 MODES = ("ppo", "ppo_lag", "reward_shaping")
 
@@ -163,6 +164,7 @@ class RLModels:
     actor_schedule: Callable
     critic_schedule: Callable
     cfg: RLConfig
+    optimizer_on_host: bool = False  # optimizer state lives in host memory; brought to the device for updates only
 
 
 def trainable(params):
@@ -291,7 +293,7 @@ def lambda_step(state: RLState, cfg: RLConfig):
     return log_lambda, episode_cost
 
 
-def _apply_update(module: ModuleState, grads, optimizer, finite) -> ModuleState:
+def _apply_update(module: ModuleState, grads, optimizer, finite, on_host: bool = False) -> ModuleState:
     """One optimizer update; when `finite` is False the module is returned unchanged (the step is skipped).
 
     A `lax.cond`, not a `where` over old and new: the skipped branch passes the (donated) buffers through, so the
@@ -299,9 +301,9 @@ def _apply_update(module: ModuleState, grads, optimizer, finite) -> ModuleState:
     and device at fsdp=8)."""
 
     def apply(m: ModuleState) -> ModuleState:
-        updates, opt_state = optimizer.update(trainable(grads), m.opt_state, trainable(m.params))
-        return ModuleState({**m.params, **optax.apply_updates(trainable(m.params), updates)}, opt_state,
-                           m.updates + 1)
+        updates, opt_state = optimizer.update(trainable(grads), to_device(m.opt_state, on_host), trainable(m.params))
+        return ModuleState({**m.params, **optax.apply_updates(trainable(m.params), updates)},
+                           to_host(opt_state, on_host), m.updates + 1)
 
     return jax.lax.cond(finite, apply, lambda m: m, module)
 
@@ -392,13 +394,14 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         new_state = state.replace(
             log_lambda=log_lambda, global_step=state.global_step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
-            actor=_apply_update(state.actor, grads["actor"], models.actor_opt, finite))
+            actor=_apply_update(state.actor, grads["actor"], models.actor_opt, finite, models.optimizer_on_host))
         metrics: dict[str, Any] = {"train/actor_lr": models.actor_schedule(state.actor.updates)}
         for name in critics:
             key = f"{name}_critic"
             module = getattr(state, key)
             metrics[f"train/{key}_lr"] = models.critic_schedule(module.updates)
-            new_state = new_state.replace(**{key: _apply_update(module, grads[key], models.critic_opt, finite)})
+            new_state = new_state.replace(**{key: _apply_update(module, grads[key], models.critic_opt, finite,
+                                                                models.optimizer_on_host)})
 
         lengths = jnp.sum(resp, axis=-1).astype(jnp.float32)
         kl = old.log_probs - old.ref_log_probs

@@ -53,24 +53,44 @@ def leaf_axes(path: tuple[str, ...], ndim: int, table: dict) -> tuple | None:
     return None
 
 
-def state_shardings(abstract_state, axes_trees: Sequence[Any], mesh: Mesh | None, rules=None):
-    """NamedShardings for every leaf of `abstract_state` (see the module docstring); None without a mesh."""
+OPTIMIZER_MEMORY = ("device", "pinned_host")
+
+
+def state_shardings(abstract_state, axes_trees: Sequence[Any], mesh: Mesh | None, rules=None,
+                    optimizer_memory: str = "device"):
+    """NamedShardings for every leaf of `abstract_state` (see the module docstring); None without a mesh.
+    optimizer_memory='pinned_host' keeps every leaf under an `opt_state` in host memory (the step brings it to the
+    device for the update only; `saferlhf_jax.algorithms.rl`, `training.trainer`)."""
     if mesh is None:
         return None
     table = axes_table(axes_trees)
     rep = mesh_lib.replicated(mesh)
 
     def one(path, x):
-        axes = leaf_axes(_path(path), len(x.shape), table)
-        return rep if axes is None else NamedSharding(mesh, mesh_lib.logical_to_spec(axes, x.shape, mesh, rules))
+        names = _path(path)
+        axes = leaf_axes(names, len(x.shape), table)
+        sharding = rep if axes is None else NamedSharding(mesh, mesh_lib.logical_to_spec(axes, x.shape, mesh, rules))
+        if optimizer_memory != "device" and "opt_state" in names:
+            sharding = sharding.with_memory_kind(optimizer_memory)
+        return sharding
 
     return jax.tree_util.tree_map_with_path(one, abstract_state)
 
 
-def state_layout(init_fn: Callable, *args, axes: Sequence[Any], mesh: Mesh | None, rules=None):
+def to_device(tree, on_host: bool):
+    """Inside a jitted step: host-resident leaves → device memory (identity when nothing is offloaded)."""
+    return jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), tree) if on_host else tree
+
+
+def to_host(tree, on_host: bool):
+    return jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Host), tree) if on_host else tree
+
+
+def state_layout(init_fn: Callable, *args, axes: Sequence[Any], mesh: Mesh | None, rules=None,
+                 optimizer_memory: str = "device"):
     """ShapeDtypeStructs of `init_fn(*args)` carrying their shardings (args may be abstract: nothing runs)."""
     abstract = jax.eval_shape(init_fn, *args)
-    shardings = state_shardings(abstract, axes, mesh, rules)
+    shardings = state_shardings(abstract, axes, mesh, rules, optimizer_memory)
     if shardings is None:
         return abstract
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract, shardings)
@@ -80,12 +100,13 @@ def shardings_of_layout(layout):
     return jax.tree.map(lambda s: getattr(s, "sharding", None), layout)
 
 
-def allocate(init_fn: Callable, *args, axes: Sequence[Any], mesh: Mesh | None, rules=None, donate=()):
+def allocate(init_fn: Callable, *args, axes: Sequence[Any], mesh: Mesh | None, rules=None, donate=(),
+             optimizer_memory: str = "device"):
     """Run `init_fn(*args)` jitted with the layout's out_shardings: the state is born sharded."""
-    layout = state_layout(init_fn, *args, axes=axes, mesh=mesh, rules=rules)
+    layout = state_layout(init_fn, *args, axes=axes, mesh=mesh, rules=rules, optimizer_memory=optimizer_memory)
     if mesh is None:
         return jax.jit(init_fn, donate_argnums=donate)(*args)
     return jax.jit(init_fn, out_shardings=shardings_of_layout(layout), donate_argnums=donate)(*args)
 
 
-__all__ = ["allocate", "axes_table", "leaf_axes", "shardings_of_layout", "state_layout", "state_shardings"]
+__all__ = ["OPTIMIZER_MEMORY", "allocate", "to_device", "to_host", "axes_table", "leaf_axes", "shardings_of_layout", "state_layout", "state_shardings"]

@@ -75,6 +75,8 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"loss.normalizer_type must be none|RunningMeanStd|ExponentialMovingAverage, "
                           f"got {lc.normalizer_type!r}")
     optim.validate(t, "train")
+    if str(cfg.model.get("optimizer_memory", "device")) not in state_lib.OPTIMIZER_MEMORY:
+        raise ConfigError(f"model.optimizer_memory must be one of {state_lib.OPTIMIZER_MEMORY}")
     if export_layout(cfg) not in models.api.EXPORT_LAYOUTS:
         raise ConfigError(f"export_format must be one of {models.api.EXPORT_LAYOUTS}, got {export_layout(cfg)!r}")
     if int(cfg.data.max_length) < 2:
@@ -148,7 +150,8 @@ def make_init_state(optimizer):
     return init_state
 
 
-def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, grad_accum: int):
+def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, grad_accum: int,
+                    optimizer_on_host: bool = False):
     """step(state, batches (GA, B, ...), frozen) -> (state, metrics); pure, to be jitted.
 
     Score models in train mode (spec §3.4): the normalizer statistics are updated with the step's *raw* end scores
@@ -195,8 +198,9 @@ def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, gr
 
         def update(operands):  # a cond, not a where: the skipped branch passes the donated buffers through
             params, opt_state, norm = operands
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state, new_norm if norm is not None else None
+            updates, opt_state = optimizer.update(grads, state_lib.to_device(opt_state, optimizer_on_host), params)
+            return (optax.apply_updates(params, updates), state_lib.to_host(opt_state, optimizer_on_host),
+                    new_norm if norm is not None else None)
 
         new_trainable, new_opt, kept_norm = jax.lax.cond(finite, update, lambda operands: operands,
                                                          (trainable, state["opt_state"], normalizer))
@@ -268,9 +272,10 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
         # the state is laid out from its abstract shape and born sharded (training/state.py)
+        memory_kind = str(cfg.model.get("optimizer_memory", "device"))
         state = state_lib.allocate(make_init_state(optimizer), model.params, jax.random.PRNGKey(int(cfg.seed)),
                                    axes=[models.param_logical_axes(model.config, model.kind)], mesh=mesh,
-                                   rules=run.rules)
+                                   rules=run.rules, optimizer_memory=memory_kind)
         model.params = None  # the state owns the parameters from here on (donated every step)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
@@ -281,7 +286,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
             start_step = int(meta["step"])
 
         batch_spec = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
-        step_fn = jax.jit(make_train_step(stage, model, optimizer, schedule, lc, grad_accum),
+        step_fn = jax.jit(make_train_step(stage, model, optimizer, schedule, lc, grad_accum,
+                                          optimizer_on_host=memory_kind != "device"),
                           in_shardings=(state_sh, batch_spec, frozen_sh),
                           out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
         eval_fn = jax.jit(make_eval_step(stage, model, lc)) if eval_ds is not None else None

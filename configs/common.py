@@ -26,6 +26,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "hub"                        # hub | embedded (the shipped sample; the tiny presets)
+    c.data.template = "pku"                      # pku (the reference's) | chat (the tokenizer's own chat template)
     c.data.max_length = 512
     c.data.buckets = ()                          # () = powers of two up to max_length
 

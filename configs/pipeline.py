@@ -28,6 +28,7 @@ def get_config(preset: str = "tiny"):
     c.arena.top_k = config_dict.placeholder(int)
     c.arena.top_p = config_dict.placeholder(float)
     c.arena.data_source = "hub"
+    c.arena.template = "pku"                     # pku | chat (each model's own chat template)
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()
     c.logging = ml_collections.ConfigDict(dict(progress=True, tensorboard=True))

@@ -26,6 +26,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "hub"                        # hub | embedded (the shipped sample; the tiny presets)
+    c.data.template = "pku"                      # pku (the reference's) | chat (the tokenizer's own chat template)
     c.data.max_prompt_length = 0                 # prompts are right-truncated to this (0 = generation.max_length)
     c.data.min_response_length = 16              # a prompt must leave at least this response budget (else dropped,
                                                  # counted); each micro-batch gets max_length − its longest prompt

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     p.add_argument("--top_k", type=int, default=None, help="default: each model's generation_config (else 50)")
     p.add_argument("--top_p", type=float, default=None, help="default: each model's generation_config (else 1.0)")
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--template", choices=["pku", "chat"], default="pku",
+                   help="pku: the reference's; chat: each model's own chat template")
     p.add_argument("--data_source", choices=["hub", "embedded"], default="hub",
                    help="where registry names load from (embedded: the shipped sample)")
     args = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv=None) -> int:
                             datasets, out, max_length=args.max_length, batch_size=args.batch_size, seed=args.seed,
                             mesh=mesh, sampling=dict(temperature=args.temperature, top_k=args.top_k,
                                                      top_p=args.top_p, greedy=args.greedy or None),
-                            source=args.data_source)
+                            source=args.data_source, template=args.template)
     except (DataError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -84,11 +84,13 @@ def main(argv=None, stdin=None, out=None) -> int:
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--max_new_tokens", type=int, default=512)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--template", choices=["pku", "chat"], default=None,
+                   help="default: the model's own chat template when it has one, else the reference's (pku)")
     args = p.parse_args(argv)
     stdin, out = stdin or sys.stdin, out or sys.stdout
     if not args.model and not (args.red and args.blue):
         p.error("give --model, or --red and --blue")
-    from saferlhf_jax.data import DEFAULT_TEMPLATE
+    from saferlhf_jax.data import make_template
     from saferlhf_jax.evaluation.loading import load_for_eval
 
     specs = {"": args.model} if args.model else {"red": args.red, "blue": args.blue}
@@ -97,7 +99,15 @@ def main(argv=None, stdin=None, out=None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    convs = {name: Conversation(DEFAULT_TEMPLATE, tok.eos_token) for name, (_, tok) in loaded.items()}
+    def template_of(tok):
+        name = args.template or ("chat" if getattr(tok, "chat_template", None) else "pku")
+        return make_template(name, tok)
+
+    try:
+        convs = {name: Conversation(template_of(tok), tok.eos_token) for name, (_, tok) in loaded.items()}
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     seed = args.seed
     out.write("commands: /reset /regenerate /quit\n")
     while True:

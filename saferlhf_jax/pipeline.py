@@ -78,7 +78,7 @@ def run(cfg) -> dict:
             }
             run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], "sft", "ppo_lag",
                       list(a.datasets), arena_dir, max_length=int(a.max_length), batch_size=int(a.batch_size),
-                      seed=int(a.seed), mesh=mesh, source=a.data_source,
+                      seed=int(a.seed), mesh=mesh, source=a.data_source, template=a.get("template", "pku"),
                       sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
             timings["arena"] = time.perf_counter() - t0
     path = report.write_report(out, cfg, timings)

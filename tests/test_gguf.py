@@ -95,3 +95,15 @@ def test_bad_gguf_inputs(tmp_path):
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file at all")
     with pytest.raises(ModelError, match="not a readable GGUF"):
         gguf_import.read_gguf(tmp_path / "junk.gguf")
+
+
+def test_chat_cli_answers_in_english_with_the_models_own_template(smollm2):
+    import io
+
+    from launch import chat
+
+    _, out_dir = smollm2
+    out = io.StringIO()
+    assert chat.main(["--model", str(out_dir), "--temperature", "0", "--max_new_tokens", "16"],
+                     stdin=io.StringIO("What is the capital of France?\n/quit\n"), out=out) == 0
+    assert "Paris" in out.getvalue(), out.getvalue()

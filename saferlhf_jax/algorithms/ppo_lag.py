@@ -384,7 +384,9 @@ def build_prompts(cfg, entries, tokenizer, source):
 
     max_length = int(cfg.generation.max_length)
     truncate = int(cfg.data.max_prompt_length) or max_length
-    dataset = data_lib.build_dataset("prompt_only", data_lib.load_mix(list(entries), source), tokenizer, truncate)
+    template = data_lib.make_template(str(cfg.data.get("template", "pku")), tokenizer)
+    dataset = data_lib.build_dataset("prompt_only", data_lib.load_mix(list(entries), source), tokenizer, truncate,
+                                     template)
     room = max_length - int(cfg.data.min_response_length)
     return data_lib.drop_long_prompts(dataset, room, f"generation.max_length={max_length} − "
                                                      f"data.min_response_length={cfg.data.min_response_length}")

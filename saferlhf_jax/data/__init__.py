@@ -30,10 +30,10 @@ from saferlhf_jax.data.registry import (
     sample_indices,
     split_holdout,
 )
-from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
+from saferlhf_jax.data.template import DEFAULT_TEMPLATE, TEMPLATES, ChatTemplate, ConversationTemplate, make_template
 
 __all__ = [
-    "BEAVERTAILS_CATEGORIES", "BatchIterator", "ConversationTemplate", "DEFAULT_TEMPLATE", "DataError",
+    "BEAVERTAILS_CATEGORIES", "BatchIterator", "ChatTemplate", "ConversationTemplate", "TEMPLATES", "make_template", "DEFAULT_TEMPLATE", "DataError",
     "IGNORE_INDEX", "KINDS", "PKU_HARM_CATEGORIES", "REGISTRY", "RawSample", "SEVERITY_NAMES", "TokenizedDataset",
     "SOURCES", "build_dataset", "data_source", "collate", "dedup_keep_last", "drop_long_prompts", "default_buckets", "iterate_once", "load_mix", "load_raw",
     "parse_mix", "parse_mix_entry", "pick_bucket", "prepare_tokenizer", "read_rows", "resolve_name",

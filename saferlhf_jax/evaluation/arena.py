@@ -64,10 +64,14 @@ def _left_pad(rows: Sequence[np.ndarray], pad: int, width: int):
 def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, batch_size: int, seed: int,
                      template: ConversationTemplate = DEFAULT_TEMPLATE, mesh=None, temperature: float = 1.0,
                      top_k: int = 50, top_p: float = 1.0, greedy: bool = False) -> list[tuple[str, str]]:
-    """[(formatted prompt through the assistant marker, response text)] for each prompt (input str or turns)."""
+    """[(formatted prompt through the assistant marker, response text)] for each prompt (input str or turns).
+
+    The response is the decoded tokens after the prompt (whatever the template: PKU's or a tokenizer's chat
+    template); a prompt longer than max_length − 1 tokens keeps its first tokens and the prompt column shows them."""
     eos = tokenizer.eos_token
     texts = [template.format_prompt(p, eos) for p in prompts]
-    encoded = [np.asarray(tokenizer(t).input_ids[: max_length - 1], np.int32) for t in texts]
+    full = [np.asarray(tokenizer(t).input_ids, np.int32) for t in texts]
+    encoded = [ids[: max_length - 1] for ids in full]
     out: list[tuple[str, str]] = []
     key = jax.random.PRNGKey(seed)
     div = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
@@ -82,10 +86,10 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
                        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                        eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id, mesh=mesh)
         for i in range(n):
-            real = res["sequences"][i][res["attention_mask"][i].astype(bool)]
-            decoded = tokenizer.decode(real, skip_special_tokens=True)
-            prompt_text, response = template.split_response(decoded)
-            out.append((prompt_text, response.strip()))
+            j = lo + i
+            prompt_text = texts[j] if len(full[j]) == len(encoded[j]) else tokenizer.decode(encoded[j])
+            response_ids = res["sequences"][i, width:][res["attention_mask"][i, width:].astype(bool)]
+            out.append((prompt_text, tokenizer.decode(response_ids, skip_special_tokens=True).strip()))
     return out
 
 
@@ -171,7 +175,7 @@ def model_sampling(model, overrides: dict | None) -> dict:
 
 def run_arena(red, blue, reward, cost, red_name: str, blue_name: str, datasets: Sequence[str], output_dir, *,
               max_length: int = 512, batch_size: int = 16, seed: int = 42, mesh=None,
-              template: ConversationTemplate = DEFAULT_TEMPLATE, sampling: dict | None = None,
+              template: ConversationTemplate | str = DEFAULT_TEMPLATE, sampling: dict | None = None,
               source: str | None = None) -> dict:
     """red/blue/reward/cost: (Model, tokenizer) pairs. Writes the arena outputs; returns the summary.
     `sampling` overrides (temperature / top_k / top_p / greedy; None entries keep each model's own defaults)."""
@@ -183,8 +187,9 @@ def run_arena(red, blue, reward, cost, red_name: str, blue_name: str, datasets: 
     for name, (model, tok) in (("red", red), ("blue", blue)):
         opts = model_sampling(model, sampling)
         log.info("arena: %s answers %d prompts (sampling %s)", name, len(prompts), opts)
+        fmt = data_lib.make_template(template, tok) if isinstance(template, str) else template  # each its own
         answers[name] = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size,
-                                         seed=seed, template=template, mesh=mesh, **opts)
+                                         seed=seed, template=fmt, mesh=mesh, **opts)
     scores = {}
     for name in ("red", "blue"):
         texts = [p + r for p, r in answers[name]]

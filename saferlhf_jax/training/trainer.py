@@ -79,6 +79,8 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"model.optimizer_memory must be one of {state_lib.OPTIMIZER_MEMORY}")
     if export_layout(cfg) not in models.api.EXPORT_LAYOUTS:
         raise ConfigError(f"export_format must be one of {models.api.EXPORT_LAYOUTS}, got {export_layout(cfg)!r}")
+    if str(cfg.data.get("template", "pku")) not in data_lib.TEMPLATES:
+        raise ConfigError(f"data.template must be one of {data_lib.TEMPLATES}, got {cfg.data.template!r}")
     if int(cfg.data.max_length) < 2:
         raise ConfigError(f"data.max_length must be ≥ 2, got {cfg.data.max_length}")
 
@@ -122,10 +124,11 @@ def build_data(stage: Stage, cfg, tokenizer):
         train_idx, test_idx = data_lib.split_holdout(len(raw_train), float(cfg.eval_split_ratio))
         raw_eval = [raw_train[i] for i in test_idx] or None
         raw_train = [raw_train[i] for i in train_idx]
-    train = data_lib.build_dataset(stage.train_kind, raw_train, tokenizer, max_length)
+    template = data_lib.make_template(str(cfg.data.get("template", "pku")), tokenizer)
+    train = data_lib.build_dataset(stage.train_kind, raw_train, tokenizer, max_length, template)
     evaluation = None
     if raw_eval and stage.eval_fn is not None:
-        evaluation = data_lib.build_dataset(stage.eval_kind, raw_eval, tokenizer, max_length)
+        evaluation = data_lib.build_dataset(stage.eval_kind, raw_eval, tokenizer, max_length, template)
     return train, evaluation
 
 

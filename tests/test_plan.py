@@ -49,3 +49,20 @@ def test_plan_errors(capsys):
     assert plan.main(["plan", "--target", "cpu:8", "--config=configs/reward.py:llama2_7b",
                       "--config.model_name_or_path=/nope/model", "--config.architecture="]) == 2
     assert "known architecture" in capsys.readouterr().err
+
+
+def test_tiny_ppo_lag_plan_is_stable(tmp_path):
+    """Regression: the planner's numbers for the tiny model on cpu:8 (recorded with jax 0.10.2; arguments are
+    parameters + optimizer state + the batch, temporaries XLA CPU's schedule)."""
+    out = tmp_path / "plan.json"
+    assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
+                      "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
+                      f"--config.reward_model_name_or_path={STORIES}", f"--config.cost_model_name_or_path={STORIES}",
+                      "--config.generation.max_length=128", "--config.data.max_prompt_length=64"]) == 0
+    p = json.loads(out.read_text())
+    assert p["argument_bytes_per_device"] == pytest.approx(1_199_404, rel=0.02)
+    assert p["temp_bytes_per_device"] == pytest.approx(30_919_928, rel=0.10)
+    assert p["resident_frozen_bytes_per_device"] == pytest.approx(397_536, rel=0.01)
+    assert p["levers"] == {"frozen_dtype": "float32", "logits_chunk": 0, "optimizer_memory": "device",
+                           "joint_update": True, "remat_policy": "none", "rollout_batch": 8, "max_length": 128,
+                           "ptx": False}

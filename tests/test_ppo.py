@@ -176,3 +176,18 @@ def test_critics_start_from_the_score_heads_and_normalize_flags_override_the_che
     assert got == pytest.approx((raw - 0.5) / (2.0 + 1e-8) if normalize else raw, rel=1e-5)
     critic_end = float(reward_critic.apply(reward_critic.params, ids, mask)[1][0, 0])
     assert critic_end == pytest.approx(raw, rel=1e-5)  # identity normalisation, whatever the checkpoint says
+
+
+def test_bf16_frozen_models_match_float32_within_tolerance(tiny_models, tmp_path):
+    """model.frozen_dtype=bfloat16 (the 7B presets' default) holds the reference, reward and cost models in bf16:
+    the same rollouts (the actor is float32 in both) get scores and KLs within a stated tolerance."""
+    rows = {}
+    for dtype in ("float32", "bfloat16"):
+        out = tmp_path / dtype
+        assert run_rl_cli("", _argv(tiny_models, out, "configs/ppo_lag.py:tiny", "--config.train.max_steps=1",
+                                    f"--config.model.frozen_dtype={dtype}")) == 0
+        rows[dtype] = _rows(out)[0]
+    a, b = rows["float32"], rows["bfloat16"]
+    assert a["train/mean_generated_length"] == b["train/mean_generated_length"]  # the same rollouts
+    for key in ("train/reward", "train/cost", "train/kl_divergence", "train/actor_loss", "train/reward_critic_loss"):
+        assert abs(a[key] - b[key]) <= 0.02 + 0.02 * abs(a[key]), (key, a[key], b[key])

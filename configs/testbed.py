@@ -1,0 +1,63 @@
+"""The ground-truth testbed (`python -m launch.testbed --config configs/testbed.py:tiny`): the whole Safe RLHF
+pipeline on stories260K in a synthetic world whose helpfulness R* and harm C* are known (saferlhf_jax/testbed/world.py).
+
+Every stage is a regular stage config (`config.sft`, `config.reward`, `config.cost`, `config.rl`); override any of
+them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.seed=3`.
+"""
+
+import ml_collections
+
+from configs import common, cost, ppo_lag, reward, sft
+
+
+def get_config(preset: str = "tiny"):
+    preset = common.check_preset(preset, ("tiny", "ci"))
+    c = ml_collections.ConfigDict()
+    c.output_dir = "runs/testbed"
+    c.seed = 0
+    c.methods = "sft,ppo,ppo_lag,reward_shaping"
+    c.shaping_lambdas = (0.5, 1.5, 3.0)           # fixed λ's of the reward-shaping baseline
+    c.world = ml_collections.ConfigDict(dict(sft_examples=512, rl_prompts=256, preference_prompts=768,
+                                             eval_prompts=128, heldout_fraction=0.15, max_length=128, batch_size=64))
+    c.logging = ml_collections.ConfigDict(dict(progress=True))
+
+    c.sft = sft.get_config("tiny")
+    c.sft.data.max_length = 128  # the PKU template alone is ~40 tokens of stories260K's 512-token vocabulary
+    c.sft.data.buckets = (128,)
+    c.sft.eval_datasets = ()
+    c.sft.train.epochs = 2
+    c.sft.train.batch_size = 16
+    c.sft.train.learning_rate = 2e-3
+    c.sft.checkpoint.every = 0
+
+    c.reward = reward.get_config("tiny")
+    c.cost = cost.get_config("tiny")
+    for stage in (c.reward, c.cost):
+        stage.data.max_length = 128
+        stage.data.buckets = (128,)
+        stage.train.epochs = 2
+        stage.train.batch_size = 16
+        stage.train.learning_rate = 2e-3
+        stage.loss.regularization = 0.001
+        stage.checkpoint.every = 0
+
+    c.rl = ppo_lag.get_config("tiny")
+    c.rl.generation.max_length = 128
+    c.rl.data.max_prompt_length = 64
+    c.rl.data.prompt_buckets = (64,)
+    c.rl.generation.top_k = 0
+    c.rl.train.prompt_batch_size = 32
+    c.rl.train.train_batch_size = 32
+    c.rl.train.max_steps = 30                     # RL iterations, the same for every method
+    c.rl.actor.learning_rate = 5e-4
+    c.rl.critic.learning_rate = 5e-4
+    c.rl.actor.lr_warmup_ratio = 0.0
+    c.rl.rl.lambda_lr = 0.5
+    c.rl.rl.episode_cost_window_size = 32
+    c.rl.checkpoint.every = 0
+    if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars
+        c.world.sft_examples = 256
+        c.world.preference_prompts = 512
+        c.world.eval_prompts = 96
+        c.rl.train.max_steps = 20
+    return c

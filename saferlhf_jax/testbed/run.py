@@ -1,0 +1,216 @@
+"""The ground-truth testbed: the whole Safe RLHF pipeline with *learned* models, judged by the world's true rules.
+
+    world data (SFT stories, prompts) → SFT → sample 2 answers per prompt → PKU-SafeRLHF-format rows labelled by R*
+    and C* → reward model, cost model (held-out accuracy) → PPO, PPO-Lag, reward shaping with fixed λ's, each from
+    the same SFT model with the same RL budget → every policy answers held-out prompts → R*, C*, unsafe rate.
+
+Every stage is the regular one (`training.trainer.train`, `algorithms.ppo_lag.run`) on its regular config with the
+world's files as `NAME:1.0:PATH` datasets: no special code path in the trainers. Stages resume (a finished stage is
+skipped), so a re-run of the same command continues. Outputs: results.json, report.md, reward_vs_cost.png,
+ppo_lag_curves.png.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import pathlib
+import time
+from typing import Any
+
+import numpy as np
+
+from saferlhf_jax.testbed import world
+
+log = logging.getLogger(__name__)
+
+METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping")
+
+
+def _jsonl(path: pathlib.Path, rows) -> pathlib.Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _done(path: pathlib.Path) -> bool:
+    summary = path / "summary.json"
+    return summary.is_file() and "export" in json.loads(summary.read_text())
+
+
+def _stage(base, out: pathlib.Path, name: str, seed: int, logging_cfg):
+    cfg = copy.deepcopy(base)
+    cfg.output_dir = str(out / name)
+    cfg.seed = int(seed)
+    cfg.logging.progress = bool(logging_cfg.progress)
+    cfg.logging.tensorboard = False
+    return cfg
+
+
+def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_size: int) -> list[str]:
+    """Sampled answers of a policy (temperature 1, its generation defaults) to the prompts, in order."""
+    from saferlhf_jax.evaluation.arena import generate_answers
+    from saferlhf_jax.evaluation.loading import load_for_eval
+
+    model, tok = load_for_eval(str(model_dir), "causal_lm")
+    pairs = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size, seed=seed,
+                             top_k=0)
+    return [response for _, response in pairs]
+
+
+def run(cfg) -> dict[str, Any]:
+    """The testbed job (see the module docstring); returns the results dict written to results.json."""
+    from saferlhf_jax.algorithms import cost as cost_stage
+    from saferlhf_jax.algorithms import ppo_lag
+    from saferlhf_jax.algorithms import reward as reward_stage
+    from saferlhf_jax.algorithms import sft as sft_stage
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.training import trainer
+
+    t0 = time.perf_counter()
+    out = pathlib.Path(cfg.output_dir).expanduser()
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
+        jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    seed = int(cfg.seed)
+    methods = [m.strip() for m in (cfg.methods.split(",") if isinstance(cfg.methods, str) else cfg.methods)]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ConfigError(f"testbed methods must be among {METHODS}, got {unknown}")
+    timings: dict[str, float] = {}
+
+    def timed(name, fn):
+        start = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - start, 1)
+        return result
+
+    # the world's files: SFT stories, RL prompts, preference prompts, held-out prompts
+    _jsonl(data / "sft.jsonl", world.sft_rows(int(cfg.world.sft_examples), seed))
+    _jsonl(data / "prompts_rl.jsonl", world.prompt_rows(int(cfg.world.rl_prompts), seed, 2))
+    pref_prompts = [r["prompt"] for r in world.prompt_rows(int(cfg.world.preference_prompts), seed, 3)]
+    eval_prompts = [r["prompt"] for r in world.prompt_rows(int(cfg.world.eval_prompts), seed, 4)]
+
+    # SFT
+    sft_cfg = _stage(cfg.sft, out, "sft", seed, cfg.logging)
+    sft_cfg.train_datasets = (f"alpaca:1.0:{data / 'sft.jsonl'}",)
+    if not _done(out / "sft"):
+        timed("sft", lambda: trainer.train(sft_stage.STAGE, sft_cfg))
+    sft_export = out / "sft" / "export"
+
+    # preference data from the SFT policy, labelled by the world
+    pairs_file = data / "pairs.jsonl"
+    if not pairs_file.is_file():
+        length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
+        first = timed("sample_pairs", lambda: answers(sft_export, pref_prompts, max_length=length, seed=seed,
+                                                      batch_size=bs))
+        second = answers(sft_export, pref_prompts, max_length=length, seed=seed + 1, batch_size=bs)
+        rows = [world.preference_row(p, a, b) for p, a, b in zip(pref_prompts, first, second)]
+        _jsonl(pairs_file, [r for r in rows if world.distinct(r)])
+    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
+    cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
+    _jsonl(data / "pairs_train.jsonl", rows[:cut])
+    _jsonl(data / "pairs_test.jsonl", rows[cut:])
+
+    # reward and cost models (held-out accuracy)
+    scores = {}
+    for name, stage, base in (("reward", reward_stage.STAGE, cfg.reward), ("cost", cost_stage.STAGE, cfg.cost)):
+        stage_cfg = _stage(base, out, name, seed, cfg.logging)
+        stage_cfg.model_name_or_path = str(sft_export)
+        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
+        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / 'pairs_test.jsonl'}",)
+        if not _done(out / name):
+            timed(name, lambda: trainer.train(stage, stage_cfg))
+        scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
+
+    # RL from the same SFT model with the same budget
+    policies: dict[str, pathlib.Path] = {"sft": sft_export}
+    runs = []
+    if "ppo" in methods:
+        runs.append(("ppo", "ppo", None))
+    if "ppo_lag" in methods:
+        runs.append(("ppo_lag", "ppo_lag", None))
+    if "reward_shaping" in methods:
+        runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
+    for name, mode, lam in runs:
+        rl_cfg = _stage(cfg.rl, out, name, seed, cfg.logging)
+        rl_cfg.mode = mode
+        rl_cfg.actor_model_name_or_path = str(sft_export)
+        rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
+        rl_cfg.cost_model_name_or_path = str(out / "cost" / "export") if mode != "ppo" else ""
+        rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{data / 'prompts_rl.jsonl'}",)
+        if mode == "ppo":
+            rl_cfg.rl.lambda_max = 0.0
+        if mode == "reward_shaping":
+            rl_cfg.rl.lambda_init = lam
+            rl_cfg.rl.lambda_max = 0.0
+        if not _done(out / name):
+            timed(name, lambda: ppo_lag.run(rl_cfg))
+        policies[name] = out / name / "export"
+
+    # every policy answers the held-out prompts; the world judges
+    evaluations = {}
+    for name, path in policies.items():
+        responses = timed(f"eval_{name}", lambda: answers(path, eval_prompts, max_length=int(cfg.world.max_length),
+                                                          seed=seed + 1000, batch_size=int(cfg.world.batch_size)))
+        evaluations[name] = world.evaluate(responses)
+        _jsonl(out / name / "heldout_answers.jsonl", [
+            {"prompt": p, "answer": a, **world.ground_truth(a).__dict__} for p, a in zip(eval_prompts, responses)])
+
+    gt = lambda e: {"gt_reward": e.gt_reward, "gt_cost": e.gt_cost, "gt_unsafe_rate": e.gt_unsafe_rate,  # noqa
+                    "gt_reward_se": e.gt_reward_se, "gt_cost_se": e.gt_cost_se, "n": e.n}
+    results = {
+        "threshold": world.THRESHOLD, "seed": seed,
+        "rm_accuracy_heldout": scores["reward"].get("accuracy"),
+        "cm_accuracy_heldout": scores["cost"].get("accuracy"),
+        "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
+        "methods": {name: gt(evaluations[name]) for name in ("sft", "ppo", "ppo_lag") if name in evaluations},
+        "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
+        "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
+    }
+    shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
+               if f"reward_shaping_{lam:g}" in evaluations]
+    if shaping:
+        results["methods"]["reward_shaping"] = shaping
+    results["claims"] = claims(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    from saferlhf_jax.testbed import report
+
+    report.write(out, results)
+    return results
+
+
+def claims(results: dict) -> dict[str, Any]:
+    """The paper's claims as checks on the ground truth (each True/False with the numbers it used)."""
+    m, t = results["methods"], results["threshold"]
+    out: dict[str, Any] = {}
+    if "sft" not in m:
+        return out
+    sft = m["sft"]
+    if "ppo" in m:
+        rise = m["ppo"]["gt_cost"] - sft["gt_cost"]
+        out["ppo_raises_reward_and_breaks_budget"] = bool(m["ppo"]["gt_reward"] > sft["gt_reward"]
+                                                          and m["ppo"]["gt_cost"] > t)
+        if "ppo_lag" in m:
+            tolerance = 0.1 * max(rise, 0.0)
+            out["ppo_lag_within_budget"] = bool(m["ppo_lag"]["gt_cost"] <= t + tolerance)
+            out["ppo_lag_budget_tolerance"] = tolerance
+    if "ppo_lag" in m:
+        gain = m["ppo_lag"]["gt_reward"] - sft["gt_reward"]
+        out["ppo_lag_raises_reward"] = bool(gain > 0)
+        feasible = [s for s in m.get("reward_shaping", []) if s["gt_cost"] <= t + out.get("ppo_lag_budget_tolerance",
+                                                                                         0.0)]
+        if feasible:
+            best = max(s["gt_reward"] for s in feasible) - sft["gt_reward"]
+            out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else float("inf")
+            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(best <= 0 or gain >= 0.9 * best)
+        if m.get("reward_shaping"):
+            lag_r = m["ppo_lag"]["gt_reward"]
+            out["some_fixed_lambda_breaks_budget_or_gives_up_reward"] = bool(any(
+                s["gt_cost"] > t + out.get("ppo_lag_budget_tolerance", 0.0) or s["gt_reward"] < lag_r
+                for s in m["reward_shaping"]))
+    return out

@@ -7,18 +7,21 @@ stage is a regular stage config under `config.<stage>` (override e.g. `--config.
 import ml_collections
 from ml_collections import config_dict
 
-from configs import common, cost, ppo_lag, reward, sft
+from configs import common, cost, ppo_lag, reward, sft, testbed
 
 
 def get_config(preset: str = "tiny"):
     preset = common.check_preset(preset, ("tiny", "llama2_7b", "llama3_8b"))
     c = ml_collections.ConfigDict()
     c.output_dir = "runs/pipeline"
-    c.stages = ("sft", "reward", "cost", "ppo_lag", "arena")
+    c.stages = ("testbed", "sft", "reward", "cost", "ppo_lag", "arena")
+    # the ground-truth testbed: Safe RLHF with learned models in a world whose helpfulness and harm are known
+    c.testbed = testbed.get_config("ci")
     c.sft = sft.get_config(preset)
     c.reward = reward.get_config(preset)
     c.cost = cost.get_config(preset)
     c.ppo_lag = ppo_lag.get_config(preset)
+    c.testbed.methods = "sft,ppo,ppo_lag,reward_shaping"
     c.arena = ml_collections.ConfigDict()
     c.arena.datasets = ("PKU-SafeRLHF/test",)
     c.arena.max_length = 512

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-STAGES = {"sft": "sft", "reward": "reward", "cost": "cost", "dpo": "dpo", "moderation": "moderation"}
+STAGES = {"sft": "sft", "reward": "reward", "cost": "cost", "dpo": "dpo", "safedpo": "safedpo", "moderation": "moderation"}
 
 
 def main(argv=None) -> int:

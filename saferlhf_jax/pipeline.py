@@ -37,6 +37,17 @@ def run(cfg) -> dict:
     stages = list(cfg.stages)
     timings: dict[str, float] = {}
     supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE}
+    if "testbed" in stages and not (out / "testbed" / "results.json").is_file():
+        from saferlhf_jax.testbed.run import run as run_testbed
+
+        tb = cfg.testbed
+        tb.output_dir = str(out / "testbed")
+        for key in ("data", "fsdp", "tensor"):
+            tb.mesh[key] = cfg.mesh[key]
+        tb.logging.progress = bool(cfg.logging.progress)
+        t0 = time.perf_counter()
+        run_testbed(tb)
+        timings["testbed"] = time.perf_counter() - t0
     for name in ("sft", "reward", "cost"):
         if name not in stages:
             continue

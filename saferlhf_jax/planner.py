@@ -136,13 +136,16 @@ def _abstract_batch(kind: str, ga: int, batch: int, length: int, mesh: Mesh) -> 
     mask = lambda: jax.ShapeDtypeStruct((ga, batch, length), jnp.bool_, sharding=spec)  # noqa: E731
     if kind == "supervised":
         return {"input_ids": ids(), "labels": ids(), "attention_mask": mask()}
-    if kind in ("preference", "safety_preference"):
-        a, b = ("better", "worse") if kind == "preference" else ("safer", "unsafer")
+    if kind in ("preference", "safety_preference", "safedpo_preference"):
+        a, b = ("safer", "unsafer") if kind == "safety_preference" else ("better", "worse")
         out = {f"{a}_input_ids": ids(), f"{a}_attention_mask": mask(), f"{b}_input_ids": ids(),
                f"{b}_attention_mask": mask()}
         if kind == "safety_preference":
             sign = jax.ShapeDtypeStruct((ga, batch), jnp.int32, sharding=spec)
             out.update(safer_safety_sign=sign, unsafer_safety_sign=sign)
+        if kind == "safedpo_preference":
+            flag = jax.ShapeDtypeStruct((ga, batch), jnp.int32, sharding=spec)
+            out.update(better_unsafe=flag, worse_unsafe=flag)
         return out
     if kind == "moderation":
         vec = lambda d, dt: jax.ShapeDtypeStruct((ga, batch) + d, dt, sharding=spec)  # noqa: E731

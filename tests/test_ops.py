@@ -18,12 +18,13 @@ FIXTURES = json.loads((pathlib.Path(__file__).parent / "golden_fixtures.json").r
 TOL = FIXTURES["_meta"]["tolerance"]
 
 MASK_ARGS = {"mask", "sequence_mask", "better_mask", "worse_mask", "safer_mask", "unsafer_mask"}
-INT_ARGS = {"labels", "better_ids", "worse_ids", "safer_ids", "unsafer_ids", "safer_safety_sign", "unsafer_safety_sign"}
+INT_ARGS = {"labels", "better_ids", "worse_ids", "safer_ids", "unsafer_ids", "safer_safety_sign", "unsafer_safety_sign",
+            "better_unsafe", "worse_unsafe"}
 STATIC_ARGS = {"loss_type", "normalizer_type", "function", "start"}
 # Python scalars the contract also accepts as 0-d numpy arrays (spec §8).
 SCALAR_ARGS = {"kl_coeff", "clip_range_score", "clip_range_ratio", "clip_range_value", "lam", "beta", "momentum",
                "lambda_max", "threshold", "lambda_lr", "log_lambda", "episode_cost", "gamma", "gae_lambda",
-               "regularization"}
+               "regularization", "delta"}
 
 
 def _cast(name, value, zero_d):
@@ -75,7 +76,7 @@ def _assert_tree_close(actual, expected, path=""):
 def _as_tree(fn_name, result):
     if fn_name == "gae_advantages_and_returns":
         return {"advantages": result[0], "returns": result[1]}
-    if fn_name in ("reward_model_loss", "cost_model_loss", "dpo_loss"):
+    if fn_name in ("reward_model_loss", "cost_model_loss", "dpo_loss", "safedpo_loss"):
         return {"loss": result[0], "aux": result[1]}
     return result
 
@@ -96,7 +97,8 @@ def test_golden_zero_d_scalars(fn_name, case):
 def test_fixture_coverage_is_complete():
     """Every contract function has cases, and every case id ran above (guards against an empty parametrization)."""
     names = [k for k in FIXTURES if k != "_meta"]
-    assert len(names) == 13 and sum(len(FIXTURES[n]["cases"]) for n in names) == 45
+    # the 13 base-spec functions (45 cases) + SafeDPO's loss (5 cases from METHODS_BEYOND §1.5)
+    assert len(names) == 14 and sum(len(FIXTURES[n]["cases"]) for n in names) == 50
 
 
 # --------------------------------------------------------------------------- DPO slicing helper

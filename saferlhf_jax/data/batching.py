@@ -45,6 +45,7 @@ def _mask(seqs, width: int, left: bool = False) -> np.ndarray:
 
 
 _ID_FIELDS = {"preference": ("better_input_ids", "worse_input_ids"),
+              "safedpo_preference": ("better_input_ids", "worse_input_ids"),
               "safety_preference": ("safer_input_ids", "unsafer_input_ids")}
 
 
@@ -66,8 +67,8 @@ def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets:
         return {"input_ids": _pad(ids, width, pad_id), "labels": _pad([e["labels"] for e in examples], width,
                                                                         IGNORE_INDEX),
                 "attention_mask": _mask(ids, width)}
-    if kind in ("preference", "safety_preference"):
-        a_key, b_key = ("better", "worse") if kind == "preference" else ("safer", "unsafer")
+    if kind in ("preference", "safety_preference", "safedpo_preference"):
+        a_key, b_key = ("safer", "unsafer") if kind == "safety_preference" else ("better", "worse")
         a = [e[f"{a_key}_input_ids"] for e in examples]
         b = [e[f"{b_key}_input_ids"] for e in examples]
         out = {f"{a_key}_input_ids": _pad(a, width, pad_id), f"{a_key}_attention_mask": _mask(a, width),
@@ -75,6 +76,9 @@ def collate(kind: str, examples: Sequence[dict[str, Any]], pad_id: int, buckets:
         if kind == "safety_preference":
             out["safer_safety_sign"] = np.asarray([e["safer_safety_sign"] for e in examples], np.int32)
             out["unsafer_safety_sign"] = np.asarray([e["unsafer_safety_sign"] for e in examples], np.int32)
+        if kind == "safedpo_preference":
+            out["better_unsafe"] = np.asarray([e["better_unsafe"] for e in examples], np.int32)
+            out["worse_unsafe"] = np.asarray([e["worse_unsafe"] for e in examples], np.int32)
         return out
     if kind == "prompt_only":
         ids = [e["input_ids"] for e in examples]

@@ -19,7 +19,7 @@ from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-KINDS = ("supervised", "preference", "safety_preference", "prompt_only", "moderation")
+KINDS = ("supervised", "preference", "safety_preference", "safedpo_preference", "prompt_only", "moderation")
 SPECIAL_TOKENS = {"pad_token": "<pad>", "eos_token": "</s>", "bos_token": "<s>", "unk_token": "<unk>"}
 
 
@@ -172,6 +172,44 @@ def build_safety_preference(samples, tokenizer, max_length, template=DEFAULT_TEM
     return examples, counts
 
 
+def safedpo_transform(better: bool, winner_safe: bool, loser_safe: bool, both_unsafe: str = "drop"):
+    """SafeDPO's transformation T (METHODS_BEYOND §1.1) of one helpfulness pair: (keep, swap, h̃_w, h̃_l).
+    Winner safe: unchanged; unsafe winner, safe loser: swapped; both unsafe: dropped ('keep': kept, no margin)."""
+    h_w, h_l = int(not winner_safe), int(not loser_safe)
+    if h_w and not h_l:
+        return True, True, h_l, h_w
+    if h_w and h_l:
+        return both_unsafe == "keep", False, h_w, h_l
+    return True, False, h_w, h_l
+
+
+def build_safedpo_preference(samples, tokenizer, max_length, template=DEFAULT_TEMPLATE, both_unsafe: str = "drop"):
+    """Helpfulness pairs after SafeDPO's T: better/worse ids of ỹ_w / ỹ_l plus their unsafe flags h̃_w, h̃_l.
+    An unsafe response never wins: counts kept_unchanged / swapped / dropped_both_unsafe."""
+    for s in samples:
+        _require(s, "safedpo_preference", "input", "answer", "other_answer", "better", "is_safe", "is_other_safe")
+    counts = collections.Counter()
+    kept = []
+    for s in samples:
+        winner_safe, loser_safe = (s.is_safe, s.is_other_safe) if s.better else (s.is_other_safe, s.is_safe)
+        keep, swap, h_w, h_l = safedpo_transform(s.better, winner_safe, loser_safe, both_unsafe)
+        counts["swapped" if swap else ("kept_unchanged" if keep else "dropped_both_unsafe")] += 1
+        if keep:
+            kept.append((dataclasses.replace(s, better=s.better != swap), h_w, h_l))
+    tok, eos = _Tokenize(tokenizer, max_length), _eos(tokenizer)
+    better_texts, worse_texts = _pair_texts([s for s, _, _ in kept], template, eos, "better")
+    better, worse = tok(better_texts), tok(worse_texts)
+    examples = []
+    for (s, h_w, h_l), b, w in zip(kept, better, worse):
+        if np.array_equal(b, w):
+            counts["identical_responses"] += 1
+            continue
+        examples.append({"better_input_ids": b, "worse_input_ids": w, "better_unsafe": np.int32(h_w),
+                         "worse_unsafe": np.int32(h_l)})
+    counts["truncated"] = tok.truncated
+    return examples, counts
+
+
 def _prompt_key(inp):
     return inp if isinstance(inp, str) else tuple(inp)
 
@@ -253,19 +291,20 @@ BUILDERS = {
     "supervised": build_supervised,
     "preference": build_preference,
     "safety_preference": build_safety_preference,
+    "safedpo_preference": build_safedpo_preference,
     "prompt_only": build_prompt_only,
     "moderation": build_moderation,
 }
 
 
 def build_dataset(kind: str, samples: Sequence[RawSample], tokenizer, max_length: int,
-                  template: ConversationTemplate = DEFAULT_TEMPLATE) -> TokenizedDataset:
+                  template: ConversationTemplate = DEFAULT_TEMPLATE, **options) -> TokenizedDataset:
     """Tokenize raw samples into one dataset kind; logs what was filtered or truncated, and why."""
     if kind not in BUILDERS:
         raise ValueError(f"dataset kind must be one of {KINDS}, got {kind!r}")
     if max_length < 2:
         raise ValueError(f"max_length must be ≥ 2, got {max_length}")
-    examples, counts = BUILDERS[kind](list(samples), tokenizer, max_length, template)
+    examples, counts = BUILDERS[kind](list(samples), tokenizer, max_length, template, **options)
     counts = {k: int(v) for k, v in counts.items() if v}
     if not examples:
         raise DataError(f"no usable {kind} examples out of {len(samples)} rows (filtered: {counts})")

@@ -45,10 +45,43 @@ def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
+def _testbed_section(out: pathlib.Path) -> list[str]:
+    """The testbed's picture, verdict and table first: the part of the job that can show Safe RLHF working."""
+    f = out / "testbed" / "results.json"
+    if not f.is_file():
+        return []
+    from saferlhf_jax.testbed.report import _points, verdict
+
+    results = json.loads(f.read_text())
+    lines = ["## Does Safe RLHF work? The ground-truth testbed", "",
+             "![testbed: reward vs cost](testbed/reward_vs_cost.png)", "", verdict(results), "",
+             "| method | R* (helpfulness) | C* (harm cost) | unsafe rate |", "|---|---|---|---|"]
+    for name, p in _points(results):
+        lines.append(f"| {name} | {p['gt_reward']:.2f} ± {p['gt_reward_se']:.2f} | {p['gt_cost']:+.2f} ± "
+                     f"{p['gt_cost_se']:.2f} | {p['gt_unsafe_rate']:.2f} |")
+    lines += ["", "The world, its rules and every number: `testbed/report.md`, `testbed/results.json`.", ""]
+    return lines
+
+
+def _real_data_caveat(out: pathlib.Path) -> list[str]:
+    f = out / "cost" / "summary.json"
+    sign = json.loads(f.read_text()).get("eval", {}).get("accuracy_sign") if f.is_file() else None
+    measured = f" (this run: held-out cost-model sign accuracy {sign:.2f})" if isinstance(sign, float) else ""
+    return ["## Real data: PKU-SafeRLHF on the embedded model", "",
+            "**Read this section as a smoke test, not as results.** The embedded model is stories260K (260K "
+            "parameters, trained on children's stories): it is far too small to learn the real PKU-SafeRLHF "
+            f"preferences — its cost model stays near chance{measured} and its answers are not meaningful. These "
+            "stages show that SFT, the reward and cost models, PPO-Lag and the arena run end to end on the real "
+            "data and formats; the testbed above is where the method is shown to work.", ""]
+
+
 def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
     out = pathlib.Path(out)
     lines = ["# saferlhf-jax pipeline report", "",
              f"Output directory: `{out}`. Stages: {', '.join(cfg.stages)}.", ""]
+    lines += _testbed_section(out)
+    if (out / "sft").is_dir():
+        lines += _real_data_caveat(out)
     if plot_stage_curves(out, out / "stage_curves.png"):
         lines += ["## Training curves", "", "![stage curves](stage_curves.png)", ""]
     lines += ["## Stages", "", "| stage | steps | seconds | final train metrics | eval |", "|---|---|---|---|---|"]

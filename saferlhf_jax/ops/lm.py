@@ -146,3 +146,28 @@ def sft_loss_from_log_probs(label_log_probs, labels):
     value where labels[:, t+1] = −100). Σ −lp·valid / Σ valid."""
     valid = as_i32(labels)[:, 1:] != IGNORE_INDEX
     return -jnp.sum(jnp.where(valid, label_log_probs, 0.0)) / jnp.sum(valid.astype(jnp.float32))
+
+
+def safedpo_loss(policy_better_logps, policy_worse_logps, ref_better_logps, ref_worse_logps, better_unsafe,
+                 worse_unsafe, beta, delta):
+    """SafeDPO (Kim et al. 2025, arXiv 2505.20065, Eq. 12) on safety-transformed pairs (METHODS_BEYOND §1.2).
+
+    ℓ_b = −log σ(β·(Δ⁺_b − Δ⁻_b) − (h̃_l − h̃_w)_b·Δ): the safety margin Δ is subtracted inside the sigmoid, not scaled
+    by β; Δ = 0 is `dpo_loss` on the transformed pairs. better_unsafe / worse_unsafe (B,) int: h̃_w, h̃_l.
+    Returns (loss, aux) with dpo_loss's aux (all without Δ) and 'safe_unsafe_fraction' = mean(h̃_l − h̃_w).
+    """
+    pb, pw, rb, rw = (as_f32(x) for x in (policy_better_logps, policy_worse_logps, ref_better_logps, ref_worse_logps))
+    check_same_shape(policy_better_logps=pb, policy_worse_logps=pw, ref_better_logps=rb, ref_worse_logps=rw)
+    gap = as_i32(worse_unsafe).astype(jnp.float32) - as_i32(better_unsafe).astype(jnp.float32)
+    beta = as_f32(beta)
+    better_reward, worse_reward = beta * (pb - rb), beta * (pw - rw)
+    margin = better_reward - worse_reward
+    loss = jnp.mean(jax.nn.softplus(-(margin - gap * as_f32(delta))))
+    aux = {
+        "reward_accuracy": jnp.mean((better_reward > worse_reward).astype(jnp.float32)),
+        "better_sample_reward": jax.lax.stop_gradient(better_reward),
+        "worse_sample_reward": jax.lax.stop_gradient(worse_reward),
+        "reward_margin": jax.lax.stop_gradient(margin),
+        "safe_unsafe_fraction": jnp.mean(gap),
+    }
+    return loss, aux

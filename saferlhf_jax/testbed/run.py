@@ -38,12 +38,14 @@ def _done(path: pathlib.Path) -> bool:
     return summary.is_file() and "export" in json.loads(summary.read_text())
 
 
-def _stage(base, out: pathlib.Path, name: str, seed: int, logging_cfg):
+def _stage(base, out: pathlib.Path, name: str, seed: int, testbed_cfg):
     cfg = copy.deepcopy(base)
     cfg.output_dir = str(out / name)
     cfg.seed = int(seed)
-    cfg.logging.progress = bool(logging_cfg.progress)
+    cfg.logging.progress = bool(testbed_cfg.logging.progress)
     cfg.logging.tensorboard = False
+    for key in ("data", "fsdp", "tensor"):
+        cfg.mesh[key] = testbed_cfg.mesh[key]
     return cfg
 
 
@@ -96,7 +98,7 @@ def run(cfg) -> dict[str, Any]:
     eval_prompts = [r["prompt"] for r in world.prompt_rows(int(cfg.world.eval_prompts), seed, 4)]
 
     # SFT
-    sft_cfg = _stage(cfg.sft, out, "sft", seed, cfg.logging)
+    sft_cfg = _stage(cfg.sft, out, "sft", seed, cfg)
     sft_cfg.train_datasets = (f"alpaca:1.0:{data / 'sft.jsonl'}",)
     if not _done(out / "sft"):
         timed("sft", lambda: trainer.train(sft_stage.STAGE, sft_cfg))
@@ -119,7 +121,7 @@ def run(cfg) -> dict[str, Any]:
     # reward and cost models (held-out accuracy)
     scores = {}
     for name, stage, base in (("reward", reward_stage.STAGE, cfg.reward), ("cost", cost_stage.STAGE, cfg.cost)):
-        stage_cfg = _stage(base, out, name, seed, cfg.logging)
+        stage_cfg = _stage(base, out, name, seed, cfg)
         stage_cfg.model_name_or_path = str(sft_export)
         stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
         stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / 'pairs_test.jsonl'}",)
@@ -137,7 +139,7 @@ def run(cfg) -> dict[str, Any]:
     if "reward_shaping" in methods:
         runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
     for name, mode, lam in runs:
-        rl_cfg = _stage(cfg.rl, out, name, seed, cfg.logging)
+        rl_cfg = _stage(cfg.rl, out, name, seed, cfg)
         rl_cfg.mode = mode
         rl_cfg.actor_model_name_or_path = str(sft_export)
         rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")

@@ -27,6 +27,7 @@ class Stage:
     needs_reference: bool = False    # DPO: a frozen copy of the initial policy
     score_type: str | None = None    # score models: reward | cost | moderation
     score_dim: int = 1
+    data_options: Callable[[Any], dict] | None = None  # cfg → extra keyword arguments of the dataset builder
 
 
 def token_count(batch: dict) -> int:

@@ -39,6 +39,7 @@ class LossConfig:
     dpo_slicing: str = "standard"
     normalizer_type: str | None = None
     momentum: float | None = None
+    safety_margin: float = 10.0   # SafeDPO's Δ
 
 
 def _none(x):
@@ -51,6 +52,7 @@ def loss_config(cfg) -> LossConfig:
                       regularization=float(loss.get("regularization", 0.0)), beta=float(loss.get("beta", 0.02)),
                       dpo_slicing=loss.get("dpo_slicing", "standard"),
                       normalizer_type=_none(loss.get("normalizer_type")),
+                      safety_margin=float(loss.get("safety_margin", 10.0)),
                       momentum=float(loss["momentum"]) if _none(loss.get("momentum")) is not None else None)
 
 
@@ -125,10 +127,11 @@ def build_data(stage: Stage, cfg, tokenizer):
         raw_eval = [raw_train[i] for i in test_idx] or None
         raw_train = [raw_train[i] for i in train_idx]
     template = data_lib.make_template(str(cfg.data.get("template", "pku")), tokenizer)
-    train = data_lib.build_dataset(stage.train_kind, raw_train, tokenizer, max_length, template)
+    options = stage.data_options(cfg) if stage.data_options is not None else {}
+    train = data_lib.build_dataset(stage.train_kind, raw_train, tokenizer, max_length, template, **options)
     evaluation = None
     if raw_eval and stage.eval_fn is not None:
-        evaluation = data_lib.build_dataset(stage.eval_kind, raw_eval, tokenizer, max_length, template)
+        evaluation = data_lib.build_dataset(stage.eval_kind, raw_eval, tokenizer, max_length, template, **options)
     return train, evaluation
 
 

@@ -16,7 +16,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.architecture = ""                          # base architecture (for launch.plan before the weights exist)
     c.actor_model_name_or_path = "runs/sft/export"
     c.reward_model_name_or_path = "runs/reward/export"
-    c.cost_model_name_or_path = "runs/cost/export" if mode != "ppo" else ""
+    c.cost_model_name_or_path = "runs/cost/export" if mode not in ("ppo", "grpo") else ""
     c.reward_critic_model_name_or_path = ""      # "" = initialise from the reward model (head included)
     c.cost_critic_model_name_or_path = ""        # "" = initialise from the cost model
     c.allow_new_head = False                     # True: a reward/cost path without a score head gets a random one
@@ -47,7 +47,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
                                                        top_p=config_dict.placeholder(float)))
 
     c.rl = ml_collections.ConfigDict()
-    c.rl.kl_coeff = 0.02 if mode != "ppo_lag" else 0.01
+    c.rl.kl_coeff = 0.01 if mode in ("ppo_lag", "grpo_lag") else 0.02
     c.rl.clip_range_ratio = 0.2
     c.rl.clip_range_score = 50.0
     c.rl.clip_range_value = 5.0

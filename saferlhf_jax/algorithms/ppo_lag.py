@@ -119,8 +119,9 @@ class RLRunner:
         # logits_chunk > 0: log-probs projected to the vocabulary in chunks (no float32 (B, L, V) logits)
         log_probs = functools.partial(actor.label_log_probs, chunk=int(logits_chunk))
         self.optimizer_memory = optimizer_memory  # 'pinned_host': optimizer state offloaded between updates
-        self.models = rl.RLModels(log_probs, reward_critic.apply, actor_opt, critic_opt, actor_schedule,
-                                  critic_schedule, cfg, optimizer_on_host=optimizer_memory != "device")
+        self.models = rl.RLModels(log_probs, reward_critic.apply if reward_critic is not None else None, actor_opt,
+                                  critic_opt, actor_schedule, critic_schedule, cfg,
+                                  optimizer_on_host=optimizer_memory != "device")
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
 
@@ -135,9 +136,11 @@ class RLRunner:
         def init(actor_params, reward_params, cost_params):
             return rl.init_state(self.models, actor_params, reward_params, cost_params, seed, self.data_shards)
 
-        axes = [models.param_logical_axes(m.config, m.kind) for m in (self.actor, self.reward_critic)]
+        axes = [models.param_logical_axes(m.config, m.kind) for m in (self.actor, self.reward_critic)
+                if m is not None]
         rules = getattr(self.actor, "rules", None)
-        return state_lib.allocate(init, self.actor.params, self.reward_critic.params,
+        return state_lib.allocate(init, self.actor.params,
+                                  self.reward_critic.params if self.reward_critic is not None else None,
                                   self.cost_critic.params if self.cost_critic is not None else None, axes=axes,
                                   mesh=self.mesh, rules=rules, donate=(0, 1, 2) if donate else (),
                                   optimizer_memory=self.optimizer_memory)
@@ -225,9 +228,7 @@ class RLRunner:
         """All rollouts of one prompt batch, before any update: (state, [Rollout]); None when `stop()` turned True
         between micro-batches (the caller keeps the state it passed in, which this function never modifies)."""
         micro: list[rl.Rollout] = []
-        critics = {"reward": state.reward_critic.params}
-        if self.cfg.cost_critic:
-            critics["cost"] = state.cost_critic.params
+        critics = {name: getattr(state, f"{name}_critic").params for name in self.cfg.critics}
         chunk = self.train_batch_size // jax.process_count()  # this host's rows of each rollout micro-batch
         window = state.cost_window
         rng = state.rng
@@ -242,11 +243,33 @@ class RLRunner:
                 scorer_inputs = {name: self._place(*retokenize(seq, seq_mask))
                                  for name, retokenize in self.retokenizers.items()}
                 # the first micro-batch is updated first, from the parameters that generated it: its rl_step
-                # computes the actor log-probs and critic values in its own forward (see rl.make_rl_step)
-                scored, window = self._score(bool(micro), state.actor.params, self.frozen, critics, window, seq_dev,
+                # computes the actor log-probs and critic values in its own forward (see rl.make_rl_step); the
+                # critic-free modes need every rollout's log-probs before the group advantages
+                policy = bool(micro) or self.cfg.critic_free
+                scored, window = self._score(policy, state.actor.params, self.frozen, critics, window, seq_dev,
                                              mask_dev, start_dev, scorer_inputs or None)
                 micro.append(scored)
+        if self.cfg.critic_free:
+            micro = self._with_group_advantages(micro)
         return state.replace(rng=rng, cost_window=window), micro
+
+    def _with_group_advantages(self, micro: list[rl.Rollout]) -> list[rl.Rollout]:
+        """Group advantages over each chunk's G rollouts (return order), computed once per prompt batch."""
+        g = self.gen.num_return_sequences
+        if "groups" not in self._programs:
+            self._programs["groups"] = jax.jit(rl.make_group_advantages(self.cfg))
+        out = []
+        for lo in range(0, len(micro), g):
+            group = micro[lo:lo + g]
+            widths = {r.seq.shape[1] for r in group}
+            if len(widths) > 1:
+                raise ValueError("the rollouts of one group must share a width (set generation.length_buckets=())")
+            stack = lambda get: jnp.stack([get(r) for r in group])  # noqa: E731
+            costs = stack(lambda r: r.cost) if self.cfg.uses_cost else None
+            a_r, a_c = self._programs["groups"](stack(lambda r: r.reward), costs, stack(rl.sequence_kl))
+            out += [r.replace(reward_advantage=a_r[i], cost_advantage=None if a_c is None else a_c[i])
+                    for i, r in enumerate(group)]
+        return out
 
     # ------------------------------------------------------------------ update
 
@@ -257,7 +280,7 @@ class RLRunner:
         micro = list(micro)
         for epoch in range(self.update_iters):
             for i, batch in enumerate(micro):
-                fresh = epoch == 0 and i == 0
+                fresh = epoch == 0 and i == 0 and not self.cfg.critic_free
                 state, m, scored = self._step(fresh, state, batch, ptx[i] if ptx else None)
                 if fresh:  # later passes reuse these old log-probs and values
                     micro[0] = scored
@@ -335,9 +358,20 @@ def rl_config(cfg) -> rl.RLConfig:
             lambda_max=float(r.lambda_max) if float(r.lambda_max) > 0 else None,
             lambda_update_delay_steps=int(r.lambda_update_delay_steps),
             episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages),
-            joint_update=bool(r.get("joint_update", True)))
+            joint_update=bool(r.get("joint_update", True)),
+            group_size=int(cfg.generation.num_return_sequences), **_critic_free_settings(cfg))
     except ValueError as err:
         raise ConfigError(f"rl: {err}") from None
+
+
+def _critic_free_settings(cfg) -> dict:
+    """The `grpo` section of a critic-free config (configs/grpo_lag.py) as RLConfig fields."""
+    g = cfg.get("grpo")
+    if g is None:
+        return {}
+    return dict(advantage_estimator=str(g.advantage), group_eps=float(g.eps), kl_mode=str(g.kl_mode),
+                kl_loss_coeff=float(g.kl_loss_coeff), aggregation=str(g.aggregation),
+                loss_normalizer=float(g.loss_normalizer))
 
 
 def validate(cfg, mesh) -> None:
@@ -405,13 +439,16 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
     actor = models.load_causal_lm(cfg.actor_model_name_or_path, **kw)
     if len(tokenizer) > actor.config.vocab_size:
         actor, actor.params = models.resize_token_embeddings(actor, actor.params, len(tokenizer))
+    critics = rl_cfg.critics
     # always a copy (the actor's parameters are donated to every update), cast when bf16
     reference = jax.tree.map(lambda x: jnp.array(x, dtype=frozen_dtype, copy=True), actor.params)
     # normalize_reward / normalize_cost override the checkpoint's do_normalize, as the reference (default off)
     reward_model = models.load_score_model(cfg.reward_model_name_or_path, do_normalize=bool(cfg.rl.normalize_reward),
                                            require_head=not new_head, **frozen_kw)
-    critic_path = cfg.get("reward_critic_model_name_or_path") or cfg.reward_model_name_or_path
-    reward_critic = models.load_score_model(critic_path, score_type="critic", do_normalize=False, **kw)
+    reward_critic = None
+    if "reward" in critics:
+        critic_path = cfg.get("reward_critic_model_name_or_path") or cfg.reward_model_name_or_path
+        reward_critic = models.load_score_model(critic_path, score_type="critic", do_normalize=False, **kw)
     frozen = {"ref": reference, "reward": reward_model.params}
     reward_fn = rl.score_model_end_fn(reward_model.apply)
     cost_fn, cost_critic = None, None
@@ -482,7 +519,7 @@ def run(cfg) -> dict[str, Any]:
         retokenizers = {}
         for scorer, name in (("reward", "reward_model_name_or_path"), ("cost", "cost_model_name_or_path")):
             path = cfg.get(name)
-            if path and (cfg.mode != "ppo" or scorer == "reward"):
+            if path and (scorer == "reward" or rl_cfg.uses_cost):
                 other = load_tokenizer(path)
                 if other.get_vocab() != tokenizer.get_vocab():
                     log.info("%s model %s has its own tokenizer: rollouts are re-tokenized for it", scorer, path)
@@ -530,9 +567,9 @@ def run(cfg) -> dict[str, Any]:
                           logits_chunk=int(cfg.model.get("logits_chunk", 0)),
                           optimizer_memory=str(cfg.model.get("optimizer_memory", "device")))
         state = runner.init_state(int(cfg.seed), donate=True)
-        actor.params = reward_critic.params = None  # the state owns them now
-        if cost_critic is not None:
-            cost_critic.params = None
+        for owned in (actor, reward_critic, cost_critic):  # the state owns their parameters now
+            if owned is not None:
+                owned.params = None
 
         iteration = 0
         if run_dir.resuming:

@@ -24,7 +24,7 @@ import optax
 from saferlhf_jax import ops
 from saferlhf_jax.training.state import to_device, to_host
 
-MODES = ("ppo", "ppo_lag", "reward_shaping")
+MODES = ("ppo", "ppo_lag", "reward_shaping", "grpo", "grpo_lag")  # grpo*: critic-free (METHODS_BEYOND §2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,20 +48,43 @@ class RLConfig:
     whiten_advantages: bool = False
     joint_update: bool = True  # one value_and_grad over actor + critics (fast on CPU); False: one after another
                                # (lower peak memory at scale: the three models' backward passes never overlap)
+    # critic-free modes (grpo, grpo_lag): G = group_size responses per prompt, group-relative advantages
+    group_size: int = 1
+    advantage_estimator: str = "grpo"   # grpo | dr_grpo | rloo
+    group_eps: float = 1e-4
+    kl_mode: str = "loss"               # loss: β_kl·k3 in the loss | reward: −β·K in R̂, +β·K in Ĉ (sequence level)
+    kl_loss_coeff: float = 0.04
+    aggregation: str = "seq"            # seq | token | constant
+    loss_normalizer: float = 0.0        # 'constant' aggregation's L_norm (0: the rollout width)
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.lambda_max is not None and self.lambda_max <= 0:
             raise ValueError("lambda_max must be > 0 (or None)")
-        if self.lambda_init <= 0 and self.mode == "ppo_lag":
+        if self.lambda_init <= 0 and self.learns_lambda:
             raise ValueError("lambda_init must be > 0 for PPO-Lag (log λ is learned)")
         if self.episode_cost_window_size < 1:
             raise ValueError(f"episode_cost_window_size must be ≥ 1, got {self.episode_cost_window_size}")
+        if self.critic_free:
+            if self.group_size < 2:
+                raise ValueError(f"{self.mode} needs num_return_sequences (the group size G) ≥ 2")
+            if self.advantage_estimator not in ops.GROUP_ESTIMATORS:
+                raise ValueError(f"advantage estimator must be one of {ops.GROUP_ESTIMATORS}")
+            if self.kl_mode not in ("loss", "reward") or self.aggregation not in ops.AGGREGATIONS:
+                raise ValueError("kl_mode must be loss|reward and aggregation one of " + str(ops.AGGREGATIONS))
 
     @property
     def uses_cost(self) -> bool:
-        return self.mode in ("ppo_lag", "reward_shaping")
+        return self.mode in ("ppo_lag", "reward_shaping", "grpo_lag")
+
+    @property
+    def critic_free(self) -> bool:
+        return self.mode in ("grpo", "grpo_lag")
+
+    @property
+    def learns_lambda(self) -> bool:
+        return self.mode in ("ppo_lag", "grpo_lag")
 
     @property
     def cost_critic(self) -> bool:
@@ -69,7 +92,9 @@ class RLConfig:
 
     @property
     def critics(self) -> tuple[str, ...]:
-        """The critics the mode trains: 'reward' and, for PPO-Lag, 'cost'."""
+        """The critics the mode trains: 'reward' and, for PPO-Lag, 'cost'; none when critic-free."""
+        if self.critic_free:
+            return ()
         return ("reward", "cost") if self.cost_critic else ("reward",)
 
 
@@ -125,7 +150,7 @@ class RLState:
     """Everything an RL run must carry across steps and resumes, as one pytree (checkpointed whole)."""
 
     actor: ModuleState
-    reward_critic: ModuleState
+    reward_critic: ModuleState | None   # None in the critic-free modes
     cost_critic: ModuleState | None
     log_lambda: jax.Array    # () f32
     global_step: jax.Array   # () int32 rl_step calls so far (drives the λ delay, spec §3.13)
@@ -148,6 +173,8 @@ class Rollout:
     log_probs: jax.Array | None = None      # (B, A) f32 actor log-probs at rollout time
     reward_values: jax.Array | None = None  # (B, A) f32 reward-critic values at rollout time
     cost_values: jax.Array | None = None    # (B, A) f32 cost-critic values at rollout time
+    reward_advantage: jax.Array | None = None  # (B,) f32 group-relative advantages (critic-free modes)
+    cost_advantage: jax.Array | None = None    # (B,) f32
 
     def values(self, critic: str):
         return self.reward_values if critic == "reward" else self.cost_values
@@ -185,7 +212,7 @@ def init_state(models: RLModels, actor_params, reward_critic_params, cost_critic
     zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731 — distinct buffers: the state is donated leaf by leaf
     return RLState(
         actor=init_module_state(actor_params, models.actor_opt),
-        reward_critic=init_module_state(reward_critic_params, models.critic_opt),
+        reward_critic=None if cfg.critic_free else init_module_state(reward_critic_params, models.critic_opt),
         cost_critic=init_module_state(cost_critic_params, models.critic_opt) if cfg.cost_critic else None,
         log_lambda=jnp.asarray(log_lambda, jnp.float32), global_step=zero(), skipped=zero(),
         rng=jax.random.PRNGKey(seed), cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size))
@@ -286,7 +313,7 @@ def lambda_step(state: RLState, cfg: RLConfig):
     global_step ≥ lambda_update_delay_steps (PPO-Lag only, spec §3.13); a non-finite result keeps the old value."""
     episode_cost = state.cost_window.mean()
     log_lambda = state.log_lambda
-    if cfg.mode == "ppo_lag":
+    if cfg.learns_lambda:
         updated = ops.lagrange_update(log_lambda, episode_cost, cfg.threshold, cfg.lambda_lr, cfg.lambda_max)
         apply = (state.global_step >= cfg.lambda_update_delay_steps) & jnp.isfinite(updated)
         log_lambda = jnp.where(apply, updated, log_lambda)
@@ -332,6 +359,8 @@ def make_rl_step(models: RLModels, fresh: bool = False):
     """
     cfg = models.cfg
     critics = cfg.critics
+    if cfg.critic_free:
+        return _make_critic_free_step(models)
 
     def step(state: RLState, rollout: Rollout, ptx_batch):
         log_lambda, episode_cost = lambda_step(state, cfg)
@@ -431,6 +460,82 @@ def make_rl_step(models: RLModels, fresh: bool = False):
                 "train/cost_value": ops.masked_mean(old.cost_values, resp),
             })
         return new_state, metrics, (old if fresh else None)
+
+    return step
+
+
+# ---------------------------------------------------------------------------------------------------- critic-free
+
+
+def sequence_kl(rollout: Rollout):
+    """K_i = Σ_{t ≥ start} (log π_old − log π_ref)·m: (B,) (METHODS_BEYOND §2.2)."""
+    resp = response_mask(rollout.mask[:, 1:], rollout.start)
+    return jnp.sum((rollout.log_probs - rollout.ref_log_probs) * resp, axis=-1)
+
+
+def make_group_advantages(cfg: RLConfig):
+    """advantages(rollouts of one chunk of prompts, G of them in return order) → the same rollouts with
+    reward_advantage / cost_advantage: group g of prompt p is row p of the G micro-batches (METHODS_BEYOND §2.3)."""
+
+    def fn(rewards, costs, kls):
+        """rewards, costs, kls: (G, B) → A_r (G, B), A_c (G, B) | None."""
+        g = rewards.shape[0]
+        if cfg.kl_mode == "reward":  # sequence-level shaping, the PPO-Lag signs (B§3.10)
+            rewards = rewards - cfg.kl_coeff * kls
+            costs = None if costs is None else costs + cfg.kl_coeff * kls
+        clip = lambda x: jnp.clip(x, -cfg.clip_range_score, cfg.clip_range_score)  # noqa: E731
+        adv = lambda x: ops.group_advantages(clip(x).T.reshape(-1), g, cfg.advantage_estimator,  # noqa: E731
+                                             cfg.group_eps).reshape(-1, g).T
+        return adv(rewards), (None if costs is None else adv(costs))
+
+    return fn
+
+
+def _make_critic_free_step(models: RLModels):
+    """GRPO / GRPO-Lag rl_step(state, rollout, ptx) → (state, metrics, None): λ update, A = (A_r − λA_c)/(1+λ) from
+    the stored group advantages, the clipped surrogate + β_kl·k3 (kl_mode 'loss'), aggregated; no critics."""
+    cfg = models.cfg
+
+    def step(state: RLState, rollout: Rollout, ptx_batch):
+        log_lambda, episode_cost = lambda_step(state, cfg)
+        lam = jnp.exp(log_lambda)
+        seq, mask = rollout.seq, rollout.mask
+        resp = response_mask(mask[:, 1:], rollout.start)
+        adv = rollout.reward_advantage
+        if cfg.uses_cost:
+            adv = ops.lagrangian_advantages(rollout.reward_advantage, rollout.cost_advantage, lam)
+        beta_kl = cfg.kl_loss_coeff if cfg.kl_mode == "loss" else 0.0
+        normalizer = cfg.loss_normalizer or float(seq.shape[1] - 1)
+
+        def objective(params):
+            log_probs = models.actor_log_probs(params, seq, mask, seq[:, 1:])
+            loss, aux = ops.grpo_actor_loss(log_probs, rollout.log_probs, rollout.ref_log_probs, adv, resp,
+                                            cfg.clip_range_ratio, beta_kl, cfg.aggregation, normalizer)
+            aux = {"train/actor_loss": loss, **{f"train/{k}": v for k, v in aux.items()}}
+            total = loss
+            if ptx_batch is not None:
+                aux["train/ptx_loss"] = ptx_loss(models, params, ptx_batch)
+                total = 0.5 * (loss + cfg.ptx_coeff * aux["train/ptx_loss"])
+            return total, aux
+
+        (total, aux), grads = jax.value_and_grad(objective, has_aux=True)(state.actor.params)
+        grad_norm = optax.global_norm(trainable(grads))
+        finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
+        new_state = state.replace(
+            log_lambda=log_lambda, global_step=state.global_step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
+            actor=_apply_update(state.actor, grads, models.actor_opt, finite, models.optimizer_on_host))
+        lengths = jnp.sum(resp, axis=-1).astype(jnp.float32)
+        metrics = {**aux, "train/actor_lr": models.actor_schedule(state.actor.updates),
+                   "train/reward": jnp.mean(rollout.reward),
+                   "train/reward_advantage": jnp.mean(jnp.abs(rollout.reward_advantage)),
+                   "train/kl_divergence": jnp.mean(sequence_kl(rollout)),
+                   "train/mean_generated_length": jnp.mean(lengths), "train/max_generated_length": jnp.max(lengths),
+                   "train/lambda": lam, "train/episode_cost": episode_cost, "train/grad_norm": grad_norm,
+                   "train/skipped_updates": new_state.skipped, "train/global_step": new_state.global_step}
+        if cfg.uses_cost:
+            metrics["train/cost"] = jnp.mean(rollout.cost)
+            metrics["train/cost_advantage"] = jnp.mean(jnp.abs(rollout.cost_advantage))
+        return new_state, metrics, None
 
     return step
 

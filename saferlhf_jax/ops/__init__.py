@@ -22,7 +22,12 @@ from saferlhf_jax.ops.lm import (
     shift_labels,
 )
 from saferlhf_jax.ops.rl import (
+    AGGREGATIONS,
+    GROUP_ESTIMATORS,
+    aggregate,
     critic_loss,
+    group_advantages,
+    grpo_actor_loss,
     gae_advantages_and_returns,
     kl_shaped_scores,
     lagrange_update,
@@ -45,7 +50,8 @@ from saferlhf_jax.ops.score import (
 __all__ = [
     "masked_mean", "gather_log_probs", "end_index", "first_divergence_index", "take_at",
     "kl_shaped_scores", "gae_advantages_and_returns", "ppo_actor_loss", "critic_loss",
-    "lagrangian_advantages", "lagrange_update",
+    "lagrangian_advantages", "lagrange_update", "group_advantages", "grpo_actor_loss", "aggregate",
+    "GROUP_ESTIMATORS", "AGGREGATIONS",
     "reward_model_loss", "cost_model_loss", "normalizer_update", "normalize", "init_normalizer_state",
     "dpo_loss", "dpo_action_window", "dpo_sequence_log_probs", "sft_loss", "sft_token_losses", "shift_labels",
     "chunked_label_log_probs", "sft_loss_from_log_probs", "safedpo_loss",

@@ -118,3 +118,56 @@ def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=N
     if lambda_max is not None:
         new = jnp.minimum(new, jnp.log(as_f32(lambda_max)))
     return new
+
+
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")
+AGGREGATIONS = ("seq", "token", "constant")
+
+
+def group_advantages(scores, group_size: int, estimator: str = "grpo", eps: float = 1e-4):
+    """Critic-free sequence advantages (METHODS_BEYOND §2.3). scores (N,) prompt-major (row p·G + g), N = B_p·G.
+
+    grpo: (x − mean)/(std_ddof1 + eps) (DeepSeekMath); dr_grpo: x − mean (Dr. GRPO); rloo: x − mean of the other
+    G − 1 (leave-one-out). A constant group gives 0. Returns (N,) float32. G ≥ 2."""
+    x = as_f32(scores).reshape(-1, int(group_size))
+    mean = jnp.mean(x, axis=1, keepdims=True)
+    if estimator == "grpo":
+        a = (x - mean) / (jnp.std(x, axis=1, ddof=1, keepdims=True) + eps)
+    elif estimator == "dr_grpo":
+        a = x - mean
+    elif estimator == "rloo":
+        a = x - (jnp.sum(x, axis=1, keepdims=True) - x) / (group_size - 1)
+    else:
+        raise ValueError(f"estimator must be one of {GROUP_ESTIMATORS}, got {estimator!r}")
+    return a.reshape(-1)
+
+
+def aggregate(x, mask, aggregation: str = "seq", loss_normalizer: float | None = None):
+    """'seq': masked_mean (per sequence, then over sequences); 'token': Σx·m/Σm; 'constant': Σx·m/(N·normalizer)."""
+    m = as_bool(mask).astype(jnp.float32)
+    if aggregation == "seq":
+        return masked_mean(x, mask)
+    if aggregation == "token":
+        return jnp.sum(x * m) / jnp.sum(m)
+    if aggregation == "constant":
+        return jnp.sum(x * m) / (m.shape[0] * float(loss_normalizer))
+    raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+
+
+def grpo_actor_loss(log_probs, old_log_probs, ref_log_probs, advantages, mask, clip_range_ratio=0.2, kl_coeff=0.04,
+                    aggregation: str = "seq", loss_normalizer: float | None = None):
+    """Per-token clipped surrogate + kl_coeff·k3 to the reference (DeepSeekMath Eq. 3–4), aggregated (§2.4).
+
+    log_probs, old_log_probs, ref_log_probs, mask (N, T); advantages (N,) sequence-level (already combined).
+    Returns (loss, {'pg_loss', 'kl_k3', 'clip_fraction'})."""
+    lp, old, ref = as_f32(log_probs), as_f32(old_log_probs), as_f32(ref_log_probs)
+    a = as_f32(advantages)[:, None]
+    ratio = jnp.exp(lp - old)
+    pg = -jnp.minimum(ratio * a, jnp.clip(ratio, 1 - clip_range_ratio, 1 + clip_range_ratio) * a)
+    log_r = ref - lp
+    k3 = jnp.exp(log_r) - log_r - 1.0
+    loss = aggregate(pg + kl_coeff * k3, mask, aggregation, loss_normalizer)
+    aux = {"pg_loss": aggregate(pg, mask, aggregation, loss_normalizer),
+           "kl_k3": aggregate(k3, mask, "seq"),
+           "clip_fraction": aggregate((jnp.abs(ratio - 1) > clip_range_ratio).astype(jnp.float32), mask, "token")}
+    return loss, aux

@@ -55,6 +55,7 @@ def get_config(preset: str = "tiny"):
     c.rl.critic.learning_rate = 5e-4
     c.rl.actor.lr_warmup_ratio = 0.0
     c.rl.rl.lambda_lr = 0.5
+    c.rl.rl.lambda_update_delay_steps = 3         # λ stays at 1 while the SFT policy is still well inside budget
     c.rl.rl.episode_cost_window_size = 32
     c.rl.checkpoint.every = 0
     if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars

@@ -14,13 +14,14 @@ from saferlhf_jax.testbed import world
 
 def test_rules_by_hand():
     s = world.ground_truth("Lily kicked the dog. Tim helped the cat. Timmy hit the ball. Lily saw the tree.")
-    assert (s.reward, s.cost, s.helpful, s.harmful) == (5.0, 1.0, 1, 2) and not s.safe
-    assert world.ground_truth("Tim shared the ball. Lily liked the bird.").cost == -1.0
+    assert (s.reward, s.cost, s.helpful, s.harmful) == (5.0, 1.5, 1, 2) and not s.safe
+    assert world.ground_truth("Tim shared the ball. Lily liked the bird.").cost == -0.5
+    assert not world.ground_truth("Tim hit the ball.").safe  # one harmful act is unsafe
     # only the first four sentences are a story: a fifth harmful act is not read
     five = "Tim saw the dog. Tim saw the cat. Tim saw the ball. Tim helped the bird. Tim hit the tree."
     assert world.ground_truth(five).harmful == 0 and world.ground_truth(five).reward == 1.0
     cats, severity = world.harm_labels("Tim kicked the dog. Tim pushed the cat. Tim hit the ball.")
-    assert severity == 2 and cats["Violence"] and cats["Physical Harm"] and sum(cats.values()) == 2
+    assert severity == 3 and cats["Violence"] and cats["Physical Harm"] and sum(cats.values()) == 2
 
 
 def test_world_rows_pass_the_pku_validation(tmp_path, stories_dir):
@@ -36,7 +37,7 @@ def test_world_rows_pass_the_pku_validation(tmp_path, stories_dir):
     for s, r in zip(samples, rows):
         g0, g1 = world.ground_truth(r["response_0"]), world.ground_truth(r["response_1"])
         assert s.better == (g0.reward > g1.reward) and s.safer == (g0.cost < g1.cost)
-        assert s.is_safe == g0.safe and s.severity == (0 if g0.safe else min(int(g0.cost), 3))
+        assert s.is_safe == g0.safe and s.severity == min(g0.harmful, 3)
     tok = load_tokenizer(stories_dir)
     ds = data.build_dataset("safety_preference", samples, tok, 256)
     assert "safer_labelled_unsafe" not in ds.counts and len(ds) == len(rows)

@@ -2,8 +2,9 @@
 
     python -m benchmarks.run_all [--size tiny|cpu|gpu] [--json all.json]
 
-Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate`, and TRL 1.12's
-PPOTrainer when `trl==1.12.0` is installed (skipped, and said so, otherwise).
+Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate` at two shapes, and TRL
+1.12's PPOTrainer when `trl==1.12.0` is installed (skipped, and said so, otherwise). `--size gpu` adds the rows of
+`benchmarks/gpu_suite.py` (decode as a fraction of the HBM roofline, train-step MFU of a 1B-shaped model).
 """
 
 from __future__ import annotations
@@ -16,14 +17,19 @@ from benchmarks.common import write_json
 SIZES = {
     "tiny": {"ppo": dict(batch=2, prompt_len=8, response_len=8, steps=1),
              "train": dict(hidden=64, layers=2, vocab=256, batch=2, seq=32, repeats=1),
-             "generate": dict(batch=2, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=256)},
+             "generate": dict(batch=2, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=256),
+             "generate_large": dict(batch=4, prompt_len=8, new_tokens=16, repeats=1, hidden=64, layers=2, vocab=512)},
     "cpu": {"ppo": dict(batch=8, prompt_len=32, response_len=32, steps=4),
             "train": dict(hidden=512, layers=4, vocab=8192, batch=8, seq=256, repeats=3),
-            "generate": dict(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048)},
+            "generate": dict(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048),
+            "generate_large": dict(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4,
+                                   vocab=8192)},
     "gpu": {"ppo": dict(batch=32, prompt_len=64, response_len=64, steps=4, hidden=512, layers=4),
             "train": dict(hidden=2048, layers=8, vocab=32000, batch=16, seq=512, repeats=5),
             "generate": dict(batch=32, prompt_len=64, new_tokens=256, repeats=3, hidden=1024, layers=8,
-                             vocab=32000)},
+                             vocab=32000),
+            "generate_large": dict(batch=128, prompt_len=128, new_tokens=256, repeats=3, hidden=2048, layers=8,
+                                   vocab=32000)},
 }
 
 
@@ -36,7 +42,8 @@ def main(argv=None) -> int:
 
     sizes = SIZES[a.size]
     results = {"train_step_vs_transformers": train_step.run(**sizes["train"]),
-               "generate_vs_hf": generate.run(**sizes["generate"])}
+               "generate_vs_hf": generate.run(**sizes["generate"]),
+               "generate_large_vs_hf": generate.run(**sizes["generate_large"])}
     results["train_step_fraction_of_matmul_peak"] = {
         "ratio": results["train_step_vs_transformers"]["fraction_of_peak"]}
     try:
@@ -47,6 +54,13 @@ def main(argv=None) -> int:
         from benchmarks import ppo_step
 
         results["ppo_step_vs_trl"] = ppo_step.run(**sizes["ppo"])
+    if a.size == "gpu":  # the 1B-shaped roofline rows (benchmarks/gpu_suite.py), on the accelerator
+        from benchmarks import gpu_suite
+
+        suite = gpu_suite.run("gpu")
+        for b, row in suite["decode"].items():
+            results[f"decode_b{b}_fraction_of_hbm_roofline"] = {"ratio": row["fraction_of_hbm_roofline"], **row}
+        results["train_step_mfu_1b"] = {"ratio": suite["train_step"]["mfu"], **suite["train_step"]}
     print(f"{'benchmark':<40} {'ratio':>8}")
     for name, r in results.items():
         value = f"{r['ratio']:.2f}" if "ratio" in r else r.get("skipped", "")

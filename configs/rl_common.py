@@ -40,6 +40,10 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.generation.repetition_penalty = 1.0
     c.generation.num_return_sequences = 1
     c.generation.length_buckets = ()             # rollout widths below max_length to compile for (() = one)
+    c.generation.rollout_layout = True           # sample from q|k|v- and gate|up-fused weights, laid out once per
+                                                 # rollout (same tokens; off with mesh.tensor > 1: fused kernels
+                                                 # would replicate over the tensor axis)
+    c.generation.prefill_chunk = 512             # prompts wider than this are prefilled in chunks (0: one pass)
 
     # RL evaluation samples with the actor's own generation_config.json (spec §5.1); set these to override
     c.eval_generation = ml_collections.ConfigDict(dict(temperature=config_dict.placeholder(float),

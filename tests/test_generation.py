@@ -169,8 +169,8 @@ def test_sharded_sampler_equals_single_device(shape):
     pad = 16 - ids.shape[1]  # generate pads these prompts to its smallest bucket, 16
     batch = put_local_batch({"ids": np.pad(ids, ((0, 0), (pad, 0))), "mask": np.pad(mask, ((0, 0), (pad, 0)))}, mesh)
     state = progs[0].prefill(sharded.params, batch["ids"], batch["mask"], np.int32(10))
-    want = P(("data", "fsdp") if shape[0] > 1 else "fsdp", None, "tensor" if shape[2] > 1 else None, None)
-    assert state["cache"]["k"][0].sharding.spec == want
+    want = P(("data", "fsdp") if shape[0] > 1 else "fsdp", "tensor" if shape[2] > 1 else None, None, None)
+    assert state["cache"].k[0].sharding.spec == want
 
 
 def test_stream_generate_matches_generate(tiny):
@@ -210,3 +210,98 @@ def test_chat_cli_streams_and_handles_commands(stories_dir):
     assert chat.main(["--red", str(stories_dir), "--blue", str(stories_dir), "--max_new_tokens", "8"],
                      stdin=io.StringIO("Hello\n"), out=out) == 0
     assert "ASSISTANT [red]:" in out.getvalue() and "ASSISTANT [blue]:" in out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------- rollout fast path
+
+ROLLOUT_MODELS = {
+    "gqa_tied": dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
+    "mha_untied": dict(num_attention_heads=4, num_key_value_heads=4),
+    "gqa_scanned_bias": dict(num_attention_heads=4, num_key_value_heads=1, scan_layers=True, attention_bias=True,
+                             mlp_bias=True, hidden_act="gelu_pytorch_tanh"),
+}
+
+
+def _rollout_model(name, mesh=None):
+    cfg = ModelConfig(vocab_size=67, hidden_size=32, intermediate_size=48, num_hidden_layers=3, initializer_range=0.3,
+                      eos_token_id=2, pad_token_id=0, **ROLLOUT_MODELS[name])
+    model = init_model(cfg, rng=3, mesh=mesh)
+    # every tensor away from its init (biases 0, norm scales 1 would hide a bias or norm lost in the fusion)
+    keys = iter(jax.random.split(jax.random.key(4), len(jax.tree.leaves(model.params))))
+    model.params = jax.tree.map(lambda x: x + 0.2 * jax.random.normal(next(keys), x.shape, x.dtype), model.params)
+    return model
+
+
+@pytest.mark.parametrize("name", sorted(ROLLOUT_MODELS))
+def test_rollout_layout_is_the_same_function(name):
+    """Fused q|k|v and gate|up kernels: forward ≤ 1e-5 of the training layout, greedy tokens identical."""
+    model = _rollout_model(name)
+    fused, fuse = model.rollout
+    fused_params = fuse(model.params)
+    layers = fused_params["model"]["layers"]
+    layer = layers if model.config.scan_layers else layers[0]
+    assert set(layer["self_attn"]) == {"qkv_proj", "o_proj"} and set(layer["mlp"]) == {"gate_up_proj", "down_proj"}
+    ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
+    np.testing.assert_allclose(np.asarray(fused.apply(fused_params, ids, mask)),
+                               np.asarray(model.apply(model.params, ids, mask)), atol=1e-5, rtol=1e-5)
+    kw = dict(max_new_tokens=12, greedy=True, eos_token_ids=[])
+    want = generate(model, model.params, ids, mask, **kw)
+    np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, **kw)["sequences"], want["sequences"])
+    np.testing.assert_array_equal(generate(model, model.params, ids, mask, rollout_layout=True, **kw)["sequences"],
+                                  want["sequences"])
+
+
+def test_rollout_layout_on_a_mesh_equals_one_device():
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    mesh = make_mesh(2, 4, 1)
+    single, sharded = _rollout_model("gqa_scanned_bias"), _rollout_model("gqa_scanned_bias", mesh)
+    sharded.params = jax.device_put(single.params, sharded.param_shardings())
+    rows = [[1, 3 + i, 7 + i][: 1 + i % 3] for i in range(8)]
+    ids, mask = _left_padded(rows)
+    kw = dict(max_new_tokens=10, greedy=True, eos_token_ids=[])
+    want = generate(single, single.params, ids, mask, **kw)["sequences"]
+    fused, fuse = sharded.rollout
+    fused_params = fuse(sharded.params)
+    kernel = fused_params["model"]["layers"]["self_attn"]["qkv_proj"]["kernel"]
+    assert kernel.sharding.spec[1] == "fsdp"  # the input (embed) axis keeps its FSDP sharding
+    np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, mesh=mesh, **kw)["sequences"], want)
+
+
+@pytest.mark.parametrize("chunk", [16, 7])
+def test_chunked_prefill_equals_one_pass(tiny, chunk):
+    """A 40-token prompt in chunks of 16 (or 7: a leading remainder, then a scan) = one pass: last logits and the
+    greedy continuation, with left padding that fills whole chunks."""
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(3, 61, n).tolist() for n in (40, 1, 23)]
+    ids, mask = _left_padded(rows)
+    kw = dict(max_new_tokens=8, greedy=True, eos_token_ids=[])
+    whole = generate(tiny, tiny.params, ids, mask, prefill_chunk=0, **kw)
+    chunked = generate(tiny, tiny.params, ids, mask, prefill_chunk=chunk, **kw)
+    np.testing.assert_array_equal(chunked["sequences"], whole["sequences"])
+    from saferlhf_jax.generation import sampler
+
+    states = []
+    for c in (0, chunk):
+        settings = sampler.SamplingSettings(max_new_tokens=8, greedy=True, prefill_chunk=c)
+        progs = sampler._programs(tiny, settings, 64 + 8)
+        pad = 64 - ids.shape[1]
+        states.append(progs.prefill(tiny.params, np.pad(ids, ((0, 0), (pad, 0))), np.pad(mask, ((0, 0), (pad, 0))),
+                                    np.int32(8)))
+    np.testing.assert_allclose(np.asarray(states[1]["logits"]), np.asarray(states[0]["logits"]), atol=1e-5)
+
+
+def test_top_k_sampling_draws_from_the_filtered_distribution():
+    """The top-k path (no vocabulary sort, noise for k values only) samples softmax over the kept tokens."""
+    from saferlhf_jax.generation import choose_tokens
+
+    probs = np.array([0.05, 0.4, 0.02, 0.3, 0.2, 0.03])
+    logits = jnp.log(jnp.asarray(np.tile(probs, (4000, 1)), jnp.float32))
+    draw = lambda **kw: np.asarray(choose_tokens(logits, jax.random.key(1), greedy=False, temperature=1.0, **kw))  # noqa: E731
+    counts = np.bincount(draw(top_k=3, top_p=1.0), minlength=6) / 4000
+    np.testing.assert_allclose(counts[[1, 3, 4]], np.array([0.4, 0.3, 0.2]) / 0.9, atol=0.03)
+    assert counts[[0, 2, 5]].sum() == 0
+    counts = np.bincount(draw(top_k=3, top_p=0.5), minlength=6) / 4000  # within the top 3: 0.44 + 0.33 ≥ 0.5
+    np.testing.assert_allclose(counts[[1, 3]], [4 / 7, 3 / 7], atol=0.03)
+    assert counts[[0, 2, 4, 5]].sum() == 0
+    np.testing.assert_array_equal(draw(top_k=1, top_p=1.0), np.ones(4000))  # top-1 = argmax

@@ -1,4 +1,7 @@
-"""The main job end to end on the embedded default (the README's command (a)), then a resume that skips it all."""
+"""The main job end to end on the embedded default (the README's command (a)), then a resume that skips it all.
+
+Its first stage is the ground-truth testbed (CI size); the test runs it for a non-default seed and checks the paper's
+claims on the world's R*/C* with learned reward and cost models."""
 
 from __future__ import annotations
 
@@ -13,8 +16,10 @@ from launch import pipeline
 def test_pipeline_tiny_end_to_end_and_resume(tmp_path):
     argv = ["prog", "--config=configs/pipeline.py:tiny", f"--config.output_dir={tmp_path}",
             "--config.logging.progress=False", "--config.logging.tensorboard=False",
-            "--config.mesh.fsdp=1"]  # one device, as the README command runs on a CPU (conftest simulates 8)
+            "--config.mesh.fsdp=1",  # one device, as the README command runs on a CPU (conftest simulates 8)
+            "--config.testbed.seed=3"]
     assert pipeline.main(argv) == 0
+    _check_testbed(tmp_path / "testbed")
     for stage in ("sft", "reward", "cost", "ppo_lag"):
         summary = json.loads((tmp_path / stage / "summary.json").read_text())
         assert "export" in summary, stage
@@ -33,3 +38,19 @@ def test_pipeline_tiny_end_to_end_and_resume(tmp_path):
     mtime = (tmp_path / "sft" / "summary.json").stat().st_mtime
     assert pipeline.main(argv) == 0
     assert (tmp_path / "sft" / "summary.json").stat().st_mtime == mtime
+
+
+def _check_testbed(out):
+    r = json.loads((out / "results.json").read_text())
+    assert r["seed"] == 3
+    assert set(r["methods"]) == {"sft", "ppo", "ppo_lag", "reward_shaping"}
+    assert [s["lambda"] for s in r["methods"]["reward_shaping"]] == [0.1, 1.0]
+    assert r["rm_accuracy_heldout"] > 0.8 and r["cm_sign_accuracy_heldout"] > 0.8
+    claims = r["claims"]
+    for key in ("ppo_raises_reward_and_breaks_budget", "ppo_lag_within_budget", "ppo_lag_raises_reward",
+                "some_fixed_lambda_breaks_budget_or_gives_up_reward"):
+        assert claims[key] is True, (key, r["methods"])
+    assert claims.get("ppo_lag_at_least_90pct_of_best_feasible_shaping", True) is True
+    report = (out / "report.md").read_text()
+    assert "![reward vs cost](reward_vs_cost.png)" in report and "Claims that hold" in report
+    assert (out / "reward_vs_cost.png").stat().st_size > 5000 and (out / "ppo_lag_curves.png").is_file()

@@ -298,7 +298,7 @@ def test_long_prompt_gets_max_length_minus_its_length():
     ids[1, -20:], mask[1, -20:] = np.r_[BOS, [A] * 19], True
     never_eos = GenerationConfig(max_length=256, top_k=0, eos_token_ids=(), pad_token_id=PAD)
     runner.gen = never_eos
-    seq, seq_mask, start = runner.sample(state.actor.params, ids, mask, jax.random.PRNGKey(0))
+    seq, seq_mask, start = runner.sample(runner.sampler_params(state.actor.params), ids, mask, jax.random.PRNGKey(0))
     assert seq.shape == (2, 256) and (start == 149).all()
     assert seq_mask[:, 150:].sum(axis=1).tolist() == [106, 106]  # exactly the reference's budget, no EOS cut
     assert seq_mask[0, :150].all() and seq_mask[1, :130].sum() == 0  # the short prompt stays left-padded

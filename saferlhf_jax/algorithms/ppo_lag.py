@@ -52,6 +52,8 @@ class GenerationConfig:
     unk_token_id: int | None = None
     prompt_buckets: tuple[int, ...] = ()   # prompt widths the sampler compiles for (() = powers of two)
     length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
+    rollout_layout: bool = True            # sample from fused q|k|v and gate|up kernels (`Model.rollout`)
+    prefill_chunk: int = 512               # prompts wider than this are prefilled in chunks (0: one pass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +126,12 @@ class RLRunner:
                                   optimizer_on_host=optimizer_memory != "device")
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
+        # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout
+        tensor = 1 if mesh is None else mesh.shape.get("tensor", 1)
+        self.sampler_model, self._to_rollout_layout = actor, None
+        if gen.rollout_layout and tensor == 1:
+            self.sampler_model, self._to_rollout_layout = actor.rollout
+        self.last_generate_seconds = 0.0  # host seconds in the sampler during the last rollout (it returns numpy)
 
     # ------------------------------------------------------------------ state
 
@@ -197,8 +205,13 @@ class RLRunner:
         lower = max((b for b in buckets if b < bucket_length(prompt_width, buckets)), default=0)
         return self.gen.max_length - min(lower + 1, prompt_width)
 
+    def sampler_params(self, actor_params):
+        """The actor's parameters as the sampler reads them (the rollout layout: made once per rollout)."""
+        return actor_params if self._to_rollout_layout is None else self._to_rollout_layout(actor_params)
+
     def sample(self, params, ids: np.ndarray, mask: np.ndarray, key, **sampling):
-        """Responses to this host's left-padded prompts (b, S): returns (seq, seq_mask, start) with seq (b, L),
+        """Responses to this host's left-padded prompts (b, S), from `sampler_params(actor params)`: returns
+        (seq, seq_mask, start) with seq (b, L),
         L from the length buckets, start (b,) = P − 1 where P is the longest real prompt of the micro-batch over all
         hosts, and a response budget of exactly max_length − P tokens (spec §2.5, reference rollout)."""
         g = self.gen
@@ -210,9 +223,9 @@ class RLRunner:
         ids, mask = strip_left_padding(ids, mask, longest, g.pad_token_id or 0)
         opts = dict(temperature=g.temperature, top_k=g.top_k, top_p=g.top_p, repetition_penalty=g.repetition_penalty)
         opts.update(sampling)
-        out = generate(self.actor, params, ids, mask, max_new_tokens=self.response_width(longest), budget=budget,
-                       eos_token_ids=g.eos_token_ids, pad_token_id=g.pad_token_id, rng=key, mesh=self.mesh,
-                       buckets=g.prompt_buckets or None, **opts)
+        out = generate(self.sampler_model, params, ids, mask, max_new_tokens=self.response_width(longest),
+                       budget=budget, eos_token_ids=g.eos_token_ids, pad_token_id=g.pad_token_id, rng=key,
+                       mesh=self.mesh, buckets=g.prompt_buckets or None, prefill_chunk=g.prefill_chunk, **opts)
         used = mesh_lib.global_max(longest + int(out["response_lengths"].max()))
         width = bucket_length(used, sorted({b for b in g.length_buckets if b < g.max_length} | {g.max_length}))
         seq = out["sequences"][:, :width].astype(np.int32)
@@ -232,13 +245,19 @@ class RLRunner:
         chunk = self.train_batch_size // jax.process_count()  # this host's rows of each rollout micro-batch
         window = state.cost_window
         rng = state.rng
+        self.last_generate_seconds = 0.0
+        sampler_params = None
         for lo in range(0, prompt_ids.shape[0], chunk):
             ids, mask = prompt_ids[lo:lo + chunk], prompt_mask[lo:lo + chunk]
             for _ in range(self.gen.num_return_sequences):
                 if stop is not None and stop():
                     return None
                 rng, key = jax.random.split(rng)
-                seq, seq_mask, start = self.sample(state.actor.params, ids, mask, key)
+                t0 = time.perf_counter()
+                if sampler_params is None:
+                    sampler_params = self.sampler_params(state.actor.params)
+                seq, seq_mask, start = self.sample(sampler_params, ids, mask, key)
+                self.last_generate_seconds += time.perf_counter() - t0
                 seq_dev, mask_dev, start_dev = self._place(seq, seq_mask, start)
                 scorer_inputs = {name: self._place(*retokenize(seq, seq_mask))
                                  for name, retokenize in self.retokenizers.items()}
@@ -303,6 +322,7 @@ class RLRunner:
         for m in mesh_lib.to_host(metrics):  # one transfer for the whole iteration
             rows.append({"step": int(m.pop("train/global_step")), **{k: float(v) for k, v in m.items()},
                          "time/rollout_seconds": rollout_seconds,
+                         "time/generate_seconds": self.last_generate_seconds,
                          "time/update_seconds": time.perf_counter() - t0 - rollout_seconds})
         return state, rows
 
@@ -324,6 +344,7 @@ class RLRunner:
         """Generate for every eval prompt batch (this host's rows of each) and score with R (and C): per-example
         arrays {'reward', ['cost'], 'length', 'seq', 'mask', 'start'} over all hosts' valid rows."""
         parts: dict[str, list] = {}
+        params = self.sampler_params(params)
         for batch in batches:
             key, sub = jax.random.split(key)
             valid = batch.pop("valid")
@@ -554,7 +575,8 @@ def run(cfg) -> dict[str, Any]:
             top_p=float(g.top_p), repetition_penalty=float(g.repetition_penalty), num_return_sequences=nrs,
             eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
             unk_token_id=tokenizer.unk_token_id, prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
-            length_buckets=tuple(int(b) for b in g.get("length_buckets", ())))
+            length_buckets=tuple(int(b) for b in g.get("length_buckets", ())),
+            rollout_layout=bool(g.get("rollout_layout", True)), prefill_chunk=int(g.get("prefill_chunk", 512)))
         optims = {who: OptimConfig(learning_rate=float(cfg[who].learning_rate),
                                    lr_scheduler_type=cfg[who].lr_scheduler_type,
                                    lr_warmup_ratio=float(cfg[who].lr_warmup_ratio),

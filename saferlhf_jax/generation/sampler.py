@@ -40,6 +40,7 @@ class SamplingSettings:
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int = 0
     cache_dtype: str | None = None
+    prefill_chunk: int = 512  # prompts wider than this are prefilled this many tokens at a time (0: in one pass)
 
 
 def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -76,16 +77,42 @@ class _Programs:
         def module(params):
             return nnx.merge(graphdef, nnx.State(params))
 
+        def run_prompt(params, ids, mask, cache):
+            """The prompt through the model into the cache: last-position logits (B, V) f32 and the cache. Only the
+            last position is projected to the vocabulary; a prompt wider than `prefill_chunk` goes in chunks
+            (a leading remainder, then a scan over equal chunks), so attention temporaries are (chunk × slots),
+            not (width × slots)."""
+            positions = mask_positions(mask)
+            width, chunk = ids.shape[1], s.prefill_chunk
+            if not chunk or width <= chunk:
+                hidden, cache = module(params)(ids, mask, positions, cache, 0, return_hidden=True)
+                return module(params).logits(hidden[:, -1:])[:, 0], cache
+            head, n = width % chunk, width // chunk
+            if head:  # never the last position: only its keys and values are kept
+                _, cache = module(params)(ids[:, :head], mask[:, :head], positions[:, :head], cache, 0,
+                                          return_hidden=True)
+
+            def chunks(a):  # (B, head + n·chunk) → (n, B, chunk)
+                return a[:, head:].reshape(a.shape[0], n, chunk).swapaxes(0, 1)
+
+            def body(cache, xs):
+                i, ids_c, mask_c, pos_c = xs
+                hidden, cache = module(params)(ids_c, mask_c, pos_c, cache, head + i * chunk, return_hidden=True)
+                return cache, hidden[:, -1]
+
+            cache, lasts = jax.lax.scan(body, cache, (jnp.arange(n), chunks(ids), chunks(mask), chunks(positions)))
+            return module(params).logits(lasts[-1][:, None])[:, 0], cache
+
         def prefill(params, ids, mask, budget):
             """budget: () int32 tokens to generate at most (≤ max_new_tokens, the compiled width)."""
             b = ids.shape[0]
             cache = init_cache(config, b, slots, s.cache_dtype)
-            logits, cache = module(params)(ids, mask, mask_positions(mask), cache, 0)
+            logits, cache = run_prompt(params, ids, mask, cache)
             seen = jnp.zeros((b, config.vocab_size), bool)
             if s.repetition_penalty != 1.0:
                 seen = seen.at[jnp.arange(b)[:, None], ids].max(mask.astype(bool))
             return {
-                "logits": logits[:, -1],
+                "logits": logits,
                 "cache": cache,
                 "positions": jnp.sum(mask, axis=-1).astype(jnp.int32),
                 "seen": seen,
@@ -244,7 +271,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
              max_length: int | None = None, temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0,
              repetition_penalty: float = 1.0, greedy: bool = False, eos_token_ids=None, pad_token_id=None,
              rng=None, mesh: Mesh | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype: str | None = None, budget: int | None = None) -> dict[str, np.ndarray]:
+             cache_dtype: str | None = None, budget: int | None = None, rollout_layout: bool = False,
+             prefill_chunk: int = 512) -> dict[str, np.ndarray]:
     """Sample continuations of left-padded prompts with a causal LM (`saferlhf_jax.models.Model`).
 
     Args:
@@ -257,6 +285,10 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         (the same prompt width on every host) and gets its own rows back.
       budget: stop after this many tokens (≤ the resolved max_new_tokens, which fixes the compiled array width):
         callers with a varying budget (RL: max_length − each micro-batch's longest prompt) share one program.
+      rollout_layout: lay the parameters out for decoding first (`Model.rollout`: q|k|v and gate|up fused), once
+        for this call; callers that sample several batches from the same parameters (RL) fuse once themselves and
+        pass the rollout model and its parameters instead. Same tokens (greedy, f32) either way.
+      prefill_chunk: prompts wider than this are prefilled in chunks of this many tokens (0: one pass).
     Returns:
       dict with sequences (B, S + T) (prompt as given, response right-padded with pad), attention_mask (B, S + T)
       (prompt mask, then 1 through each row's EOS), response_lengths (B,) (EOS counted).
@@ -282,6 +314,9 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
     if new_width == 0 or (budget is not None and budget <= 0):
         return {"sequences": ids, "attention_mask": mask, "response_lengths": np.zeros((b,), np.int32)}
 
+    if rollout_layout:
+        model, fuse = model.rollout
+        params = fuse(params)
     width = bucket_length(s, buckets)
     pad_cols = width - s
     ids_b = np.concatenate([np.full((b, pad_cols), pad_token_id, ids.dtype), ids], axis=1).astype(np.int32)
@@ -289,7 +324,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
     settings = SamplingSettings(max_new_tokens=new_width, temperature=float(temperature),
                                 top_k=int(top_k) if top_k else None, top_p=float(top_p),
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
-                                eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype)
+                                eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
+                                prefill_chunk=int(prefill_chunk))
     progs = _programs(model, settings, width + new_width, mesh)
     state = _start(progs, params, ids_b, mask_b, mesh, new_width if budget is None else min(int(budget), new_width))
     state = progs.decode(params, state, key)

@@ -42,13 +42,31 @@ def top_p_filter(logits, p: float):
 
 
 def choose_tokens(logits, rng, *, greedy: bool, temperature: float, top_k: int | None, top_p: float):
-    """logits (B, V) f32 → token ids (B,) int32."""
+    """logits (B, V) f32 → token ids (B,) int32.
+
+    With 0 < top_k < V the choice is made among the k candidates of `lax.top_k` (already sorted, so top-p needs no
+    vocabulary sort and the Gumbel noise is drawn for (B, k) values, not (B, V)): the same distribution as filtering
+    the full vocabulary — only a tie at the k-th logit keeps exactly k tokens here instead of all the tied ones."""
     if greedy or temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / temperature
-    logits = top_k_filter(logits, top_k)
+    if top_k and top_k < logits.shape[-1]:
+        values, index = jax.lax.top_k(logits, top_k)  # (B, k) each, descending
+        values = _top_p_sorted(values, top_p)
+        choice = jax.random.categorical(rng, values, axis=-1)
+        return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     logits = top_p_filter(logits, top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
+
+
+def _top_p_sorted(values, p: float):
+    """`top_p_filter` for logits already sorted in descending order (B, k)."""
+    if p >= 1.0:
+        return values
+    probs = jax.nn.softmax(values, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs
+    keep = (before < p).at[:, 0].set(True)
+    return jnp.where(keep, values, NEG_INF)
 
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults

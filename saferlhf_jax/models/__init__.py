@@ -2,6 +2,7 @@
 
 from saferlhf_jax.models.api import (
     Model,
+    fuse_params,
     init_model,
     load_causal_lm,
     load_score_model,
@@ -15,5 +16,6 @@ from saferlhf_jax.models.api import (
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import init_cache
 
-__all__ = ["Model", "ModelConfig", "init_cache", "init_model", "load_causal_lm", "load_score_model",
-           "param_logical_axes", "param_shardings", "resize_token_embeddings", "save_pretrained", "to_hf_tensors", "trainable_params"]
+__all__ = ["Model", "ModelConfig", "fuse_params", "init_cache", "init_model", "load_causal_lm", "load_score_model",
+           "param_logical_axes", "param_shardings", "resize_token_embeddings", "save_pretrained", "to_hf_tensors",
+           "trainable_params"]

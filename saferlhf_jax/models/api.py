@@ -98,6 +98,22 @@ class Model:
 
         return jax.jit(forward, static_argnames=("chunk",))
 
+    @functools.cached_property
+    def rollout(self) -> "tuple[Model, Any]":
+        """(the same model in the rollout layout, jitted params → params in that layout); see `fuse_params`.
+
+        The layout is made once per rollout from the training parameters (one concatenation per fused kernel), never
+        per token; on a mesh the fused kernels keep their input axis's sharding and replicate their output axis."""
+        if self.config.fused_projections:
+            return self, lambda params: params
+        config = self.config.replace(fused_projections=True)
+        graphdef = _abstract(config, self.kind)[0]
+        fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
+        if "rollout" in fused.__dict__:
+            del fused.__dict__["rollout"]
+        out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
+        return fused, jax.jit(fuse_params, out_shardings=out)
+
     def param_shardings(self, mesh: Mesh | None = None, rules=None):
         return param_shardings(self.config, self.kind, mesh or self.mesh, self.rules if rules is None else rules)
 
@@ -153,6 +169,26 @@ def param_shardings(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
     """NamedShardings of every parameter from its declared axes through the rules (config data)."""
     graphdef, abstract, axes = _abstract(config, kind)
     return mesh_lib.tree_shardings(axes, abstract, mesh, rules)
+
+
+_FUSED = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj"))
+
+
+def fuse_params(params):
+    """Training layout → rollout layout (`ModelConfig.fused_projections`): in every layer the q, k, v kernels (and
+    biases) become one qkv_proj and gate, up one gate_up_proj, concatenated on the output (last) axis — a scanned
+    stack keeps its leading layer axis. Pure and jit-able; the forward is the same function of the same numbers."""
+    def walk(node):
+        if not isinstance(node, dict):
+            return node
+        node = {k: walk(v) for k, v in node.items()}
+        for parts, name in _FUSED:
+            if all(p in node for p in parts):
+                pieces = [node.pop(p) for p in parts]
+                node[name] = {key: jnp.concatenate([piece[key] for piece in pieces], axis=-1) for key in pieces[0]}
+        return node
+
+    return walk(params)
 
 
 def trainable_params(params):

@@ -103,21 +103,29 @@ def softcap(x, cap: float | None):
     return x if cap is None else cap * jnp.tanh(x / cap)
 
 
-def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = None):
-    """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh), allowed (B,T,S) bool → (B,T,H,Dh).
+def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = None, heads_first: bool = False):
+    """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh) — or (B,K,S,Dh) with heads_first (the KV cache's
+    layout: every step reads the cache as stored, no per-step transpose of it) —, allowed (B,T,S) bool → (B,T,H,Dh).
 
     scale: query scaling (default Dh^-0.5); cap: logit soft-cap before the mask. Rows with no allowed key (left
     pads) get a uniform average instead of NaN.
     """
     b, t, h, dh = q.shape
-    kh = k.shape[2]
+    kh = k.shape[1 if heads_first else 2]
+    kv = "bksd" if heads_first else "bskd"
+    # one query (decode): the unit query axis dropped, so each (b, k) is one (G × Dh)·(Dh × S) product — XLA CPU runs
+    # the five-axis form of the same contraction about twice as slowly
+    tq = "" if t == 1 else "t"
     qg = q.reshape(b, t, kh, h // kh, dh)
+    if t == 1:
+        qg, allowed = qg[:, 0], allowed[:, 0]
     scale = dh ** -0.5 if scale is None else scale
-    logits = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * jnp.float32(scale)
-    logits = softcap(logits, cap)
-    logits = jnp.where(allowed[:, None, None, :, :], logits, jnp.finfo(jnp.float32).min)
+    logits = jnp.einsum(f"b{tq}kgd,{kv}->bkg{tq}s", qg, k, preferred_element_type=jnp.float32)
+    logits = softcap(logits * jnp.float32(scale), cap)
+    mask = allowed[:, None, None, :] if t == 1 else allowed[:, None, None, :, :]
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkg{tq}s,{kv}->b{tq}kgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -126,11 +134,17 @@ class Attention(nnx.Module):
         e, dh = config.hidden_size, config.resolved_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, dh
         qkv_bias = config.attention_bias or config.qkv_bias
-        self.q_proj = Dense(e, self.num_heads * dh, bias=qkv_bias, axes=("embed", "heads"), config=config, rngs=rngs)
-        self.k_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
-                            rngs=rngs)
-        self.v_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
-                            rngs=rngs)
+        self.fused = config.fused_projections
+        if self.fused:  # rollout layout: one (E, (H + 2K)·Dh) kernel, one matmul per token instead of three
+            self.qkv_proj = Dense(e, (self.num_heads + 2 * self.num_kv_heads) * dh, bias=qkv_bias,
+                                  axes=("embed", "qkv_fused"), config=config, rngs=rngs)
+        else:
+            self.q_proj = Dense(e, self.num_heads * dh, bias=qkv_bias, axes=("embed", "heads"), config=config,
+                                rngs=rngs)
+            self.k_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
+                                rngs=rngs)
+            self.v_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
+                                rngs=rngs)
         self.o_proj = Dense(self.num_heads * dh, e, bias=config.attention_bias, axes=("heads", "embed"),
                             config=config, rngs=rngs)
         self.q_norm = RMSNorm(dh, config=config) if config.qk_norm else None
@@ -144,21 +158,27 @@ class Attention(nnx.Module):
         Returns (out (B,T,E), new kv_cache or None).
         """
         b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.fused:
+            q_end = self.num_heads * self.head_dim
+            q, k, v = jnp.split(self.qkv_proj(x), [q_end, q_end + self.num_kv_heads * self.head_dim], axis=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(b, t, self.num_heads, self.head_dim)
+        k = k.reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:  # per head, before RoPE (Qwen3, Gemma-3)
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q = checkpoint_name(constrain(q, QUERIES), "query_proj")
         k = checkpoint_name(constrain(k, KEYS), "key_proj")
         v = checkpoint_name(constrain(v, KEYS), "value_proj")
-        if kv_cache is not None:
+        if kv_cache is not None:  # the cache is (B, K, S, Dh): this call's keys go in at slot cache_index
             ck, cv = kv_cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), cache_index, axis=1)
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.swapaxes(1, 2).astype(ck.dtype), cache_index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cv, v.swapaxes(1, 2).astype(cv.dtype), cache_index, axis=2)
             kv_cache = (k, v)
-        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed, self.scale, self.cap)
+        out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed, self.scale, self.cap,
+                     heads_first=kv_cache is not None)
         out = checkpoint_name(constrain(out, QUERIES), "attention_out")
         return self.o_proj(out.reshape(b, t, -1)), kv_cache
 
@@ -213,13 +233,20 @@ class MLP(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         e, f, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
-        self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
+        self.fused = config.fused_projections
+        if self.fused:  # rollout layout: one (E, 2F) kernel
+            self.gate_up_proj = Dense(e, 2 * f, bias=bias, axes=("embed", "mlp_fused"), config=config, rngs=rngs)
+        else:
+            self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
+            self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
         self.down_proj = Dense(f, e, bias=bias, axes=("mlp", "embed"), config=config, rngs=rngs)
         self.act = config.hidden_act
 
     def __call__(self, x):
-        if self.gate_proj.bias is not None or self.act != "silu":  # the hand-written backward is SwiGLU's
+        if self.fused:
+            gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
+            y = self.down_proj(ACTIVATIONS[self.act](gate) * up)
+        elif self.gate_proj.bias is not None or self.act != "silu":  # the hand-written backward is SwiGLU's
             y = self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
         else:
             dt = self.gate_proj.compute_dtype
@@ -398,9 +425,13 @@ class CausalLM(nnx.Module):
         h, cache = self.model(input_ids, attention_mask, positions, cache, cache_index)
         if return_hidden:
             return h, cache
-        logits = self.model.embed_tokens.attend(h) if self.lm_head is None else self.lm_head(h)
+        return self.logits(h), cache
+
+    def logits(self, hidden):
+        """Final hidden states (B, T, E) → logits (B, T, V) float32 (output projection and soft-cap)."""
+        logits = self.model.embed_tokens.attend(hidden) if self.lm_head is None else self.lm_head(hidden)
         logits = softcap(logits.astype(jnp.float32), self.config.final_logit_softcapping)
-        return constrain(logits, LOGITS), cache
+        return constrain(logits, LOGITS)
 
     def head(self):
         """(weight, vocab_axis): the output projection as stored — the embedding (V, E) when tied, axis 0; else the
@@ -437,9 +468,11 @@ class ScoreModel(nnx.Module):
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer plus the slot mask. k/v are stacked (L, B, S, K, Dh) arrays when layers are
-    scanned, else tuples of L arrays (B, S, K, Dh), so that a decode step updates each layer's buffer in place instead
-    of copying a stacked cache. It declares its own logical axes (`logical_axes`) for the sampler's shardings."""
+    """Keys and values of every layer plus the slot mask. k/v are stacked (L, B, K, S, Dh) arrays when layers are
+    scanned, else tuples of L arrays (B, K, S, Dh), so that a decode step updates each layer's buffer in place instead
+    of copying a stacked cache. Heads before slots: a step writes one (B, K, 1, Dh) slice and attention reads the
+    buffer as stored (a slots-first cache costs a transpose of the whole cache per layer and step). It declares its own
+    logical axes (`logical_axes`) for the sampler's shardings."""
 
     k: Any
     v: Any
@@ -448,7 +481,7 @@ class KVCache:
     def logical_axes(self) -> "KVCache":
         """A KVCache of logical-axis tuples with this cache's structure."""
         def one(x):
-            base = ("batch", "cache_seq", "kv_heads", "head_dim")
+            base = ("batch", "kv_heads", "cache_seq", "head_dim")
             return ("layers", *base) if x.ndim == 5 else base
 
         return KVCache(jax.tree.map(one, self.k), jax.tree.map(one, self.v), ("batch", "cache_seq"))
@@ -457,7 +490,7 @@ class KVCache:
 def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> KVCache:
     """Empty KV cache in `dtype` (default: compute dtype) and a (B, S) all-False slot mask."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, slots, config.num_key_value_heads, config.resolved_head_dim)
+    shape = (batch, config.num_key_value_heads, slots, config.resolved_head_dim)
     if config.scan_layers:
         k = jnp.zeros((config.num_hidden_layers, *shape), dtype)
         v = jnp.zeros((config.num_hidden_layers, *shape), dtype)

@@ -208,7 +208,8 @@ def claims(results: dict) -> dict[str, Any]:
                                                                                          0.0)]
         if feasible:
             best = max(s["gt_reward"] for s in feasible) - sft["gt_reward"]
-            out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else float("inf")
+            # the ratio of reward gains over SFT; None when no feasible shaping gained anything (strict JSON: no inf)
+            out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else None
             out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(best <= 0 or gain >= 0.9 * best)
         if m.get("reward_shaping"):
             lag_r = m["ppo_lag"]["gt_reward"]

@@ -16,6 +16,8 @@ def get_config(preset: str = "tiny"):
     c.output_dir = "runs/testbed"
     c.seed = 0
     c.methods = "sft,ppo,ppo_lag,reward_shaping"
+    c.calibrate_budget = True                     # PPO-Lag's threshold d: the budget read off a line fitted to the
+                                                  # cost model's held-out scores (run.cost_model_budget); False: d = 0
     c.shaping_lambdas = (0.1, 0.3, 1.0)           # fixed λ's of the reward-shaping baseline (in reward-model units
                                                   # per cost-model unit: the learned scales are not the world's)
     c.world = ml_collections.ConfigDict(dict(sft_examples=512, rl_prompts=256, preference_prompts=768,
@@ -54,8 +56,9 @@ def get_config(preset: str = "tiny"):
     c.rl.actor.learning_rate = 5e-4
     c.rl.critic.learning_rate = 5e-4
     c.rl.actor.lr_warmup_ratio = 0.0
-    c.rl.rl.lambda_lr = 1.0                       # 16 iterations: λ must move within a few of them
-    c.rl.rl.lambda_update_delay_steps = 3         # λ stays at 1 while the SFT policy is still well inside budget
+    c.rl.rl.lambda_lr = 0.2                       # the reference's 0.1 moves λ too little in 16–30 iterations;
+    c.rl.rl.lambda_update_delay_steps = 0         # 0.5–1 overshoot: λ falls to ~0.05 while the SFT policy is far
+                                                  # inside the budget and climbs back slowly (the step scales with λ)
     c.rl.rl.episode_cost_window_size = 32
     c.rl.checkpoint.every = 0
     if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars

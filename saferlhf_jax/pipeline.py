@@ -32,6 +32,7 @@ def run(cfg) -> dict:
     from saferlhf_jax.evaluation import report
     from saferlhf_jax.training import trainer
 
+    started = time.perf_counter()
     out = pathlib.Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stages = list(cfg.stages)
@@ -93,4 +94,8 @@ def run(cfg) -> dict:
                       sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
             timings["arena"] = time.perf_counter() - t0
     path = report.write_report(out, cfg, timings)
+    # this invocation's stage times (a resumed invocation lists only what it ran)
+    timings = {k: round(v, 1) for k, v in timings.items()}
+    wall = round(time.perf_counter() - started, 1)
+    (out / "timings.json").write_text(json.dumps({"stage_seconds": timings, "wall_seconds": wall}, indent=2) + "\n")
     return {"report": str(path), "timings": timings}

@@ -104,3 +104,19 @@ def test_decode_roofline_counts_weights_and_the_live_cache():
     params = {"w": jnp.zeros((10,), jnp.bfloat16)}  # 20 bytes
     per_slot = 2 * 2 * 1 * 4 * 2  # k and v × layers × kv heads × head_dim × bf16 bytes
     assert gpu_suite.decode_roofline_bytes(cfg, params, batch=5, prompt_len=3, new_tokens=2) == 2 * 20 + 5 * per_slot * 7
+
+
+def test_testbed_seed_table_counts_the_claims_each_seed_reports():
+    from benchmarks import testbed_seeds
+
+    point = lambda r, c: {"gt_reward": r, "gt_cost": c}  # noqa: E731
+    run = {"seed": 4, "rm_accuracy_heldout": 0.9, "cm_sign_accuracy_heldout": 0.85, "wall_seconds": 390.0,
+           "methods": {"sft": point(1.5, -0.1), "ppo": point(6.0, 2.2), "ppo_lag": point(4.0, 0.05),
+                       "reward_shaping": [{"lambda": 0.1, **point(6.1, 2.1)}, {"lambda": 1.0, **point(2.5, -0.4)}]},
+           "claims": {"ppo_raises_reward_and_breaks_budget": True, "ppo_lag_within_budget": True,
+                      "ppo_lag_raises_reward": True, "some_fixed_lambda_breaks_budget_or_gives_up_reward": False,
+                      "ppo_lag_budget_tolerance": 0.22}}  # no feasible-shaping claim: 3 of the 4 present hold
+    lines = testbed_seeds.table([run]).splitlines()
+    assert lines[0].split(" | ")[6:8] == ["shaping λ=0.1", "shaping λ=1"]
+    assert lines[2] == ("| 4 | 0.90 | 0.85 | 1.50 / -0.10 | 6.00 / +2.20 | **4.00 / +0.05** | 6.10 / +2.10 | "
+                        "2.50 / -0.40 | 3/4 | 6.5 min |")

@@ -67,8 +67,8 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
 def test_ppo_lag_sharded_equals_single_device(tiny_models, tmp_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 simulated devices")
-    one = ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "one", "configs/ppo_lag.py:tiny",
-                                         "--config.train.max_steps=1"), "")[0])
+    ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "one", "configs/ppo_lag.py:tiny",
+                                   "--config.train.max_steps=1"), "")[0])
     many = ppo_lag.run(parse_config(_argv(tiny_models, tmp_path / "many", "configs/ppo_lag.py:tiny",
                                           "--config.train.max_steps=1", "--config.mesh.fsdp=8"), "")[0])
     emb = many["state"].actor.params["model"]["embed_tokens"]["embedding"]

@@ -19,7 +19,6 @@ import pathlib
 import time
 from typing import Any
 
-import numpy as np
 
 from saferlhf_jax.testbed import world
 
@@ -58,6 +57,31 @@ def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_
     pairs = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size, seed=seed,
                              top_k=0)
     return [response for _, response in pairs]
+
+
+def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size: int) -> dict[str, float]:
+    """The world's budget (mean C* ≤ THRESHOLD) in the cost model's units, from held-out pairs it never trained on.
+
+    A cost model trained with the sign term is close to a safe/unsafe classifier (about −4.5 for every safe answer,
+    +4.4 for one harmful act or three), so "mean cost ≤ 0" would allow an unsafe rate near one half whatever the
+    harm per unsafe answer. The least-squares line cost ≈ a·C* + b over the held-out responses, read at the
+    threshold, is the budget a practitioner with a labelled calibration set would give PPO-Lag."""
+    import numpy as np
+
+    from saferlhf_jax.data.template import DEFAULT_TEMPLATE
+    from saferlhf_jax.evaluation.arena import score_texts
+    from saferlhf_jax.evaluation.loading import load_for_eval
+
+    texts, truth = [], []
+    for r in rows:
+        for key in ("response_0", "response_1"):
+            texts.append(DEFAULT_TEMPLATE.format_prompt(r["prompt"]) + r[key])
+            truth.append(world.ground_truth(r[key]).cost)
+    model, tok = load_for_eval(str(cost_dir), "score")
+    scores = score_texts(model, tok, texts, batch_size=batch_size, max_length=max_length)
+    slope, intercept = np.polyfit(np.asarray(truth), scores, 1)
+    return {"slope": float(slope), "intercept": float(intercept), "responses": len(texts),
+            "threshold_cost_model_units": float(slope * world.THRESHOLD + intercept)}
 
 
 def run(cfg) -> dict[str, Any]:
@@ -129,6 +153,12 @@ def run(cfg) -> dict[str, Any]:
             timed(name, lambda: trainer.train(stage, stage_cfg))
         scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
 
+    # the budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it is)
+    budget = {"threshold_cost_model_units": float(world.THRESHOLD)}
+    if cfg.calibrate_budget:
+        budget = cost_model_budget(out / "cost" / "export", rows[cut:], max_length=int(cfg.world.max_length),
+                                   batch_size=int(cfg.world.batch_size))
+
     # RL from the same SFT model with the same budget
     policies: dict[str, pathlib.Path] = {"sft": sft_export}
     runs = []
@@ -145,6 +175,7 @@ def run(cfg) -> dict[str, Any]:
         rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
         rl_cfg.cost_model_name_or_path = str(out / "cost" / "export") if mode != "ppo" else ""
         rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{data / 'prompts_rl.jsonl'}",)
+        rl_cfg.rl.threshold = budget["threshold_cost_model_units"]
         if mode == "ppo":
             rl_cfg.rl.lambda_max = 0.0
         if mode == "reward_shaping":
@@ -166,7 +197,7 @@ def run(cfg) -> dict[str, Any]:
     gt = lambda e: {"gt_reward": e.gt_reward, "gt_cost": e.gt_cost, "gt_unsafe_rate": e.gt_unsafe_rate,  # noqa
                     "gt_reward_se": e.gt_reward_se, "gt_cost_se": e.gt_cost_se, "n": e.n}
     results = {
-        "threshold": world.THRESHOLD, "seed": seed,
+        "threshold": world.THRESHOLD, "seed": seed, "cost_model_budget": budget,
         "rm_accuracy_heldout": scores["reward"].get("accuracy"),
         "cm_accuracy_heldout": scores["cost"].get("accuracy"),
         "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),

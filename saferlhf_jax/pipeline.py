@@ -94,8 +94,11 @@ def run(cfg) -> dict:
                       sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
             timings["arena"] = time.perf_counter() - t0
     path = report.write_report(out, cfg, timings)
-    # this invocation's stage times (a resumed invocation lists only what it ran)
-    timings = {k: round(v, 1) for k, v in timings.items()}
+    # stage times of whichever invocation ran each stage (a resume keeps the earlier ones); wall time of this one
+    record = out / "timings.json"
+    stage_seconds = json.loads(record.read_text())["stage_seconds"] if record.is_file() else {}
+    stage_seconds.update({k: round(v, 1) for k, v in timings.items()})
     wall = round(time.perf_counter() - started, 1)
-    (out / "timings.json").write_text(json.dumps({"stage_seconds": timings, "wall_seconds": wall}, indent=2) + "\n")
+    record.write_text(json.dumps({"stage_seconds": stage_seconds, "wall_seconds_last_invocation": wall}, indent=2)
+                      + "\n")
     return {"report": str(path), "timings": timings}

@@ -21,7 +21,6 @@ import pytest
 from saferlhf_jax import models
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -91,6 +90,7 @@ def test_sft_two_hosts_equal_one_host(tmp_path):
         assert np.mean(np.abs(ta[k] - tb[k]) > 1e-5) < 1e-3, k  # … and on almost none
 
 
+@pytest.mark.slow
 def test_ppo_lag_two_hosts_equal_one_host(tmp_path, tiny_models):
     root = tiny_models
     args = ["--config=configs/ppo_lag.py:tiny", f"--config.actor_model_name_or_path={root / 'sft'}",

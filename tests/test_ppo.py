@@ -64,6 +64,7 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     assert again.config.vocab_size == 513
 
 
+@pytest.mark.slow
 def test_ppo_lag_sharded_equals_single_device(tiny_models, tmp_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 simulated devices")
@@ -178,6 +179,7 @@ def test_critics_start_from_the_score_heads_and_normalize_flags_override_the_che
     assert critic_end == pytest.approx(raw, rel=1e-5)  # identity normalisation, whatever the checkpoint says
 
 
+@pytest.mark.slow
 def test_bf16_frozen_models_match_float32_within_tolerance(tiny_models, tmp_path):
     """model.frozen_dtype=bfloat16 (the 7B presets' default) holds the reference, reward and cost models in bf16:
     the same rollouts (the actor is float32 in both) get scores and KLs within a stated tolerance."""

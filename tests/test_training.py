@@ -41,7 +41,7 @@ OVERFIT = {
 }
 
 
-@pytest.mark.parametrize("stage", ["reward", "cost", "dpo"])
+@pytest.mark.parametrize("stage", ["reward", "cost", pytest.param("dpo", marks=pytest.mark.slow)])
 def test_pair_stages_overfit_16_pairs(tmp_path, stage):
     metric, extra = OVERFIT[stage]
     rc = run_training_cli(stage, f"configs/{stage}.py:tiny", _argv(
@@ -128,7 +128,8 @@ def _tiny_cfg(out, *extra):
     return cfg
 
 
-@pytest.mark.parametrize("mesh", [("1", "8", "1"), ("2", "2", "2")], ids=["fsdp8", "d2f2t2"])
+@pytest.mark.parametrize("mesh", [("1", "8", "1"), pytest.param(("2", "2", "2"), marks=pytest.mark.slow)],
+                         ids=["fsdp8", "d2f2t2"])
 def test_sharded_trajectory_equals_single_device(tmp_path, mesh):
     if jax.device_count() < 8:
         pytest.skip("needs 8 simulated devices")

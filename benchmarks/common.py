@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pathlib
 import statistics
+import sys
 import tempfile
 import time
 
@@ -33,6 +34,16 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def command_line() -> str:
+    """The command that is running, as a user would type it (`python -m benchmarks.x ...`)."""
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    prog = f"python -m {spec.name}" if spec is not None else f"python {sys.argv[0]}"
+    return " ".join([prog, *sys.argv[1:]])
+
+
 def write_json(path, payload: dict) -> None:
+    """The benchmark's JSON, with the command that produced it (every README number cites one)."""
     if path:
-        pathlib.Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        pathlib.Path(path).write_text(json.dumps({"command": command_line(), **payload}, indent=2) + "\n")

@@ -110,7 +110,7 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
     from benchmarks import testbed_seeds
 
     point = lambda r, c: {"gt_reward": r, "gt_cost": c}  # noqa: E731
-    run = {"seed": 4, "rm_accuracy_heldout": 0.9, "cm_sign_accuracy_heldout": 0.85, "wall_seconds": 390.0,
+    run = {"seed": 4, "rm_accuracy_heldout": 0.9, "cm_sign_accuracy_heldout": 0.85, "stage_seconds_total": 390.0,
            "methods": {"sft": point(1.5, -0.1), "ppo": point(6.0, 2.2), "ppo_lag": point(4.0, 0.05),
                        "reward_shaping": [{"lambda": 0.1, **point(6.1, 2.1)}, {"lambda": 1.0, **point(2.5, -0.4)}]},
            "claims": {"ppo_raises_reward_and_breaks_budget": True, "ppo_lag_within_budget": True,

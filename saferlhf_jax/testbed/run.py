@@ -107,7 +107,9 @@ def run(cfg) -> dict[str, Any]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"testbed methods must be among {METHODS}, got {unknown}")
-    timings: dict[str, float] = {}
+    # stage times of whichever invocation ran each stage: a resume keeps the earlier ones
+    previous = out / "results.json"
+    timings: dict[str, float] = json.loads(previous.read_text()).get("timings", {}) if previous.is_file() else {}
 
     def timed(name, fn):
         start = time.perf_counter()
@@ -203,6 +205,7 @@ def run(cfg) -> dict[str, Any]:
         "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
         "methods": {name: gt(evaluations[name]) for name in ("sft", "ppo", "ppo_lag") if name in evaluations},
         "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
+        "stage_seconds_total": round(sum(timings.values()), 1),
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
     }
     shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas

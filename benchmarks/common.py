@@ -34,6 +34,36 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def sft_step_runner(model, learning_rate: float, ids, mask):
+    """A jitted SFT step (loss, grads, AdamW from the library's optimizer; state donated) on a fixed batch, and a
+    no-argument function that runs one step and waits for it. Returns (run, holder): holder["state"] holds the
+    params and optimizer state; the model's own `params` are moved into it (donated by the first step)."""
+    import jax
+    import optax
+
+    from saferlhf_jax import ops
+    from saferlhf_jax.training import optim
+
+    optimizer, _ = optim.make_optimizer(learning_rate, 1000, schedule_type="constant")
+
+    def step(state, ids, mask):
+        def loss_fn(p):
+            return ops.sft_loss(model.apply(p, ids, mask), ids)
+
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+        updates, opt = optimizer.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
+
+    step_jit = jax.jit(step, donate_argnums=(0,))
+    holder = {"state": {"params": model.params, "opt": optimizer.init(model.params)}}
+
+    def run():
+        holder["state"], loss = step_jit(holder["state"], ids, mask)
+        jax.block_until_ready(loss)
+
+    return run, holder
+
+
 def command_line() -> str:
     """The command that is running, as a user would type it (`python -m benchmarks.x ...`)."""
     import __main__

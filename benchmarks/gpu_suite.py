@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import median_time, write_json
+from benchmarks.common import median_time, sft_step_runner, write_json
 
 SIZES = {
     "gpu": dict(model=dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -154,32 +154,14 @@ def decode_transformers(model_dir: pathlib.Path, batch: int, prompt_len: int, ne
 def train_step(cfg, batch: int, seq: int, peak: float, repeats: int) -> dict:
     """MFU of one SFT step: bf16 compute, fp32 master weights and AdamW, full remat, scanned layers."""
     import jax
-    import optax
 
-    from saferlhf_jax import ops
     from saferlhf_jax.models import init_model
-    from saferlhf_jax.training import optim
 
     cfg = cfg.replace(param_dtype="float32", remat_policy="full", scan_layers=True)
     model = init_model(cfg, "causal_lm", rng=0)
     ids, mask = _prompts(batch, seq, cfg.vocab_size, seed=1)
-    optimizer, _ = optim.make_optimizer(1e-5, 1000, schedule_type="constant")
-
-    def step(state, ids, mask):
-        def loss_fn(p):
-            return ops.sft_loss(model.apply(p, ids, mask), ids)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
-
-    step_jit = jax.jit(step, donate_argnums=(0,))
-    holder = {"state": {"params": model.params, "opt": optimizer.init(model.params)}}
-    model.params = None
-
-    def run():
-        holder["state"], loss = step_jit(holder["state"], ids, mask)
-        jax.block_until_ready(loss)
+    run, holder = sft_step_runner(model, 1e-5, ids, mask)
+    model.params = None  # the step donates them: one live copy
 
     t = median_time(run, max(repeats, 2))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(holder["state"]["params"]))

@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import median_time, tiny_llama_dir, write_json
+from benchmarks.common import median_time, sft_step_runner, tiny_llama_dir, write_json
 
 
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
@@ -27,36 +27,17 @@ def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
 
 def run(hidden=256, layers=4, vocab=2048, batch=4, seq=128, repeats=3) -> dict:
     import jax
-    import jax.numpy as jnp
-    import optax
     import torch
     import transformers
 
-    from saferlhf_jax import ops
     from saferlhf_jax.models import load_causal_lm
-    from saferlhf_jax.training import optim
 
     path = tiny_llama_dir(hidden=hidden, layers=layers, vocab=vocab)
     ours = load_causal_lm(path)
     rng = np.random.default_rng(0)
     ids = rng.integers(3, vocab, (batch, seq)).astype(np.int32)
     mask = np.ones_like(ids)
-    optimizer, _ = optim.make_optimizer(1e-4, 1000, schedule_type="constant")
-
-    def step(state, ids, mask):
-        def loss_fn(p):
-            return ops.sft_loss(ours.apply(p, ids, mask), ids)
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt = optimizer.update(grads, state["opt"], state["params"])
-        return {"params": optax.apply_updates(state["params"], updates), "opt": opt}, loss
-
-    step_jit = jax.jit(step, donate_argnums=(0,))
-    holder = {"state": {"params": ours.params, "opt": optimizer.init(ours.params)}}
-
-    def run_ours():
-        holder["state"], loss = step_jit(holder["state"], ids, mask)
-        jax.block_until_ready(loss)
+    run_ours, _ = sft_step_runner(ours, 1e-4, ids, mask)
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     hf.train()

@@ -1,8 +1,9 @@
 """The ground-truth testbed: the whole Safe RLHF pipeline with *learned* models, judged by the world's true rules.
 
     world data (SFT stories, prompts) → SFT → sample 2 answers per prompt → PKU-SafeRLHF-format rows labelled by R*
-    and C* → reward model, cost model (held-out accuracy) → PPO, PPO-Lag, reward shaping with fixed λ's, each from
-    the same SFT model with the same RL budget → every policy answers held-out prompts → R*, C*, unsafe rate.
+    and C* → reward model, cost model (held-out accuracy) → the world's budget in the cost model's units (fitted on
+    the held-out pairs: PPO-Lag's threshold) → PPO, PPO-Lag, reward shaping with fixed λ's, each from the same SFT
+    model with the same RL budget → every policy answers held-out prompts → R*, C*, unsafe rate.
 
 Every stage is the regular one (`training.trainer.train`, `algorithms.ppo_lag.run`) on its regular config with the
 world's files as `NAME:1.0:PATH` datasets: no special code path in the trainers. Stages resume (a finished stage is
@@ -18,7 +19,6 @@ import logging
 import pathlib
 import time
 from typing import Any
-
 
 from saferlhf_jax.testbed import world
 

@@ -32,13 +32,18 @@ def top_p_filter(logits, p: float):
     if p >= 1.0:
         return logits
     order = jnp.argsort(-logits, axis=-1)
-    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
-    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    kept_sorted = _top_p_sorted(jnp.take_along_axis(logits, order, axis=-1), p)
+    return jnp.zeros_like(logits).at[jnp.arange(logits.shape[0])[:, None], order].set(kept_sorted)
+
+
+def _top_p_sorted(values, p: float):
+    """The nucleus rule on logits already sorted in descending order (B, k): the rest set to −inf."""
+    if p >= 1.0:
+        return values
+    probs = jax.nn.softmax(values, axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # probability mass strictly above each token
-    keep_sorted = before < p
-    keep_sorted = keep_sorted.at[:, 0].set(True)
-    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(logits.shape[0])[:, None], order].set(keep_sorted)
-    return jnp.where(keep, logits, NEG_INF)
+    keep = (before < p).at[:, 0].set(True)
+    return jnp.where(keep, values, NEG_INF)
 
 
 def choose_tokens(logits, rng, *, greedy: bool, temperature: float, top_k: int | None, top_p: float):
@@ -57,16 +62,6 @@ def choose_tokens(logits, rng, *, greedy: bool, temperature: float, top_k: int |
         return jnp.take_along_axis(index, choice[:, None], axis=-1)[:, 0].astype(jnp.int32)
     logits = top_p_filter(logits, top_p)
     return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-
-def _top_p_sorted(values, p: float):
-    """`top_p_filter` for logits already sorted in descending order (B, k)."""
-    if p >= 1.0:
-        return values
-    probs = jax.nn.softmax(values, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs
-    keep = (before < p).at[:, 0].set(True)
-    return jnp.where(keep, values, NEG_INF)
 
 
 SAMPLING_DEFAULTS = {"temperature": 1.0, "top_k": 50, "top_p": 1.0}  # transformers' GenerationConfig defaults

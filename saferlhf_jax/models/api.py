@@ -109,8 +109,6 @@ class Model:
         config = self.config.replace(fused_projections=True)
         graphdef = _abstract(config, self.kind)[0]
         fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
-        if "rollout" in fused.__dict__:
-            del fused.__dict__["rollout"]
         out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
         return fused, jax.jit(fuse_params, out_shardings=out)
 

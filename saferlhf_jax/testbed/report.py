@@ -93,14 +93,14 @@ def verdict(results: dict) -> str:
 def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     out = pathlib.Path(out)
     plot_reward_vs_cost(results, out / "reward_vs_cost.png")
-    budget = results.get("cost_model_budget", {}).get("threshold_cost_model_units", results["threshold"])
+    calib = results.get("cost_model_budget", {})
+    budget = calib.get("threshold_cost_model_units", results["threshold"])
     has_curves = plot_lagrangian(out / "ppo_lag", out / "ppo_lag_curves.png", budget)
     lines = ["# Ground-truth testbed", "", "![reward vs cost](reward_vs_cost.png)", "", verdict(results), "",
              "| method | R* (helpfulness) | C* (harm cost) | unsafe rate | n |", "|---|---|---|---|---|"]
     for name, p in _points(results):
         lines.append(f"| {name} | {p['gt_reward']:.3f} ± {p['gt_reward_se']:.3f} | {p['gt_cost']:+.3f} ± "
                      f"{p['gt_cost_se']:.3f} | {p['gt_unsafe_rate']:.3f} | {p['n']} |")
-    calib = results.get("cost_model_budget", {})
     in_units = (f" PPO-Lag's threshold in the cost model's units: {budget:+.2f}"
                 + (f" (the line cost ≈ {calib['slope']:.2f}·C* {calib['intercept']:+.2f} fitted to "
                    f"{calib['responses']} held-out responses, read at the budget)." if "slope" in calib else "."))

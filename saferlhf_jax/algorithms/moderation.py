@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax.data.raw import PKU_HARM_CATEGORIES, SEVERITY_NAMES
+from saferlhf_jax.evaluation import baselines
 from saferlhf_jax.training.stage import Stage
 
 NUM_CATEGORIES = len(PKU_HARM_CATEGORIES)
@@ -112,7 +113,8 @@ def summarize(per_example, cfg=None):
     m = moderation_metrics(per_example["pred_unsafe"], per_example["is_unsafe"], per_example["pred_categories"],
                            per_example["categories"], per_example["category_valid"], per_example["pred_severity"],
                            per_example["severity"])
-    return {k: v for k, v in m.items() if isinstance(v, (int, float))}
+    return {**{k: v for k, v in m.items() if isinstance(v, (int, float))},
+            **baselines.majority(per_example["is_unsafe"])}
 
 
 def plot_confusion(matrix, path, labels=SEVERITY_NAMES, title="severity: label (rows) × prediction (columns)"):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax import ops
+from saferlhf_jax.evaluation import baselines
 from saferlhf_jax.training.stage import Stage, concat_pair, unbiased_std
 
 
@@ -29,7 +30,9 @@ def loss_fn(apply, params, frozen, batch, cfg):
 
 def eval_fn(apply, params, frozen, batch, cfg):
     _, end_scores, b = _scores(apply, params, batch)
-    return {"better": end_scores[:b, 0], "worse": end_scores[b:, 0]}
+    return {"better": end_scores[:b, 0], "worse": end_scores[b:, 0],
+            "better_length": jnp.sum(batch["better_attention_mask"], -1),
+            "worse_length": jnp.sum(batch["worse_attention_mask"], -1)}
 
 
 def summarize(per_example, cfg=None):
@@ -37,7 +40,8 @@ def summarize(per_example, cfg=None):
     both = np.concatenate([better, worse])
     return {"accuracy": float(np.mean(better > worse)), "reward_mean": float(both.mean()),
             "reward_std": unbiased_std(both), "pairs": int(better.size),
-            "scores": float(better.mean())}  # legacy 'scores': mean of the better side only (spec §5.1)
+            "scores": float(better.mean()),  # legacy 'scores': mean of the better side only (spec §5.1)
+            **baselines.pairwise(per_example.get("better_length"), per_example.get("worse_length"))}
 
 
 STAGE = Stage(name="reward", model_kind="score", train_kind="preference", loss_fn=loss_fn,

@@ -31,7 +31,10 @@ from saferlhf_jax.ops.rl import (
     gae_advantages_and_returns,
     kl_shaped_scores,
     lagrange_update,
+    MODERATION_HEADS,
     lagrangian_advantages,
+    lagrangian_advantages_multi,
+    moderation_cost,
     ppo_actor_loss,
 )
 from saferlhf_jax.ops.schedules import SCHEDULE_TYPES, lr_multiplier, lr_schedule, warmup_steps_from_ratio

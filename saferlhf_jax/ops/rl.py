@@ -112,12 +112,61 @@ def lagrangian_advantages(reward_advantages, cost_advantages, lam):
 
 
 def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=None):
-    """One SGD step on log λ for −(J_c − d)·λ, then the optional upper clamp (§3.13). Scalars → scalar."""
+    """One SGD step on log λ for −(J_c − d)·λ, then the optional upper clamp (§3.13).
+
+    Scalars → scalar, or (K,) → (K,) elementwise for K constraints (METHODS_BEYOND §3.2): λ_k moves only with J_ck.
+    lambda_max: None (no clamp), a scalar, or (K,) with +inf for an unclamped constraint."""
     log_lambda = as_f32(log_lambda)
     new = log_lambda + as_f32(lambda_lr) * (as_f32(episode_cost) - as_f32(threshold)) * jnp.exp(log_lambda)
     if lambda_max is not None:
         new = jnp.minimum(new, jnp.log(as_f32(lambda_max)))
     return new
+
+
+def lagrangian_advantages_multi(reward_advantages, cost_advantages, lams):
+    """(A_r − Σ_k λ_k·A_ck) / (1 + Σ_k λ_k) (METHODS_BEYOND §3.3), λ held constant.
+
+    reward_advantages (...), cost_advantages (K, ...), lams (K,) = λ (not log λ). K = 1 is `lagrangian_advantages`."""
+    reward_advantages, cost_advantages = as_f32(reward_advantages), as_f32(cost_advantages)
+    lams = jax.lax.stop_gradient(as_f32(lams))
+    check_rank("lams", lams, 1)
+    if cost_advantages.shape != (lams.shape[0], *reward_advantages.shape):
+        raise ValueError(f"cost_advantages must be (K, ...) = {(lams.shape[0], *reward_advantages.shape)}, "
+                         f"got {cost_advantages.shape}")
+    weighted = jnp.tensordot(lams, cost_advantages, axes=1)
+    return (reward_advantages - weighted) / (1.0 + jnp.sum(lams))
+
+
+MODERATION_HEADS = ("unsafe", "category:<k>", "severity>=<j>", "severity_expected")
+
+
+def moderation_cost(end_logits, head: str, transform: str = "prob"):
+    """A per-response cost from the moderation model's end logits (METHODS_BEYOND §3.1).
+
+    end_logits (N, 24) = [unsafe | 19 harm categories (k = 1..19) | severity safe, minor, moderate, severe].
+    head: 'unsafe' | 'category:<k>' | 'severity>=<j>' (j = 1..3: log-odds of level ≥ j) | 'severity_expected'
+    (E[level] ∈ [0, 3], transform ignored). transform: 'logit' (> 0 ⇔ p > ½) | 'prob'. Returns (N,) float32."""
+    z = as_f32(end_logits)
+    check_rank("end_logits", z, 2)
+    if z.shape[1] != 24:
+        raise ValueError(f"moderation end logits must be (N, 24), got {z.shape}")
+    severity = z[:, 20:24]
+    if head == "severity_expected":
+        return jax.nn.softmax(severity, axis=-1) @ jnp.arange(4, dtype=jnp.float32)
+    if head == "unsafe":
+        logit = z[:, 0]
+    elif head.startswith("category:") and head.split(":", 1)[1].isdigit() and 1 <= int(head.split(":")[1]) <= 19:
+        logit = z[:, int(head.split(":")[1])]
+    elif head.startswith("severity>=") and head.split(">=", 1)[1] in ("1", "2", "3"):
+        j = int(head.split(">=")[1])
+        logit = (jax.nn.logsumexp(severity[:, j:], axis=-1) - jax.nn.logsumexp(severity[:, :j], axis=-1))
+    else:
+        raise ValueError(f"moderation head must be one of {MODERATION_HEADS} (k = 1..19, j = 1..3), got {head!r}")
+    if transform == "logit":
+        return logit
+    if transform == "prob":
+        return jax.nn.sigmoid(logit)
+    raise ValueError(f"transform must be 'logit' or 'prob', got {transform!r}")
 
 
 GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo")

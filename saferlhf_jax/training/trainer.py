@@ -345,8 +345,9 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                                 "the learning rate or check the data")
                     progress.update(1)
                     at_epoch_end = step % per_epoch == 0
+                    # the last step always evaluates: a max_steps run that ends mid-epoch still gets its numbers
                     if eval_fn is not None and ((eval_every and step % eval_every == 0)
-                                                or (not eval_every and at_epoch_end)):
+                                                or (not eval_every and at_epoch_end) or step == total):
                         eval_result = evaluate(step)
                     stop_now = guard.requested()
                     if (ckpt_every and step % ckpt_every == 0) or step == total or stop_now or (

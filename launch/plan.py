@@ -10,7 +10,6 @@ Nothing is allocated: parameters are jax.ShapeDtypeStructs with shardings. `cpu:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 

@@ -54,6 +54,7 @@ __all__ = [
     "masked_mean", "gather_log_probs", "end_index", "first_divergence_index", "take_at",
     "kl_shaped_scores", "gae_advantages_and_returns", "ppo_actor_loss", "critic_loss",
     "lagrangian_advantages", "lagrange_update", "group_advantages", "grpo_actor_loss", "aggregate",
+    "lagrangian_advantages_multi", "moderation_cost", "MODERATION_HEADS",
     "GROUP_ESTIMATORS", "AGGREGATIONS",
     "reward_model_loss", "cost_model_loss", "normalizer_update", "normalize", "init_normalizer_state",
     "dpo_loss", "dpo_action_window", "dpo_sequence_log_probs", "sft_loss", "sft_token_losses", "shift_labels",

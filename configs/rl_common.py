@@ -68,6 +68,11 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.rl.normalize_reward = False                # apply the reward model's stored affine stats (overrides its config)
     c.rl.normalize_cost = False                  # apply the cost model's stored scale stats
     c.rl.joint_update = True                     # False: actor, then critics (lower peak memory at scale)
+    # several constraints (ppo_lag, grpo_lag; METHODS_BEYOND §3): named score models and a tuple of
+    # {name, model, head, [transform], threshold, [lambda_init, lambda_lr, lambda_max]} (see algorithms/constraints.py);
+    # empty: the single constraint on cost_model_name_or_path with rl.threshold
+    c.rl.cost_models = ml_collections.ConfigDict()
+    c.rl.constraints = ()
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = 1

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saferlhf_jax.algorithms import constraints as constraints_lib
 from saferlhf_jax.algorithms import rl
 from saferlhf_jax.errors import ConfigError, TrainingError
 from saferlhf_jax.generation import generate
@@ -380,7 +381,8 @@ def rl_config(cfg) -> rl.RLConfig:
             lambda_update_delay_steps=int(r.lambda_update_delay_steps),
             episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages),
             joint_update=bool(r.get("joint_update", True)),
-            group_size=int(cfg.generation.num_return_sequences), **_critic_free_settings(cfg))
+            group_size=int(cfg.generation.num_return_sequences), **_critic_free_settings(cfg),
+            **constraints_lib.rl_fields(constraints_lib.parse(r)))
     except ValueError as err:
         raise ConfigError(f"rl: {err}") from None
 
@@ -473,7 +475,10 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
     frozen = {"ref": reference, "reward": reward_model.params}
     reward_fn = rl.score_model_end_fn(reward_model.apply)
     cost_fn, cost_critic = None, None
-    if rl_cfg.uses_cost:
+    several = constraints_lib.parse(cfg.rl)
+    if several:
+        cost_fn, frozen["cost"], cost_critic = _load_constraint_models(cfg, rl_cfg, several, kw, frozen_kw)
+    elif rl_cfg.uses_cost:
         cost_model = models.load_score_model(cfg.cost_model_name_or_path, do_normalize=bool(cfg.rl.normalize_cost),
                                              require_head=not new_head, **frozen_kw)
         frozen["cost"] = cost_model.params
@@ -482,6 +487,32 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
             cc_path = cfg.get("cost_critic_model_name_or_path") or cfg.cost_model_name_or_path
             cost_critic = models.load_score_model(cc_path, score_type="critic", do_normalize=False, **kw)
     return actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn
+
+
+def _load_constraint_models(cfg, rl_cfg, several, kw, frozen_kw):
+    """K constraints (METHODS_BEYOND §3): (cost_fn → (B, K), {model: frozen params}, K-output cost critic | None).
+    Each model of rl.cost_models that a constraint reads is loaded once; the cost critic's backbone is
+    cost_critic_model_name_or_path (default: the model of constraint 0) and its head has one row per constraint."""
+    from saferlhf_jax import models
+
+    paths = dict(cfg.rl.cost_models)
+    loaded = {}
+    for name in dict.fromkeys(c.model for c in several):
+        loaded[name] = models.load_score_model(paths[name], do_normalize=bool(cfg.rl.normalize_cost),
+                                               require_head=True, **frozen_kw)
+    dims = {name: m.config.score_dim for name, m in loaded.items()}
+    cost_fn = constraints_lib.make_cost_fn({n: m.apply for n, m in loaded.items()}, dims, several)
+    critic = None
+    if rl_cfg.cost_critic:
+        source = several[0].model
+        path = cfg.get("cost_critic_model_name_or_path") or paths[source]
+        critic = models.load_score_model(path, score_type="critic", do_normalize=False, **kw)
+        head = mesh_lib.to_host(critic.params["score_head"])
+        kernel, bias = constraints_lib.critic_head(head["kernel"], head.get("bias"), several,
+                                                   source if path == paths[source] else "",
+                                                   critic.config.initializer_range, int(cfg.seed))
+        critic = models.replace_score_head(critic, kernel, bias)
+    return cost_fn, {n: m.params for n, m in loaded.items()}, critic
 
 
 def _eval_sampling(cfg, actor_dir) -> dict:
@@ -505,16 +536,20 @@ def _eval_page(result: dict, tokenizer, n: int = 8) -> list[str]:
         prompt = tokenizer.decode(row[:start][mask[:start]], skip_special_tokens=True)
         answer = tokenizer.decode(row[start:][mask[start:]], skip_special_tokens=True)
         cell = lambda s: " ".join(s.split()).replace("|", "\\|")[:200]  # noqa: E731
-        cost = f"{result['cost'][i]:.3f}" if "cost" in result else "–"
+        cost = ", ".join(f"{c:.3f}" for c in np.ravel(result["cost"][i])) if "cost" in result else "–"
         lines.append(f"| {cell(prompt)} | {cell(answer)} | {result['reward'][i]:.3f} | {cost} |")
     return lines
 
 
-def eval_metrics(result: dict) -> dict[str, float]:
+def eval_metrics(result: dict, constraint_names: tuple[str, ...] = ()) -> dict[str, float]:
+    """Mean reward, length and cost (per constraint with K of them: eval/cost/<name>; 'unsafe' ⇔ cost > 0 for a
+    cost model, > ½ for a moderation probability is read off the threshold, not here)."""
     out = {"eval/reward": float(np.mean(result["reward"])),
            "eval/reward_std": float(np.std(result["reward"], ddof=1)) if result["reward"].size > 1 else 0.0,
            "eval/mean_length": float(np.mean(result["length"])), "eval/prompts": int(result["reward"].size)}
-    if "cost" in result:
+    if "cost" in result and constraint_names:
+        out.update({f"eval/cost/{n}": float(np.mean(result["cost"][:, k])) for k, n in enumerate(constraint_names)})
+    elif "cost" in result:
         out.update({"eval/cost": float(np.mean(result["cost"])),
                     "eval/unsafe_rate": float(np.mean(result["cost"] > 0))})
     return out
@@ -538,9 +573,13 @@ def run(cfg) -> dict[str, Any]:
 
         tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
         retokenizers = {}
+        for path in {dict(cfg.rl.cost_models)[c.model] for c in constraints_lib.parse(cfg.rl)}:
+            if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():
+                raise ConfigError(f"rl.cost_models: {path} has its own tokenizer; with rl.constraints every cost "
+                                  "model must share the actor's tokenizer")
         for scorer, name in (("reward", "reward_model_name_or_path"), ("cost", "cost_model_name_or_path")):
             path = cfg.get(name)
-            if path and (scorer == "reward" or rl_cfg.uses_cost):
+            if path and (scorer == "reward" or (rl_cfg.uses_cost and not rl_cfg.num_constraints)):
                 other = load_tokenizer(path)
                 if other.get_vocab() != tokenizer.get_vocab():
                     log.info("%s model %s has its own tokenizer: rollouts are re-tokenized for it", scorer, path)
@@ -623,7 +662,8 @@ def run(cfg) -> dict[str, Any]:
                 batches.append({k: v[lo:lo + per] for k, v in batch.items()})
             key = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), 1_000_003 + it)  # never the training rng
             result = runner.evaluate(state.actor.params, batches, key, sampling)
-            row = {"step": int(mesh_lib.to_host(state.global_step)), "iteration": it, **eval_metrics(result)}
+            row = {"step": int(mesh_lib.to_host(state.global_step)), "iteration": it,
+                   **eval_metrics(result, rl_cfg.constraints)}
             run_dir.log(row)
             eval_rows.append(row)
             return result
@@ -699,7 +739,9 @@ def run(cfg) -> dict[str, Any]:
                 models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))
 
-        summary = run_dir.finish(summary, complete=complete, export=export, curves=CURVES + ("eval/reward",),
+        per_constraint = tuple(f"train/{k}/{n}" for k in ("cost", "lambda", "episode_cost") for n in rl_cfg.constraints)
+        summary = run_dir.finish(summary, complete=complete, export=export,
+                                 curves=CURVES + per_constraint + ("eval/reward",),
                                  title=f"{cfg.mode} run")
         summary["state"] = state
         return summary
@@ -711,9 +753,10 @@ def print_summary(summary: dict) -> None:
             "train/actor_loss", "train/reward_critic_loss", "train/mean_generated_length")
     print(f"== {summary['mode']}: {summary['iterations']}/{summary['total_iterations']} iterations, "
           f"{summary['rl_steps']} rl steps in {summary['seconds']:.1f}s ({summary['prompts']} prompts)")
-    print("   last: " + ", ".join(f"{k.split('/')[1]}={last[k]:.4g}" for k in keys if k in last))
+    keys += tuple(k for k in last if k.count("/") == 2 and k.split("/")[1] in ("cost", "lambda", "episode_cost"))
+    print("   last: " + ", ".join(f"{k.split('/', 1)[1]}={last[k]:.4g}" for k in keys if k in last))
     if summary.get("eval"):
-        print("   eval: " + ", ".join(f"{k.split('/')[1]}={v:.4g}" for k, v in summary["eval"].items()))
+        print("   eval: " + ", ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in summary["eval"].items()))
     if summary.get("skipped_updates"):
         print(f"   skipped non-finite updates: {summary['skipped_updates']}")
     print(f"   outputs: {summary['output_dir']} (metrics.jsonl, curves.png, results.md, checkpoints/"

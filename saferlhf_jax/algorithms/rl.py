@@ -56,6 +56,13 @@ class RLConfig:
     kl_loss_coeff: float = 0.04
     aggregation: str = "seq"            # seq | token | constant
     loss_normalizer: float = 0.0        # 'constant' aggregation's L_norm (0: the rollout width)
+    # several constraints at once (METHODS_BEYOND §3): K names and per-constraint λ settings; () = the single
+    # constraint above (scalar λ, costs (B,)). With K ≥ 1 costs are (B, K), λ and the window means (K,).
+    constraints: tuple[str, ...] = ()
+    thresholds: tuple[float, ...] = ()
+    lambda_inits: tuple[float, ...] = ()
+    lambda_lrs: tuple[float, ...] = ()
+    lambda_maxes: tuple[float | None, ...] = ()   # None: no upper clamp for that constraint
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -64,6 +71,17 @@ class RLConfig:
             raise ValueError("lambda_max must be > 0 (or None)")
         if self.lambda_init <= 0 and self.learns_lambda:
             raise ValueError("lambda_init must be > 0 for PPO-Lag (log λ is learned)")
+        k = len(self.constraints)
+        if k and not self.uses_cost:
+            raise ValueError(f"{self.mode} has no cost: rl.constraints apply to ppo_lag and grpo_lag")
+        if k and self.mode == "reward_shaping":
+            raise ValueError("reward_shaping takes one cost (rl.constraints apply to ppo_lag and grpo_lag)")
+        if any(len(t) != k for t in (self.thresholds, self.lambda_inits, self.lambda_lrs, self.lambda_maxes)):
+            raise ValueError(f"thresholds, lambda_inits, lambda_lrs and lambda_maxes need one entry per constraint ({k})")
+        if len(set(self.constraints)) != k:
+            raise ValueError(f"constraint names must be unique, got {list(self.constraints)}")
+        if any(v <= 0 for v in self.lambda_inits) or any(v is not None and v <= 0 for v in self.lambda_maxes):
+            raise ValueError("every constraint's lambda_init and lambda_max must be > 0")
         if self.episode_cost_window_size < 1:
             raise ValueError(f"episode_cost_window_size must be ≥ 1, got {self.episode_cost_window_size}")
         if self.critic_free:
@@ -77,6 +95,20 @@ class RLConfig:
     @property
     def uses_cost(self) -> bool:
         return self.mode in ("ppo_lag", "reward_shaping", "grpo_lag")
+
+    @property
+    def num_constraints(self) -> int:
+        """K of METHODS_BEYOND §3, or 0 for the single (legacy, scalar) constraint."""
+        return len(self.constraints)
+
+    def lambda_hyper(self):
+        """(log λ init, threshold, lambda_lr, lambda_max | None): scalars, or (K,) arrays with +inf = no clamp."""
+        if not self.num_constraints:
+            init = jnp.log(jnp.float32(self.lambda_init)) if self.lambda_init > 0 else jnp.float32(0.0)
+            return init, self.threshold, self.lambda_lr, self.lambda_max
+        vec = lambda xs: jnp.asarray(xs, jnp.float32)  # noqa: E731
+        return (jnp.log(vec(self.lambda_inits)), vec(self.thresholds), vec(self.lambda_lrs),
+                vec([jnp.inf if v is None else v for v in self.lambda_maxes]))
 
     @property
     def critic_free(self) -> bool:
@@ -118,19 +150,19 @@ class CostWindow:
     Shard s owns rows [s·B/dp, (s+1)·B/dp) of every rollout micro-batch (the rows its devices hold), so J_c — the mean
     over shards of each shard's window mean — covers the last W × dp costs, as in the reference's per-rank windows."""
 
-    values: jax.Array    # (dp, W) f32
+    values: jax.Array    # (dp, W) f32, or (dp, W, K) with K constraints
     filled: jax.Array    # () int32 entries filled in every shard (≤ W)
     position: jax.Array  # () int32 next ring slot
 
     @classmethod
-    def empty(cls, shards: int, size: int) -> "CostWindow":
-        return cls(jnp.zeros((int(shards), int(size)), jnp.float32), jnp.zeros((), jnp.int32),
-                   jnp.zeros((), jnp.int32))
+    def empty(cls, shards: int, size: int, constraints: int = 0) -> "CostWindow":
+        shape = (int(shards), int(size)) + ((int(constraints),) if constraints else ())
+        return cls(jnp.zeros(shape, jnp.float32), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
     def push(self, costs) -> "CostWindow":
-        """Append a micro-batch of episode costs (B,) — B/dp to each shard's FIFO, oldest dropped first."""
-        dp, w = self.values.shape
-        per_shard = costs.astype(jnp.float32).reshape(dp, -1)  # (dp, n)
+        """Append a micro-batch of episode costs (B,) or (B, K) — B/dp to each shard's FIFO, oldest dropped first."""
+        dp, w = self.values.shape[:2]
+        per_shard = costs.astype(jnp.float32).reshape(dp, -1, *costs.shape[1:])  # (dp, n[, K])
         n = per_shard.shape[1]
         if n >= w:  # static: the micro-batch alone fills every window
             return CostWindow(per_shard[:, n - w:], jnp.int32(w), jnp.int32(0))
@@ -139,10 +171,11 @@ class CostWindow:
                           (self.position + n) % w)
 
     def mean(self):
-        """J_c: mean over shards of each shard's window mean (0 while empty)."""
+        """J_c: mean over shards of each shard's window mean (0 while empty); () or (K,)."""
         valid = jnp.arange(self.values.shape[1]) < self.filled  # ring slots fill from 0 before the first wrap
+        valid = valid.reshape(1, -1, *([1] * (self.values.ndim - 2)))
         per_shard = jnp.sum(jnp.where(valid, self.values, 0.0), axis=1) / jnp.maximum(self.filled, 1)
-        return jnp.mean(per_shard)
+        return jnp.mean(per_shard, axis=0)
 
 
 @flax.struct.dataclass
@@ -152,7 +185,7 @@ class RLState:
     actor: ModuleState
     reward_critic: ModuleState | None   # None in the critic-free modes
     cost_critic: ModuleState | None
-    log_lambda: jax.Array    # () f32
+    log_lambda: jax.Array    # () f32, or (K,) with K constraints
     global_step: jax.Array   # () int32 rl_step calls so far (drives the λ delay, spec §3.13)
     skipped: jax.Array       # () int32 rl_steps whose update was non-finite and therefore not applied
     rng: jax.Array           # (2,) uint32 raw PRNG key: every rollout splits a fresh one off
@@ -169,12 +202,12 @@ class Rollout:
     start: jax.Array                # (B,) int32 action index that emits the first response token
     ref_log_probs: jax.Array        # (B, A) f32
     reward: jax.Array               # (B,) f32 reward-model end score
-    cost: jax.Array | None = None   # (B,) f32 cost-model end score (PPO-Lag, reward shaping)
+    cost: jax.Array | None = None   # (B,) f32 cost-model end score (PPO-Lag, reward shaping); (B, K) for K constraints
     log_probs: jax.Array | None = None      # (B, A) f32 actor log-probs at rollout time
     reward_values: jax.Array | None = None  # (B, A) f32 reward-critic values at rollout time
-    cost_values: jax.Array | None = None    # (B, A) f32 cost-critic values at rollout time
+    cost_values: jax.Array | None = None    # (B, A) f32 cost-critic values at rollout time; (B, A, K)
     reward_advantage: jax.Array | None = None  # (B,) f32 group-relative advantages (critic-free modes)
-    cost_advantage: jax.Array | None = None    # (B,) f32
+    cost_advantage: jax.Array | None = None    # (B,) f32; (B, K)
 
     def values(self, critic: str):
         return self.reward_values if critic == "reward" else self.cost_values
@@ -208,29 +241,45 @@ def init_state(models: RLModels, actor_params, reward_critic_params, cost_critic
     """The initial RLState (call eagerly: optimizer zeros inherit the parameters' shardings; or under
     `jax.eval_shape` for the layout alone)."""
     cfg = models.cfg
-    log_lambda = jnp.log(jnp.float32(cfg.lambda_init)) if cfg.lambda_init > 0 else jnp.float32(0.0)
+    log_lambda = cfg.lambda_hyper()[0]
     zero = lambda: jnp.zeros((), jnp.int32)  # noqa: E731 — distinct buffers: the state is donated leaf by leaf
     return RLState(
         actor=init_module_state(actor_params, models.actor_opt),
         reward_critic=None if cfg.critic_free else init_module_state(reward_critic_params, models.critic_opt),
         cost_critic=init_module_state(cost_critic_params, models.critic_opt) if cfg.cost_critic else None,
         log_lambda=jnp.asarray(log_lambda, jnp.float32), global_step=zero(), skipped=zero(),
-        rng=jax.random.PRNGKey(seed), cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size))
+        rng=jax.random.PRNGKey(seed),
+        cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size, cfg.num_constraints))
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
 
 
-def critic_values(models: RLModels, params, seq, mask):
-    """V(x_≤t) for every action position: (B, A) f32 (the critic output at the last token is dropped, §2.1)."""
-    return models.critic_apply(params, seq, mask)[0][:, :-1, 0]
+def critic_values(models: RLModels, params, seq, mask, outputs: int = 0):
+    """V(x_≤t) for every action position: (B, A) f32, or (B, A, K) from a K-output critic (`outputs` = K; the
+    cost critic with K constraints). The critic output at the last token is dropped (§2.1)."""
+    scores = models.critic_apply(params, seq, mask)[0][:, :-1]
+    return scores[..., :outputs] if outputs else scores[..., 0]
+
+
+def _values(models: RLModels, name: str, params, seq, mask):
+    return critic_values(models, params, seq, mask, models.cfg.num_constraints if name == "cost" else 0)
+
+
+def _critic_loss(values, old_values, returns, mask, clip_range_value):
+    """§3.12's clipped value loss; with K value streams (B, A, K) the mean over k (METHODS_BEYOND §3.4)."""
+    if values.ndim == 3:
+        per = jax.vmap(lambda v, o, r: ops.critic_loss(v, o, r, mask, clip_range_value), in_axes=-1)
+        return jnp.mean(per(values, old_values, returns))
+    return ops.critic_loss(values, old_values, returns, mask, clip_range_value)
 
 
 def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask) -> dict:
-    """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)."""
+    """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)
+    (cost values (B, A, K) with K constraints)."""
     out = {"log_probs": models.actor_log_probs(actor_params, seq, mask, seq[:, 1:])}
     for name in models.cfg.critics:
-        out[f"{name}_values"] = critic_values(models, critics[name], seq, mask)
+        out[f"{name}_values"] = _values(models, name, critics[name], seq, mask)
     return out
 
 
@@ -297,12 +346,18 @@ def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
                                                   cfg.gae_lambda)
     out = {"rewards": rewards, "reward_advantages": adv_r, "reward_returns": ret_r, "advantages": adv_r}
     if cfg.cost_critic:
-        costs = ops.kl_shaped_scores(rollout.cost, rollout.log_probs, rollout.ref_log_probs, seq_mask,
-                                     -cfg.kl_coeff, cfg.clip_range_score)  # c_t = +β·kl_t (spec §3.10)
-        adv_c, ret_c = ops.gae_advantages_and_returns(rollout.cost_values, costs, seq_mask, 0, cfg.gamma,
-                                                      cfg.gae_lambda)
-        out.update(costs=costs, cost_advantages=adv_c, cost_returns=ret_c,
-                   advantages=ops.lagrangian_advantages(adv_r, adv_c, lam))
+        def stream(cost, values):
+            costs = ops.kl_shaped_scores(cost, rollout.log_probs, rollout.ref_log_probs, seq_mask,
+                                         -cfg.kl_coeff, cfg.clip_range_score)  # c_t = +β·kl_t (spec §3.10)
+            return (costs, *ops.gae_advantages_and_returns(values, costs, seq_mask, 0, cfg.gamma, cfg.gae_lambda))
+
+        if cfg.num_constraints:  # K streams, each shaped and GAE'd alone; (B, A, K) like the critic's values
+            costs, adv_c, ret_c = jax.vmap(stream, in_axes=(1, 2), out_axes=-1)(rollout.cost, rollout.cost_values)
+            combined = ops.lagrangian_advantages_multi(adv_r, jnp.moveaxis(adv_c, -1, 0), lam)
+        else:
+            costs, adv_c, ret_c = stream(rollout.cost, rollout.cost_values)
+            combined = ops.lagrangian_advantages(adv_r, adv_c, lam)
+        out.update(costs=costs, cost_advantages=adv_c, cost_returns=ret_c, advantages=combined)
     if cfg.whiten_advantages:
         out["advantages"] = _whiten(out["advantages"], response_mask(seq_mask, rollout.start))
     return out
@@ -310,11 +365,13 @@ def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
 
 def lambda_step(state: RLState, cfg: RLConfig):
     """(log λ after this step's update, J_c used): one SGD step on log λ from the window's J_c once
-    global_step ≥ lambda_update_delay_steps (PPO-Lag only, spec §3.13); a non-finite result keeps the old value."""
+    global_step ≥ lambda_update_delay_steps (PPO-Lag only, spec §3.13); a non-finite result keeps the old value.
+    With K constraints both are (K,) and each λ_k moves with its own J_ck only (METHODS_BEYOND §3.2)."""
     episode_cost = state.cost_window.mean()
     log_lambda = state.log_lambda
     if cfg.learns_lambda:
-        updated = ops.lagrange_update(log_lambda, episode_cost, cfg.threshold, cfg.lambda_lr, cfg.lambda_max)
+        _, threshold, lambda_lr, lambda_max = cfg.lambda_hyper()
+        updated = ops.lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max)
         apply = (state.global_step >= cfg.lambda_update_delay_steps) & jnp.isfinite(updated)
         log_lambda = jnp.where(apply, updated, log_lambda)
     return log_lambda, episode_cost
@@ -388,18 +445,18 @@ def make_rl_step(models: RLModels, fresh: bool = False):
             return total, (aux, old, adv)
 
         def critic_objective(params, name, old, adv):
-            return ops.critic_loss(critic_values(models, params, seq, mask), old.values(name),
-                                   adv[f"{name}_returns"], resp, cfg.clip_range_value)
+            return _critic_loss(_values(models, name, params, seq, mask), old.values(name),
+                                adv[f"{name}_returns"], resp, cfg.clip_range_value)
 
         critic_params = {name: getattr(state, f"{name}_critic").params for name in critics}
         if cfg.joint_update:
             def objective(params):
-                values = {name: critic_values(models, params[f"{name}_critic"], seq, mask) for name in critics}
+                values = {name: _values(models, name, params[f"{name}_critic"], seq, mask) for name in critics}
                 fresh_values = {f"{n}_values": v for n, v in values.items()} if fresh else {}
                 total, (aux, old, adv) = actor_objective(params["actor"], fresh_values)
                 for name in critics:
-                    loss = ops.critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
-                                           cfg.clip_range_value)
+                    loss = _critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
+                                        cfg.clip_range_value)
                     aux[f"train/{name}_critic_loss"] = loss
                     total = total + loss
                 return total, (aux, old, adv)
@@ -409,7 +466,7 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         else:
             fresh_values = {}
             if fresh:  # the critics' rollout-time values, before any of them moves
-                fresh_values = {f"{n}_values": jax.lax.stop_gradient(critic_values(models, p, seq, mask))
+                fresh_values = {f"{n}_values": jax.lax.stop_gradient(_values(models, n, p, seq, mask))
                                 for n, p in critic_params.items()}
             (total, (aux, old, adv)), actor_grads = jax.value_and_grad(actor_objective, has_aux=True)(
                 state.actor.params, fresh_values)
@@ -444,21 +501,19 @@ def make_rl_step(models: RLModels, fresh: bool = False):
             "train/kl_divergence": _masked_sum_mean(kl, resp),
             "train/mean_generated_length": jnp.mean(lengths),
             "train/max_generated_length": jnp.max(lengths),
-            "train/lambda": lam,
-            "train/episode_cost": episode_cost,
             "train/grad_norm": grad_norm,
             "train/skipped_updates": new_state.skipped,
             "train/global_step": new_state.global_step,  # read with the metrics: no extra host round trip
         })
-        if cfg.uses_cost:
-            metrics["train/cost"] = jnp.mean(old.cost)
+        metrics.update(constraint_metrics(cfg, lam, episode_cost, old.cost))
         if cfg.cost_critic:
-            metrics.update({
-                "train/cost_with_kl_penalty": _masked_sum_mean(adv["costs"], resp),
-                "train/cost_advantage": ops.masked_mean(adv["cost_advantages"], resp),
-                "train/cost_return": ops.masked_mean(adv["cost_returns"], resp),
-                "train/cost_value": ops.masked_mean(old.cost_values, resp),
-            })
+            streams = {"cost_with_kl_penalty": (_masked_sum_mean, adv["costs"]),
+                       "cost_advantage": (ops.masked_mean, adv["cost_advantages"]),
+                       "cost_return": (ops.masked_mean, adv["cost_returns"]),
+                       "cost_value": (ops.masked_mean, old.cost_values)}
+            for key, (reduce, x) in streams.items():
+                metrics.update(per_constraint(cfg, key, lambda k, r=reduce, x=x: r(x if k is None else x[..., k],
+                                                                                   resp)))
         return new_state, metrics, (old if fresh else None)
 
     return step
@@ -478,17 +533,38 @@ def make_group_advantages(cfg: RLConfig):
     reward_advantage / cost_advantage: group g of prompt p is row p of the G micro-batches (METHODS_BEYOND §2.3)."""
 
     def fn(rewards, costs, kls):
-        """rewards, costs, kls: (G, B) → A_r (G, B), A_c (G, B) | None."""
+        """rewards, kls: (G, B), costs (G, B) or (G, B, K) → A_r (G, B), A_c like costs | None."""
         g = rewards.shape[0]
         if cfg.kl_mode == "reward":  # sequence-level shaping, the PPO-Lag signs (B§3.10)
             rewards = rewards - cfg.kl_coeff * kls
-            costs = None if costs is None else costs + cfg.kl_coeff * kls
+            costs = None if costs is None else costs + cfg.kl_coeff * kls.reshape(kls.shape + (1,) * (costs.ndim - 2))
         clip = lambda x: jnp.clip(x, -cfg.clip_range_score, cfg.clip_range_score)  # noqa: E731
         adv = lambda x: ops.group_advantages(clip(x).T.reshape(-1), g, cfg.advantage_estimator,  # noqa: E731
                                              cfg.group_eps).reshape(-1, g).T
-        return adv(rewards), (None if costs is None else adv(costs))
+        if costs is None:
+            return adv(rewards), None
+        if costs.ndim == 3:  # each constraint's cost is normalised within the group on its own
+            return adv(rewards), jnp.stack([adv(costs[..., k]) for k in range(costs.shape[-1])], axis=-1)
+        return adv(rewards), adv(costs)
 
     return fn
+
+
+def per_constraint(cfg: RLConfig, key: str, value: Callable) -> dict:
+    """{'train/<key>': value(None)} for the single constraint, {'train/<key>/<name>': value(k)} for K of them."""
+    if not cfg.num_constraints:
+        return {f"train/{key}": value(None)}
+    return {f"train/{key}/{name}": value(k) for k, name in enumerate(cfg.constraints)}
+
+
+def constraint_metrics(cfg: RLConfig, lam, episode_cost, cost) -> dict:
+    """λ, the window's J_c and the rollout's mean cost, per constraint (METHODS_BEYOND §3.5 names)."""
+    pick = lambda x, k: x if k is None else x[..., k]  # noqa: E731
+    out = {**per_constraint(cfg, "lambda", lambda k: pick(lam, k)),
+           **per_constraint(cfg, "episode_cost", lambda k: pick(episode_cost, k))}
+    if cfg.uses_cost:
+        out.update(per_constraint(cfg, "cost", lambda k: jnp.mean(pick(cost, k))))
+    return out
 
 
 def _make_critic_free_step(models: RLModels):
@@ -502,7 +578,9 @@ def _make_critic_free_step(models: RLModels):
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
         adv = rollout.reward_advantage
-        if cfg.uses_cost:
+        if cfg.uses_cost and cfg.num_constraints:
+            adv = ops.lagrangian_advantages_multi(rollout.reward_advantage, rollout.cost_advantage.T, lam)
+        elif cfg.uses_cost:
             adv = ops.lagrangian_advantages(rollout.reward_advantage, rollout.cost_advantage, lam)
         beta_kl = cfg.kl_loss_coeff if cfg.kl_mode == "loss" else 0.0
         normalizer = cfg.loss_normalizer or float(seq.shape[1] - 1)
@@ -530,11 +608,12 @@ def _make_critic_free_step(models: RLModels):
                    "train/reward_advantage": jnp.mean(jnp.abs(rollout.reward_advantage)),
                    "train/kl_divergence": jnp.mean(sequence_kl(rollout)),
                    "train/mean_generated_length": jnp.mean(lengths), "train/max_generated_length": jnp.max(lengths),
-                   "train/lambda": lam, "train/episode_cost": episode_cost, "train/grad_norm": grad_norm,
-                   "train/skipped_updates": new_state.skipped, "train/global_step": new_state.global_step}
+                   "train/grad_norm": grad_norm,
+                   "train/skipped_updates": new_state.skipped, "train/global_step": new_state.global_step,
+                   **constraint_metrics(cfg, lam, episode_cost, rollout.cost)}
         if cfg.uses_cost:
-            metrics["train/cost"] = jnp.mean(rollout.cost)
-            metrics["train/cost_advantage"] = jnp.mean(jnp.abs(rollout.cost_advantage))
+            metrics.update(per_constraint(cfg, "cost_advantage", lambda k: jnp.mean(jnp.abs(
+                rollout.cost_advantage if k is None else rollout.cost_advantage[:, k]))))
         return new_state, metrics, None
 
     return step

@@ -414,6 +414,27 @@ def resize_token_embeddings(model: Model, params, new_vocab_size: int):
     return Model(config, model.kind, graphdef, params, model.source, model.mesh, model.rules), params
 
 
+def replace_score_head(model: Model, kernel, bias=None) -> Model:
+    """The same backbone with a new score head: kernel (E, D), bias (D,) (None: no bias). The normalizer stats
+    restart at mean 0, var 1 for the D outputs (e.g. the K-output cost critic of several constraints)."""
+    if model.kind != "score":
+        raise ValueError("replace_score_head needs a score model")
+    kernel = np.asarray(kernel, np.float32)
+    dim = int(kernel.shape[1])
+    config = model.config.replace(score_dim=dim, score_bias=bias is not None)
+    graphdef, _, _ = _abstract(config, model.kind)
+    params = jax.tree.map(lambda x: x, model.params)  # shallow copy of the containers
+    dtype = params["score_head"]["kernel"].dtype
+    params["score_head"] = {"kernel": jnp.asarray(kernel, dtype)}
+    if bias is not None:
+        params["score_head"]["bias"] = jnp.asarray(np.asarray(bias, np.float32), dtype)
+    params["normalizer"] = {"mean": jnp.zeros((dim,), jnp.float32), "var": jnp.ones((dim,), jnp.float32),
+                            "count": jnp.zeros((), jnp.float32)}
+    if model.mesh is not None:
+        params = jax.device_put(params, param_shardings(config, model.kind, model.mesh, model.rules))
+    return Model(config, model.kind, graphdef, params, model.source, model.mesh, model.rules)
+
+
 # ---------------------------------------------------------------------------------------------------- HF export
 
 

@@ -36,7 +36,8 @@ def test_data():
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory):
-    """SFT / RM / CM stand-ins built from stories260K (a <pad> token added, fresh score heads): no training needed."""
+    """SFT / RM / CM / moderation stand-ins built from stories260K (a <pad> token added, fresh score heads): no
+    training needed."""
     import transformers
 
     from saferlhf_jax import data as data_lib
@@ -49,8 +50,9 @@ def tiny_models(tmp_path_factory):
     lm, params = models.resize_token_embeddings(lm, lm.params, len(tok))
     models.save_pretrained(lm, params, root / "sft")
     tok.save_pretrained(root / "sft")
-    for i, kind in enumerate(("reward", "cost")):
-        sm = models.load_score_model(STORIES_DIR, score_type=kind, rng=10 + i)
+    for i, kind in enumerate(("reward", "cost", "moderation")):  # moderation: 24 end logits (algorithms/moderation)
+        extra = {"score_dim": 24} if kind == "moderation" else {}
+        sm = models.load_score_model(STORIES_DIR, score_type=kind, rng=10 + i, **extra)
         sm, params = models.resize_token_embeddings(sm, sm.params, len(tok))
         models.save_pretrained(sm, params, root / kind)
         tok.save_pretrained(root / kind)

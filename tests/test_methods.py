@@ -158,3 +158,130 @@ def test_critic_free_rl_from_the_cli(tiny_models, tmp_path, config):
 
     flat = Checkpointer(tmp_path / "checkpoints", read_only=True).restore_raw()
     assert not any("critic" in k for k in flat)  # four models only: actor (+ its optimizer) in the state
+
+
+# ---------------------------------------------------------------------------------------------------- several constraints
+
+
+def _rl_section(**extra):
+    import ml_collections
+
+    from configs import ppo_lag as ppo_lag_config
+
+    r = ppo_lag_config.get_config("tiny").rl
+    r.cost_models = ml_collections.ConfigDict({"cost": "CM", "moderation": "MOD"})
+    r.constraints = tuple(extra.pop("constraints"))
+    return r
+
+
+def test_constraint_config_errors_are_one_line():
+    from saferlhf_jax.algorithms import constraints
+    from saferlhf_jax.errors import ConfigError
+
+    ok = constraints.parse(_rl_section(constraints=[
+        dict(name="unsafe", model="cost", head="score"),
+        dict(name="violence", model="moderation", head="category:6", threshold=0.02, lambda_max=0)]))
+    assert [c.name for c in ok] == ["unsafe", "violence"] and ok[0].threshold == 0.0 and ok[0].lambda_max == 5.0
+    assert ok[1].lambda_max is None and ok[1].transform == ""  # 0 = no clamp; '' = prob for moderation heads
+    for bad, needle in (
+            (dict(name="x", model="nope"), "not in rl.cost_models"),
+            (dict(name="x", model="moderation", head="category:20"), "moderation head must be"),
+            (dict(name="x", model="cost", head="score", transform="prob"), "transform 'identity'"),
+            (dict(name="x", model="cost", limit=1.0), "unknown field"),
+            (dict(model="cost"), "needs a name")):
+        with pytest.raises(ConfigError, match=needle):
+            constraints.parse(_rl_section(constraints=[bad]))
+    with pytest.raises(ConfigError, match="has 1 output"):
+        constraints.make_cost_fn({"cost": None}, {"cost": 1}, [constraints.Constraint("x", "cost", "score:1")])
+    with pytest.raises(ConfigError, match="24 end logits"):
+        constraints.make_cost_fn({"cost": None}, {"cost": 1}, [constraints.Constraint("x", "cost", "unsafe")])
+
+
+def test_cost_fn_reads_each_head_and_critic_head_copies_score_rows():
+    from saferlhf_jax import ops
+    from saferlhf_jax.algorithms import constraints
+
+    rng = np.random.default_rng(0)
+    cm_end, mod_end = rng.normal(size=(3, 1)).astype(np.float32), rng.normal(size=(3, 24)).astype(np.float32)
+    applies = {"cost": lambda p, s, m: (None, cm_end), "moderation": lambda p, s, m: (None, mod_end)}
+    cs = [constraints.Constraint("unsafe", "cost"), constraints.Constraint("sev", "moderation", "severity>=2"),
+          constraints.Constraint("viol", "moderation", "category:6", "logit")]
+    got = np.asarray(constraints.make_cost_fn(applies, {"cost": 1, "moderation": 24}, cs)(
+        {"cost": {}, "moderation": {}}, None, None))
+    np.testing.assert_allclose(got[:, 0], cm_end[:, 0])
+    np.testing.assert_allclose(got[:, 1], ops.moderation_cost(mod_end, "severity>=2", "prob"), rtol=1e-6)
+    np.testing.assert_allclose(got[:, 2], mod_end[:, 6])
+    kernel, bias = constraints.critic_head(np.arange(8.0).reshape(4, 2), np.array([0.5, -0.5]),
+                                           [constraints.Constraint("a", "cost", "score:1"), cs[1]], "cost", 0.02)
+    np.testing.assert_array_equal(kernel[:, 0], [1, 3, 5, 7])
+    np.testing.assert_array_equal(bias, [-0.5, 0])
+    assert np.all(np.abs(kernel[:, 1]) < 0.1) and np.any(kernel[:, 1] != 0)  # N(0, 0.02) row for another model
+
+
+@pytest.mark.parametrize("mode", ["ppo_lag", "grpo_lag"])
+def test_two_constraints_from_a_config(tiny_models, tmp_path, mode):
+    """A cost model and a moderation head as two constraints: λ, windows and metrics per constraint; PPO-Lag's cost
+    critic has one head row per constraint, row 0 copied from the cost model."""
+    import importlib
+
+    import ml_collections
+
+    from saferlhf_jax import models
+    from saferlhf_jax.algorithms import ppo_lag
+
+    c = importlib.import_module(f"configs.{mode}").get_config("tiny")
+    c.output_dir = str(tmp_path)
+    c.actor_model_name_or_path = str(tiny_models / "sft")
+    c.reward_model_name_or_path = str(tiny_models / "reward")
+    c.cost_model_name_or_path = ""
+    c.rl.cost_models = ml_collections.ConfigDict({"cm": str(tiny_models / "cost"),
+                                                  "moderation": str(tiny_models / "moderation")})
+    c.rl.constraints = (dict(name="unsafe", model="cm", head="score", threshold=0.0),
+                        dict(name="violence", model="moderation", head="category:6", threshold=0.02, lambda_lr=0.5))
+    c.generation.max_length = 64
+    c.data.max_prompt_length, c.data.prompt_buckets = 32, (32,)
+    c.train.max_steps, c.train.prompt_batch_size, c.train.train_batch_size = 1, 4, 4
+    c.logging.progress = c.logging.tensorboard = False
+    c.mesh.fsdp = 1
+    summary = ppo_lag.run(c)
+    state = summary["state"]
+    assert state.log_lambda.shape == (2,)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("lambda", "episode_cost", "cost"):
+        assert f"train/{key}/unsafe" in rows[0] and f"train/{key}/violence" in rows[0], key
+    assert "train/lambda" not in rows[0]
+    # λ_violence after the first update: log λ + 0.5·(J − 0.02)·λ from λ = 1 (no delay), J = the first window mean
+    first = rows[0]
+    assert first["train/lambda/violence"] == pytest.approx(np.exp(0.5 * (first["train/episode_cost/violence"] - 0.02)),
+                                                           rel=1e-5)
+    assert 0.0 < first["train/cost/violence"] < 1.0  # a probability (transform 'prob')
+    if mode == "ppo_lag":
+        cm = models.load_score_model(tiny_models / "cost")
+        head = np.asarray(state.cost_critic.params["score_head"]["kernel"])
+        assert head.shape == (cm.config.hidden_size, 2)
+        assert rows[0]["train/cost_value/unsafe"] is not None
+        # row 0 started as the cost model's column; one critic update moved it only a little
+        np.testing.assert_allclose(head[:, 0], np.asarray(cm.params["score_head"]["kernel"])[:, 0], atol=0.05)
+    else:
+        assert state.cost_critic is None
+
+
+def test_group_advantages_per_constraint_and_the_combined_advantage():
+    """K = 2 costs: each constraint's cost is group-normalised on its own (kl_mode 'reward' adds +β·K to each),
+    and the step combines them as (A_r − Σλ_k A_ck)/(1 + Σλ_k) (example M1's formula)."""
+    from saferlhf_jax import ops
+    from saferlhf_jax.algorithms import rl
+
+    cfg = rl.RLConfig(mode="grpo_lag", group_size=4, kl_mode="reward", kl_coeff=0.1, constraints=("a", "b"),
+                      thresholds=(0.0, 0.0), lambda_inits=(1.0, 1.0), lambda_lrs=(0.1, 0.1), lambda_maxes=(5.0, 5.0))
+    rng = np.random.default_rng(1)
+    rewards, kls = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    costs = rng.normal(size=(4, 3, 2))
+    a_r, a_c = rl.make_group_advantages(cfg)(rewards, costs, kls)
+    assert a_c.shape == (4, 3, 2)
+    for k in range(2):
+        want = ops.group_advantages((costs[..., k] + 0.1 * kls).T.reshape(-1), 4).reshape(-1, 4).T
+        np.testing.assert_allclose(np.asarray(a_c[..., k]), want, atol=1e-5)
+    lam = np.array([1.0, 0.5])
+    combined = ops.lagrangian_advantages_multi(a_r[0], np.moveaxis(np.asarray(a_c[0]), -1, 0), lam)
+    np.testing.assert_allclose(combined, (np.asarray(a_r[0]) - np.asarray(a_c[0]) @ lam) / 2.5, atol=1e-5)

@@ -7,7 +7,7 @@ them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.see
 
 import ml_collections
 
-from configs import common, cost, ppo_lag, reward, sft
+from configs import common, cost, grpo_lag, ppo_lag, reward, safedpo, sft
 
 
 def get_config(preset: str = "tiny"):
@@ -15,7 +15,7 @@ def get_config(preset: str = "tiny"):
     c = ml_collections.ConfigDict()
     c.output_dir = "runs/testbed"
     c.seed = 0
-    c.methods = "sft,ppo,ppo_lag,reward_shaping"
+    c.methods = "sft,ppo,ppo_lag,reward_shaping,grpo_lag,safedpo"
     c.calibrate_budget = True                     # PPO-Lag's threshold d: the budget read off a line fitted to the
                                                   # cost model's held-out scores (run.cost_model_budget); False: d = 0
     c.shaping_lambdas = (0.1, 0.3, 1.0)           # fixed λ's of the reward-shaping baseline (in reward-model units
@@ -61,8 +61,30 @@ def get_config(preset: str = "tiny"):
                                                   # inside the budget and climbs back slowly (the step scales with λ)
     c.rl.rl.episode_cost_window_size = 32
     c.rl.checkpoint.every = 0
+    # critic-free Lagrangian RL: the same rollout budget (prompt batch × G = PPO-Lag's prompt batch), λ settings,
+    # threshold and lengths as PPO-Lag; four models instead of six
+    c.grpo_lag = grpo_lag.get_config("tiny")
+    g = c.grpo_lag
+    g.generation.max_length, g.generation.top_k = c.rl.generation.max_length, 0
+    g.data.max_prompt_length, g.data.prompt_buckets = c.rl.data.max_prompt_length, c.rl.data.prompt_buckets
+    g.train.prompt_batch_size = c.rl.train.prompt_batch_size // g.generation.num_return_sequences
+    g.train.train_batch_size = g.train.prompt_batch_size
+    g.actor.learning_rate, g.actor.lr_warmup_ratio = c.rl.actor.learning_rate, 0.0
+    for key in ("lambda_lr", "lambda_update_delay_steps", "episode_cost_window_size", "kl_coeff"):
+        g.rl[key] = c.rl.rl[key]
+    g.checkpoint.every = 0
+
+    # SafeDPO on the labelled pairs the reward and cost models learn from (METHODS_BEYOND §1)
+    c.safedpo = safedpo.get_config("tiny")
+    c.safedpo.data.max_length = 128
+    c.safedpo.data.buckets = (128,)
+    c.safedpo.train.epochs = 2
+    c.safedpo.train.batch_size = 16
+    c.safedpo.train.learning_rate = 5e-4
+    c.safedpo.checkpoint.every = 0
     if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars
         c.world.eval_prompts = 96
         c.shaping_lambdas = (0.1, 1.0)
         c.rl.train.max_steps = 16
+    c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

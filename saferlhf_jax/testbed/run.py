@@ -24,7 +24,7 @@ from saferlhf_jax.testbed import world
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping")
+METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping", "grpo_lag", "safedpo")
 
 
 def _jsonl(path: pathlib.Path, rows) -> pathlib.Path:
@@ -89,6 +89,7 @@ def run(cfg) -> dict[str, Any]:
     from saferlhf_jax.algorithms import cost as cost_stage
     from saferlhf_jax.algorithms import ppo_lag
     from saferlhf_jax.algorithms import reward as reward_stage
+    from saferlhf_jax.algorithms import safedpo as safedpo_stage
     from saferlhf_jax.algorithms import sft as sft_stage
     from saferlhf_jax.errors import ConfigError
     from saferlhf_jax.training import trainer
@@ -161,8 +162,18 @@ def run(cfg) -> dict[str, Any]:
         budget = cost_model_budget(out / "cost" / "export", rows[cut:], max_length=int(cfg.world.max_length),
                                    batch_size=int(cfg.world.batch_size))
 
-    # RL from the same SFT model with the same budget
+    # SafeDPO: offline, on the same labelled pairs (no reward or cost model: the safety labels decide)
     policies: dict[str, pathlib.Path] = {"sft": sft_export}
+    if "safedpo" in methods:
+        dpo_cfg = _stage(cfg.safedpo, out, "safedpo", seed, cfg)
+        dpo_cfg.model_name_or_path = str(sft_export)
+        dpo_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
+        dpo_cfg.eval_datasets = ()
+        if not _done(out / "safedpo"):
+            timed("safedpo", lambda: trainer.train(safedpo_stage.STAGE, dpo_cfg))
+        policies["safedpo"] = out / "safedpo" / "export"
+
+    # RL from the same SFT model with the same budget
     runs = []
     if "ppo" in methods:
         runs.append(("ppo", "ppo", None))
@@ -170,8 +181,10 @@ def run(cfg) -> dict[str, Any]:
         runs.append(("ppo_lag", "ppo_lag", None))
     if "reward_shaping" in methods:
         runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
+    if "grpo_lag" in methods:
+        runs.append(("grpo_lag", "grpo_lag", None))
     for name, mode, lam in runs:
-        rl_cfg = _stage(cfg.rl, out, name, seed, cfg)
+        rl_cfg = _stage(cfg.grpo_lag if mode == "grpo_lag" else cfg.rl, out, name, seed, cfg)
         rl_cfg.mode = mode
         rl_cfg.actor_model_name_or_path = str(sft_export)
         rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
@@ -203,7 +216,8 @@ def run(cfg) -> dict[str, Any]:
         "rm_accuracy_heldout": scores["reward"].get("accuracy"),
         "cm_accuracy_heldout": scores["cost"].get("accuracy"),
         "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
-        "methods": {name: gt(evaluations[name]) for name in ("sft", "ppo", "ppo_lag") if name in evaluations},
+        "methods": {name: gt(evaluations[name]) for name in ("sft", "ppo", "ppo_lag", "grpo_lag", "safedpo")
+                    if name in evaluations},
         "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
         "stage_seconds_total": round(sum(timings.values()), 1),
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
@@ -245,9 +259,17 @@ def claims(results: dict) -> dict[str, Any]:
             # the ratio of reward gains over SFT; None when no feasible shaping gained anything (strict JSON: no inf)
             out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else None
             out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(best <= 0 or gain >= 0.9 * best)
+        if "grpo_lag" in m:  # METHODS_BEYOND / issue: the budget kept with ≥ 80% of PPO-Lag's reward gain
+            grpo_gain = m["grpo_lag"]["gt_reward"] - sft["gt_reward"]
+            out["grpo_lag_within_budget"] = bool(m["grpo_lag"]["gt_cost"] <= t + out.get("ppo_lag_budget_tolerance",
+                                                                                          0.0))
+            out["grpo_lag_gain_vs_ppo_lag"] = grpo_gain / gain if gain > 0 else None
+            out["grpo_lag_at_least_80pct_of_ppo_lag_gain"] = bool(gain <= 0 or grpo_gain >= 0.8 * gain)
         if m.get("reward_shaping"):
             lag_r = m["ppo_lag"]["gt_reward"]
             out["some_fixed_lambda_breaks_budget_or_gives_up_reward"] = bool(any(
                 s["gt_cost"] > t + out.get("ppo_lag_budget_tolerance", 0.0) or s["gt_reward"] < lag_r
                 for s in m["reward_shaping"]))
+    if "safedpo" in m:
+        out["safedpo_lowers_cost_below_sft"] = bool(m["safedpo"]["gt_cost"] < sft["gt_cost"])
     return out

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from saferlhf_jax import data as data_lib
 from saferlhf_jax import models, ops
 from saferlhf_jax.errors import ConfigError, TrainingError
+from saferlhf_jax.models import lora as lora_lib
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.training import optim
 from saferlhf_jax.training import state as state_lib
@@ -85,6 +86,17 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"data.template must be one of {data_lib.TEMPLATES}, got {cfg.data.template!r}")
     if int(cfg.data.max_length) < 2:
         raise ConfigError(f"data.max_length must be ≥ 2, got {cfg.data.max_length}")
+
+
+def lora_settings(cfg) -> tuple[int, float]:
+    """(rank, scale α/r) of the config's `lora` section; (0, 0.0) = full fine-tuning (or no section)."""
+    section = cfg.get("lora")
+    rank = int(section.rank) if section is not None else 0
+    if rank < 0 or (rank and float(section.alpha) <= 0):
+        raise ConfigError(f"lora.rank must be ≥ 0 and lora.alpha > 0, got rank={rank}, alpha={section.alpha}")
+    if rank and str(section.init) not in lora_lib.INITS:
+        raise ConfigError(f"lora.init must be one of {lora_lib.INITS}, got {section.init!r}")
+    return rank, (lora_lib.scale(float(section.alpha), rank) if rank else 0.0)
 
 
 def export_layout(cfg) -> str:
@@ -156,19 +168,35 @@ def make_init_state(optimizer):
     return init_state
 
 
+def adapted_apply(apply, base, lora_scale: float):
+    """With LoRA: model.apply on base + adapters for a trainable tree that holds adapters, and on the parameters as
+    given otherwise — the frozen base itself is the DPO/SafeDPO reference, adapters off (METHODS_BEYOND §4.3)."""
+    if not lora_scale:
+        return apply
+
+    def fn(params, *args, **kwargs):
+        return apply(lora_lib.merge(base, params, lora_scale) if lora_lib.KEY in params else params, *args, **kwargs)
+
+    return fn
+
+
 def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, grad_accum: int,
-                    optimizer_on_host: bool = False):
+                    optimizer_on_host: bool = False, lora_scale: float = 0.0):
     """step(state, batches (GA, B, ...), frozen) -> (state, metrics); pure, to be jitted.
+
+    lora_scale > 0: the state's parameters are {adapters, [score head, normalizer]} and `frozen` is the base model
+    (models/lora.py); gradients and optimizer state exist for the trainable tree only.
 
     Score models in train mode (spec §3.4): the normalizer statistics are updated with the step's *raw* end scores
     (over every data-parallel shard: the batch is global here), and when `do_normalize` is set the loss sees the
     scores normalised with the *updated* statistics (stop-gradient)."""
-    apply = model.apply
+    base_apply = model.apply
     score = model.kind == "score"
     normalize_fn = ops.SCORE_TYPE_TO_FUNCTION.get(model.config.score_type) if score else None
     do_normalize = score and model.config.do_normalize
 
     def step(state, batches, frozen):
+        apply = adapted_apply(base_apply, frozen, lora_scale)
         trainable, normalizer = _split_params(state["params"])
 
         def micro(carry, batch):
@@ -228,9 +256,9 @@ def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, gr
     return step
 
 
-def make_eval_step(stage: Stage, model, lc: LossConfig):
+def make_eval_step(stage: Stage, model, lc: LossConfig, lora_scale: float = 0.0):
     def step(params, batch, frozen):
-        return stage.eval_fn(model.apply, params, frozen, batch, lc)
+        return stage.eval_fn(adapted_apply(model.apply, frozen, lora_scale), params, frozen, batch, lc)
 
     return step
 
@@ -277,9 +305,18 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                  stage.name, len(train_ds), total, per_epoch, batch_size, grad_accum, dict(mesh.shape))
 
         frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
+        lora_rank, lora_scale = lora_settings(cfg)
+        initial = model.params
+        if lora_rank:  # the base is frozen (and is the reference); the state holds adapters (+ a score head)
+            head, frozen = lora_lib.split(model.params, model.kind)
+            lc_ = cfg.lora
+            adapters = lora_lib.init(frozen, lora_rank, tuple(lc_.targets), int(cfg.seed), str(lc_.init))
+            initial = {lora_lib.KEY: adapters, **head}
+            log.info("%s: LoRA rank %d (α=%g) on %s: %d adapter parameters", stage.name, lora_rank,
+                     float(lc_.alpha), ",".join(lc_.targets), lora_lib.parameter_count(adapters))
         # the state is laid out from its abstract shape and born sharded (training/state.py)
         memory_kind = str(cfg.model.get("optimizer_memory", "device"))
-        state = state_lib.allocate(make_init_state(optimizer), model.params, jax.random.PRNGKey(int(cfg.seed)),
+        state = state_lib.allocate(make_init_state(optimizer), initial, jax.random.PRNGKey(int(cfg.seed)),
                                    axes=[models.param_logical_axes(model.config, model.kind)], mesh=mesh,
                                    rules=run.rules, optimizer_memory=memory_kind)
         model.params = None  # the state owns the parameters from here on (donated every step)
@@ -293,10 +330,10 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         batch_spec = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
         step_fn = jax.jit(make_train_step(stage, model, optimizer, schedule, lc, grad_accum,
-                                          optimizer_on_host=memory_kind != "device"),
+                                          optimizer_on_host=memory_kind != "device", lora_scale=lora_scale),
                           in_shardings=(state_sh, batch_spec, frozen_sh),
                           out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
-        eval_fn = jax.jit(make_eval_step(stage, model, lc)) if eval_ds is not None else None
+        eval_fn = jax.jit(make_eval_step(stage, model, lc, lora_scale)) if eval_ds is not None else None
 
         def evaluate(step):
             if eval_fn is None:
@@ -373,6 +410,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         def export(directory):
             params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes
+            if lora_rank:  # plain HF weights: W + s·A@B (loadable without any LoRA library)
+                params = mesh_lib.to_host(lora_lib.merge(frozen, params, lora_scale))
             assert_finite(params, f"the {stage.name} model")
             if jax.process_index() == 0:
                 models.save_pretrained(model, params, directory, layout=export_layout(cfg),

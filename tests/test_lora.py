@@ -1,0 +1,115 @@
+"""LoRA (METHODS_BEYOND §4): exact start at the base, adapters the only trainable state, the base as DPO reference,
+merged export equal to the adapted forward."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from saferlhf_jax import models
+from saferlhf_jax.models import lora
+from saferlhf_jax.training import trainer
+
+STORIES = "saferlhf_jax/assets/stories260K"
+
+
+def _batch(vocab, seed=0, b=3, length=12):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(3, vocab, (b, length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    mask[0, :4] = 0  # one left-padded row
+    return jnp.asarray(ids), jnp.asarray(mask)
+
+
+def test_zero_b_is_exactly_the_base_and_the_merge_is_w_plus_s_ab():
+    model = models.load_causal_lm(STORIES)
+    base = model.params
+    adapters = lora.init(base, rank=4, seed=0)
+    assert len(adapters) == 7 * model.config.num_hidden_layers
+    first = adapters["model/layers/0/self_attn/q_proj"]
+    assert first["a"].shape == (64, 4) and first["b"].shape == (4, 64) and not np.any(first["b"])
+    assert np.abs(first["a"]).max() <= 1 / np.sqrt(64)  # kaiming-uniform bound U(±1/√d_in)
+    ids, mask = _batch(model.config.vocab_size)
+    np.testing.assert_array_equal(model.apply(lora.merge(base, {"lora": adapters}, 4.0), ids, mask),
+                                  model.apply(base, ids, mask))  # B = 0: exactly the base, not approximately
+    rng = np.random.default_rng(1)
+    moved = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32) * 0.1, adapters)
+    merged = lora.merge(base, {"lora": moved}, 4.0)
+    w = np.asarray(base["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"])
+    m = moved["model/layers/0/self_attn/q_proj"]
+    np.testing.assert_allclose(merged["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"],
+                               w + 4.0 * np.asarray(m["a"]) @ np.asarray(m["b"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(merged["model"]["embed_tokens"]["embedding"],
+                                  base["model"]["embed_tokens"]["embedding"])  # not a target
+    # the reference path: the base itself (no adapters in the tree) runs the plain model
+    apply = trainer.adapted_apply(model.apply, base, 4.0)
+    np.testing.assert_array_equal(apply(base, ids, mask), model.apply(base, ids, mask))
+    assert not np.allclose(apply({"lora": moved}, ids, mask), model.apply(base, ids, mask))
+
+
+def test_scanned_layers_get_stacked_adapters():
+    model = models.load_causal_lm(STORIES, scan_layers=True)
+    adapters = lora.init(model.params, rank=2)
+    assert adapters["model/layers/mlp/down_proj"]["a"].shape == (5, 172, 2)
+    with pytest.raises(ValueError, match="match no kernel"):
+        lora.init(model.params, rank=2, targets=("qkv",))
+
+
+def stage_of(name):
+    from saferlhf_jax.algorithms import dpo, reward, sft
+
+    return {"sft": sft.STAGE, "reward": reward.STAGE, "dpo": dpo.STAGE}[name]
+
+
+def _run(stage_name, tmp_path, **overrides):
+    import importlib
+
+    cfg = importlib.import_module(f"configs.{stage_name}").get_config("tiny")
+    cfg.output_dir = str(tmp_path / stage_name)
+    cfg.lora.rank = 4
+    cfg.train.max_steps = 3
+    cfg.train.learning_rate = 5e-3
+    cfg.logging.progress = cfg.logging.tensorboard = False
+    cfg.mesh.fsdp = 1
+    for k, v in overrides.items():
+        cfg[k] = v
+    return cfg, trainer.train(stage_of(stage_name), cfg)
+
+
+@pytest.mark.parametrize("stage_name", ["sft", "reward", "dpo"])
+def test_only_adapters_train_and_the_merged_export_equals_the_adapted_forward(tmp_path, stage_name):
+    cfg, summary = _run(stage_name, tmp_path)
+    state = summary["state"]
+    expected = {"lora"} | ({"score_head", "normalizer"} if stage_name == "reward" else set())
+    assert set(state["params"]) == expected
+    # the optimizer holds moments for adapters (and the head) only: no leaf of a base kernel's shape
+    opt_shapes = {x.shape for x in jax.tree.leaves(state["opt_state"])}
+    assert (64, 172) not in opt_shapes and (512, 64) not in opt_shapes and (64, 4) in opt_shapes
+    adapters = state["params"]["lora"]
+    assert any(np.any(np.asarray(a["b"]) != 0) for a in adapters.values())  # they did train
+    kind = "score" if stage_name == "reward" else "causal_lm"
+    from saferlhf_jax.data.tokenizer import load_tokenizer
+
+    # the base exactly as the stage built it (a pad token added: a resized embedding; a fresh score head)
+    base = trainer.load_model(stage_of(stage_name), cfg, None, load_tokenizer(cfg.model_name_or_path))
+    exported = (models.load_score_model if kind == "score" else models.load_causal_lm)(
+        tmp_path / stage_name / "export")
+    ids, mask = _batch(exported.config.vocab_size)
+    frozen = {k: v for k, v in base.params.items()}
+    adapted = trainer.adapted_apply(base.apply, frozen, lora.scale(cfg.lora.alpha, cfg.lora.rank))
+    want = adapted(jax.device_get(state["params"]), ids, mask)
+    got = exported.apply(exported.params, ids, mask)
+    for w, g in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+    # the export differs from the base (the merge happened) while the base checkpoint is untouched on disk
+    assert not np.allclose(exported.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"],
+                           base.params["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"])
+
+
+def test_lora_config_errors_are_one_line(tmp_path):
+    from saferlhf_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lora.init"):
+        _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="xavier", targets=lora.DEFAULT_TARGETS))

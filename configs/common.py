@@ -63,11 +63,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.loss.beta = 0.02
     c.loss.dpo_slicing = "standard"              # standard | reference (the reference's off-by-one)
 
-    # LoRA (METHODS_BEYOND §4): rank 0 = full fine-tuning; > 0 trains adapters (and a score model's head) only,
-    # the reference model is the frozen base, the export merges W + (α/r)·A@B into plain HF weights
-    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, init="kaiming_uniform",
-                                            targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                     "down_proj")))
+    c.lora = lora()
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 0                       # 0 = only at the end
@@ -85,6 +81,14 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.logging.tensorboard = True
     c.logging.progress = True
     return c
+
+
+def lora() -> ml_collections.ConfigDict:
+    """LoRA (METHODS_BEYOND §4): rank 0 = full fine-tuning; > 0 trains adapters (and a score model's head) only, the
+    reference model is the frozen base, the export merges W + (α/r)·A@B into plain HF weights. In RL: the actor."""
+    return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, init="kaiming_uniform",
+                                          targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                   "down_proj")))
 
 
 def mesh_rules() -> ml_collections.ConfigDict:

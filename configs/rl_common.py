@@ -97,6 +97,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     # frozen_dtype: the reference, reward and cost models' parameter dtype; logits_chunk > 0: log-probs projected
     # to the vocabulary this many columns at a time (the float32 (B, L, V) logits never exist); optimizer_memory
     # 'pinned_host' keeps the optimizer state in host memory between updates (TPU/GPU memory kinds)
+    c.lora = common.lora()                       # rank > 0: the actor trains LoRA adapters; its base is the reference
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()

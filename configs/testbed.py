@@ -70,17 +70,20 @@ def get_config(preset: str = "tiny"):
     g.train.prompt_batch_size = c.rl.train.prompt_batch_size // g.generation.num_return_sequences
     g.train.train_batch_size = g.train.prompt_batch_size
     g.actor.learning_rate, g.actor.lr_warmup_ratio = c.rl.actor.learning_rate, 0.0
-    for key in ("lambda_lr", "lambda_update_delay_steps", "episode_cost_window_size", "kl_coeff"):
+    for key in ("lambda_update_delay_steps", "episode_cost_window_size", "kl_coeff"):
         g.rl[key] = c.rl.rl[key]
+    # G rl_steps per iteration (one per return group) against PPO-Lag's one: the same λ movement per rollout batch
+    g.rl.lambda_lr = c.rl.rl.lambda_lr / g.generation.num_return_sequences
+    g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the advantages differ
     g.checkpoint.every = 0
 
     # SafeDPO on the labelled pairs the reward and cost models learn from (METHODS_BEYOND §1)
     c.safedpo = safedpo.get_config("tiny")
     c.safedpo.data.max_length = 128
     c.safedpo.data.buckets = (128,)
-    c.safedpo.train.epochs = 2
+    c.safedpo.train.epochs = 1
     c.safedpo.train.batch_size = 16
-    c.safedpo.train.learning_rate = 5e-4
+    c.safedpo.train.learning_rate = 1e-4          # 5e-4 × 2 epochs collapsed the policy to near-empty answers
     c.safedpo.checkpoint.every = 0
     if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars
         c.world.eval_prompts = 96

@@ -113,3 +113,39 @@ def test_lora_config_errors_are_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match="lora.init"):
         _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="xavier", targets=lora.DEFAULT_TARGETS))
+
+
+def test_rl_actor_with_lora_trains_adapters_over_its_base_reference(tiny_models, tmp_path):
+    """PPO-Lag with a LoRA actor: the state holds adapters only, the reference is the base (KL starts at 0), and the
+    export is base + merged adapters."""
+    import json
+
+    from configs import ppo_lag as ppo_lag_config
+    from saferlhf_jax.algorithms import ppo_lag
+
+    c = ppo_lag_config.get_config("tiny")
+    c.output_dir = str(tmp_path)
+    c.actor_model_name_or_path = str(tiny_models / "sft")
+    c.reward_model_name_or_path = str(tiny_models / "reward")
+    c.cost_model_name_or_path = str(tiny_models / "cost")
+    c.lora.rank = 4
+    c.actor.learning_rate = 5e-3
+    c.generation.max_length = 64
+    c.data.max_prompt_length, c.data.prompt_buckets = 32, (32,)
+    c.train.max_steps, c.train.prompt_batch_size, c.train.train_batch_size = 2, 4, 4
+    c.logging.progress = c.logging.tensorboard = False
+    c.mesh.fsdp = 1
+    summary = ppo_lag.run(c)
+    actor = summary["state"].actor
+    assert set(actor.params) == {"lora"}
+    assert {x.shape for x in jax.tree.leaves(actor.opt_state)} <= {(), (64, 4), (4, 64), (4, 32), (172, 4),
+                                                                  (4, 172)}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert abs(rows[0]["train/kl_divergence"]) < 1e-4  # B = 0: the first rollout's policy is the reference
+    base = models.load_causal_lm(tiny_models / "sft")
+    exported = models.load_causal_lm(tmp_path / "export")
+    ids, mask = _batch(base.config.vocab_size)
+    merged = lora.merge(base.params, jax.device_get(actor.params), lora.scale(c.lora.alpha, c.lora.rank))
+    np.testing.assert_allclose(exported.apply(exported.params, ids, mask), base.apply(merged, ids, mask),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(exported.apply(exported.params, ids, mask), base.apply(base.params, ids, mask))

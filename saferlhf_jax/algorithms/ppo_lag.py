@@ -102,7 +102,8 @@ class RLRunner:
                  frozen: dict, cfg: rl.RLConfig, gen: GenerationConfig, actor_optim: OptimConfig,
                  critic_optim: OptimConfig, total_rl_steps: int, train_batch_size: int, update_iters: int = 1,
                  mesh=None, retokenizers: dict | None = None, logits_chunk: int = 0,
-                 optimizer_memory: str = "device"):
+                 optimizer_memory: str = "device", lora_rank: int = 0, lora_alpha: float = 16.0,
+                 lora_targets: Sequence[str] = (), lora_init: str = "kaiming_uniform"):
         if update_iters < 1:
             raise ValueError(f"update_iters must be ≥ 1, got {update_iters}")
         self.actor, self.reward_critic, self.cost_critic = actor, reward_critic, cost_critic
@@ -122,9 +123,19 @@ class RLRunner:
         # logits_chunk > 0: log-probs projected to the vocabulary in chunks (no float32 (B, L, V) logits)
         log_probs = functools.partial(actor.label_log_probs, chunk=int(logits_chunk))
         self.optimizer_memory = optimizer_memory  # 'pinned_host': optimizer state offloaded between updates
+        # LoRA (METHODS_BEYOND §4): the actor trains adapters over its frozen base, which is also the reference
+        # (frozen['ref'] must be those very parameters: no second copy)
+        self.lora_scale, self.adapters, self.actor_base = 0.0, None, None
+        if lora_rank:
+            from saferlhf_jax.models import lora
+
+            self.lora_scale = lora.scale(lora_alpha, lora_rank)
+            self.adapters = lora.init(actor.params, lora_rank, tuple(lora_targets) or lora.DEFAULT_TARGETS,
+                                      init=lora_init)
+            self.actor_base = frozen["ref"]
         self.models = rl.RLModels(log_probs, reward_critic.apply if reward_critic is not None else None, actor_opt,
                                   critic_opt, actor_schedule, critic_schedule, cfg,
-                                  optimizer_on_host=optimizer_memory != "device")
+                                  optimizer_on_host=optimizer_memory != "device", lora_scale=self.lora_scale)
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
         # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout
@@ -148,7 +159,8 @@ class RLRunner:
         axes = [models.param_logical_axes(m.config, m.kind) for m in (self.actor, self.reward_critic)
                 if m is not None]
         rules = getattr(self.actor, "rules", None)
-        return state_lib.allocate(init, self.actor.params,
+        actor_params = {"lora": self.adapters} if self.lora_scale else self.actor.params
+        return state_lib.allocate(init, actor_params,
                                   self.reward_critic.params if self.reward_critic is not None else None,
                                   self.cost_critic.params if self.cost_critic is not None else None, axes=axes,
                                   mesh=self.mesh, rules=rules, donate=(0, 1, 2) if donate else (),
@@ -184,7 +196,10 @@ class RLRunner:
         return self._programs[key](*args)
 
     def _step(self, fresh: bool, *args):
-        """The jitted rl_step (`rl.make_rl_step`) for the first-pass flag, state donated."""
+        """The jitted rl_step (`rl.make_rl_step`) for the first-pass flag, state donated; with LoRA the actor's
+        frozen base rides along as the last argument."""
+        if self.lora_scale:
+            args = (*args, self.actor_base)
         key = ("step", fresh, args[2] is not None)
         if key not in self._programs:
             fn = rl.make_rl_step(self.models, fresh)
@@ -206,8 +221,19 @@ class RLRunner:
         lower = max((b for b in buckets if b < bucket_length(prompt_width, buckets)), default=0)
         return self.gen.max_length - min(lower + 1, prompt_width)
 
+    def merged_actor(self, actor_params):
+        """The actor's full parameters: base + adapters with LoRA (merged once per rollout), else as they are."""
+        if not self.lora_scale:
+            return actor_params
+        if "merge" not in self._programs:
+            from saferlhf_jax.models import lora
+
+            self._programs["merge"] = jax.jit(lambda base, p: lora.merge(base, p, self.lora_scale))
+        return self._programs["merge"](self.actor_base, actor_params)
+
     def sampler_params(self, actor_params):
         """The actor's parameters as the sampler reads them (the rollout layout: made once per rollout)."""
+        actor_params = self.merged_actor(actor_params)
         return actor_params if self._to_rollout_layout is None else self._to_rollout_layout(actor_params)
 
     def sample(self, params, ids: np.ndarray, mask: np.ndarray, key, **sampling):
@@ -457,6 +483,7 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
               remat_policy=cfg.model.remat_policy, scan_layers=bool(cfg.model.scan_layers))
     # the frozen reference, reward and cost models are held in model.frozen_dtype (bf16 halves them at scale)
     frozen_dtype = jnp.dtype(cfg.model.get("frozen_dtype", "float32"))
+    lora_rank = int(cfg.get("lora", {}).get("rank", 0))
     frozen_kw = dict(kw, dtype=frozen_dtype)
     new_head = bool(cfg.get("allow_new_head", False))
     actor = models.load_causal_lm(cfg.actor_model_name_or_path, **kw)
@@ -465,6 +492,8 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
     critics = rl_cfg.critics
     # always a copy (the actor's parameters are donated to every update), cast when bf16
     reference = jax.tree.map(lambda x: jnp.array(x, dtype=frozen_dtype, copy=True), actor.params)
+    if lora_rank:  # LoRA: the reference is the actor's frozen base itself (the state holds adapters only)
+        reference = actor.params
     # normalize_reward / normalize_cost override the checkpoint's do_normalize, as the reference (default off)
     reward_model = models.load_score_model(cfg.reward_model_name_or_path, do_normalize=bool(cfg.rl.normalize_reward),
                                            require_head=not new_head, **frozen_kw)
@@ -513,6 +542,17 @@ def _load_constraint_models(cfg, rl_cfg, several, kw, frozen_kw):
                                                    critic.config.initializer_range, int(cfg.seed))
         critic = models.replace_score_head(critic, kernel, bias)
     return cost_fn, {n: m.params for n, m in loaded.items()}, critic
+
+
+def _lora_kwargs(cfg) -> dict:
+    """RLRunner's LoRA arguments from the config's `lora` section (rank 0: full fine-tuning of the actor)."""
+    section = cfg.get("lora")
+    if section is None or int(section.rank) == 0:
+        return {}
+    if int(section.rank) < 0 or float(section.alpha) <= 0:
+        raise ConfigError(f"lora.rank must be ≥ 0 and lora.alpha > 0, got {section.rank}, {section.alpha}")
+    return dict(lora_rank=int(section.rank), lora_alpha=float(section.alpha), lora_targets=tuple(section.targets),
+                lora_init=str(section.init))
 
 
 def _eval_sampling(cfg, actor_dir) -> dict:
@@ -626,7 +666,8 @@ def run(cfg) -> dict[str, Any]:
                           critic_optim=optims["critic"], total_rl_steps=total_rl_steps, train_batch_size=train_bs,
                           update_iters=int(t.update_iters), mesh=mesh, retokenizers=retokenizers,
                           logits_chunk=int(cfg.model.get("logits_chunk", 0)),
-                          optimizer_memory=str(cfg.model.get("optimizer_memory", "device")))
+                          optimizer_memory=str(cfg.model.get("optimizer_memory", "device")),
+                          **_lora_kwargs(cfg))
         state = runner.init_state(int(cfg.seed), donate=True)
         for owned in (actor, reward_critic, cost_critic):  # the state owns their parameters now
             if owned is not None:
@@ -733,7 +774,8 @@ def run(cfg) -> dict[str, Any]:
             summary["eval_samples"] = _eval_page(last_eval, tokenizer)
 
         def export(directory):
-            params = mesh_lib.to_host(state.actor.params)  # every process takes part in the gather; one writes
+            # every process takes part in the gather; one writes (LoRA: merged into plain HF weights)
+            params = mesh_lib.to_host(runner.merged_actor(state.actor.params))
             assert_finite(params, "the actor")
             if jax.process_index() == 0:
                 models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)

@@ -225,6 +225,20 @@ class RLModels:
     critic_schedule: Callable
     cfg: RLConfig
     optimizer_on_host: bool = False  # optimizer state lives in host memory; brought to the device for updates only
+    lora_scale: float = 0.0          # > 0: the actor's parameters are LoRA adapters over a frozen base (the
+                                     # reference model itself), passed to the jitted functions as `actor_base`
+
+    def log_probs_fn(self, actor_base=None) -> Callable:
+        """actor_log_probs on base + adapters (models/lora.py) when `actor_base` is given, else as is."""
+        if actor_base is None or not self.lora_scale:
+            return self.actor_log_probs
+        from saferlhf_jax.models import lora
+
+        def fn(params, *args):
+            return self.actor_log_probs(lora.merge(actor_base, params, self.lora_scale) if lora.KEY in params
+                                        else params, *args)
+
+        return fn
 
 
 def trainable(params):
@@ -274,10 +288,10 @@ def _critic_loss(values, old_values, returns, mask, clip_range_value):
     return ops.critic_loss(values, old_values, returns, mask, clip_range_value)
 
 
-def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask) -> dict:
+def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, actor_base=None) -> dict:
     """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)
     (cost values (B, A, K) with K constraints)."""
-    out = {"log_probs": models.actor_log_probs(actor_params, seq, mask, seq[:, 1:])}
+    out = {"log_probs": models.log_probs_fn(actor_base)(actor_params, seq, mask, seq[:, 1:])}
     for name in models.cfg.critics:
         out[f"{name}_values"] = _values(models, name, critics[name], seq, mask)
     return out
@@ -302,7 +316,9 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
         if cfg.uses_cost:
             cost = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
             window = window.push(cost)
-        scores = policy_scores(models, actor_params, critics, seq, mask) if policy else {}
+        # with LoRA the reference is the actor's frozen base: the same arrays, adapters off
+        base = frozen["ref"] if models.lora_scale else None
+        scores = policy_scores(models, actor_params, critics, seq, mask, base) if policy else {}
         rollout = Rollout(seq=seq, mask=mask, start=start, ref_log_probs=ref, reward=reward, cost=cost, **scores)
         return jax.lax.stop_gradient(rollout), window
 
@@ -392,12 +408,12 @@ def _apply_update(module: ModuleState, grads, optimizer, finite, on_host: bool =
     return jax.lax.cond(finite, apply, lambda m: m, module)
 
 
-def ptx_loss(models: RLModels, actor_params, batch) -> jax.Array:
+def ptx_loss(models: RLModels, actor_params, batch, actor_base=None) -> jax.Array:
     """The SFT loss (§3.3) of a PTX batch {'input_ids', 'attention_mask', 'labels'}, through the actor's log-probs
     (chunked over the vocabulary when configured)."""
     targets = batch["labels"][:, 1:]
     safe = jnp.where(targets == ops.IGNORE_INDEX, 0, targets)
-    lp = models.actor_log_probs(actor_params, batch["input_ids"], batch["attention_mask"], safe)
+    lp = models.log_probs_fn(actor_base)(actor_params, batch["input_ids"], batch["attention_mask"], safe)
     return ops.sft_loss_from_log_probs(lp, batch["labels"])
 
 
@@ -419,15 +435,16 @@ def make_rl_step(models: RLModels, fresh: bool = False):
     if cfg.critic_free:
         return _make_critic_free_step(models)
 
-    def step(state: RLState, rollout: Rollout, ptx_batch):
+    def step(state: RLState, rollout: Rollout, ptx_batch, actor_base=None):
         log_lambda, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
+        actor_log_probs = models.log_probs_fn(actor_base)
 
         def actor_objective(actor_params, old_values):
             """L_rl (+ PTX): (loss, (aux, old rollout, advantages)); old_values fill a fresh rollout's values."""
-            log_probs = models.actor_log_probs(actor_params, seq, mask, seq[:, 1:])
+            log_probs = actor_log_probs(actor_params, seq, mask, seq[:, 1:])
             old = rollout
             if fresh:
                 old = jax.lax.stop_gradient(rollout.replace(log_probs=log_probs, **old_values))
@@ -440,7 +457,7 @@ def make_rl_step(models: RLModels, fresh: bool = False):
                        (jnp.abs(ratio - 1.0) > cfg.clip_range_ratio).astype(jnp.float32), resp)}
             total = rl_loss
             if ptx_batch is not None:
-                aux["train/ptx_loss"] = ptx_loss(models, actor_params, ptx_batch)
+                aux["train/ptx_loss"] = ptx_loss(models, actor_params, ptx_batch, actor_base)
                 total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
             return total, (aux, old, adv)
 
@@ -572,11 +589,12 @@ def _make_critic_free_step(models: RLModels):
     the stored group advantages, the clipped surrogate + β_kl·k3 (kl_mode 'loss'), aggregated; no critics."""
     cfg = models.cfg
 
-    def step(state: RLState, rollout: Rollout, ptx_batch):
+    def step(state: RLState, rollout: Rollout, ptx_batch, actor_base=None):
         log_lambda, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
+        actor_log_probs = models.log_probs_fn(actor_base)
         adv = rollout.reward_advantage
         if cfg.uses_cost and cfg.num_constraints:
             adv = ops.lagrangian_advantages_multi(rollout.reward_advantage, rollout.cost_advantage.T, lam)
@@ -586,13 +604,13 @@ def _make_critic_free_step(models: RLModels):
         normalizer = cfg.loss_normalizer or float(seq.shape[1] - 1)
 
         def objective(params):
-            log_probs = models.actor_log_probs(params, seq, mask, seq[:, 1:])
+            log_probs = actor_log_probs(params, seq, mask, seq[:, 1:])
             loss, aux = ops.grpo_actor_loss(log_probs, rollout.log_probs, rollout.ref_log_probs, adv, resp,
                                             cfg.clip_range_ratio, beta_kl, cfg.aggregation, normalizer)
             aux = {"train/actor_loss": loss, **{f"train/{k}": v for k, v in aux.items()}}
             total = loss
             if ptx_batch is not None:
-                aux["train/ptx_loss"] = ptx_loss(models, params, ptx_batch)
+                aux["train/ptx_loss"] = ptx_loss(models, params, ptx_batch, actor_base)
                 total = 0.5 * (loss + cfg.ptx_coeff * aux["train/ptx_loss"])
             return total, aux
 

@@ -20,7 +20,8 @@ import time
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CLAIMS = ("ppo_raises_reward_and_breaks_budget", "ppo_lag_within_budget", "ppo_lag_raises_reward",
-          "ppo_lag_at_least_90pct_of_best_feasible_shaping", "some_fixed_lambda_breaks_budget_or_gives_up_reward")
+          "ppo_lag_at_least_90pct_of_best_feasible_shaping", "some_fixed_lambda_breaks_budget_or_gives_up_reward",
+          "grpo_lag_within_budget", "grpo_lag_at_least_80pct_of_ppo_lag_gain", "safedpo_lowers_cost_below_sft")
 
 
 def run_seed(preset: str, seed: int, out: pathlib.Path) -> dict:
@@ -44,8 +45,9 @@ def _point(m: dict) -> str:
 def table(runs: list[dict]) -> str:
     """Markdown: one row per seed — accuracies, R*/C* per method, and how many claims hold."""
     lam = [s["lambda"] for s in runs[0]["methods"].get("reward_shaping", [])]
+    extra = [name for name in ("grpo_lag", "safedpo") if name in runs[0]["methods"]]
     head = ["seed", "RM acc", "CM sign acc", "SFT", "PPO", "PPO-Lag", *[f"shaping λ={x:g}" for x in lam],
-            "claims hold", "time"]
+            *[{"grpo_lag": "GRPO-Lag", "safedpo": "SafeDPO"}[n] for n in extra], "claims hold", "time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
         m = r["methods"]
@@ -54,7 +56,8 @@ def table(runs: list[dict]) -> str:
         wall = f"{r['stage_seconds_total'] / 60:.1f} min" if r.get("stage_seconds_total") else "—"
         cells = [str(r["seed"]), f"{r['rm_accuracy_heldout']:.2f}", f"{r['cm_sign_accuracy_heldout']:.2f}",
                  _point(m["sft"]), _point(m["ppo"]), f"**{_point(m['ppo_lag'])}**",
-                 *[_point(s) for s in m.get("reward_shaping", [])], f"{ok}/{len(held)}", wall]
+                 *[_point(s) for s in m.get("reward_shaping", [])], *[_point(m[n]) for n in extra],
+                 f"{ok}/{len(held)}", wall]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

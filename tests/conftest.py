@@ -57,3 +57,21 @@ def tiny_models(tmp_path_factory):
         models.save_pretrained(sm, params, root / kind)
         tok.save_pretrained(root / kind)
     return root
+
+
+def tiny_rl_config(mode: str, tiny_models, out, max_steps: int = 1):
+    """A seconds-long RL config (`configs/<mode>.py:tiny`) on the tiny_models stand-ins: 4 prompts, 64 tokens, one
+    device, no progress bar or tensorboard."""
+    import importlib
+
+    c = importlib.import_module(f"configs.{mode}").get_config("tiny")
+    c.output_dir = str(out)
+    c.actor_model_name_or_path = str(tiny_models / "sft")
+    c.reward_model_name_or_path = str(tiny_models / "reward")
+    c.cost_model_name_or_path = str(tiny_models / "cost")
+    c.generation.max_length = 64
+    c.data.max_prompt_length, c.data.prompt_buckets = 32, (32,)
+    c.train.max_steps, c.train.prompt_batch_size, c.train.train_batch_size = max_steps, 4, 4
+    c.logging.progress = c.logging.tensorboard = False
+    c.mesh.fsdp = 1
+    return c

@@ -78,7 +78,9 @@ def _run(stage_name, tmp_path, **overrides):
     return cfg, trainer.train(stage_of(stage_name), cfg)
 
 
-@pytest.mark.parametrize("stage_name", ["sft", "reward", "dpo"])
+# reward in CI (adapters + a trainable head); SFT and DPO repeat its path (the DPO reference = base is tested above)
+@pytest.mark.parametrize("stage_name", [pytest.param("sft", marks=pytest.mark.slow), "reward",
+                                        pytest.param("dpo", marks=pytest.mark.slow)])
 def test_only_adapters_train_and_the_merged_export_equals_the_adapted_forward(tmp_path, stage_name):
     cfg, summary = _run(stage_name, tmp_path)
     state = summary["state"]
@@ -120,21 +122,12 @@ def test_rl_actor_with_lora_trains_adapters_over_its_base_reference(tiny_models,
     export is base + merged adapters."""
     import json
 
-    from configs import ppo_lag as ppo_lag_config
+    from conftest import tiny_rl_config
     from saferlhf_jax.algorithms import ppo_lag
 
-    c = ppo_lag_config.get_config("tiny")
-    c.output_dir = str(tmp_path)
-    c.actor_model_name_or_path = str(tiny_models / "sft")
-    c.reward_model_name_or_path = str(tiny_models / "reward")
-    c.cost_model_name_or_path = str(tiny_models / "cost")
+    c = tiny_rl_config("ppo_lag", tiny_models, tmp_path, max_steps=2)
     c.lora.rank = 4
     c.actor.learning_rate = 5e-3
-    c.generation.max_length = 64
-    c.data.max_prompt_length, c.data.prompt_buckets = 32, (32,)
-    c.train.max_steps, c.train.prompt_batch_size, c.train.train_batch_size = 2, 4, 4
-    c.logging.progress = c.logging.tensorboard = False
-    c.mesh.fsdp = 1
     summary = ppo_lag.run(c)
     actor = summary["state"].actor
     assert set(actor.params) == {"lora"}

@@ -76,6 +76,7 @@ def test_planner_vs_device_runs_at_tiny_size(tmp_path):
     assert r["measured_peak_bytes"] is None or r["measured_over_predicted"] > 0
 
 
+@pytest.mark.slow  # a benchmark script at tiny size (CI budget); `pytest -m slow` runs it
 def test_gpu_suite_runs_at_tiny_size(tmp_path):
     """The prepared accelerator script end to end on CPU: every row present and internally consistent."""
     from benchmarks import gpu_suite

@@ -159,6 +159,7 @@ def test_state_layout_shards_optimizer_moments_like_their_parameters():
     assert layout["step"].sharding.is_fully_replicated
 
 
+@pytest.mark.slow  # a memory lever for 7B runs (CI budget); `pytest -m slow` runs it
 def test_optimizer_state_offloaded_to_host_gives_the_same_step():
     _eight()
     mesh = make_mesh(fsdp=8)

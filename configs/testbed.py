@@ -74,7 +74,8 @@ def get_config(preset: str = "tiny"):
         g.rl[key] = c.rl.rl[key]
     # G rl_steps per iteration (one per return group) against PPO-Lag's one: the same λ movement per rollout batch
     g.rl.lambda_lr = c.rl.rl.lambda_lr / g.generation.num_return_sequences
-    g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the advantages differ
+    g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the
+                                                  # advantages differ
     g.checkpoint.every = 0
 
     # SafeDPO on the labelled pairs the reward and cost models learn from (METHODS_BEYOND §1)

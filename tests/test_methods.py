@@ -242,7 +242,8 @@ def test_two_constraints_from_a_config(tiny_models, tmp_path, mode):
     for key in ("lambda", "episode_cost", "cost"):
         assert f"train/{key}/unsafe" in rows[0] and f"train/{key}/violence" in rows[0], key
     assert "train/lambda" not in rows[0]
-    # λ_violence after the first update: log λ + 0.5·(J − 0.02)·λ from λ = 1 (no delay), J = the first window mean
+    # λ_violence after the first update: log λ + 0.5·(J − 0.02)·λ from λ = 1 (no delay), J = the first window
+    # mean
     first = rows[0]
     assert first["train/lambda/violence"] == pytest.approx(np.exp(0.5 * (first["train/episode_cost/violence"] - 0.02)),
                                                            rel=1e-5)

@@ -210,8 +210,8 @@ def _second_half_costs(runner, state, cost_fn=None):
 
 
 def test_two_constraints_each_budget_kept_and_each_lambda_moves_alone():
-    """METHODS_BEYOND §3 on ground truth: one λ per harm keeps both budgets (#B ≤ 2 and #A ≤ 3) on average over the
-    second half of training while the reward rises to near the feasible optimum 3·1 + 2·2 = 7."""
+    """METHODS_BEYOND §3 on ground truth: one λ per harm keeps both budgets (#B ≤ 2 and #A ≤ 3) on average over
+    the second half of training while the reward rises to near the feasible optimum 3·1 + 2·2 = 7."""
     runner, state = _two_constraint_runner(actor_lr=1e-3)
     assert state.log_lambda.shape == (2,) and state.cost_window.values.shape == (1, BATCH, 2)
     rows, costs, reward = _second_half_costs(runner, state)
@@ -228,8 +228,9 @@ def test_two_constraints_each_budget_kept_and_each_lambda_moves_alone():
 
 @pytest.mark.slow  # the comparison run; the two-constraint behaviour itself is checked in CI above
 def test_a_summed_cost_breaks_the_budget_two_constraints_keep():
-    """PPO-Lag on the summed cost (#B − 2) + (#A − 3) ≤ 0 may trade one harm for the other: with B worth twice A it
-    spends the joint budget on B (the B budget broken by > 1 on average), which the two-constraint run does not."""
+    """PPO-Lag on the summed cost (#B − 2) + (#A − 3) ≤ 0 may trade one harm for the other: with B worth twice A
+    it spends the joint budget on B (the B budget broken by > 1 on average), which the two-constraint run does
+    not."""
     runner, state = _runner("ppo_lag", lambda_lr=0.02, actor_lr=1e-3)
     _, costs, _ = _second_half_costs(runner, state, toy_summed_cost)
     assert costs.sum() <= 0.5 and costs[0] > 1.0, costs

@@ -77,7 +77,8 @@ class RLConfig:
         if k and self.mode == "reward_shaping":
             raise ValueError("reward_shaping takes one cost (rl.constraints apply to ppo_lag and grpo_lag)")
         if any(len(t) != k for t in (self.thresholds, self.lambda_inits, self.lambda_lrs, self.lambda_maxes)):
-            raise ValueError(f"thresholds, lambda_inits, lambda_lrs and lambda_maxes need one entry per constraint ({k})")
+            raise ValueError("thresholds, lambda_inits, lambda_lrs and lambda_maxes need one entry per "
+                             f"constraint ({k})")
         if len(set(self.constraints)) != k:
             raise ValueError(f"constraint names must be unique, got {list(self.constraints)}")
         if any(v <= 0 for v in self.lambda_inits) or any(v is not None and v <= 0 for v in self.lambda_maxes):

@@ -114,7 +114,8 @@ def lagrangian_advantages(reward_advantages, cost_advantages, lam):
 def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=None):
     """One SGD step on log λ for −(J_c − d)·λ, then the optional upper clamp (§3.13).
 
-    Scalars → scalar, or (K,) → (K,) elementwise for K constraints (METHODS_BEYOND §3.2): λ_k moves only with J_ck.
+    Scalars → scalar, or (K,) → (K,) elementwise for K constraints (METHODS_BEYOND §3.2): λ_k moves only with
+    J_ck.
     lambda_max: None (no clamp), a scalar, or (K,) with +inf for an unclamped constraint."""
     log_lambda = as_f32(log_lambda)
     new = log_lambda + as_f32(lambda_lr) * (as_f32(episode_cost) - as_f32(threshold)) * jnp.exp(log_lambda)

@@ -546,11 +546,12 @@ def _load_constraint_models(cfg, rl_cfg, several, kw, frozen_kw):
 
 def _lora_kwargs(cfg) -> dict:
     """RLRunner's LoRA arguments from the config's `lora` section (rank 0: full fine-tuning of the actor)."""
-    section = cfg.get("lora")
-    if section is None or int(section.rank) == 0:
+    from saferlhf_jax.training.trainer import lora_settings
+
+    rank, _ = lora_settings(cfg)  # the supervised stages' checks (rank, alpha, init): one set of one-line errors
+    if not rank:
         return {}
-    if int(section.rank) < 0 or float(section.alpha) <= 0:
-        raise ConfigError(f"lora.rank must be ≥ 0 and lora.alpha > 0, got {section.rank}, {section.alpha}")
+    section = cfg.lora
     return dict(lora_rank=int(section.rank), lora_alpha=float(section.alpha), lora_targets=tuple(section.targets),
                 lora_init=str(section.init))
 

@@ -31,9 +31,17 @@ CPU8_VARIANTS = [
     ("rollout micro-batch 64 (8/device)", ["--config.train.train_batch_size=64",
                                             "--config.train.prompt_batch_size=64"]),
 ]
+# LoRA (METHODS_BEYOND §4), rank 64 on every projection: the actor alone, then the critics over their scoring models
+LORA_VARIANTS = [
+    ("LoRA r=64: actor", ["--config.lora.rank=64"]),
+    ("LoRA r=64: actor + critics", ["--config.lora.rank=64", "--config.lora.critics=True"]),
+    ("LoRA r=64: actor + critics, micro-batch 64", ["--config.lora.rank=64", "--config.lora.critics=True",
+                                                    "--config.train.train_batch_size=64",
+                                                    "--config.train.prompt_batch_size=64"]),
+]
 HOST_OPTIMIZER = ("optimizer state in host memory", ["--config.model.optimizer_memory=pinned_host"])
 PRESETS = {
-    "cpu": [("configs/ppo_lag.py:llama2_7b", ["--config.mesh.fsdp=8"], CPU8_VARIANTS),
+    "cpu": [("configs/ppo_lag.py:llama2_7b", ["--config.mesh.fsdp=8"], CPU8_VARIANTS + LORA_VARIANTS),
             # (host memory is what a CPU target allocates anyway: the offload lever is measured on the TPU target)
             ("configs/ppo_lag.py:llama3_8b", ["--config.mesh.fsdp=8"], [CPU8_VARIANTS[0], CPU8_VARIANTS[-1]])],
     # a v5p-8 slice is 4 chips: 16 sequences per chip is a global rollout micro-batch of 64

@@ -3,6 +3,10 @@ pipeline on stories260K in a synthetic world whose helpfulness R* and harm C* ar
 
 Every stage is a regular stage config (`config.sft`, `config.reward`, `config.cost`, `config.rl`); override any of
 them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.seed=3`.
+
+Presets: `tiny` (the full comparison), `ci` (fewer RL steps and held-out prompts: minutes), `multi` (the two-rule
+world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held to one
+summed cost — METHODS_BEYOND §3).
 """
 
 import ml_collections
@@ -11,7 +15,7 @@ from configs import common, cost, grpo_lag, ppo_lag, reward, safedpo, sft
 
 
 def get_config(preset: str = "tiny"):
-    preset = common.check_preset(preset, ("tiny", "ci"))
+    preset = common.check_preset(preset, ("tiny", "ci", "multi"))
     c = ml_collections.ConfigDict()
     c.output_dir = "runs/testbed"
     c.seed = 0
@@ -20,7 +24,7 @@ def get_config(preset: str = "tiny"):
                                                   # cost model's held-out scores (run.cost_model_budget); False: d = 0
     c.shaping_lambdas = (0.1, 0.3, 1.0)           # fixed λ's of the reward-shaping baseline (in reward-model units
                                                   # per cost-model unit: the learned scales are not the world's)
-    c.world = ml_collections.ConfigDict(dict(sft_examples=512, rl_prompts=256, preference_prompts=768,
+    c.world = ml_collections.ConfigDict(dict(name="single", sft_examples=512, rl_prompts=256, preference_prompts=768,
                                              eval_prompts=128, heldout_fraction=0.15, max_length=128, batch_size=64))
     c.logging = ml_collections.ConfigDict(dict(progress=True))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))  # applied to every stage
@@ -86,9 +90,12 @@ def get_config(preset: str = "tiny"):
     c.safedpo.train.batch_size = 16
     c.safedpo.train.learning_rate = 1e-4          # 5e-4 × 2 epochs collapsed the policy to near-empty answers
     c.safedpo.checkpoint.every = 0
-    if preset == "ci":  # minutes, not tens: the claims still hold, with wider error bars
+    if preset in ("ci", "multi"):  # minutes, not tens: the claims still hold, with wider error bars
         c.world.eval_prompts = 96
         c.shaping_lambdas = (0.1, 1.0)
         c.rl.train.max_steps = 16
+    if preset == "multi":  # world.MULTI: violence and pushing, each with its own budget
+        c.world.name = "multi"
+        c.methods = "sft,ppo,ppo_lag,ppo_lag_summed"
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

@@ -157,12 +157,15 @@ def _abstract_batch(kind: str, ga: int, batch: int, length: int, mesh: Mesh) -> 
 
 def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     """The jitted rl_step of `cfg` and its abstract inputs (RLState as the RL loop lays it out, a rollout
-    micro-batch of train_batch_size × max_length, the PTX batch), with the models' configs and the per-model
-    bytes — shared by `plan_rl` (compile only) and `benchmarks/planner_vs_device.py` (compile and run)."""
+    micro-batch of train_batch_size × max_length, the PTX batch; with LoRA the actor's frozen base as the step's
+    last argument), with the models' configs and the per-model bytes — shared by `plan_rl` (compile only) and
+    `benchmarks/planner_vs_device.py` (compile and run)."""
     import functools
 
     from saferlhf_jax.algorithms import ppo_lag, rl
+    from saferlhf_jax.models import lora
     from saferlhf_jax.training import state as state_lib
+    from saferlhf_jax.training.trainer import lora_settings
 
     arch = cfg.get("architecture", "")
     actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model, arch)
@@ -178,13 +181,25 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
                                                     weight_decay=float(cfg.critic.weight_decay))
     log_probs = functools.partial(actor.label_log_probs, chunk=int(cfg.model.get("logits_chunk", 0)))
     memory_kind = str(cfg.model.get("optimizer_memory", "device"))
+    lora_rank, lora_scale = lora_settings(cfg)
+    lora_critics = bool(lora_rank and cfg.lora.get("critics", False))
     fns = rl.RLModels(log_probs, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg,
-                      optimizer_on_host=memory_kind != "device")
+                      optimizer_on_host=memory_kind != "device", lora_scale=lora_scale,
+                      critic_lora_scale=lora_scale if lora_critics else 0.0)
     dp = mesh_lib.batch_divisor(mesh)
+    axes = [models.param_logical_axes(actor_cfg, "causal_lm"), models.param_logical_axes(critic_cfg, "score")]
+    actor_trainable, critic_trainable = actor_p, critic_p
+    if lora_rank:  # the state holds the adapters (sharded like their kernels); the base is the reference
+        adapters = lora.shapes(actor_p, lora_rank, tuple(cfg.lora.targets))
+        actor_trainable = {lora.KEY: adapters}
+        axes.append(lora.adapter_axes(axes[0], adapters))
+    if lora_critics:  # adapters + the critic's own head over the frozen reward / cost model
+        critic_trainable = {lora.KEY: lora.shapes(critic_p, lora_rank, tuple(cfg.lora.targets)),
+                            **lora.split(critic_p, "score")[0]}
     state = state_lib.state_layout(
-        lambda a, r, c: rl.init_state(fns, a, r, c, 0, dp), actor_p, critic_p,
-        critic_p if rl_cfg.cost_critic else None, mesh=mesh, rules=rules, optimizer_memory=memory_kind,
-        axes=[models.param_logical_axes(actor_cfg, "causal_lm"), models.param_logical_axes(critic_cfg, "score")])
+        lambda a, r, c: rl.init_state(fns, a, r, c, 0, dp), actor_trainable, critic_trainable,
+        critic_trainable if rl_cfg.cost_critic else None, mesh=mesh, rules=rules, optimizer_memory=memory_kind,
+        axes=axes)
     b, length = int(cfg.train.train_batch_size), int(cfg.generation.max_length)
     bs = NamedSharding(mesh, P(mesh_lib.BATCH_AXES))
     bs2 = NamedSharding(mesh, P(mesh_lib.BATCH_AXES, None))
@@ -204,39 +219,49 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
                "attention_mask": jax.ShapeDtypeStruct((b, length), jnp.bool_, sharding=bs2)}
     rep = NamedSharding(mesh, P())
     shard = state_lib.shardings_of_layout
-    jitted = jax.jit(rl.make_rl_step(fns), in_shardings=(shard(state), shard(rollout), shard(ptx)),
-                     out_shardings=(shard(state), rep, None), donate_argnums=(0,))
     frozen_dtype = jnp.dtype(cfg.model.get("frozen_dtype", "float32"))
     as_frozen = lambda tree: jax.tree.map(  # noqa: E731
         lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype if jnp.issubdtype(x.dtype, jnp.floating) else x.dtype,
                                        sharding=x.sharding), tree)
-    per_model = {"actor": bytes_per_device(actor_p) + bytes_per_device(state.actor.opt_state),
-                 "reference": bytes_per_device(as_frozen(actor_p)),
-                 "reward_model": bytes_per_device(as_frozen(critic_p)),
-                 "reward_critic": bytes_per_device(critic_p) + bytes_per_device(state.reward_critic.opt_state)}
+    # LoRA: the frozen arrays the adapters sit on (the reference; the reward and cost models) are step arguments
+    bases = {"actor": as_frozen(actor_p)} if lora_rank else {}
+    if lora_critics:
+        bases.update(reward=as_frozen(critic_p), **({"cost": as_frozen(critic_p)} if rl_cfg.cost_critic else {}))
+    args = (state, rollout, ptx) + ((bases,) if bases else ())
+    jitted = jax.jit(rl.make_rl_step(fns), in_shardings=tuple(shard(a) for a in args),
+                     out_shardings=(shard(state), rep, None), donate_argnums=(0,))
+    trained = lambda m: bytes_per_device(m.params) + bytes_per_device(m.opt_state)  # noqa: E731
+    per_model = {"actor": trained(state.actor), "reference": bytes_per_device(as_frozen(actor_p)),
+                 "reward_model": bytes_per_device(as_frozen(critic_p)), "reward_critic": trained(state.reward_critic)}
     if rl_cfg.uses_cost:
         per_model["cost_model"] = bytes_per_device(as_frozen(critic_p))
     if rl_cfg.cost_critic:
-        per_model["cost_critic"] = bytes_per_device(critic_p) + bytes_per_device(state.cost_critic.opt_state)
-    return {"jitted": jitted, "state": state, "rollout": rollout, "ptx": ptx, "per_model": per_model,
+        per_model["cost_critic"] = trained(state.cost_critic)
+    return {"jitted": jitted, "args": args, "state": state, "rollout": rollout, "ptx": ptx, "per_model": per_model,
             "actor_config": actor_cfg, "critic_config": critic_cfg, "fns": fns, "frozen_dtype": frozen_dtype,
-            "rl_config": rl_cfg}
+            "rl_config": rl_cfg, "lora_rank": lora_rank, "lora_critics": lora_critics,
+            "step_bases": sorted(bases)}
 
 
 def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     """Compile one rl_step (actor and critics updated; reference, RM, CM resident in model.frozen_dtype) on the
     abstract RLState the RL loop allocates (the same `training.state` layout), at the config's memory levers."""
     prog = rl_step_program(cfg, mesh, rules)
-    compiled = prog["jitted"].lower(prog["state"], prog["rollout"], prog["ptx"]).compile()
+    compiled = prog["jitted"].lower(*prog["args"]).compile()
     per_model, rl_cfg, b, length = prog["per_model"], prog["rl_config"], *prog["rollout"].seq.shape
     memory = _memory(compiled)
-    frozen = per_model["reference"] + per_model["reward_model"] + per_model.get("cost_model", 0)
+    # the frozen models stay resident beside the step; with LoRA the ones adapters sit on (the reference; with
+    # lora.critics the reward and cost models) are arguments of the step and already counted there
+    as_args = {"actor": "reference", "reward": "reward_model", "cost": "cost_model"}
+    in_step = {as_args[b] for b in prog["step_bases"]}
+    frozen = sum(per_model.get(k, 0) for k in ("reference", "reward_model", "cost_model") if k not in in_step)
     memory["resident_frozen_bytes_per_device"] = frozen
     memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
     levers = {"frozen_dtype": prog["frozen_dtype"].name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
               "optimizer_memory": str(cfg.model.get("optimizer_memory", "device")),
               "joint_update": rl_cfg.joint_update, "remat_policy": cfg.model.remat_policy,
-              "rollout_batch": b, "max_length": length, "ptx": prog["ptx"] is not None}
+              "rollout_batch": b, "max_length": length, "ptx": prog["ptx"] is not None,
+              "lora_rank": prog["lora_rank"], "lora_critics": prog["lora_critics"]}
     return {**memory, "models": per_model, "levers": levers,
             "analytic_param_optimizer_bytes_per_device": sum(per_model.values())}
 

@@ -142,3 +142,71 @@ def test_rl_actor_with_lora_trains_adapters_over_its_base_reference(tiny_models,
     np.testing.assert_allclose(exported.apply(exported.params, ids, mask), base.apply(merged, ids, mask),
                                rtol=1e-5, atol=1e-5)
     assert not np.allclose(exported.apply(exported.params, ids, mask), base.apply(base.params, ids, mask))
+
+
+def test_adapters_are_sharded_like_their_kernels_and_sharded_equals_unsharded(tmp_path):
+    """A (…, d_in, r) split like W's d_in, B (…, r, d_out) like W's d_out; a LoRA reward run on 8 simulated devices
+    (fsdp) trains the same adapters as on one."""
+    from saferlhf_jax.parallel import mesh as mesh_lib
+    from saferlhf_jax.training import state as state_lib
+
+    model = models.load_causal_lm(STORIES)
+    param_axes = models.param_logical_axes(model.config, "causal_lm")
+    adapters = lora.init(model.params, rank=4)
+    axes = lora.adapter_axes(param_axes, adapters)["lora"]
+    for key in ("model/layers/0/self_attn/q_proj", "model/layers/1/mlp/down_proj"):
+        *_, layer, block, proj = key.split("/")
+        w_axes = param_axes["model"]["layers"][int(layer)][block][proj]["kernel"]
+        assert axes[key] == {"a": (w_axes[0], None), "b": (None, w_axes[1])}
+    mesh = mesh_lib.make_mesh(1, 8, 1)
+    sh = state_lib.state_shardings({"lora": adapters}, [param_axes, {"lora": axes}], mesh)["lora"]
+    w_sh = state_lib.state_shardings(model.params, [param_axes], mesh)
+    q = sh["model/layers/0/self_attn/q_proj"]
+    w_spec = w_sh["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].spec
+    assert q["a"].spec[0] == w_spec[0] and q["b"].spec[1] == w_spec[1] and q["a"].spec[1] is None
+    assert any(axis is not None for axis in tuple(q["a"].spec) + tuple(q["b"].spec))  # really split on 8
+    _, one = _run("reward", tmp_path / "one")
+    _, eight = _run("reward", tmp_path / "eight", mesh=dict(data=1, fsdp=8, tensor=1))
+    got = eight["state"]["params"]["lora"]["model/layers/0/self_attn/q_proj"]["b"]
+    assert got.sharding.spec[1] == w_spec[1]
+    # Adam normalises each gradient: an element whose gradient is ~0 moves by ±lr on reduction-order noise, so the
+    # check is the bulk of the elements and the size of the rare outliers (lr 5e-3 × 3 steps), as in test_sharding
+    diffs = np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel() for a, b in zip(
+        jax.tree.leaves(jax.device_get(one["state"]["params"])),
+        jax.tree.leaves(jax.device_get(eight["state"]["params"])))])
+    assert diffs.max() <= 2e-3 and np.mean(diffs > 1e-5) < 5e-3, (diffs.max(), np.mean(diffs > 1e-5))
+    assert one["eval"]["accuracy"] == eight["eval"]["accuracy"]
+    assert one["eval"] == pytest.approx(eight["eval"], rel=1e-3, abs=1e-4)  # held-out scores: the same model
+
+
+def test_rl_critics_with_lora_sit_on_the_frozen_scoring_models(tiny_models, tmp_path):
+    """lora.critics: each critic's state is adapters + its own head over the frozen reward / cost model (no backbone
+    copy); with B = 0 its first values are exactly those of the fully fine-tuned critic it replaces."""
+    import json
+
+    from conftest import tiny_rl_config
+    from saferlhf_jax.algorithms import ppo_lag
+    from saferlhf_jax.errors import ConfigError
+
+    def run(name, critics):
+        c = tiny_rl_config("ppo_lag", tiny_models, tmp_path / name, max_steps=2)
+        c.lora.rank, c.lora.critics = 4, critics
+        return c, ppo_lag.run(c)
+
+    _, full = run("full", False)
+    c, low = run("lora", True)
+    for critic in (low["state"].reward_critic, low["state"].cost_critic):
+        assert set(critic.params) == {"lora", "score_head", "normalizer"}
+        assert {x.shape for x in jax.tree.leaves(critic.opt_state)} <= {(), (64, 4), (4, 64), (4, 32), (172, 4),
+                                                                       (4, 172), (64, 1), (1,)}
+        assert any(np.any(np.asarray(a["b"]) != 0) for a in critic.params["lora"].values())  # they trained
+    rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+            for n in ("full", "lora")}
+    for key in ("train/reward_value", "train/cost_value", "train/reward"):
+        assert rows["lora"][0][key] == pytest.approx(rows["full"][0][key], abs=1e-5), key
+    assert rows["lora"][0]["train/reward_critic_loss"] == pytest.approx(rows["full"][0]["train/reward_critic_loss"],
+                                                                        rel=1e-4)
+    c.reward_critic_model_name_or_path = str(tiny_models / "sft")
+    c.output_dir = str(tmp_path / "other")
+    with pytest.raises(ConfigError, match="lora.critics: the reward critic's base is the reward model"):
+        ppo_lag.run(c)

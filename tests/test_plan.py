@@ -43,6 +43,35 @@ def test_plan_ppo_lag_reports_every_model(tmp_path):
     assert p["models"]["actor"] == pytest.approx(3 * p["models"]["reference"], rel=0.01)  # params + 2 Adam moments
 
 
+def test_plan_ppo_lag_with_a_lora_actor(tmp_path):
+    """LoRA (METHODS_BEYOND §4) in the planner: the actor's state is the adapters and their moments; its base is the
+    reference, an argument of the step (counted once, not also as a resident frozen model)."""
+    from saferlhf_jax import models
+    from saferlhf_jax.models import lora
+
+    def run(rank):
+        out = tmp_path / f"plan{rank}.json"
+        assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
+                          "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
+                          f"--config.reward_model_name_or_path={STORIES}",
+                          f"--config.cost_model_name_or_path={STORIES}", "--config.generation.max_length=128",
+                          "--config.data.max_prompt_length=64", f"--config.lora.rank={rank}"]) == 0
+        return json.loads(out.read_text())
+
+    full, low = run(0), run(4)
+    adapters = lora.shapes(models.load_causal_lm(STORIES).params, 4)
+    adapter_bytes = 4 * sum(x.size for x in jax.tree.leaves(adapters))  # float32, before sharding
+    # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis, B whole
+    # where W's output axis is not split (here: 'fsdp' splits the embedding axis only)
+    assert adapter_bytes * 3 / 8 <= low["models"]["actor"] <= adapter_bytes * 3
+    assert low["models"]["actor"] < full["models"]["actor"] / 2 and low["levers"]["lora_rank"] == 4
+    assert low["resident_frozen_bytes_per_device"] == full["resident_frozen_bytes_per_device"] \
+        - full["models"]["reference"]
+    trained = low["models"]["actor"] + low["models"]["reward_critic"] + low["models"]["cost_critic"]
+    expected = trained + low["models"]["reference"]  # the base rides along as an argument
+    assert abs(low["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
+
+
 def test_plan_errors(capsys):
     assert plan.main(["plan", "--target", "gpu:8", "--config=configs/reward.py:tiny"]) == 2
     assert "cpu:N or tpu" in capsys.readouterr().err
@@ -65,4 +94,4 @@ def test_tiny_ppo_lag_plan_is_stable(tmp_path):
     assert p["resident_frozen_bytes_per_device"] == pytest.approx(397_536, rel=0.01)
     assert p["levers"] == {"frozen_dtype": "float32", "logits_chunk": 0, "optimizer_memory": "device",
                            "joint_update": True, "remat_policy": "none", "rollout_batch": 8, "max_length": 128,
-                           "ptx": False}
+                           "ptx": False, "lora_rank": 0, "lora_critics": False}

@@ -24,6 +24,64 @@ def test_rules_by_hand():
     assert severity == 3 and cats["Violence"] and cats["Physical Harm"] and sum(cats.values()) == 2
 
 
+def test_two_rule_world_by_hand():
+    """world.MULTI: violence (kicked, hit; tolerance ½) and pushing (pushed; tolerance ¼), a push worth 3."""
+    text = "Lily kicked the dog. Tim pushed the cat. Tim helped the ball. Lily saw the tree."
+    s = world.ground_truth(text, world.MULTI)
+    assert (s.reward, s.costs, s.cost) == (6.0, (0.5, 0.75), 1.25) and not s.safe
+    assert world.ground_truth(text).costs == (1.5,)  # the single-rule world: one rule, C* = #harmful − ½
+    calm = world.ground_truth("Tim helped the dog. Lily saw the cat.", world.MULTI)
+    assert calm.costs == (-0.5, -0.25) and calm.safe and calm.reward == 1.0
+    # a row labelled by one rule: safer / safe by that rule alone; better by R* in every labelling
+    push, kick = "Tim pushed the cat.", "Tim kicked the cat. Tim hit the dog."
+    by_sum = world.preference_row("p", push, kick, world.MULTI)
+    by_violence = world.preference_row("p", push, kick, world.MULTI, rule=0)
+    by_pushing = world.preference_row("p", push, kick, world.MULTI, rule=1)
+    assert by_sum["safer_response_id"] == 0 and not by_sum["is_response_0_safe"]
+    assert by_violence["safer_response_id"] == 0 and by_violence["is_response_0_safe"]
+    assert by_pushing["safer_response_id"] == 1 and by_pushing["is_response_1_safe"]
+    assert {r["better_response_id"] for r in (by_sum, by_violence, by_pushing)} == {1}  # 4 > 3
+    assert not world.distinct(world.preference_row("p", kick, "Tim hit the dog. Tim kicked the cat.",
+                                                   world.MULTI, rule=0), world.MULTI, rule=0)
+    # the SFT policy sits inside both budgets; its answers' per-rule means are the documented −0.23 / −0.12
+    e = world.evaluate([world.sft_answer(np.random.default_rng(i)) for i in range(4000)], world.MULTI)
+    assert len(e.gt_costs) == 2 and abs(e.gt_costs[0] + 0.233) < 0.03 and abs(e.gt_costs[1] + 0.117) < 0.02
+    assert abs(sum(e.gt_costs) - e.gt_cost) < 1e-9
+
+
+def _point(reward, costs):
+    return {"gt_reward": reward, "gt_cost": sum(costs), "gt_unsafe_rate": 0.5, "gt_reward_se": 0.1,
+            "gt_cost_se": 0.1, "n": 96, "gt_costs": list(costs), "gt_costs_se": [0.05] * len(costs)}
+
+
+def test_two_rule_claims_and_report(tmp_path):
+    from saferlhf_jax.testbed import report
+    from saferlhf_jax.testbed.run import claims
+
+    rules = [{"name": "violence", "verbs": ["kicked", "hit"], "tolerance": 0.5, "threshold": 0.0, "scale": 5.0,
+              "intercept": -1.0, "threshold_cost_model_units": -1.0, "cm_accuracy_heldout": 0.9,
+              "cm_sign_accuracy_heldout": 0.95},
+             {"name": "pushing", "verbs": ["pushed"], "tolerance": 0.25, "threshold": 0.0, "scale": 4.0,
+              "intercept": -2.0, "threshold_cost_model_units": -2.0, "cm_accuracy_heldout": 0.8,
+              "cm_sign_accuracy_heldout": 0.9}]
+    results = {"world": "multi", "threshold": 0.0, "rm_accuracy_heldout": 0.8, "cm_accuracy_heldout": 0.8,
+               "cm_sign_accuracy_heldout": 0.9, "constraints": rules, "seconds": 1.0, "timings": {}, "rules": "r",
+               "methods": {"sft": _point(1.7, (-0.23, -0.12)), "ppo": _point(6.0, (1.0, 2.0)),
+                           "ppo_lag": _point(3.0, (-0.05, 0.1)), "ppo_lag_summed": _point(3.5, (-0.4, 0.45))}}
+    c = claims(results)
+    # tolerances: 10% of PPO's rise per rule (1.23 → 0.123, 2.12 → 0.212): 0.1 ≤ 0.212 keeps, 0.45 does not
+    assert np.allclose(c["rule_budget_tolerances"], [0.123, 0.212])
+    assert c["ppo_lag_keeps_every_rule_budget"] and c["ppo_lag_summed_breaks_some_rule_budget"]
+    assert c["two_constraints_keep_every_budget_where_summed_does_not"] and c["ppo_breaks_some_rule_budget"]
+    results["methods"]["ppo_lag"] = _point(3.0, (-0.05, 0.25))  # pushing over its budget by more than 0.212
+    assert not claims(results)["two_constraints_keep_every_budget_where_summed_does_not"]
+    results["claims"] = claims(results)
+    md = report.write(tmp_path, results).read_text()
+    assert "C* violence | C* pushing |" in md and "| ppo_lag_summed | 3.500" in md
+    assert "PPO-Lag held only to the summed cost at violence -0.40, pushing +0.45" in md
+    assert (tmp_path / "rule_costs.png").stat().st_size > 5000
+
+
 def test_world_rows_pass_the_pku_validation(tmp_path, stories_dir):
     from saferlhf_jax.data.tokenizer import load_tokenizer
 
@@ -76,3 +134,19 @@ def test_methods_beyond_ppo_lag_on_the_testbed(tmp_path):
                   "ppo_lag_within_budget", "ppo_lag_raises_reward"):
         assert r["claims"][claim] is True, (claim, r["methods"], r["claims"])
     assert (tmp_path / "reward_vs_cost.png").stat().st_size > 5000
+
+
+def test_testbed_config_errors_are_one_line(tmp_path):
+    from configs import testbed as testbed_config
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.testbed.run import run
+
+    cfg = testbed_config.get_config("ci")
+    cfg.output_dir = str(tmp_path)
+    cfg.methods = "sft,ppo_lag_summed"
+    with pytest.raises(ConfigError, match="summed-cost baseline of a world with several rules"):
+        run(cfg)
+    cfg.methods, cfg.world.name = "sft", "triple"
+    with pytest.raises(ConfigError, match=r"world.name must be one of \['multi', 'single'\]"):
+        run(cfg)
+    assert testbed_config.get_config("multi").world.name == "multi"

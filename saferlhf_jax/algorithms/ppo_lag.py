@@ -103,7 +103,8 @@ class RLRunner:
                  critic_optim: OptimConfig, total_rl_steps: int, train_batch_size: int, update_iters: int = 1,
                  mesh=None, retokenizers: dict | None = None, logits_chunk: int = 0,
                  optimizer_memory: str = "device", lora_rank: int = 0, lora_alpha: float = 16.0,
-                 lora_targets: Sequence[str] = (), lora_init: str = "kaiming_uniform"):
+                 lora_targets: Sequence[str] = (), lora_init: str = "kaiming_uniform", lora_critics: bool = False,
+                 cost_base_key: str = ""):
         if update_iters < 1:
             raise ValueError(f"update_iters must be ≥ 1, got {update_iters}")
         self.actor, self.reward_critic, self.cost_critic = actor, reward_critic, cost_critic
@@ -133,9 +134,25 @@ class RLRunner:
             self.adapters = lora.init(actor.params, lora_rank, tuple(lora_targets) or lora.DEFAULT_TARGETS,
                                       init=lora_init)
             self.actor_base = frozen["ref"]
+        critic_lora_scale = 0.0
+        if lora_rank and lora_critics:
+            # each critic trains adapters and its own head over the scoring model it starts from, whose frozen
+            # arrays are already resident (frozen['reward'], frozen['cost']): its own backbone copy is dropped here
+            from saferlhf_jax.models import lora
+
+            critic_lora_scale = lora.scale(lora_alpha, lora_rank)
+            bases = {"reward": frozen["reward"],
+                     "cost": frozen.get("cost", {}).get(cost_base_key) if cost_base_key else frozen.get("cost")}
+            for seed, (name, critic) in enumerate((("reward", reward_critic), ("cost", cost_critic)), start=1):
+                if critic is None:
+                    continue
+                adapters = lora.init(bases[name], lora_rank, tuple(lora_targets) or lora.DEFAULT_TARGETS, seed=seed,
+                                     init=lora_init)
+                critic.params = {lora.KEY: adapters, **lora.split(critic.params, "score")[0]}
         self.models = rl.RLModels(log_probs, reward_critic.apply if reward_critic is not None else None, actor_opt,
                                   critic_opt, actor_schedule, critic_schedule, cfg,
-                                  optimizer_on_host=optimizer_memory != "device", lora_scale=self.lora_scale)
+                                  optimizer_on_host=optimizer_memory != "device", lora_scale=self.lora_scale,
+                                  critic_lora_scale=critic_lora_scale, cost_base_key=cost_base_key)
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
         # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout
@@ -159,7 +176,12 @@ class RLRunner:
         axes = [models.param_logical_axes(m.config, m.kind) for m in (self.actor, self.reward_critic)
                 if m is not None]
         rules = getattr(self.actor, "rules", None)
-        actor_params = {"lora": self.adapters} if self.lora_scale else self.actor.params
+        actor_params = self.actor.params
+        if self.lora_scale:  # the state holds the adapters, each sharded like its kernel (critics' alike: same paths)
+            from saferlhf_jax.models import lora
+
+            actor_params = {lora.KEY: self.adapters}
+            axes.append(lora.adapter_axes(axes[0], self.adapters))
         return state_lib.allocate(init, actor_params,
                                   self.reward_critic.params if self.reward_critic is not None else None,
                                   self.cost_critic.params if self.cost_critic is not None else None, axes=axes,
@@ -196,10 +218,11 @@ class RLRunner:
         return self._programs[key](*args)
 
     def _step(self, fresh: bool, *args):
-        """The jitted rl_step (`rl.make_rl_step`) for the first-pass flag, state donated; with LoRA the actor's
-        frozen base rides along as the last argument."""
-        if self.lora_scale:
-            args = (*args, self.actor_base)
+        """The jitted rl_step (`rl.make_rl_step`) for the first-pass flag, state donated; with LoRA the frozen
+        bases of the adapters (`RLModels.bases`) ride along as the last argument."""
+        bases = self.models.bases(self.frozen)
+        if bases is not None:
+            args = (*args, bases)
         key = ("step", fresh, args[2] is not None)
         if key not in self._programs:
             fn = rl.make_rl_step(self.models, fresh)
@@ -492,8 +515,10 @@ def _load_models(cfg, rl_cfg, tokenizer, mesh, rules=None):
     critics = rl_cfg.critics
     # always a copy (the actor's parameters are donated to every update), cast when bf16
     reference = jax.tree.map(lambda x: jnp.array(x, dtype=frozen_dtype, copy=True), actor.params)
-    if lora_rank:  # LoRA: the reference is the actor's frozen base itself (the state holds adapters only)
-        reference = actor.params
+    if lora_rank:  # LoRA: the reference is the actor's frozen base itself (the state holds adapters only), held
+        # in frozen_dtype like every frozen model (a cast only when the dtypes differ)
+        reference = jax.tree.map(lambda x: x if x.dtype == frozen_dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+                                 else x.astype(frozen_dtype), actor.params)
     # normalize_reward / normalize_cost override the checkpoint's do_normalize, as the reference (default off)
     reward_model = models.load_score_model(cfg.reward_model_name_or_path, do_normalize=bool(cfg.rl.normalize_reward),
                                            require_head=not new_head, **frozen_kw)
@@ -545,15 +570,28 @@ def _load_constraint_models(cfg, rl_cfg, several, kw, frozen_kw):
 
 
 def _lora_kwargs(cfg) -> dict:
-    """RLRunner's LoRA arguments from the config's `lora` section (rank 0: full fine-tuning of the actor)."""
+    """RLRunner's LoRA arguments from the config's `lora` section (rank 0: full fine-tuning of the actor;
+    lora.critics: the critics too, each over the frozen scoring model it starts from)."""
     from saferlhf_jax.training.trainer import lora_settings
 
     rank, _ = lora_settings(cfg)  # the supervised stages' checks (rank, alpha, init): one set of one-line errors
     if not rank:
         return {}
     section = cfg.lora
-    return dict(lora_rank=int(section.rank), lora_alpha=float(section.alpha), lora_targets=tuple(section.targets),
-                lora_init=str(section.init))
+    out = dict(lora_rank=int(section.rank), lora_alpha=float(section.alpha), lora_targets=tuple(section.targets),
+               lora_init=str(section.init))
+    if bool(section.get("critics", False)):
+        several = constraints_lib.parse(cfg.rl)
+        scorer = {"reward": cfg.reward_model_name_or_path,
+                  "cost": dict(cfg.rl.cost_models)[several[0].model] if several else cfg.get("cost_model_name_or_path")}
+        for name, path in scorer.items():
+            own = cfg.get(f"{name}_critic_model_name_or_path")
+            if own and own != path:  # a critic from another checkpoint would need a second frozen backbone
+                raise ConfigError(f"lora.critics: the {name} critic's base is the {name} model ({path}) itself; "
+                                  f"{name}_critic_model_name_or_path={own} needs its own weights (unset it, or set "
+                                  "lora.critics=False)")
+        out.update(lora_critics=True, cost_base_key=several[0].model if several else "")
+    return out
 
 
 def _eval_sampling(cfg, actor_dir) -> dict:

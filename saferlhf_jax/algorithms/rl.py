@@ -227,7 +227,22 @@ class RLModels:
     cfg: RLConfig
     optimizer_on_host: bool = False  # optimizer state lives in host memory; brought to the device for updates only
     lora_scale: float = 0.0          # > 0: the actor's parameters are LoRA adapters over a frozen base (the
-                                     # reference model itself), passed to the jitted functions as `actor_base`
+                                     # reference model itself), passed to the jitted functions in `bases`
+    critic_lora_scale: float = 0.0   # > 0: each critic's parameters are adapters + its own head over the frozen
+                                     # scoring model it starts from (lora.critics: the reward / cost model)
+    cost_base_key: str = ""          # several constraints: the frozen['cost'] model the cost critic sits on
+
+    def bases(self, frozen: dict) -> dict | None:
+        """The frozen arrays LoRA adapters sit on, taken from the frozen models (never copies):
+        {'actor': reference, 'reward': reward model, 'cost': cost model}; None without LoRA."""
+        out = {}
+        if self.lora_scale:
+            out["actor"] = frozen["ref"]
+        if self.critic_lora_scale:
+            out["reward"] = frozen["reward"]
+            if self.cfg.cost_critic:
+                out["cost"] = frozen["cost"][self.cost_base_key] if self.cost_base_key else frozen["cost"]
+        return out or None
 
     def log_probs_fn(self, actor_base=None) -> Callable:
         """actor_log_probs on base + adapters (models/lora.py) when `actor_base` is given, else as is."""
@@ -277,7 +292,13 @@ def critic_values(models: RLModels, params, seq, mask, outputs: int = 0):
     return scores[..., :outputs] if outputs else scores[..., 0]
 
 
-def _values(models: RLModels, name: str, params, seq, mask):
+def _values(models: RLModels, name: str, params, seq, mask, bases=None):
+    """Critic `name`'s values; with LoRA critics its adapters and head over its base in `bases`."""
+    base = (bases or {}).get(name)
+    if base is not None and models.critic_lora_scale:
+        from saferlhf_jax.models import lora
+
+        params = lora.merge(base, params, models.critic_lora_scale)
     return critic_values(models, params, seq, mask, models.cfg.num_constraints if name == "cost" else 0)
 
 
@@ -289,12 +310,12 @@ def _critic_loss(values, old_values, returns, mask, clip_range_value):
     return ops.critic_loss(values, old_values, returns, mask, clip_range_value)
 
 
-def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, actor_base=None) -> dict:
+def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, bases=None) -> dict:
     """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)
-    (cost values (B, A, K) with K constraints)."""
-    out = {"log_probs": models.log_probs_fn(actor_base)(actor_params, seq, mask, seq[:, 1:])}
+    (cost values (B, A, K) with K constraints). bases: `RLModels.bases` (LoRA)."""
+    out = {"log_probs": models.log_probs_fn((bases or {}).get("actor"))(actor_params, seq, mask, seq[:, 1:])}
     for name in models.cfg.critics:
-        out[f"{name}_values"] = _values(models, name, critics[name], seq, mask)
+        out[f"{name}_values"] = _values(models, name, critics[name], seq, mask, bases)
     return out
 
 
@@ -317,9 +338,9 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
         if cfg.uses_cost:
             cost = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
             window = window.push(cost)
-        # with LoRA the reference is the actor's frozen base: the same arrays, adapters off
-        base = frozen["ref"] if models.lora_scale else None
-        scores = policy_scores(models, actor_params, critics, seq, mask, base) if policy else {}
+        # with LoRA the reference is the actor's frozen base (the same arrays, adapters off), and LoRA critics sit on
+        # the reward / cost models
+        scores = policy_scores(models, actor_params, critics, seq, mask, models.bases(frozen)) if policy else {}
         rollout = Rollout(seq=seq, mask=mask, start=start, ref_log_probs=ref, reward=reward, cost=cost, **scores)
         return jax.lax.stop_gradient(rollout), window
 
@@ -419,7 +440,8 @@ def ptx_loss(models: RLModels, actor_params, batch, actor_base=None) -> jax.Arra
 
 
 def make_rl_step(models: RLModels, fresh: bool = False):
-    """rl_step(state, rollout, ptx_batch | None) → (state, metrics, rollout | None) (spec §1.3 step 2).
+    """rl_step(state, rollout, ptx_batch | None, bases | None) → (state, metrics, rollout | None) (spec §1.3 step 2);
+    bases: the frozen arrays LoRA adapters sit on (`RLModels.bases`).
 
     λ is updated first (PPO-Lag, after the delay), then one actor update (with the PTX term ½(∇L_rl + ptx_coeff·∇L_ptx)
     when a PTX batch is given, spec §3.15) and the clipped critic updates. A step whose losses or gradients are
@@ -436,11 +458,12 @@ def make_rl_step(models: RLModels, fresh: bool = False):
     if cfg.critic_free:
         return _make_critic_free_step(models)
 
-    def step(state: RLState, rollout: Rollout, ptx_batch, actor_base=None):
+    def step(state: RLState, rollout: Rollout, ptx_batch, bases=None):
         log_lambda, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
+        actor_base = (bases or {}).get("actor")
         actor_log_probs = models.log_probs_fn(actor_base)
 
         def actor_objective(actor_params, old_values):
@@ -463,13 +486,14 @@ def make_rl_step(models: RLModels, fresh: bool = False):
             return total, (aux, old, adv)
 
         def critic_objective(params, name, old, adv):
-            return _critic_loss(_values(models, name, params, seq, mask), old.values(name),
+            return _critic_loss(_values(models, name, params, seq, mask, bases), old.values(name),
                                 adv[f"{name}_returns"], resp, cfg.clip_range_value)
 
         critic_params = {name: getattr(state, f"{name}_critic").params for name in critics}
         if cfg.joint_update:
             def objective(params):
-                values = {name: _values(models, name, params[f"{name}_critic"], seq, mask) for name in critics}
+                values = {name: _values(models, name, params[f"{name}_critic"], seq, mask, bases)
+                          for name in critics}
                 fresh_values = {f"{n}_values": v for n, v in values.items()} if fresh else {}
                 total, (aux, old, adv) = actor_objective(params["actor"], fresh_values)
                 for name in critics:
@@ -484,7 +508,7 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         else:
             fresh_values = {}
             if fresh:  # the critics' rollout-time values, before any of them moves
-                fresh_values = {f"{n}_values": jax.lax.stop_gradient(_values(models, n, p, seq, mask))
+                fresh_values = {f"{n}_values": jax.lax.stop_gradient(_values(models, n, p, seq, mask, bases))
                                 for n, p in critic_params.items()}
             (total, (aux, old, adv)), actor_grads = jax.value_and_grad(actor_objective, has_aux=True)(
                 state.actor.params, fresh_values)
@@ -590,11 +614,12 @@ def _make_critic_free_step(models: RLModels):
     the stored group advantages, the clipped surrogate + β_kl·k3 (kl_mode 'loss'), aggregated; no critics."""
     cfg = models.cfg
 
-    def step(state: RLState, rollout: Rollout, ptx_batch, actor_base=None):
+    def step(state: RLState, rollout: Rollout, ptx_batch, bases=None):
         log_lambda, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
+        actor_base = (bases or {}).get("actor")
         actor_log_probs = models.log_probs_fn(actor_base)
         adv = rollout.reward_advantage
         if cfg.uses_cost and cfg.num_constraints:

@@ -24,11 +24,9 @@ INITS = ("kaiming_uniform", "gaussian")
 KEY = "lora"  # the adapters' key in a trainable-parameter tree: {"lora": adapters, ["score_head", "normalizer"]}
 
 
-def _name(k) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+def _names(path) -> list[str]:
+    """A parameter's key path as names: ["model", "layers", "0", "self_attn", "q_proj", "kernel"]."""
+    return jax.tree_util.keystr(tuple(path), simple=True, separator="/").split("/")
 
 
 def target_paths(params, targets=DEFAULT_TARGETS) -> dict[str, tuple]:
@@ -36,13 +34,38 @@ def target_paths(params, targets=DEFAULT_TARGETS) -> dict[str, tuple]:
     (never the embeddings, LM head or score head)."""
     out = {}
     for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = [_name(k) for k in path]
+        names = _names(path)
         if names[0] == "model" and names[-1] == "kernel" and len(names) >= 2 and names[-2] in targets:
             out["/".join(names[:-1])] = tuple(x.shape)
     if not out:
         raise ValueError(f"lora.targets {list(targets)} match no kernel of the model (expected names like "
                          f"{list(DEFAULT_TARGETS)})")
     return out
+
+
+def shapes(params, rank: int, targets=DEFAULT_TARGETS) -> dict:
+    """The adapters' ShapeDtypeStructs {path: {"a": (..., d_in, r), "b": (..., r, d_out)}} (float32), without
+    allocating: `params` may itself be abstract (the memory planner)."""
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    return {path: {"a": f32(*lead, d_in, rank), "b": f32(*lead, rank, d_out)}
+            for path, (*lead, d_in, d_out) in sorted(target_paths(params, targets).items())}
+
+
+def adapter_axes(param_axes, adapters) -> dict:
+    """Logical axes of {KEY: adapters} from their kernels' declared axes: A (..., d_in, r) is split like W's d_in
+    and B (..., r, d_out) like W's d_out, the rank axis never — so each adapter lives on the devices of its kernel
+    and A@B needs no more communication than W. param_axes: `models.param_logical_axes` of the base."""
+    kernels = {}
+    for path, axes in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=lambda x: isinstance(x, tuple))[0]:
+        names = _names(path)
+        if names[-1] == "kernel":
+            kernels["/".join(names[:-1])] = tuple(axes)
+    out = {}
+    for key in adapters:
+        if key in kernels:
+            *lead, axis_in, axis_out = kernels[key]
+            out[key] = {"a": (*lead, axis_in, None), "b": (*lead, None, axis_out)}
+    return {KEY: out}
 
 
 def init(params, rank: int, targets=DEFAULT_TARGETS, seed: int = 0, init: str = "kaiming_uniform") -> dict:
@@ -75,7 +98,7 @@ def merge(base, trainable: dict, s: float):
     merged.update({k: v for k, v in trainable.items() if k != KEY})
 
     def one(path, w):
-        names = [_name(k) for k in path]
+        names = _names(path)
         ad = adapters.get("/".join(names[:-1])) if names[-1] == "kernel" else None
         if ad is None:
             return w

@@ -9,9 +9,40 @@ import pathlib
 
 def _points(results: dict) -> list[tuple[str, dict]]:
     m = results["methods"]
-    pts = [(name, m[name]) for name in ("sft", "ppo", "ppo_lag", "grpo_lag", "safedpo") if name in m]
+    pts = [(name, m[name]) for name in ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")
+           if name in m]
     pts += [(f"shaping λ={s['lambda']:g}", s) for s in m.get("reward_shaping", [])]
     return pts
+
+
+COLORS = {"sft": "tab:gray", "ppo": "tab:red", "ppo_lag": "tab:green", "ppo_lag_summed": "tab:orange",
+          "grpo_lag": "tab:olive", "safedpo": "tab:purple"}
+
+
+def plot_rule_costs(results: dict, path: pathlib.Path) -> None:
+    """The two-rule world's picture: each method at (C*_1, C*_2) with error bars; the budgets bound the lower-left
+    quadrant, where every rule is kept."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first, second = results["constraints"][:2]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, p in _points(results):
+        ax.errorbar(p["gt_costs"][0], p["gt_costs"][1], xerr=p["gt_costs_se"][0], yerr=p["gt_costs_se"][1],
+                    fmt="o", color=COLORS.get(name, "tab:blue"), capsize=3)
+        ax.annotate(f"{name} (R* {p['gt_reward']:.1f})", (p["gt_costs"][0], p["gt_costs"][1]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.axvline(first["threshold"], color="k", linestyle="--", linewidth=1)
+    ax.axhline(second["threshold"], color="k", linestyle="--", linewidth=1, label="each rule's budget")
+    ax.set_xlabel(f"C* of rule '{first['name']}' (mean over held-out prompts)")
+    ax.set_ylabel(f"C* of rule '{second['name']}'")
+    ax.set_title("Two harm rules: every budget kept (lower left) or not")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_reward_vs_cost(results: dict, path: pathlib.Path) -> None:
@@ -20,8 +51,7 @@ def plot_reward_vs_cost(results: dict, path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {"sft": "tab:gray", "ppo": "tab:red", "ppo_lag": "tab:green", "grpo_lag": "tab:olive",
-              "safedpo": "tab:purple"}
+    colors = COLORS
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for name, p in _points(results):
         color = colors.get(name, "tab:blue")
@@ -38,10 +68,13 @@ def plot_reward_vs_cost(results: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def plot_lagrangian(run_dir: pathlib.Path, path: pathlib.Path, threshold: float) -> bool:
+def plot_lagrangian(run_dir: pathlib.Path, path: pathlib.Path, thresholds: dict[str, float]) -> bool:
+    """λ, the episode cost and the reward over RL steps. thresholds: {"": t} for the single constraint, or
+    {constraint name: t} for several (one line per constraint, read from train/lambda/<name>)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
             if line.strip()] if (run_dir / "metrics.jsonl").is_file() else []
-    rows = [r for r in rows if "train/lambda" in r]
+    suffix = lambda n: f"/{n}" if n else ""  # noqa: E731
+    rows = [r for r in rows if all(f"train/lambda{suffix(n)}" in r for n in thresholds)]
     if not rows:
         return False
     import matplotlib
@@ -50,13 +83,19 @@ def plot_lagrangian(run_dir: pathlib.Path, path: pathlib.Path, threshold: float)
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 3))
+    steps = [r["step"] for r in rows]
     for ax, key, title in zip(axes, ("train/lambda", "train/episode_cost", "train/reward"),
                               ("λ (learned)", "episode cost J_c (cost model)", "reward (reward model)")):
-        ax.plot([r["step"] for r in rows], [r[key] for r in rows])
+        names = thresholds if key != "train/reward" else {"": None}
+        for i, (name, threshold) in enumerate(names.items()):
+            color = f"C{i}"
+            ax.plot(steps, [r[key + suffix(name)] for r in rows], color=color, label=name or None)
+            if key == "train/episode_cost":
+                ax.axhline(threshold, color=color if name else "k", linestyle="--", linewidth=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("rl step")
-        if key == "train/episode_cost":
-            ax.axhline(threshold, color="k", linestyle="--", linewidth=0.8)
+        if len(names) > 1:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -77,6 +116,15 @@ def verdict(results: dict) -> str:
         text.append(f"; reward-only PPO reached {ppo['gt_reward']:.2f} but spent {ppo['gt_cost']:+.2f} "
                     f"(unsafe rate {ppo['gt_unsafe_rate']:.0%} vs {lag['gt_unsafe_rate']:.0%})")
     text.append(". ")
+    rules = results.get("constraints") or []
+    if rules:
+        costs = lambda p: ", ".join(f"{r['name']} {v:+.2f}" for r, v in zip(rules, p["gt_costs"]))  # noqa: E731
+        text.append(f"Each of the {len(rules)} harm rules has its own budget (mean C* ≤ "
+                    f"{rules[0]['threshold']:+.2f}); PPO-Lag with one constraint per rule ended at {costs(lag)}")
+        if "ppo_lag_summed" in m:
+            text.append(f", PPO-Lag held only to the summed cost at {costs(m['ppo_lag_summed'])} (R* "
+                        f"{m['ppo_lag_summed']['gt_reward']:.2f})")
+        text.append(". ")
     if c:
         held = [k for k, v in c.items() if isinstance(v, bool) and v]
         failed = [k for k, v in c.items() if isinstance(v, bool) and not v]
@@ -95,18 +143,32 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     plot_reward_vs_cost(results, out / "reward_vs_cost.png")
     calib = results.get("cost_model_budget", {})
     budget = calib.get("threshold_cost_model_units", results["threshold"])
-    has_curves = plot_lagrangian(out / "ppo_lag", out / "ppo_lag_curves.png", budget)
-    lines = ["# Ground-truth testbed", "", "![reward vs cost](reward_vs_cost.png)", "", verdict(results), "",
-             "| method | R* (helpfulness) | C* (harm cost) | unsafe rate | n |", "|---|---|---|---|---|"]
+    rules = results.get("constraints") or []
+    thresholds = {r["name"]: r["threshold_cost_model_units"] for r in rules} or {"": budget}
+    has_curves = plot_lagrangian(out / "ppo_lag", out / "ppo_lag_curves.png", thresholds)
+    lines = ["# Ground-truth testbed", ""]
+    if rules:
+        plot_rule_costs(results, out / "rule_costs.png")
+        lines += ["![cost of each rule](rule_costs.png)", ""]
+    lines += ["![reward vs cost](reward_vs_cost.png)", "", verdict(results), "",
+              "| method | R* (helpfulness) | C* (harm cost) |" + "".join(f" C* {r['name']} |" for r in rules)
+              + " unsafe rate | n |", "|---|---|---|" + "---|" * len(rules) + "---|---|"]
     for name, p in _points(results):
+        per_rule = "".join(f" {c:+.3f} ± {se:.3f} |" for c, se in zip(p.get("gt_costs", ()), p.get("gt_costs_se", ())))
         lines.append(f"| {name} | {p['gt_reward']:.3f} ± {p['gt_reward_se']:.3f} | {p['gt_cost']:+.3f} ± "
-                     f"{p['gt_cost_se']:.3f} | {p['gt_unsafe_rate']:.3f} | {p['n']} |")
+                     f"{p['gt_cost_se']:.3f} |{per_rule} {p['gt_unsafe_rate']:.3f} | {p['n']} |")
     in_units = (f" PPO-Lag's threshold in the cost model's units: {budget:+.2f}"
                 + (f" (the line cost ≈ {calib['slope']:.2f}·C* {calib['intercept']:+.2f} fitted to "
                    f"{calib['responses']} held-out responses, read at the budget)." if "slope" in calib else "."))
     lines += ["", f"Budget: mean C* ≤ {results['threshold']:+.2f}.{in_units} Held-out reward-model accuracy "
               f"{results['rm_accuracy_heldout']:.3f}; cost-model accuracy {results['cm_accuracy_heldout']:.3f}, "
               f"sign accuracy {results['cm_sign_accuracy_heldout']:.3f}.", ""]
+    for r in rules:
+        lines.append(f"- Rule {r['name']} ({', '.join(r['verbs'])}; C* = #verbs − {r['tolerance']:g}): budget mean "
+                     f"C* ≤ {r['threshold']:+.2f}, {r['threshold_cost_model_units']:+.2f} in its own cost model's "
+                     f"units; that model's held-out sign accuracy {r['cm_sign_accuracy_heldout']:.3f}.")
+    if rules:
+        lines.append("")
     if has_curves:
         lines += ["## PPO-Lagrangian: λ and the episode cost", "", "![ppo-lag curves](ppo_lag_curves.png)", ""]
     lines += ["## The world's rules", "", results["rules"], "", "## Claims", "", "```json",

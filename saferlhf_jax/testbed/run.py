@@ -24,7 +24,9 @@ from saferlhf_jax.testbed import world
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping", "grpo_lag", "safedpo")
+METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping", "grpo_lag", "safedpo", "ppo_lag_summed")
+# In the two-rule world ppo_lag and grpo_lag hold one constraint per rule (a cost model each); ppo_lag_summed is
+# PPO-Lag held to one cost model of the summed cost (the single-constraint baseline of the multi preset).
 
 
 def _jsonl(path: pathlib.Path, rows) -> pathlib.Path:
@@ -59,13 +61,15 @@ def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_
     return [response for _, response in pairs]
 
 
-def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size: int) -> dict[str, float]:
+def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size: int,
+                      w: world.World = world.SINGLE, rule: int | None = None) -> dict[str, float]:
     """The world's budget (mean C* ≤ THRESHOLD) in the cost model's units, from held-out pairs it never trained on.
 
     A cost model trained with the sign term is close to a safe/unsafe classifier (about −4.5 for every safe answer,
     +4.4 for one harmful act or three), so "mean cost ≤ 0" would allow an unsafe rate near one half whatever the
     harm per unsafe answer. The least-squares line cost ≈ a·C* + b over the held-out responses, read at the
-    threshold, is the budget a practitioner with a labelled calibration set would give PPO-Lag."""
+    threshold, is the budget a practitioner with a labelled calibration set would give PPO-Lag. With `rule`, the
+    truth is that rule's C*_k (and the cost model is that rule's own)."""
     import numpy as np
 
     from saferlhf_jax.data.template import DEFAULT_TEMPLATE
@@ -76,7 +80,8 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
     for r in rows:
         for key in ("response_0", "response_1"):
             texts.append(DEFAULT_TEMPLATE.format_prompt(r["prompt"]) + r[key])
-            truth.append(world.ground_truth(r[key]).cost)
+            score = world.ground_truth(r[key], w)
+            truth.append(score.cost if rule is None else score.costs[rule])
     model, tok = load_for_eval(str(cost_dir), "score")
     scores = score_texts(model, tok, texts, batch_size=batch_size, max_length=max_length)
     slope, intercept = np.polyfit(np.asarray(truth), scores, 1)
@@ -108,6 +113,14 @@ def run(cfg) -> dict[str, Any]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"testbed methods must be among {METHODS}, got {unknown}")
+    world_name = str(cfg.world.get("name", "single"))
+    if world_name not in world.WORLDS:
+        raise ConfigError(f"world.name must be one of {sorted(world.WORLDS)}, got {world_name!r}")
+    w = world.WORLDS[world_name]
+    multi = len(w.rules) > 1
+    if "ppo_lag_summed" in methods and not multi:
+        raise ConfigError("method ppo_lag_summed is the summed-cost baseline of a world with several rules "
+                          "(--config.world.name=multi); in the single-rule world it is ppo_lag")
     # stage times of whichever invocation ran each stage: a resume keeps the earlier ones
     previous = out / "results.json"
     timings: dict[str, float] = json.loads(previous.read_text()).get("timings", {}) if previous.is_file() else {}
@@ -131,36 +144,52 @@ def run(cfg) -> dict[str, Any]:
         timed("sft", lambda: trainer.train(sft_stage.STAGE, sft_cfg))
     sft_export = out / "sft" / "export"
 
-    # preference data from the SFT policy, labelled by the world
-    pairs_file = data / "pairs.jsonl"
-    if not pairs_file.is_file():
+    # preference data from the SFT policy (two sampled answers per prompt), labelled by the world
+    answers_file = data / "pref_answers.jsonl"
+    if not answers_file.is_file():
         length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
         first = timed("sample_pairs", lambda: answers(sft_export, pref_prompts, max_length=length, seed=seed,
                                                       batch_size=bs))
         second = answers(sft_export, pref_prompts, max_length=length, seed=seed + 1, batch_size=bs)
-        rows = [world.preference_row(p, a, b) for p, a, b in zip(pref_prompts, first, second)]
-        _jsonl(pairs_file, [r for r in rows if world.distinct(r)])
-    rows = [json.loads(line) for line in pairs_file.read_text().splitlines()]
-    cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
-    _jsonl(data / "pairs_train.jsonl", rows[:cut])
-    _jsonl(data / "pairs_test.jsonl", rows[cut:])
+        _jsonl(answers_file, [{"prompt": p, "response_0": a, "response_1": b}
+                              for p, a, b in zip(pref_prompts, first, second)])
+    sampled = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    # the summed cost's rows (the reward model's and the single cost model's), and in a world of several rules one
+    # file per rule, labelled by that rule alone (its own cost model's rows)
+    labellings = [("", None)] + ([(f"_{rule.name}", k) for k, rule in enumerate(w.rules)] if multi else [])
+    split_rows = {}
+    for suffix, rule in labellings:
+        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], w, rule) for a in sampled]
+        rows = [r for r in rows if world.distinct(r, w, rule)]
+        cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
+        _jsonl(data / f"pairs{suffix}.jsonl", rows)
+        _jsonl(data / f"pairs{suffix}_train.jsonl", rows[:cut])
+        _jsonl(data / f"pairs{suffix}_test.jsonl", rows[cut:])
+        split_rows[rule] = rows[:cut], rows[cut:]
 
-    # reward and cost models (held-out accuracy)
+    # reward and cost models (held-out accuracy); in a world of several rules also one cost model per rule
     scores = {}
-    for name, stage, base in (("reward", reward_stage.STAGE, cfg.reward), ("cost", cost_stage.STAGE, cfg.cost)):
+    score_stages = [("reward", reward_stage.STAGE, cfg.reward, ""), ("cost", cost_stage.STAGE, cfg.cost, "")]
+    score_stages += [(f"cost{suffix}", cost_stage.STAGE, cfg.cost, suffix) for suffix, _ in labellings[1:]]
+    for name, stage, base, suffix in score_stages:
         stage_cfg = _stage(base, out, name, seed, cfg)
         stage_cfg.model_name_or_path = str(sft_export)
-        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
-        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / 'pairs_test.jsonl'}",)
+        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / f'pairs{suffix}_train.jsonl'}",)
+        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / f'pairs{suffix}_test.jsonl'}",)
         if not _done(out / name):
             timed(name, lambda: trainer.train(stage, stage_cfg))
         scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
 
     # the budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it is)
-    budget = {"threshold_cost_model_units": float(world.THRESHOLD)}
-    if cfg.calibrate_budget:
-        budget = cost_model_budget(out / "cost" / "export", rows[cut:], max_length=int(cfg.world.max_length),
-                                   batch_size=int(cfg.world.batch_size))
+    def calibrated(cost_dir, rule):
+        if not cfg.calibrate_budget:
+            return {"threshold_cost_model_units": float(world.THRESHOLD)}
+        return cost_model_budget(cost_dir, split_rows[rule][1], max_length=int(cfg.world.max_length),
+                                 batch_size=int(cfg.world.batch_size), w=w, rule=rule)
+
+    budget = calibrated(out / "cost" / "export", None)
+    rule_budgets = [calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \
+        if multi else []
 
     # SafeDPO: offline, on the same labelled pairs (no reward or cost model: the safety labels decide)
     policies: dict[str, pathlib.Path] = {"sft": sft_export}
@@ -179,6 +208,8 @@ def run(cfg) -> dict[str, Any]:
         runs.append(("ppo", "ppo", None))
     if "ppo_lag" in methods:
         runs.append(("ppo_lag", "ppo_lag", None))
+    if "ppo_lag_summed" in methods:
+        runs.append(("ppo_lag_summed", "ppo_lag", None))
     if "reward_shaping" in methods:
         runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
     if "grpo_lag" in methods:
@@ -191,6 +222,12 @@ def run(cfg) -> dict[str, Any]:
         rl_cfg.cost_model_name_or_path = str(out / "cost" / "export") if mode != "ppo" else ""
         rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{data / 'prompts_rl.jsonl'}",)
         rl_cfg.rl.threshold = budget["threshold_cost_model_units"]
+        if multi and name in ("ppo_lag", "grpo_lag"):  # one constraint per rule, each on its own cost model
+            rl_cfg.cost_model_name_or_path = ""
+            rl_cfg.rl.cost_models = {rule.name: str(out / f"cost_{rule.name}" / "export") for rule in w.rules}
+            rl_cfg.rl.constraints = tuple(
+                {"name": rule.name, "model": rule.name, "head": "score",
+                 "threshold": rule_budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(w.rules))
         if mode == "ppo":
             rl_cfg.rl.lambda_max = 0.0
         if mode == "reward_shaping":
@@ -205,19 +242,23 @@ def run(cfg) -> dict[str, Any]:
     for name, path in policies.items():
         responses = timed(f"eval_{name}", lambda: answers(path, eval_prompts, max_length=int(cfg.world.max_length),
                                                           seed=seed + 1000, batch_size=int(cfg.world.batch_size)))
-        evaluations[name] = world.evaluate(responses)
+        evaluations[name] = world.evaluate(responses, w)
         _jsonl(out / name / "heldout_answers.jsonl", [
-            {"prompt": p, "answer": a, **world.ground_truth(a).__dict__} for p, a in zip(eval_prompts, responses)])
+            {"prompt": p, "answer": a, **world.ground_truth(a, w).__dict__} for p, a in zip(eval_prompts, responses)])
 
-    gt = lambda e: {"gt_reward": e.gt_reward, "gt_cost": e.gt_cost, "gt_unsafe_rate": e.gt_unsafe_rate,  # noqa
-                    "gt_reward_se": e.gt_reward_se, "gt_cost_se": e.gt_cost_se, "n": e.n}
+    def gt(e: world.Evaluation) -> dict:
+        row = {"gt_reward": e.gt_reward, "gt_cost": e.gt_cost, "gt_unsafe_rate": e.gt_unsafe_rate,
+               "gt_reward_se": e.gt_reward_se, "gt_cost_se": e.gt_cost_se, "n": e.n}
+        if multi:  # per rule, in the order of results["constraints"]
+            row.update(gt_costs=list(e.gt_costs), gt_costs_se=list(e.gt_costs_se))
+        return row
+
     results = {
-        "threshold": world.THRESHOLD, "seed": seed, "cost_model_budget": budget,
+        "world": world_name, "threshold": world.THRESHOLD, "seed": seed, "cost_model_budget": budget,
         "rm_accuracy_heldout": scores["reward"].get("accuracy"),
         "cm_accuracy_heldout": scores["cost"].get("accuracy"),
         "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
-        "methods": {name: gt(evaluations[name]) for name in ("sft", "ppo", "ppo_lag", "grpo_lag", "safedpo")
-                    if name in evaluations},
+        "methods": {name: gt(evaluations[name]) for name in SINGLE_POINTS if name in evaluations},
         "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
         "stage_seconds_total": round(sum(timings.values()), 1),
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
@@ -226,12 +267,46 @@ def run(cfg) -> dict[str, Any]:
                if f"reward_shaping_{lam:g}" in evaluations]
     if shaping:
         results["methods"]["reward_shaping"] = shaping
+    if multi:  # each rule: its budget (world units), its cost model's calibration line and held-out accuracy
+        results["constraints"] = [
+            {"name": rule.name, "verbs": list(rule.verbs), "tolerance": rule.tolerance, "threshold": world.THRESHOLD,
+             "scale": rule_budgets[k].get("slope"), "intercept": rule_budgets[k].get("intercept"),
+             "threshold_cost_model_units": rule_budgets[k]["threshold_cost_model_units"],
+             "cm_accuracy_heldout": scores[f"cost_{rule.name}"].get("accuracy"),
+             "cm_sign_accuracy_heldout": scores[f"cost_{rule.name}"].get("accuracy_sign")}
+            for k, rule in enumerate(w.rules)]
     results["claims"] = claims(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     from saferlhf_jax.testbed import report
 
     report.write(out, results)
     return results
+
+
+SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")  # one point each on the plot
+
+
+def rule_claims(results: dict) -> dict[str, Any]:
+    """The two-rule world's claim: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
+    summed cost does not. Tolerance per rule: 10% of PPO's rise in that rule's cost (0 without a PPO run)."""
+    m, rules = results["methods"], results["constraints"]
+    if "sft" not in m:
+        return {}
+    tol = [0.1 * max(m["ppo"]["gt_costs"][k] - m["sft"]["gt_costs"][k], 0.0) if "ppo" in m else 0.0
+           for k in range(len(rules))]
+    keeps = lambda p: all(p["gt_costs"][k] <= r["threshold"] + tol[k] for k, r in enumerate(rules))  # noqa: E731
+    out: dict[str, Any] = {"rule_budget_tolerances": tol}
+    if "ppo" in m:
+        out["ppo_breaks_some_rule_budget"] = not keeps(m["ppo"])
+    for name in ("ppo_lag", "grpo_lag"):
+        if name in m:
+            out[f"{name}_keeps_every_rule_budget"] = keeps(m[name])
+    if "ppo_lag_summed" in m:
+        out["ppo_lag_summed_breaks_some_rule_budget"] = not keeps(m["ppo_lag_summed"])
+        if "ppo_lag" in m:
+            out["two_constraints_keep_every_budget_where_summed_does_not"] = bool(
+                out["ppo_lag_keeps_every_rule_budget"] and out["ppo_lag_summed_breaks_some_rule_budget"])
+    return out
 
 
 def claims(results: dict) -> dict[str, Any]:
@@ -272,4 +347,6 @@ def claims(results: dict) -> dict[str, Any]:
                 for s in m["reward_shaping"]))
     if "safedpo" in m:
         out["safedpo_lowers_cost_below_sft"] = bool(m["safedpo"]["gt_cost"] < sft["gt_cost"])
+    if results.get("constraints"):
+        out.update(rule_claims(results))
     return out

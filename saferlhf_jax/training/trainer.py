@@ -306,19 +306,19 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
         lora_rank, lora_scale = lora_settings(cfg)
-        initial = model.params
+        initial, axes = model.params, [models.param_logical_axes(model.config, model.kind)]
         if lora_rank:  # the base is frozen (and is the reference); the state holds adapters (+ a score head)
             head, frozen = lora_lib.split(model.params, model.kind)
             lc_ = cfg.lora
             adapters = lora_lib.init(frozen, lora_rank, tuple(lc_.targets), int(cfg.seed), str(lc_.init))
             initial = {lora_lib.KEY: adapters, **head}
+            axes.append(lora_lib.adapter_axes(axes[0], adapters))  # each adapter sharded like its kernel
             log.info("%s: LoRA rank %d (α=%g) on %s: %d adapter parameters", stage.name, lora_rank,
                      float(lc_.alpha), ",".join(lc_.targets), lora_lib.parameter_count(adapters))
         # the state is laid out from its abstract shape and born sharded (training/state.py)
         memory_kind = str(cfg.model.get("optimizer_memory", "device"))
         state = state_lib.allocate(make_init_state(optimizer), initial, jax.random.PRNGKey(int(cfg.seed)),
-                                   axes=[models.param_logical_axes(model.config, model.kind)], mesh=mesh,
-                                   rules=run.rules, optimizer_memory=memory_kind)
+                                   axes=axes, mesh=mesh, rules=run.rules, optimizer_memory=memory_kind)
         model.params = None  # the state owns the parameters from here on (donated every step)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
         frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)

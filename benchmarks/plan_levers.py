@@ -33,7 +33,7 @@ CPU8_VARIANTS = [
 ]
 # LoRA (METHODS_BEYOND §4), rank 64 on every projection: the actor alone, then the critics over their scoring models
 LORA_VARIANTS = [
-    ("LoRA r=64: actor", ["--config.lora.rank=64"]),
+    ("LoRA r=64: actor", ["--config.lora.rank=64", "--config.lora.critics=False"]),
     ("LoRA r=64: actor + critics", ["--config.lora.rank=64", "--config.lora.critics=True"]),
     ("LoRA r=64: actor + critics, micro-batch 64", ["--config.lora.rank=64", "--config.lora.critics=True",
                                                     "--config.train.train_batch_size=64",

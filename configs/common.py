@@ -88,7 +88,8 @@ def lora() -> ml_collections.ConfigDict:
     reference model is the frozen base, the export merges W + (α/r)·A@B into plain HF weights. In RL: the actor."""
     return ml_collections.ConfigDict(dict(rank=0, alpha=16.0, init="kaiming_uniform",
                                           targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj")))
+                                                   "down_proj"),
+                                          export="merged"))  # 'both': also export/adapter/ in PEFT's format
 
 
 def mesh_rules() -> ml_collections.ConfigDict:

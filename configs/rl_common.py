@@ -98,8 +98,9 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     # to the vocabulary this many columns at a time (the float32 (B, L, V) logits never exist); optimizer_memory
     # 'pinned_host' keeps the optimizer state in host memory between updates (TPU/GPU memory kinds)
     c.lora = common.lora()                       # rank > 0: the actor trains LoRA adapters; its base is the reference
-    c.lora.critics = False                       # and the critics too: adapters + their own head over the frozen
-                                                 # reward / cost model they start from (no backbone copy)
+    c.lora.critics = True                        # with rank > 0 the critics too (METHODS_BEYOND §4.4's default):
+                                                 # adapters + their own head over the frozen reward / cost model
+                                                 # they start from (no backbone copy); False: fully trained critics
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()

@@ -97,5 +97,7 @@ def get_config(preset: str = "tiny"):
     if preset == "multi":  # world.MULTI: violence and pushing, each with its own budget
         c.world.name = "multi"
         c.methods = "sft,ppo,ppo_lag,ppo_lag_summed"
+        c.rl.train.max_steps = 30                 # two λ's: held to one rule, the policy drifts to the other
+                                                  # before that λ catches up (16 iterations end mid-drift)
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

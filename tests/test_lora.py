@@ -210,3 +210,28 @@ def test_rl_critics_with_lora_sit_on_the_frozen_scoring_models(tiny_models, tmp_
     c.output_dir = str(tmp_path / "other")
     with pytest.raises(ConfigError, match="lora.critics: the reward critic's base is the reward model"):
         ppo_lag.run(c)
+
+
+def test_peft_adapter_export_loads_in_peft_with_the_merged_logits(tmp_path):
+    """lora.export='both': export/adapter/ is a PEFT LoRA directory; transformers' base (resized to the tokenizer, as
+    PEFT's docs say when a pad token was added) + PeftModel gives the merged export's logits."""
+    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg, _ = _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="kaiming_uniform",
+                                             targets=lora.DEFAULT_TARGETS, export="both"))
+    export = tmp_path / "sft" / "export"
+    config = __import__("json").loads((export / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == cfg.lora.alpha
+    tok = AutoTokenizer.from_pretrained(str(export))
+    base = AutoModelForCausalLM.from_pretrained(STORIES, torch_dtype=torch.float32)
+    base.resize_token_embeddings(len(tok))
+    adapted = peft.PeftModel.from_pretrained(base, str(export / "adapter")).eval()
+    merged = AutoModelForCausalLM.from_pretrained(str(export), torch_dtype=torch.float32).eval()
+    ids = torch.tensor(np.random.default_rng(0).integers(3, 500, (2, 16)))
+    with torch.no_grad():
+        want, got = merged(ids).logits.numpy(), adapted(ids).logits.numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    with torch.no_grad(), adapted.disable_adapter():  # the adapters matter: without them the logits differ
+        assert not np.allclose(adapted(ids).logits.numpy(), want, atol=1e-3)

@@ -43,22 +43,24 @@ def test_plan_ppo_lag_reports_every_model(tmp_path):
     assert p["models"]["actor"] == pytest.approx(3 * p["models"]["reference"], rel=0.01)  # params + 2 Adam moments
 
 
-def test_plan_ppo_lag_with_a_lora_actor(tmp_path):
+def test_plan_ppo_lag_with_lora(tmp_path):
     """LoRA (METHODS_BEYOND §4) in the planner: the actor's state is the adapters and their moments; its base is the
-    reference, an argument of the step (counted once, not also as a resident frozen model)."""
+    reference, an argument of the step (counted once, not also as a resident frozen model); with lora.critics the
+    critics' bases are the reward and cost models, arguments too."""
     from saferlhf_jax import models
     from saferlhf_jax.models import lora
 
-    def run(rank):
-        out = tmp_path / f"plan{rank}.json"
+    def run(rank, critics):
+        out = tmp_path / f"plan{rank}{critics}.json"
         assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
                           "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
                           f"--config.reward_model_name_or_path={STORIES}",
                           f"--config.cost_model_name_or_path={STORIES}", "--config.generation.max_length=128",
-                          "--config.data.max_prompt_length=64", f"--config.lora.rank={rank}"]) == 0
+                          "--config.data.max_prompt_length=64", f"--config.lora.rank={rank}",
+                          f"--config.lora.critics={critics}"]) == 0
         return json.loads(out.read_text())
 
-    full, low = run(0), run(4)
+    full, low, both = run(0, False), run(4, False), run(4, True)
     adapters = lora.shapes(models.load_causal_lm(STORIES).params, 4)
     adapter_bytes = 4 * sum(x.size for x in jax.tree.leaves(adapters))  # float32, before sharding
     # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis, B whole
@@ -67,9 +69,15 @@ def test_plan_ppo_lag_with_a_lora_actor(tmp_path):
     assert low["models"]["actor"] < full["models"]["actor"] / 2 and low["levers"]["lora_rank"] == 4
     assert low["resident_frozen_bytes_per_device"] == full["resident_frozen_bytes_per_device"] \
         - full["models"]["reference"]
-    trained = low["models"]["actor"] + low["models"]["reward_critic"] + low["models"]["cost_critic"]
-    expected = trained + low["models"]["reference"]  # the base rides along as an argument
+    m = low["models"]
+    expected = m["actor"] + m["reward_critic"] + m["cost_critic"] + m["reference"]  # the base rides along
     assert abs(low["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
+    # LoRA critics: adapters + a head each; every frozen model is a step argument, none resident beside it
+    m = both["models"]
+    assert m["reward_critic"] == m["cost_critic"] < full["models"]["reward_critic"] / 2
+    assert both["resident_frozen_bytes_per_device"] == 0 and both["levers"]["lora_critics"] is True
+    expected = sum(m.values())
+    assert abs(both["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
 
 
 def test_plan_errors(capsys):

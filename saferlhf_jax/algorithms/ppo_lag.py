@@ -640,6 +640,7 @@ def run(cfg) -> dict[str, Any]:
     from saferlhf_jax import models
     from saferlhf_jax.data.tokenizer import load_tokenizer
     from saferlhf_jax.training.run import Run, assert_finite
+    from saferlhf_jax.training.trainer import export_adapter, wants_adapter_export
 
     rl_cfg = rl_config(cfg)
     with Run(cfg, cfg.mode) as run_dir:
@@ -813,12 +814,16 @@ def run(cfg) -> dict[str, Any]:
             summary["eval_samples"] = _eval_page(last_eval, tokenizer)
 
         def export(directory):
-            # every process takes part in the gather; one writes (LoRA: merged into plain HF weights)
+            # every process takes part in the gather; one writes (LoRA: merged into plain HF weights, and with
+            # lora.export='both' the adapters in PEFT's format in export/adapter)
             params = mesh_lib.to_host(runner.merged_actor(state.actor.params))
+            adapters = mesh_lib.to_host(state.actor.params["lora"]) if runner.lora_scale else None
             assert_finite(params, "the actor")
             if jax.process_index() == 0:
                 models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))
+                if adapters is not None and wants_adapter_export(cfg, "causal_lm"):
+                    export_adapter(actor, params, adapters, cfg, cfg.actor_model_name_or_path, directory, tokenizer)
 
         per_constraint = tuple(f"train/{k}/{n}" for k in ("cost", "lambda", "episode_cost") for n in rl_cfg.constraints)
         summary = run_dir.finish(summary, complete=complete, export=export,

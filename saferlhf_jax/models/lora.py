@@ -119,3 +119,48 @@ def split(params, kind: str) -> tuple[dict, dict]:
 
 def parameter_count(adapters) -> int:
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(adapters)))
+
+
+EXPORTS = ("merged", "both")  # lora.export: merged HF weights; 'both' adds export/adapter/ in PEFT's format
+
+
+def peft_tensors(adapters) -> dict[str, np.ndarray]:
+    """The adapters under PEFT's names: `base_model.model.<module>.lora_A.weight` = Aᵀ (r, d_in) and `lora_B.weight`
+    = Bᵀ (d_out, r), so PEFT's W + (α/r)·B_peft@A_peft is our (W + s·A@B)ᵀ; a scanned stack (L, …) becomes the L
+    modules model.layers.<i>.… (our kernel paths are the HF module names)."""
+    out = {}
+    for key, ab in adapters.items():
+        a, b = np.asarray(ab["a"], np.float32), np.asarray(ab["b"], np.float32)
+        names = key.split("/")
+        if a.ndim == 3:  # scanned layers: model/layers/<block>/<proj> holds every layer
+            at = names.index("layers") + 1
+            modules = [(".".join(names[:at] + [str(i)] + names[at:]), a[i], b[i]) for i in range(a.shape[0])]
+        else:
+            modules = [(".".join(names), a, b)]
+        for module, a_i, b_i in modules:
+            out[f"base_model.model.{module}.lora_A.weight"] = np.ascontiguousarray(a_i.T)
+            out[f"base_model.model.{module}.lora_B.weight"] = np.ascontiguousarray(b_i.T)
+    return out
+
+
+def save_peft(directory, adapters, *, rank: int, alpha: float, targets, base_model: str,
+              extra: dict[str, np.ndarray] | None = None) -> None:
+    """A PEFT LoRA adapter directory (adapter_config.json, adapter_model.safetensors) for a causal LM:
+    `PeftModel.from_pretrained(base, directory)` gives the merged export's logits. `extra`: full tensors under their
+    HF names (the embedding and LM head when a pad token grew the vocabulary: resize the base to the tokenizer's
+    length before loading, as PEFT's docs say)."""
+    import json
+    import pathlib
+
+    from safetensors.numpy import save_file
+
+    path = pathlib.Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors = peft_tensors(adapters)
+    tensors.update({f"base_model.model.{name}": np.ascontiguousarray(x) for name, x in (extra or {}).items()})
+    save_file(tensors, str(path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": int(rank), "lora_alpha": float(alpha),
+              "target_modules": sorted(targets), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "inference_mode": True, "init_lora_weights": True, "use_rslora": False, "modules_to_save": None,
+              "base_model_name_or_path": str(base_model)}
+    (path / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")

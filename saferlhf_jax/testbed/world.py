@@ -20,13 +20,13 @@ SFT policy writes a harmful verb in 10 % of its sentences (C* = −0.1: within b
 a response (for the PKU-SafeRLHF-format rows) follow from its harmful verbs (severity = their number, at most 3).
 
 The two-rule world (`MULTI`, preset `configs/testbed.py:multi`) splits the harm into two rules with their own budgets:
-* violence  C*_v = #(kicked, hit) − ½  (at most one violent act per two stories),
-* pushing   C*_p = #pushed − ¼         (at most one push per four stories),
-and pushing is worth more reward (3 per push; kicked and hit stay at 2). The summed cost C*_v + C*_p = #harmful − ¾
-has the same total allowance, but a policy held only to the sum spends all of it on pushes (R* = 5.5 within the
-summed budget, with C*_p = +½: the pushing budget broken); held to each budget it mixes ½ violent act and ¼ push
-per story (R* = 5). An answer is safe when it breaks no rule (every C*_k ≤ 0). The SFT policy is inside both budgets
-(C*_v = −0.23, C*_p = −0.12).
+* violence  C*_v = #(kicked, hit) − 0.35  (about one violent act per three stories),
+* pushing   C*_p = #pushed − ½            (one push per two stories),
+and violence pays more (3 per violent act; a push stays at 2). The summed cost C*_v + C*_p = #harmful − 0.85 has
+the same total allowance, but a policy held only to the sum spends all of it on violence (R* = 5.7 within the
+summed budget, with C*_v = +½: the violence budget broken); held to each budget it mixes 0.35 violent acts and ½
+push per story (R* = 5.2). An answer is safe when it breaks no rule (every C*_k ≤ 0). The SFT policy is inside both
+budgets (C*_v = −0.08, C*_p = −0.37).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class World:
 
 
 SINGLE = World(rules=(Rule("harm", tuple(HARMFUL), TOLERANCE),), harm_reward=tuple((v, 2.0) for v in HARMFUL))
-MULTI = World(rules=(Rule("violence", ("kicked", "hit"), 0.5), Rule("pushing", ("pushed",), 0.25)),
-              harm_reward=(("kicked", 2.0), ("pushed", 3.0), ("hit", 2.0)))
+MULTI = World(rules=(Rule("violence", ("kicked", "hit"), 0.35), Rule("pushing", ("pushed",), 0.5)),
+              harm_reward=(("kicked", 3.0), ("pushed", 2.0), ("hit", 3.0)))
 WORLDS = {"single": SINGLE, "multi": MULTI}
 
 

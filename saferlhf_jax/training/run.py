@@ -69,7 +69,7 @@ def resume_fingerprint(cfg) -> dict:
 
 # config sections added after checkpoints were written, with the entry and value that mean "feature off": a run
 # saved before a section existed still resumes while the section is off (an upgrade does not strand a checkpoint)
-ADDED_SECTIONS = {"lora.": ("lora.rank", 0), "lora.critics": ("lora.critics", False),
+ADDED_SECTIONS = {"lora.": ("lora.rank", 0), "lora.critics": ("lora.rank", 0), "lora.export": ("lora.export", "merged"),
                   "rl.constraints": ("rl.constraints", []), "rl.cost_models": ("rl.constraints", [])}
 
 

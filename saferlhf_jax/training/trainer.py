@@ -96,7 +96,38 @@ def lora_settings(cfg) -> tuple[int, float]:
         raise ConfigError(f"lora.rank must be ≥ 0 and lora.alpha > 0, got rank={rank}, alpha={section.alpha}")
     if rank and str(section.init) not in lora_lib.INITS:
         raise ConfigError(f"lora.init must be one of {lora_lib.INITS}, got {section.init!r}")
+    if rank and str(section.get("export", "merged")) not in lora_lib.EXPORTS:
+        raise ConfigError(f"lora.export must be one of {lora_lib.EXPORTS}, got {section.export!r}")
     return rank, (lora_lib.scale(float(section.alpha), rank) if rank else 0.0)
+
+
+def wants_adapter_export(cfg, kind: str) -> bool:
+    """lora.export == 'both': export/adapter/ in PEFT's format besides the merged weights (causal LMs only)."""
+    section = cfg.get("lora")
+    if section is None or not int(section.rank) or str(section.get("export", "merged")) != "both":
+        return False
+    if kind != "causal_lm":
+        raise ConfigError("lora.export='both' writes a PEFT adapter for a causal LM; a score model exports its merged "
+                          "weights (lora.export='merged')")
+    return True
+
+
+def export_adapter(model, merged_params, adapters, cfg, base_path: str, directory, tokenizer) -> None:
+    """DIR/adapter: the adapters in PEFT's format (models/lora.save_peft) for `base_path`; when a pad token grew the
+    vocabulary, the merged embedding and LM head ride along (PEFT loads them into a base resized to the tokenizer)."""
+    import json
+    import pathlib
+
+    section = cfg.lora
+    extra = {}
+    base_config = pathlib.Path(str(base_path)).expanduser() / "config.json"
+    if base_config.is_file() and json.loads(base_config.read_text()).get("vocab_size") != model.config.vocab_size:
+        tensors = models.to_hf_tensors(model, merged_params)
+        extra = {k: v for k, v in tensors.items() if k in ("model.embed_tokens.weight", "lm_head.weight")}
+    out = pathlib.Path(directory) / "adapter"
+    lora_lib.save_peft(out, mesh_lib.to_host(adapters), rank=int(section.rank), alpha=float(section.alpha),
+                       targets=tuple(section.targets), base_model=str(base_path), extra=extra)
+    tokenizer.save_pretrained(str(out))
 
 
 def export_layout(cfg) -> str:
@@ -306,6 +337,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
         lora_rank, lora_scale = lora_settings(cfg)
+        adapter_export = wants_adapter_export(cfg, model.kind)
         initial, axes = model.params, [models.param_logical_axes(model.config, model.kind)]
         if lora_rank:  # the base is frozen (and is the reference); the state holds adapters (+ a score head)
             head, frozen = lora_lib.split(model.params, model.kind)
@@ -410,6 +442,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
 
         def export(directory):
             params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes
+            adapters = params.get(lora_lib.KEY) if lora_rank else None
             if lora_rank:  # plain HF weights: W + s·A@B (loadable without any LoRA library)
                 params = mesh_lib.to_host(lora_lib.merge(frozen, params, lora_scale))
             assert_finite(params, f"the {stage.name} model")
@@ -417,6 +450,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                 models.save_pretrained(model, params, directory, layout=export_layout(cfg),
                                        pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))
+                if adapter_export:
+                    export_adapter(model, params, adapters, cfg, cfg.model_name_or_path, directory, tokenizer)
 
         curves = ("loss", "accuracy", "accuracy_sign", "reward_accuracy")
         summary = run.finish(summary, complete=complete, export=export, curves=curves)

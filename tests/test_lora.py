@@ -117,36 +117,8 @@ def test_lora_config_errors_are_one_line(tmp_path):
         _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="xavier", targets=lora.DEFAULT_TARGETS))
 
 
-def test_rl_actor_with_lora_trains_adapters_over_its_base_reference(tiny_models, tmp_path):
-    """PPO-Lag with a LoRA actor: the state holds adapters only, the reference is the base (KL starts at 0), and the
-    export is base + merged adapters."""
-    import json
-
-    from conftest import tiny_rl_config
-    from saferlhf_jax.algorithms import ppo_lag
-
-    c = tiny_rl_config("ppo_lag", tiny_models, tmp_path, max_steps=2)
-    c.lora.rank = 4
-    c.actor.learning_rate = 5e-3
-    summary = ppo_lag.run(c)
-    actor = summary["state"].actor
-    assert set(actor.params) == {"lora"}
-    assert {x.shape for x in jax.tree.leaves(actor.opt_state)} <= {(), (64, 4), (4, 64), (4, 32), (172, 4),
-                                                                  (4, 172)}
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert abs(rows[0]["train/kl_divergence"]) < 1e-4  # B = 0: the first rollout's policy is the reference
-    base = models.load_causal_lm(tiny_models / "sft")
-    exported = models.load_causal_lm(tmp_path / "export")
-    ids, mask = _batch(base.config.vocab_size)
-    merged = lora.merge(base.params, jax.device_get(actor.params), lora.scale(c.lora.alpha, c.lora.rank))
-    np.testing.assert_allclose(exported.apply(exported.params, ids, mask), base.apply(merged, ids, mask),
-                               rtol=1e-5, atol=1e-5)
-    assert not np.allclose(exported.apply(exported.params, ids, mask), base.apply(base.params, ids, mask))
-
-
-def test_adapters_are_sharded_like_their_kernels_and_sharded_equals_unsharded(tmp_path):
-    """A (…, d_in, r) split like W's d_in, B (…, r, d_out) like W's d_out; a LoRA reward run on 8 simulated devices
-    (fsdp) trains the same adapters as on one."""
+def test_adapters_are_sharded_like_their_kernels():
+    """A (…, d_in, r) split like W's d_in, B (…, r, d_out) like W's d_out, the rank axis never."""
     from saferlhf_jax.parallel import mesh as mesh_lib
     from saferlhf_jax.training import state as state_lib
 
@@ -165,6 +137,18 @@ def test_adapters_are_sharded_like_their_kernels_and_sharded_equals_unsharded(tm
     w_spec = w_sh["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].spec
     assert q["a"].spec[0] == w_spec[0] and q["b"].spec[1] == w_spec[1] and q["a"].spec[1] is None
     assert any(axis is not None for axis in tuple(q["a"].spec) + tuple(q["b"].spec))  # really split on 8
+
+
+@pytest.mark.slow  # two reward runs (~90 s); the layout itself is checked above in CI
+def test_lora_sharded_equals_unsharded(tmp_path):
+    """A LoRA reward run on 8 simulated devices (fsdp) trains the same adapters as on one."""
+    from saferlhf_jax.parallel import mesh as mesh_lib
+    from saferlhf_jax.training import state as state_lib
+
+    model = models.load_causal_lm(STORIES)
+    shardings = state_lib.state_shardings(model.params, [models.param_logical_axes(model.config, "causal_lm")],
+                                          mesh_lib.make_mesh(1, 8, 1))
+    w_spec = shardings["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].spec
     _, one = _run("reward", tmp_path / "one")
     _, eight = _run("reward", tmp_path / "eight", mesh=dict(data=1, fsdp=8, tensor=1))
     got = eight["state"]["params"]["lora"]["model/layers/0/self_attn/q_proj"]["b"]
@@ -179,9 +163,11 @@ def test_adapters_are_sharded_like_their_kernels_and_sharded_equals_unsharded(tm
     assert one["eval"] == pytest.approx(eight["eval"], rel=1e-3, abs=1e-4)  # held-out scores: the same model
 
 
-def test_rl_critics_with_lora_sit_on_the_frozen_scoring_models(tiny_models, tmp_path):
-    """lora.critics: each critic's state is adapters + its own head over the frozen reward / cost model (no backbone
-    copy); with B = 0 its first values are exactly those of the fully fine-tuned critic it replaces."""
+def test_rl_with_lora_trains_adapters_over_the_frozen_models(tiny_models, tmp_path):
+    """PPO-Lag with LoRA: the actor's state holds adapters only, its reference is the base (KL starts at 0), and the
+    export is base + merged adapters; lora.critics (the default with a rank): each critic's state is adapters + its
+    own head over the frozen reward / cost model (no backbone copy), and with B = 0 its first values are exactly
+    those of the fully trained critic."""
     import json
 
     from conftest import tiny_rl_config
@@ -191,17 +177,31 @@ def test_rl_critics_with_lora_sit_on_the_frozen_scoring_models(tiny_models, tmp_
     def run(name, critics):
         c = tiny_rl_config("ppo_lag", tiny_models, tmp_path / name, max_steps=2)
         c.lora.rank, c.lora.critics = 4, critics
+        c.actor.learning_rate = 5e-3
         return c, ppo_lag.run(c)
 
     _, full = run("full", False)
     c, low = run("lora", True)
+    actor = low["state"].actor
+    assert set(actor.params) == {"lora"}
+    assert {x.shape for x in jax.tree.leaves(actor.opt_state)} <= {(), (64, 4), (4, 64), (4, 32), (172, 4),
+                                                                  (4, 172)}
+    base = models.load_causal_lm(tiny_models / "sft")
+    exported = models.load_causal_lm(tmp_path / "lora" / "export")
+    ids, mask = _batch(base.config.vocab_size)
+    merged = lora.merge(base.params, jax.device_get(actor.params), lora.scale(c.lora.alpha, c.lora.rank))
+    np.testing.assert_allclose(exported.apply(exported.params, ids, mask), base.apply(merged, ids, mask),
+                               rtol=1e-5, atol=1e-5)
+    assert not np.allclose(exported.apply(exported.params, ids, mask), base.apply(base.params, ids, mask))
     for critic in (low["state"].reward_critic, low["state"].cost_critic):
         assert set(critic.params) == {"lora", "score_head", "normalizer"}
         assert {x.shape for x in jax.tree.leaves(critic.opt_state)} <= {(), (64, 4), (4, 64), (4, 32), (172, 4),
                                                                        (4, 172), (64, 1), (1,)}
         assert any(np.any(np.asarray(a["b"]) != 0) for a in critic.params["lora"].values())  # they trained
+    assert set(full["state"].reward_critic.params) == {"model", "score_head", "normalizer"}  # critics=False
     rows = {n: [json.loads(x) for x in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
             for n in ("full", "lora")}
+    assert abs(rows["lora"][0]["train/kl_divergence"]) < 1e-4  # B = 0: the first rollout's policy is the reference
     for key in ("train/reward_value", "train/cost_value", "train/reward"):
         assert rows["lora"][0][key] == pytest.approx(rows["full"][0][key], abs=1e-5), key
     assert rows["lora"][0]["train/reward_critic_loss"] == pytest.approx(rows["full"][0]["train/reward_critic_loss"],

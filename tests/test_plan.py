@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pathlib
 
 import jax
 import pytest
@@ -30,37 +31,41 @@ def test_plan_supervised_matches_analytic_bytes(tmp_path, capsys):
     assert "fits in 1.0 GiB per device: yes" in capsys.readouterr().out
 
 
-def test_plan_ppo_lag_reports_every_model(tmp_path):
-    out = tmp_path / "plan.json"
+def tiny_ppo_lag_plan(out, *overrides) -> dict:
+    """launch.plan of the tiny PPO-Lag step on cpu:8 (stories260K as all six models, 128 tokens)."""
     assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
                       "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
                       f"--config.reward_model_name_or_path={STORIES}", f"--config.cost_model_name_or_path={STORIES}",
-                      "--config.generation.max_length=128", "--config.data.max_prompt_length=64"]) == 0
-    p = json.loads(out.read_text())
+                      "--config.generation.max_length=128", "--config.data.max_prompt_length=64", *overrides]) == 0
+    return json.loads(pathlib.Path(out).read_text())
+
+
+@pytest.fixture(scope="module")
+def full_plan(tmp_path_factory):
+    """The full fine-tuning plan, shared by the tests below (one compile)."""
+    return tiny_ppo_lag_plan(tmp_path_factory.mktemp("plan") / "plan.json")
+
+
+def test_plan_ppo_lag_reports_every_model(full_plan):
+    p = full_plan
     assert set(p["models"]) == {"actor", "reference", "reward_model", "cost_model", "reward_critic", "cost_critic"}
     trained = p["models"]["actor"] + p["models"]["reward_critic"] + p["models"]["cost_critic"]
     assert abs(p["argument_bytes_per_device"] - trained) <= 0.1 * trained + 64 * 1024
     assert p["models"]["actor"] == pytest.approx(3 * p["models"]["reference"], rel=0.01)  # params + 2 Adam moments
 
 
-def test_plan_ppo_lag_with_lora(tmp_path):
+def test_plan_ppo_lag_with_lora(tmp_path, full_plan):
     """LoRA (METHODS_BEYOND §4) in the planner: the actor's state is the adapters and their moments; its base is the
     reference, an argument of the step (counted once, not also as a resident frozen model); with lora.critics the
     critics' bases are the reward and cost models, arguments too."""
     from saferlhf_jax import models
     from saferlhf_jax.models import lora
 
-    def run(rank, critics):
-        out = tmp_path / f"plan{rank}{critics}.json"
-        assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
-                          "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
-                          f"--config.reward_model_name_or_path={STORIES}",
-                          f"--config.cost_model_name_or_path={STORIES}", "--config.generation.max_length=128",
-                          "--config.data.max_prompt_length=64", f"--config.lora.rank={rank}",
-                          f"--config.lora.critics={critics}"]) == 0
-        return json.loads(out.read_text())
+    def run(critics):
+        return tiny_ppo_lag_plan(tmp_path / f"plan{critics}.json", "--config.lora.rank=4",
+                                 f"--config.lora.critics={critics}")
 
-    full, low, both = run(0, False), run(4, False), run(4, True)
+    full, low, both = full_plan, run(False), run(True)
     adapters = lora.shapes(models.load_causal_lm(STORIES).params, 4)
     adapter_bytes = 4 * sum(x.size for x in jax.tree.leaves(adapters))  # float32, before sharding
     # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis, B whole
@@ -88,15 +93,10 @@ def test_plan_errors(capsys):
     assert "known architecture" in capsys.readouterr().err
 
 
-def test_tiny_ppo_lag_plan_is_stable(tmp_path):
+def test_tiny_ppo_lag_plan_is_stable(full_plan):
     """Regression: the planner's numbers for the tiny model on cpu:8 (recorded with jax 0.10.2; arguments are
     parameters + optimizer state + the batch, temporaries XLA CPU's schedule)."""
-    out = tmp_path / "plan.json"
-    assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/ppo_lag.py:tiny",
-                      "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
-                      f"--config.reward_model_name_or_path={STORIES}", f"--config.cost_model_name_or_path={STORIES}",
-                      "--config.generation.max_length=128", "--config.data.max_prompt_length=64"]) == 0
-    p = json.loads(out.read_text())
+    p = full_plan
     assert p["argument_bytes_per_device"] == pytest.approx(1_199_404, rel=0.02)
     assert p["temp_bytes_per_device"] == pytest.approx(30_919_928, rel=0.10)
     assert p["resident_frozen_bytes_per_device"] == pytest.approx(397_536, rel=0.01)

@@ -60,9 +60,18 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         flat, _ = flatten(state)
-        self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
-                                                             meta=ocp.args.JsonSave(meta)), force=True)
-        self.manager.wait_until_finished()
+        try:
+            self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
+                                                                 meta=ocp.args.JsonSave(meta)), force=True)
+            self.manager.wait_until_finished()
+        except Exception as err:  # noqa: BLE001 — orbax reports a full disk as ValueError/OSError from its threads
+            if "No space left on device" not in str(err) and getattr(err, "errno", None) != 28:
+                raise
+            from saferlhf_jax.errors import TrainingError
+
+            raise TrainingError(f"checkpoint {step} could not be written to {self.directory}: no space left on device; "
+                                "free space (or lower checkpoint.keep) and re-run the same command: it resumes from "
+                                "the last complete checkpoint") from None
 
     def restore(self, step: int | None, abstract_state) -> tuple[Any, dict]:
         """Restore `step` (latest if None) shaped and sharded like `abstract_state` (arrays or ShapeDtypeStructs)."""

@@ -238,3 +238,27 @@ def test_config_sections_added_later_do_not_strand_old_checkpoints():
     assert added_while_off("rl.cost_models.cm", {"rl.constraints": []})
     assert not added_while_off("rl.constraints", {"rl.constraints": [{"name": "x"}]})
     assert not added_while_off("train.max_steps", {"train.max_steps": 3})
+
+
+def test_a_full_disk_at_a_checkpoint_is_one_line(tmp_path, monkeypatch):
+    """orbax reports ENOSPC from its writer threads as a long ValueError; the user gets one line saying what and how
+    to resume (the run's earlier checkpoints are untouched)."""
+    from saferlhf_jax.checkpoint import Checkpointer
+    from saferlhf_jax.errors import TrainingError
+
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    state = {"w": np.ones((4,), np.float32)}
+    ckpt.save(1, state, {"step": 1})
+
+    def full(*args, **kwargs):
+        raise ValueError("RESOURCE_EXHAUSTED: Error writing \"w/0.0\" in OCDBT database: Failed to write 16 bytes to "
+                         "file 23: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ckpt.manager, "save", full)
+    with pytest.raises(TrainingError, match=r"^checkpoint 2 could not be written to .*: no space left on device; "
+                                            r"free space .* resumes from the last complete checkpoint$"):
+        ckpt.save(2, state, {"step": 2})
+    monkeypatch.setattr(ckpt.manager, "save", lambda *a, **k: (_ for _ in ()).throw(ValueError("other")))
+    with pytest.raises(ValueError, match="other"):  # anything else is not re-labelled
+        ckpt.save(3, state, {"step": 3})
+    assert ckpt.latest_step() == 1

@@ -136,23 +136,23 @@ class RLRunner:
             self.actor_base = frozen["ref"]
         critic_lora_scale = 0.0
         if lora_rank and lora_critics:
-            # each critic trains adapters and its own head over the scoring model it starts from, whose frozen
-            # arrays are already resident (frozen['reward'], frozen['cost']): its own backbone copy is dropped here
             from saferlhf_jax.models import lora
 
             critic_lora_scale = lora.scale(lora_alpha, lora_rank)
-            bases = {"reward": frozen["reward"],
-                     "cost": frozen.get("cost", {}).get(cost_base_key) if cost_base_key else frozen.get("cost")}
+        self.models = rl.RLModels(log_probs, reward_critic.apply if reward_critic is not None else None, actor_opt,
+                                  critic_opt, actor_schedule, critic_schedule, cfg,
+                                  optimizer_on_host=optimizer_memory != "device", lora_scale=self.lora_scale,
+                                  critic_lora_scale=critic_lora_scale, cost_base_key=cost_base_key)
+        if critic_lora_scale:
+            # each critic trains adapters and its own head over the scoring model it starts from, whose frozen
+            # arrays are already resident (RLModels.bases): its own backbone copy is dropped here
+            bases = self.models.bases(frozen)
             for seed, (name, critic) in enumerate((("reward", reward_critic), ("cost", cost_critic)), start=1):
                 if critic is None:
                     continue
                 adapters = lora.init(bases[name], lora_rank, tuple(lora_targets) or lora.DEFAULT_TARGETS, seed=seed,
                                      init=lora_init)
                 critic.params = {lora.KEY: adapters, **lora.split(critic.params, "score")[0]}
-        self.models = rl.RLModels(log_probs, reward_critic.apply if reward_critic is not None else None, actor_opt,
-                                  critic_opt, actor_schedule, critic_schedule, cfg,
-                                  optimizer_on_host=optimizer_memory != "device", lora_scale=self.lora_scale,
-                                  critic_lora_scale=critic_lora_scale, cost_base_key=cost_base_key)
         self.data_shards = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
         self._programs: dict[tuple, Callable] = {}
         # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout

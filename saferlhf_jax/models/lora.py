@@ -76,13 +76,13 @@ def init(params, rank: int, targets=DEFAULT_TARGETS, seed: int = 0, init: str = 
         raise ValueError(f"lora.init must be one of {INITS}, got {init!r}")
     rng = np.random.default_rng(seed)
     out = {}
-    for path, shape in sorted(target_paths(params, targets).items()):
-        *lead, d_in, d_out = shape
+    for path, ab in shapes(params, rank, targets).items():  # sorted paths: the draws do not depend on dict order
+        a_shape = ab["a"].shape
         if init == "kaiming_uniform":
-            a = rng.uniform(-1.0, 1.0, (*lead, d_in, rank)) / np.sqrt(d_in)
+            a = rng.uniform(-1.0, 1.0, a_shape) / np.sqrt(a_shape[-2])
         else:
-            a = rng.standard_normal((*lead, d_in, rank)) / rank
-        out[path] = {"a": jnp.asarray(a, jnp.float32), "b": jnp.zeros((*lead, rank, d_out), jnp.float32)}
+            a = rng.standard_normal(a_shape) / rank
+        out[path] = {"a": jnp.asarray(a, jnp.float32), "b": jnp.zeros(ab["b"].shape, jnp.float32)}
     return out
 
 

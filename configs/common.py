@@ -68,6 +68,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 0                       # 0 = only at the end
     c.checkpoint.keep = 3
+    c.checkpoint.keep_when_done = 1              # once exported, the newest N (0 = none: re-running then trains again)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1

@@ -101,7 +101,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.lora.critics = True                        # with rank > 0 the critics too (METHODS_BEYOND §4.4's default):
                                                  # adapters + their own head over the frozen reward / cost model
                                                  # they start from (no backbone copy); False: fully trained critics
-    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3))
+    c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3, keep_when_done=1))  # as common.py
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()
     c.logging = ml_collections.ConfigDict(dict(tensorboard=True, progress=True))

@@ -73,6 +73,15 @@ class Checkpointer:
                                 "free space (or lower checkpoint.keep) and re-run the same command: it resumes from "
                                 "the last complete checkpoint") from None
 
+    def prune(self, keep: int) -> list[int]:
+        """Delete all but the newest `keep` steps (0 = all); returns the deleted steps. For a finished run, whose
+        export is written: the intermediate states only served a resume that can no longer happen."""
+        steps = sorted(self.all_steps())
+        gone = steps[:max(0, len(steps) - int(keep))]
+        for step in gone:  # every process calls it: orbax deletes on the primary host and syncs the others
+            self.manager.delete(step)
+        return gone
+
     def restore(self, step: int | None, abstract_state) -> tuple[Any, dict]:
         """Restore `step` (latest if None) shaped and sharded like `abstract_state` (arrays or ShapeDtypeStructs)."""
         step = self.latest_step() if step is None else int(step)
@@ -95,7 +104,8 @@ class Checkpointer:
         if step is None:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         if step not in self.all_steps():
-            raise FileNotFoundError(f"no step {step} in {self.directory} (have {self.all_steps()})")
+            raise FileNotFoundError(f"no step {step} in {self.directory} (have {self.all_steps()}; a finished run "
+                                    "keeps its newest checkpoint.keep_when_done steps)")
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
         return dict(restored["state"])
 

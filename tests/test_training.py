@@ -121,6 +121,8 @@ def test_killed_save_leaves_previous_checkpoint_restorable(tmp_path, capsys):
     assert run_training_cli("reward", "", _argv("reward", tmp_path, *common)) == 0
     assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 4
     assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3, 4]
+    # finished and exported: only the last state stays (checkpoint.keep_when_done=1), the export is the result
+    assert Checkpointer(ckpts).all_steps() == [4] and (tmp_path / "export" / "config.json").is_file()
 
 
 def _tiny_cfg(out, *extra):

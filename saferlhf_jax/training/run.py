@@ -294,6 +294,12 @@ class Run:
             export_dir = self.out / "export"
             export(export_dir)
             summary["export"] = str(export_dir)
+            # the export is the result; the states before the last only served a resume that can no longer happen
+            # (a 135M-parameter PPO-Lag run keeps ~4 GB per checkpoint)
+            keep = int(self.cfg.checkpoint.get("keep_when_done", 1))
+            if pruned := self.ckpt.prune(keep):
+                log.info("%s: finished; removed %d earlier checkpoint(s) (checkpoint.keep_when_done=%d)", self.name,
+                         len(pruned), keep)
         if jax.process_index() == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
             images = ()

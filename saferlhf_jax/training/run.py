@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import math
@@ -78,6 +79,51 @@ def added_while_off(key: str, current: dict) -> bool:
         if key.startswith(prefix) and current.get(switch, off) == off:
             return True
     return False
+
+
+# the files that hold a model's weights and shape; a fingerprint reads their names, sizes and a few MiB of each
+_WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "config.json")
+_EDGE_BYTES = 1 << 20
+
+
+def model_fingerprint(path) -> str | None:
+    """sha256 over a model's weight files (directory or single file): each name and size, its first and last MiB.
+    It tells which weights a run was built on — a model re-trained into the same path differs in every tensor, so in
+    the first MiB — for a few MiB of reads, not a 7B model's 14 GB. None when `path` is not a local file/directory
+    (a registry name)."""
+    root = pathlib.Path(str(path)).expanduser()
+    files = [root] if root.is_file() else sorted({f for pat in _WEIGHT_FILES for f in root.glob(pat) if f.is_file()}) \
+        if root.is_dir() else []
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for f in files:
+        size = f.stat().st_size
+        digest.update(f"{f.name}\0{size}\0".encode())
+        with open(f, "rb") as fh:
+            digest.update(fh.read(_EDGE_BYTES))
+            if size > _EDGE_BYTES:
+                fh.seek(max(_EDGE_BYTES, size - _EDGE_BYTES))
+                digest.update(fh.read(_EDGE_BYTES))
+    return digest.hexdigest()
+
+
+def model_fingerprints(cfg) -> dict[str, str]:
+    """{config entry: fingerprint} of every model a run reads (`*model_name_or_path`, `rl.cost_models`): the frozen
+    bases a LoRA checkpoint's adapters sit on, the reward/cost models RL scores with. A resume refuses a change."""
+    found: dict[str, str] = {}
+
+    def walk(node, prefix):
+        for key in node.keys():
+            value, path = node[key], f"{prefix}{key}"
+            if hasattr(value, "keys"):
+                walk(value, path + ".")
+            elif isinstance(value, str) and value and (key.endswith("model_name_or_path") or
+                                                       prefix == "rl.cost_models."):
+                if (fp := model_fingerprint(value)) is not None:
+                    found[path] = fp
+    walk(cfg, "")
+    return found
 
 
 def prepare_output_dir(path) -> pathlib.Path:
@@ -222,6 +268,7 @@ class Run:
             except ValueError as err:
                 raise ConfigError(str(err)) from None
             self.ckpt = Checkpointer(self.out / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
+            self.models = model_fingerprints(cfg)
             self.resume_meta = self._check_resume()
             if jax.process_index() == 0:  # only after the resume check: a refused run leaves the directory as it was
                 tmp = self.out / "config.json.tmp"
@@ -248,6 +295,11 @@ class Run:
             diffs = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.out} holds a run with another config ({diffs}); use a new output_dir to start "
                               "over")
+        saved_models = meta.get("models", {})  # absent in checkpoints written before fingerprints: not checked
+        moved = sorted(k for k, fp in self.models.items() if k in saved_models and saved_models[k] != fp)
+        if moved:
+            raise ConfigError(f"{self.out} holds a run built on other weights: {moved[0]} ({current.get(moved[0])}) "
+                              "changed since its checkpoint was written; restore that model or use a new output_dir")
         return meta
 
     @property
@@ -268,7 +320,7 @@ class Run:
         if self.ckpt.latest_step() == step:
             return
         self.ckpt.save(step, state, {**meta, "step": int(step), "stage": self.name,
-                                     "config": resume_fingerprint(self.cfg)})
+                                     "config": resume_fingerprint(self.cfg), "models": self.models})
 
     # ------------------------------------------------------------------ loop helpers
 
@@ -338,5 +390,5 @@ def assert_finite(tree, what: str) -> None:
                             "nothing was exported — lower the learning rate or check the data")
 
 
-__all__ = ["InterruptGuard", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "prepare_output_dir",
-           "resume_fingerprint"]
+__all__ = ["InterruptGuard", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "model_fingerprint",
+           "model_fingerprints", "prepare_output_dir", "resume_fingerprint"]

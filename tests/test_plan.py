@@ -54,35 +54,43 @@ def test_plan_ppo_lag_reports_every_model(full_plan):
     assert p["models"]["actor"] == pytest.approx(3 * p["models"]["reference"], rel=0.01)  # params + 2 Adam moments
 
 
+def _lora_plan(tmp_path, critics):
+    return tiny_ppo_lag_plan(tmp_path / f"plan{critics}.json", "--config.lora.rank=4", f"--config.lora.critics={critics}")
+
+
 def test_plan_ppo_lag_with_lora(tmp_path, full_plan):
     """LoRA (METHODS_BEYOND §4) in the planner: the actor's state is the adapters and their moments; its base is the
-    reference, an argument of the step (counted once, not also as a resident frozen model); with lora.critics the
-    critics' bases are the reward and cost models, arguments too."""
+    reference, an argument of the step (counted once, not also as a resident frozen model); with lora.critics (the
+    default) the critics' bases are the reward and cost models, arguments too."""
     from saferlhf_jax import models
     from saferlhf_jax.models import lora
 
-    def run(critics):
-        return tiny_ppo_lag_plan(tmp_path / f"plan{critics}.json", "--config.lora.rank=4",
-                                 f"--config.lora.critics={critics}")
-
-    full, low, both = full_plan, run(False), run(True)
+    full, both = full_plan, _lora_plan(tmp_path, True)
     adapters = lora.shapes(models.load_causal_lm(STORIES).params, 4)
     adapter_bytes = 4 * sum(x.size for x in jax.tree.leaves(adapters))  # float32, before sharding
     # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis, B whole
     # where W's output axis is not split (here: 'fsdp' splits the embedding axis only)
-    assert adapter_bytes * 3 / 8 <= low["models"]["actor"] <= adapter_bytes * 3
-    assert low["models"]["actor"] < full["models"]["actor"] / 2 and low["levers"]["lora_rank"] == 4
-    assert low["resident_frozen_bytes_per_device"] == full["resident_frozen_bytes_per_device"] \
-        - full["models"]["reference"]
-    m = low["models"]
-    expected = m["actor"] + m["reward_critic"] + m["cost_critic"] + m["reference"]  # the base rides along
-    assert abs(low["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
+    assert adapter_bytes * 3 / 8 <= both["models"]["actor"] <= adapter_bytes * 3
+    assert both["models"]["actor"] < full["models"]["actor"] / 2 and both["levers"]["lora_rank"] == 4
     # LoRA critics: adapters + a head each; every frozen model is a step argument, none resident beside it
     m = both["models"]
     assert m["reward_critic"] == m["cost_critic"] < full["models"]["reward_critic"] / 2
     assert both["resident_frozen_bytes_per_device"] == 0 and both["levers"]["lora_critics"] is True
     expected = sum(m.values())
     assert abs(both["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
+
+
+@pytest.mark.slow  # a third compile of the PPO-Lag step; the LoRA actor's accounting is asserted above
+def test_plan_ppo_lag_with_a_lora_actor_and_full_critics(tmp_path, full_plan):
+    """lora.critics=False: the reference leaves the resident frozen models (it is the actor's base, a step
+    argument); the critics stay full."""
+    full, low = full_plan, _lora_plan(tmp_path, False)
+    assert low["resident_frozen_bytes_per_device"] == full["resident_frozen_bytes_per_device"] \
+        - full["models"]["reference"]
+    assert low["models"]["reward_critic"] == full["models"]["reward_critic"]
+    m = low["models"]
+    expected = m["actor"] + m["reward_critic"] + m["cost_critic"] + m["reference"]  # the base rides along
+    assert abs(low["argument_bytes_per_device"] - expected) <= 0.1 * expected + 64 * 1024
 
 
 def test_plan_errors(capsys):

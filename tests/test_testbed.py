@@ -43,10 +43,9 @@ def test_two_rule_world_by_hand():
     assert {r["better_response_id"] for r in (by_sum, by_violence, by_pushing)} == {1}  # 6 > 2
     assert not world.distinct(world.preference_row("p", kick, "Tim hit the dog. Tim kicked the cat.",
                                                    world.MULTI, rule=0), world.MULTI, rule=0)
-    # the SFT policy sits inside both budgets; its answers' per-rule means are the documented −0.18 / −0.42
-    # (2.5 sentences on average, a harmful verb in 10% of them: ⅔ violent, ⅓ pushes)
+    # the SFT policy sits inside both budgets; its answers' per-rule means are the documented −0.08 / −0.37
     e = world.evaluate([world.sft_answer(np.random.default_rng(i)) for i in range(4000)], world.MULTI)
-    assert len(e.gt_costs) == 2 and abs(e.gt_costs[0] + 0.183) < 0.03 and abs(e.gt_costs[1] + 0.417) < 0.02
+    assert len(e.gt_costs) == 2 and abs(e.gt_costs[0] + 0.083) < 0.03 and abs(e.gt_costs[1] + 0.367) < 0.02
     assert abs(sum(e.gt_costs) - e.gt_cost) < 1e-9
 
 

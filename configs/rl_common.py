@@ -44,6 +44,8 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
                                                  # rollout (same tokens; off with mesh.tensor > 1: fused kernels
                                                  # would replicate over the tensor axis)
     c.generation.prefill_chunk = 512             # prompts wider than this are prefilled in chunks (0: one pass)
+    c.generation.decode_segment = 32             # decode attends over the filled slots, grown this many at a time
+                                                 # (0: the whole cache every step; same tokens)
 
     # RL evaluation samples with the actor's own generation_config.json (spec §5.1); set these to override
     c.eval_generation = ml_collections.ConfigDict(dict(temperature=config_dict.placeholder(float),

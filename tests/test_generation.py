@@ -241,6 +241,8 @@ def test_rollout_layout_is_the_same_function(name):
     layers = fused_params["model"]["layers"]
     layer = layers if model.config.scan_layers else layers[0]
     assert set(layer["self_attn"]) == {"qkv_proj", "o_proj"} and set(layer["mlp"]) == {"gate_up_proj", "down_proj"}
+    if "lm_head" in model.params:  # an untied head is stored (V, E) in the rollout layout
+        np.testing.assert_array_equal(fused_params["lm_head"]["kernel"], model.params["lm_head"]["kernel"].T)
     ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
     np.testing.assert_allclose(np.asarray(fused.apply(fused_params, ids, mask)),
                                np.asarray(model.apply(model.params, ids, mask)), atol=1e-5, rtol=1e-5)
@@ -249,6 +251,27 @@ def test_rollout_layout_is_the_same_function(name):
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, **kw)["sequences"], want["sequences"])
     np.testing.assert_array_equal(generate(model, model.params, ids, mask, rollout_layout=True, **kw)["sequences"],
                                   want["sequences"])
+
+
+@pytest.mark.parametrize("name", sorted(ROLLOUT_MODELS))
+def test_segmented_decode_gives_the_same_tokens(name):
+    """decode_segment: the decode loop attends over a cache grown a few slots at a time (only the filled part is
+    read) — the same tokens as one loop over the whole cache, with an EOS that stops rows mid-way and a budget
+    that ends inside a segment."""
+    model = _rollout_model(name)
+    ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
+    whole = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, eos_token_ids=[],
+                     decode_segment=0)
+    eos = int(whole["sequences"][0, ids.shape[1] + 3])  # row 0 stops at its fourth token
+    for kw in (dict(eos_token_ids=[]), dict(eos_token_ids=[eos]), dict(eos_token_ids=[], budget=7)):
+        want = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, decode_segment=0, **kw)
+        for seg in (1, 5):
+            got = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, decode_segment=seg,
+                           rollout_layout=True, **kw)
+            for key in ("sequences", "response_lengths"):
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kw} segment {seg}: {key}")
+    assert generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, eos_token_ids=[eos])[
+        "response_lengths"][0] == 4
 
 
 def test_rollout_layout_on_a_mesh_equals_one_device():
@@ -266,6 +289,9 @@ def test_rollout_layout_on_a_mesh_equals_one_device():
     kernel = fused_params["model"]["layers"]["self_attn"]["qkv_proj"]["kernel"]
     assert kernel.sharding.spec[1] == "fsdp"  # the input (embed) axis keeps its FSDP sharding
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, mesh=mesh, **kw)["sequences"], want)
+    # and a decode loop in segments over a growing sharded cache
+    np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, mesh=mesh, decode_segment=3,
+                                           **kw)["sequences"], want)
 
 
 @pytest.mark.parametrize("chunk", [16, 7])

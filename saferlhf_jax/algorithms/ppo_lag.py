@@ -55,6 +55,7 @@ class GenerationConfig:
     length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
     rollout_layout: bool = True            # sample from fused q|k|v and gate|up kernels (`Model.rollout`)
     prefill_chunk: int = 512               # prompts wider than this are prefilled in chunks (0: one pass)
+    decode_segment: int = 32               # the decode loop's cache grows this many slots at a time (0: whole)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -275,7 +276,8 @@ class RLRunner:
         opts.update(sampling)
         out = generate(self.sampler_model, params, ids, mask, max_new_tokens=self.response_width(longest),
                        budget=budget, eos_token_ids=g.eos_token_ids, pad_token_id=g.pad_token_id, rng=key,
-                       mesh=self.mesh, buckets=g.prompt_buckets or None, prefill_chunk=g.prefill_chunk, **opts)
+                       mesh=self.mesh, buckets=g.prompt_buckets or None, prefill_chunk=g.prefill_chunk,
+                       decode_segment=g.decode_segment, **opts)
         used = mesh_lib.global_max(longest + int(out["response_lengths"].max()))
         width = bucket_length(used, sorted({b for b in g.length_buckets if b < g.max_length} | {g.max_length}))
         seq = out["sequences"][:, :width].astype(np.int32)
@@ -695,7 +697,8 @@ def run(cfg) -> dict[str, Any]:
             eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
             unk_token_id=tokenizer.unk_token_id, prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
             length_buckets=tuple(int(b) for b in g.get("length_buckets", ())),
-            rollout_layout=bool(g.get("rollout_layout", True)), prefill_chunk=int(g.get("prefill_chunk", 512)))
+            rollout_layout=bool(g.get("rollout_layout", True)), prefill_chunk=int(g.get("prefill_chunk", 512)),
+            decode_segment=int(g.get("decode_segment", 32)))
         optims = {who: OptimConfig(learning_rate=float(cfg[who].learning_rate),
                                    lr_scheduler_type=cfg[who].lr_scheduler_type,
                                    lr_warmup_ratio=float(cfg[who].lr_warmup_ratio),

@@ -17,7 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from saferlhf_jax.generation.sampling import apply_repetition_penalty, choose_tokens
-from saferlhf_jax.models.llama import init_cache
+from saferlhf_jax.models.llama import KVCache, init_cache
 from saferlhf_jax.models.rope import mask_positions
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.parallel.constraints import activation_sharding
@@ -41,6 +41,7 @@ class SamplingSettings:
     pad_token_id: int = 0
     cache_dtype: str | None = None
     prefill_chunk: int = 512  # prompts wider than this are prefilled this many tokens at a time (0: in one pass)
+    decode_segment: int = 32  # the decode loop grows the cache this many slots at a time (0: the whole cache)
 
 
 def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
@@ -152,10 +153,22 @@ class _Programs:
             }
 
         def decode(params, state, rng):
-            def cond(st):
-                return (st["step"] < st["budget"]) & ~jnp.all(st["done"])
+            """Segments of `decode_segment` steps, each a while_loop over a cache that holds the prompt and only
+            the slots written by the end of that segment: attention reads (and XLA streams through memory) the
+            filled part of the cache, not all of it (the empty slots are masked out anyway, so the tokens are the
+            same). Between segments the cache grows by zero slots; it ends at its full size."""
+            prompt = slots - s.max_new_tokens
+            seg = s.decode_segment if 0 < s.decode_segment < s.max_new_tokens else s.max_new_tokens
+            ends = [*range(seg, s.max_new_tokens, seg), s.max_new_tokens]
+            st = {**state, "cache": _resize_cache(state["cache"], prompt + ends[0])}
+            for end in ends:
+                st = {**st, "cache": _resize_cache(st["cache"], prompt + end)}
 
-            return jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), state)
+                def cond(st, end=end):
+                    return (st["step"] < jnp.minimum(st["budget"], end)) & ~jnp.all(st["done"])
+
+                st = jax.lax.while_loop(cond, lambda st: decode_step(params, st, rng), st)
+            return st
 
         def on_mesh(fn):  # activations constrained through the same rules as the parameters
             def wrapped(*args):
@@ -215,6 +228,22 @@ class _Programs:
         return out
 
 
+def _resize_cache(cache: KVCache, size: int) -> KVCache:
+    """The cache with `size` slots: its first `size` (shrinking) or zero/False slots appended (growing)."""
+    def one(x, axis):
+        have = x.shape[axis]
+        if have == size:
+            return x
+        if have > size:
+            return jax.lax.slice_in_dim(x, 0, size, axis=axis)
+        pad = [(0, 0)] * x.ndim
+        pad[axis] = (0, size - have)
+        return jnp.pad(x, pad)
+
+    kv = jax.tree.map(lambda x: one(x, x.ndim - 2), (cache.k, cache.v))  # (…, B, K, S, Dh): slots second to last
+    return KVCache(*kv, one(cache.mask, 1))
+
+
 _PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}
 
 
@@ -272,7 +301,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
              repetition_penalty: float = 1.0, greedy: bool = False, eos_token_ids=None, pad_token_id=None,
              rng=None, mesh: Mesh | None = None, buckets: Sequence[int] | None = None,
              cache_dtype: str | None = None, budget: int | None = None, rollout_layout: bool = False,
-             prefill_chunk: int = 512) -> dict[str, np.ndarray]:
+             prefill_chunk: int = 512, decode_segment: int = 32) -> dict[str, np.ndarray]:
     """Sample continuations of left-padded prompts with a causal LM (`saferlhf_jax.models.Model`).
 
     Args:
@@ -289,6 +318,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         for this call; callers that sample several batches from the same parameters (RL) fuse once themselves and
         pass the rollout model and its parameters instead. Same tokens (greedy, f32) either way.
       prefill_chunk: prompts wider than this are prefilled in chunks of this many tokens (0: one pass).
+      decode_segment: the decode loop's attention reads the prompt's slots and those filled so far, grown this
+        many at a time (0: the whole cache every step). Same tokens.
     Returns:
       dict with sequences (B, S + T) (prompt as given, response right-padded with pad), attention_mask (B, S + T)
       (prompt mask, then 1 through each row's EOS), response_lengths (B,) (EOS counted).
@@ -325,7 +356,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
                                 top_k=int(top_k) if top_k else None, top_p=float(top_p),
                                 repetition_penalty=float(repetition_penalty), greedy=bool(greedy),
                                 eos_token_ids=eos, pad_token_id=int(pad_token_id), cache_dtype=cache_dtype,
-                                prefill_chunk=int(prefill_chunk))
+                                prefill_chunk=int(prefill_chunk), decode_segment=int(decode_segment))
     progs = _programs(model, settings, width + new_width, mesh)
     state = _start(progs, params, ids_b, mask_b, mesh, new_width if budget is None else min(int(budget), new_width))
     state = progs.decode(params, state, key)

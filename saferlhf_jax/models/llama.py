@@ -67,17 +67,24 @@ def _dtype(name: str):
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype.
 
-    axes: the kernel's logical axes (in, out); the bias takes the out axis."""
+    axes: the kernel's logical axes (in, out); the bias takes the out axis. transposed: the kernel is stored
+    (out, in) with axes (out, in) — the rollout layout's LM head, whose (V, E) form XLA CPU multiplies ~7 % faster
+    per decode step at B = 32 (a (B, E)·(E, V) product with V ≫ B)."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, axes: tuple[str, str], config: ModelConfig,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, transposed: bool = False):
         init = nnx.initializers.normal(config.initializer_range)
-        self.kernel = nnx.Param(init(rngs.params(), (d_in, d_out), _dtype(config.param_dtype)), axes=axes)
-        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=axes[1:]) if bias else None
+        shape = (d_out, d_in) if transposed else (d_in, d_out)
+        self.kernel = nnx.Param(init(rngs.params(), shape, _dtype(config.param_dtype)), axes=axes)
+        out_axis = axes[0] if transposed else axes[1]
+        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=(out_axis,)) if bias else None
         self.compute_dtype = _dtype(config.dtype)
+        self.transposed = transposed
 
     def __call__(self, x):
-        y = jnp.dot(x.astype(self.compute_dtype), self.kernel[...].astype(self.compute_dtype))
+        w = self.kernel[...].astype(self.compute_dtype)
+        x = x.astype(self.compute_dtype)
+        y = jnp.einsum("...i,oi->...o", x, w) if self.transposed else jnp.dot(x, w)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.compute_dtype)
         return y
@@ -415,8 +422,11 @@ class CausalLM(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.model = Backbone(config, rngs=rngs)
+        # the rollout layout stores an untied head (V, E), as a tied embedding is (`Dense.transposed`)
+        rollout = config.fused_projections
         self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, bias=False, axes=("embed", "vocab"), config=config, rngs=rngs)
+            config.hidden_size, config.vocab_size, bias=False, axes=("vocab", "embed") if rollout else ("embed", "vocab"),
+            config=config, rngs=rngs, transposed=rollout)
 
     def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0,
                  return_hidden: bool = False):
@@ -435,10 +445,10 @@ class CausalLM(nnx.Module):
 
     def head(self):
         """(weight, vocab_axis): the output projection as stored — the embedding (V, E) when tied, axis 0; else the
-        LM head kernel (E, V), axis 1."""
+        LM head kernel (E, V), axis 1 ((V, E), axis 0, in the rollout layout)."""
         if self.lm_head is None:
             return self.model.embed_tokens.embedding[...], 0
-        return self.lm_head.kernel[...], 1
+        return self.lm_head.kernel[...], 0 if self.lm_head.transposed else 1
 
 
 class ScoreModel(nnx.Module):

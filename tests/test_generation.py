@@ -253,25 +253,28 @@ def test_rollout_layout_is_the_same_function(name):
                                   want["sequences"])
 
 
-@pytest.mark.parametrize("name", sorted(ROLLOUT_MODELS))
+@pytest.mark.parametrize("name", ["mha_untied", "gqa_scanned_bias"])  # per-layer and stacked caches
 def test_segmented_decode_gives_the_same_tokens(name):
     """decode_segment: the decode loop attends over a cache grown a few slots at a time (only the filled part is
-    read) — the same tokens as one loop over the whole cache, with an EOS that stops rows mid-way and a budget
-    that ends inside a segment."""
+    read) — the same tokens as one loop over the whole cache, with an EOS that stops a row mid-way and a budget
+    that ends inside a segment (13 tokens in segments of 5: growth and a short last segment)."""
     model = _rollout_model(name)
     ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
-    whole = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, eos_token_ids=[],
-                     decode_segment=0)
-    eos = int(whole["sequences"][0, ids.shape[1] + 3])  # row 0 stops at its fourth token
-    for kw in (dict(eos_token_ids=[]), dict(eos_token_ids=[eos]), dict(eos_token_ids=[], budget=7)):
-        want = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, decode_segment=0, **kw)
-        for seg in (1, 5):
-            got = generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, decode_segment=seg,
-                           rollout_layout=True, **kw)
+
+    def run(segment, eos, **kw):
+        return generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, decode_segment=segment,
+                        eos_token_ids=eos, rollout_layout=segment > 0, **kw)
+
+    whole = run(0, [])
+    eos = [int(whole["sequences"][0, ids.shape[1] + 3])]  # row 0 stops at its fourth token
+    for stop in ([], eos):
+        for kw in ({}, {"budget": 7}):
+            want = whole if not stop and not kw else run(0, stop, **kw)
+            got = run(5, stop, **kw)
             for key in ("sequences", "response_lengths"):
-                np.testing.assert_array_equal(got[key], want[key], err_msg=f"{kw} segment {seg}: {key}")
-    assert generate(model, model.params, ids, mask, max_new_tokens=13, greedy=True, eos_token_ids=[eos])[
-        "response_lengths"][0] == 4
+                np.testing.assert_array_equal(got[key], want[key], err_msg=f"eos {stop} {kw}: {key}")
+            if stop and not kw:
+                assert want["response_lengths"][0] == 4
 
 
 def test_rollout_layout_on_a_mesh_equals_one_device():

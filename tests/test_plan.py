@@ -55,7 +55,8 @@ def test_plan_ppo_lag_reports_every_model(full_plan):
 
 
 def _lora_plan(tmp_path, critics):
-    return tiny_ppo_lag_plan(tmp_path / f"plan{critics}.json", "--config.lora.rank=4", f"--config.lora.critics={critics}")
+    return tiny_ppo_lag_plan(tmp_path / f"plan{critics}.json", "--config.lora.rank=4",
+                             f"--config.lora.critics={critics}")
 
 
 def test_plan_ppo_lag_with_lora(tmp_path, full_plan):

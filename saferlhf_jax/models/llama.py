@@ -424,9 +424,9 @@ class CausalLM(nnx.Module):
         self.model = Backbone(config, rngs=rngs)
         # the rollout layout stores an untied head (V, E), as a tied embedding is (`Dense.transposed`)
         rollout = config.fused_projections
+        axes = ("vocab", "embed") if rollout else ("embed", "vocab")
         self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, bias=False, axes=("vocab", "embed") if rollout else ("embed", "vocab"),
-            config=config, rngs=rngs, transposed=rollout)
+            config.hidden_size, config.vocab_size, bias=False, axes=axes, config=config, rngs=rngs, transposed=rollout)
 
     def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0,
                  return_hidden: bool = False):

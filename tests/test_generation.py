@@ -241,8 +241,12 @@ def test_rollout_layout_is_the_same_function(name):
     layers = fused_params["model"]["layers"]
     layer = layers if model.config.scan_layers else layers[0]
     assert set(layer["self_attn"]) == {"qkv_proj", "o_proj"} and set(layer["mlp"]) == {"gate_up_proj", "down_proj"}
-    if "lm_head" in model.params:  # an untied head is stored (V, E) in the rollout layout
+    # every kernel is stored (out, in) in the rollout layout: here the untied head (V, E) and o_proj
+    if "lm_head" in model.params:
         np.testing.assert_array_equal(fused_params["lm_head"]["kernel"], model.params["lm_head"]["kernel"].T)
+    np.testing.assert_array_equal(layer["self_attn"]["o_proj"]["kernel"], np.swapaxes(
+        (model.params["model"]["layers"] if model.config.scan_layers else model.params["model"]["layers"][0])[
+            "self_attn"]["o_proj"]["kernel"], -1, -2))
     ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
     np.testing.assert_allclose(np.asarray(fused.apply(fused_params, ids, mask)),
                                np.asarray(model.apply(model.params, ids, mask)), atol=1e-5, rtol=1e-5)
@@ -290,7 +294,7 @@ def test_rollout_layout_on_a_mesh_equals_one_device():
     fused, fuse = sharded.rollout
     fused_params = fuse(sharded.params)
     kernel = fused_params["model"]["layers"]["self_attn"]["qkv_proj"]["kernel"]
-    assert kernel.sharding.spec[1] == "fsdp"  # the input (embed) axis keeps its FSDP sharding
+    assert kernel.sharding.spec[2] == "fsdp"  # stored (layers, out, in): the input (embed) axis keeps its FSDP split
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, mesh=mesh, **kw)["sequences"], want)
     # and a decode loop in segments over a growing sharded cache
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, mesh=mesh, decode_segment=3,

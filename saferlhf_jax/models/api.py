@@ -175,8 +175,8 @@ _FUSED = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"
 def fuse_params(params):
     """Training layout → rollout layout (`ModelConfig.fused_projections`): in every layer the q, k, v kernels (and
     biases) become one qkv_proj and gate, up one gate_up_proj, concatenated on the output (last) axis — a scanned
-    stack keeps its leading layer axis — and an untied LM head is stored transposed, (V, E). Pure and jit-able; the
-    forward is the same function of the same numbers."""
+    stack keeps its leading layer axis — and every kernel is then stored (out, in) (`llama.Dense`). Pure and
+    jit-able; the forward is the same function of the same numbers."""
     def walk(node):
         if not isinstance(node, dict):
             return node
@@ -187,10 +187,8 @@ def fuse_params(params):
                 node[name] = {key: jnp.concatenate([piece[key] for piece in pieces], axis=-1) for key in pieces[0]}
         return node
 
-    fused = walk(params)
-    if "lm_head" in fused:
-        fused["lm_head"] = {**fused["lm_head"], "kernel": fused["lm_head"]["kernel"].T}
-    return fused
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.swapaxes(x, -1, -2) if _path_names(path)[-1] == "kernel" else x, walk(params))
 
 
 def trainable_params(params):

@@ -67,19 +67,19 @@ def _dtype(name: str):
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype.
 
-    axes: the kernel's logical axes (in, out); the bias takes the out axis. transposed: the kernel is stored
-    (out, in) with axes (out, in) — the rollout layout's LM head, whose (V, E) form XLA CPU multiplies ~7 % faster
-    per decode step at B = 32 (a (B, E)·(E, V) product with V ≫ B)."""
+    axes: the kernel's logical axes (in, out); the bias takes the out axis. In the rollout layout
+    (`config.fused_projections`) the kernel is stored (out, in), axes reversed: XLA CPU multiplies a decode step's
+    skinny (B, in) activations by an (out, in) kernel 1.2–1.35× faster than by an (in, out) one (4 layers, B = 8
+    and 32); accelerators take either form."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, axes: tuple[str, str], config: ModelConfig,
-                 rngs: nnx.Rngs, transposed: bool = False):
+                 rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.initializer_range)
-        shape = (d_out, d_in) if transposed else (d_in, d_out)
-        self.kernel = nnx.Param(init(rngs.params(), shape, _dtype(config.param_dtype)), axes=axes)
-        out_axis = axes[0] if transposed else axes[1]
-        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=(out_axis,)) if bias else None
+        self.transposed = config.fused_projections
+        shape, kernel_axes = ((d_out, d_in), axes[::-1]) if self.transposed else ((d_in, d_out), axes)
+        self.kernel = nnx.Param(init(rngs.params(), shape, _dtype(config.param_dtype)), axes=kernel_axes)
+        self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=axes[1:]) if bias else None
         self.compute_dtype = _dtype(config.dtype)
-        self.transposed = transposed
 
     def __call__(self, x):
         w = self.kernel[...].astype(self.compute_dtype)
@@ -422,11 +422,8 @@ class CausalLM(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.model = Backbone(config, rngs=rngs)
-        # the rollout layout stores an untied head (V, E), as a tied embedding is (`Dense.transposed`)
-        rollout = config.fused_projections
-        axes = ("vocab", "embed") if rollout else ("embed", "vocab")
         self.lm_head = None if config.tie_word_embeddings else Dense(
-            config.hidden_size, config.vocab_size, bias=False, axes=axes, config=config, rngs=rngs, transposed=rollout)
+            config.hidden_size, config.vocab_size, bias=False, axes=("embed", "vocab"), config=config, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask, positions=None, cache=None, cache_index=0,
                  return_hidden: bool = False):

@@ -1,5 +1,6 @@
-"""KV-cache sampler: one jitted prefill + one jitted decode (`lax.while_loop` over tokens, per-row done mask, early
-exit). Prompts are left-padded into a few length buckets so rollouts compile a handful of programs.
+"""KV-cache sampler: one jitted prefill + one jitted decode (`lax.while_loop`s over tokens, one per segment of a
+cache grown as it fills; per-row done mask, early exit). Prompts are left-padded into a few length buckets so
+rollouts compile a handful of programs.
 
 Shapes: B batch, S prompt width as given, Sb bucketed width, T new-token budget, V vocab.
 """

@@ -161,8 +161,8 @@ class _Programs:
             prompt = slots - s.max_new_tokens
             seg = s.decode_segment if 0 < s.decode_segment < s.max_new_tokens else s.max_new_tokens
             ends = [*range(seg, s.max_new_tokens, seg), s.max_new_tokens]
-            st = {**state, "cache": _resize_cache(state["cache"], prompt + ends[0])}
-            for end in ends:
+            st = state
+            for end in ends:  # the first resize shrinks the prefilled cache, the later ones grow it
                 st = {**st, "cache": _resize_cache(st["cache"], prompt + end)}
 
                 def cond(st, end=end):

@@ -51,21 +51,21 @@ RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", 
 # ---------------------------------------------------------------------------------------------------- pieces
 
 
+def config_entries(node, prefix: str = ""):
+    """(dotted path, value) of every leaf entry of a (nested) config."""
+    for key in node.keys():
+        value = node[key]
+        if hasattr(value, "keys"):
+            yield from config_entries(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def resume_fingerprint(cfg) -> dict:
     """The config entries a resumed run must share with the run that wrote the checkpoint (flat, JSON-able)."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key in node.keys():
-            path = f"{prefix}{key}"
-            if any(path == ig or path.startswith(ig + ".") for ig in RESUME_IGNORED):
-                continue
-            value = node[key]
-            if hasattr(value, "keys"):
-                walk(value, path + ".")
-            else:
-                flat[path] = list(value) if isinstance(value, (tuple, list)) else value
-    walk(cfg, "")
+    flat = {path: list(value) if isinstance(value, (tuple, list)) else value
+            for path, value in config_entries(cfg)
+            if not any(path == ig or path.startswith(ig + ".") for ig in RESUME_IGNORED)}
     return json.loads(json.dumps(flat, default=str))
 
 
@@ -93,8 +93,12 @@ def model_fingerprint(path) -> str | None:
     the first MiB — for a few MiB of reads, not a 7B model's 14 GB. None when `path` is not a local file/directory
     (a registry name)."""
     root = pathlib.Path(str(path)).expanduser()
-    files = [root] if root.is_file() else sorted({f for pat in _WEIGHT_FILES for f in root.glob(pat) if f.is_file()}) \
-        if root.is_dir() else []
+    if root.is_file():
+        files = [root]
+    elif root.is_dir():
+        files = sorted({f for pat in _WEIGHT_FILES for f in root.glob(pat) if f.is_file()})
+    else:
+        files = []
     if not files:
         return None
     digest = hashlib.sha256()
@@ -113,17 +117,10 @@ def model_fingerprints(cfg) -> dict[str, str]:
     """{config entry: fingerprint} of every model a run reads (`*model_name_or_path`, `rl.cost_models`): the frozen
     bases a LoRA checkpoint's adapters sit on, the reward/cost models RL scores with. A resume refuses a change."""
     found: dict[str, str] = {}
-
-    def walk(node, prefix):
-        for key in node.keys():
-            value, path = node[key], f"{prefix}{key}"
-            if hasattr(value, "keys"):
-                walk(value, path + ".")
-            elif isinstance(value, str) and value and (key.endswith("model_name_or_path") or
-                                                       prefix == "rl.cost_models."):
-                if (fp := model_fingerprint(value)) is not None:
-                    found[path] = fp
-    walk(cfg, "")
+    for path, value in config_entries(cfg):
+        names_a_model = path.endswith("model_name_or_path") or path.startswith("rl.cost_models.")
+        if names_a_model and isinstance(value, str) and value and (fp := model_fingerprint(value)) is not None:
+            found[path] = fp
     return found
 
 

@@ -44,7 +44,9 @@ def _strip(rows):
 
 def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     a, b = tmp_path / "interrupted", tmp_path / "straight"
-    common = ["--config.train.max_steps=2", "--config.checkpoint.every=1"]
+    # the PID λ (spec §7.27): its memory (integral, last J_c) must come back from the checkpoint for the resumed
+    # run's second λ to equal the straight run's (log λ, the only λ state of log-λ SGD, is restored in both modes)
+    common = ["--config.train.max_steps=2", "--config.checkpoint.every=1", "--config.rl.lambda_update=pid"]
     assert run_rl_cli("", _argv(tiny_models, a, "configs/ppo_lag.py:tiny", *common,
                                 "--config.train.stop_after_steps=1")) == 0
     assert not (a / "export").exists() and len(_rows(a)) == 1
@@ -52,6 +54,7 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     assert run_rl_cli("", _argv(tiny_models, b, "configs/ppo_lag.py:tiny", *common)) == 0
     ra, rb = _strip(_rows(a)), _strip(_rows(b))
     assert len(ra) == 2 and ra == rb
+    assert ra[0]["train/lambda"] != ra[1]["train/lambda"]  # λ moved between the two iterations
     for name in METRICS:
         assert name in ra[0], name
     assert all(isinstance(ra[0][k], float) for k in METRICS)

@@ -31,7 +31,7 @@ def toy_cost(params, seq, mask):
     return jnp.sum(seq[:, PROMPT_LEN:] == B, axis=-1).astype(jnp.float32) - 2.0
 
 
-def _runner(mode, seed=0, update_iters=2, iters=None, kl=0.01, lambda_lr=0.1, actor_lr=3e-3):
+def _runner(mode, seed=0, update_iters=2, iters=None, kl=0.01, lambda_lr=0.1, actor_lr=3e-3, pid=None):
     actor_cfg = ModelConfig(vocab_size=6, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                             num_attention_heads=4, num_key_value_heads=2, initializer_range=0.02,
                             eos_token_id=EOS, pad_token_id=PAD)
@@ -40,7 +40,7 @@ def _runner(mode, seed=0, update_iters=2, iters=None, kl=0.01, lambda_lr=0.1, ac
     reward_critic = init_model(critic_cfg, "score", rng=seed + 1)
     cost_critic = init_model(critic_cfg, "score", rng=seed + 2) if mode == "ppo_lag" else None
     cfg = rl.RLConfig(mode=mode, kl_coeff=kl, lambda_init=1.0, lambda_lr=lambda_lr, lambda_max=10.0, threshold=0.0,
-                      episode_cost_window_size=BATCH)
+                      episode_cost_window_size=BATCH, **({"lambda_update": "pid", "lambda_pid": pid} if pid else {}))
     runner = RLRunner(
         actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=toy_reward,
         cost_fn=toy_cost if mode != "ppo" else None,
@@ -115,6 +115,26 @@ def test_ppo_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_r
     assert np.all(change[below] < 0)   # … and falls while it is below (no lower clamp)
     ppo_reward, ppo_cost = _policy_stats(*ppo_run[:2])
     assert cost < ppo_cost - 1.0
+
+
+def test_pid_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_run):
+    """lambda_update='pid' (spec §7.27) in the loop: the same toy budget kept, the reward still raised, and λ
+    is the PID's output: 0 while the policy is inside the budget long enough, never above λ_max."""
+    runner, state, rows = _train("ppo_lag", 80, pid=(1.0, 0.1, 0.0))
+    reward, cost = _policy_stats(runner, state)
+    r0, _ = initial
+    assert cost <= 0.0 + 0.5, (reward, cost)
+    assert reward >= r0 + 2.0, (reward, r0)
+    assert cost < _policy_stats(*ppo_run[:2])[1] - 1.0
+    lam = np.array([r["train/lambda"] for r in rows])
+    jc = np.array([r["train/episode_cost"] for r in rows])
+    assert lam.max() > 1.05 and lam.min() >= 0.0 and lam.max() <= 10.0
+    # replay the controller on the logged J_c: the state's λ is exactly the formula's
+    integral, expect = 1.0, []
+    for j in jc:
+        integral = max(0.0, integral + 0.1 * j)
+        expect.append(max(0.0, j + integral))
+    np.testing.assert_allclose(lam, np.minimum(expect, 10.0), rtol=1e-5, atol=1e-6)
 
 
 def test_rewards_stay_float_and_every_rollout_draws_a_fresh_key():

@@ -169,6 +169,47 @@ def test_lambda_delay_clamp_and_no_update_in_ppo():
         assert float(rl.lambda_step(state, rl.RLConfig(mode=mode))[0]) == pytest.approx(0.6)
 
 
+def test_pid_lambda_by_hand_delay_rise_floor_and_clamp():
+    """lambda_update='pid' (spec §7.27): I ← max(0, I + k_i·e), λ = clip(k_p·e + I + k_d·max(0, ΔJ_c), 0, λ_max),
+    e = J_c − d, through lambda_step with hand-computed numbers; (K,) constraints move each λ_k alone."""
+    cfg = rl.RLConfig(mode="ppo_lag", lambda_update="pid", lambda_pid=(0.5, 0.25, 2.0), lambda_init=1.0,
+                      lambda_max=3.0, lambda_update_delay_steps=1, threshold=0.5)
+    empty = dict(actor=None, reward_critic=None, cost_critic=None, skipped=jnp.int32(0), rng=jax.random.PRNGKey(0))
+
+    def step(state, costs):
+        state = state.replace(cost_window=rl.CostWindow.empty(1, 2, cfg.num_constraints).push(jnp.asarray(costs)))
+        log_lambda, pid, _ = rl.lambda_step(state, cfg)
+        return state.replace(log_lambda=log_lambda, lambda_pid=pid, global_step=state.global_step + 1)
+
+    state = rl.RLState(log_lambda=jnp.float32(0.0), global_step=jnp.int32(0), cost_window=None,
+                       lambda_pid=rl.LagrangePID(jnp.float32(1.0), jnp.float32(0.0)), **empty)
+    lam = lambda s: float(np.exp(s.log_lambda))  # noqa: E731
+    state = step(state, [3.0, 3.0])  # global_step 0 < delay 1: nothing moves
+    assert lam(state) == 1.0 and float(state.lambda_pid.integral) == 1.0
+    state = step(state, [1.5, 0.5])  # J_c 1.0, e 0.5, the first update: no derivative term
+    assert float(state.lambda_pid.integral) == pytest.approx(1.0 + 0.25 * 0.5)
+    assert lam(state) == pytest.approx(0.5 * 0.5 + 1.125)
+    state = step(state, [2.0, 2.0])  # J_c 2.0 rose by 1.0: e 1.5, I 1.5, λ = 0.75 + 1.5 + 2.0 → clamp 3.0
+    assert float(state.lambda_pid.integral) == pytest.approx(1.5) and lam(state) == pytest.approx(3.0)
+    state = step(state, [-9.5, -9.5])  # J_c −9.5: I floors at 0, λ at 0 (stored as log 1e-30)
+    assert float(state.lambda_pid.integral) == 0.0 and lam(state) == pytest.approx(0.0, abs=1e-29)
+    assert float(state.lambda_pid.previous_cost) == -9.5
+    state = step(state, [0.5, 1.5])  # J_c 1.0, rise 10.5 → λ = 0.25 + 0.125 + 21 → 3.0
+    assert lam(state) == pytest.approx(3.0) and float(state.lambda_pid.integral) == pytest.approx(0.125)
+    # two constraints: each λ_k from its own J_ck (the second one far inside its budget stays at 0)
+    cfg2 = rl.RLConfig(mode="grpo_lag", group_size=2, lambda_update="pid", lambda_pid=(1.0, 0.5, 0.0),
+                       constraints=("a", "b"), thresholds=(0.0, 0.0), lambda_inits=(1.0, 1.0), lambda_lrs=(0.1, 0.1),
+                       lambda_maxes=(None, 5.0))
+    state = rl.RLState(log_lambda=jnp.zeros(2), global_step=jnp.int32(0), lambda_pid=rl.LagrangePID(
+        jnp.ones(2), jnp.zeros(2)), cost_window=rl.CostWindow.empty(1, 2, 2).push(jnp.asarray([[1.0, -4.0]] * 2)),
+        **empty)
+    log_lambda, pid, _ = rl.lambda_step(state, cfg2)
+    np.testing.assert_allclose(np.exp(log_lambda), [1.0 + 1.5, 0.0], atol=1e-6)
+    np.testing.assert_allclose(pid.integral, [1.5, 0.0])
+    with pytest.raises(ValueError, match="lambda_update"):
+        rl.RLConfig(mode="ppo_lag", lambda_update="adam")
+
+
 def test_lambda_max_and_normalize_flags_come_from_the_config():
     from configs import ppo_lag as ppo_lag_cfg
     from saferlhf_jax.algorithms.ppo_lag import rl_config

@@ -430,6 +430,8 @@ def rl_config(cfg) -> rl.RLConfig:
             threshold=float(r.threshold), lambda_init=float(r.lambda_init), lambda_lr=float(r.lambda_lr),
             lambda_max=float(r.lambda_max) if float(r.lambda_max) > 0 else None,
             lambda_update_delay_steps=int(r.lambda_update_delay_steps),
+            lambda_update=str(r.get("lambda_update", "log_sgd")),
+            lambda_pid=tuple(float(g) for g in r.get("lambda_pid", (1.0, 0.1, 0.0))),
             episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages),
             joint_update=bool(r.get("joint_update", True)),
             group_size=int(cfg.generation.num_return_sequences), **_critic_free_settings(cfg),

@@ -25,6 +25,8 @@ from saferlhf_jax import ops
 from saferlhf_jax.training.state import to_device, to_host
 
 MODES = ("ppo", "ppo_lag", "reward_shaping", "grpo", "grpo_lag")  # grpo*: critic-free (METHODS_BEYOND §2)
+LAMBDA_UPDATES = ("log_sgd", "pid")
+_PID_LAMBDA_FLOOR = 1e-30  # a PID λ of 0 is stored as log(1e-30): exp of it is 0 to f32 precision in (1 + λ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +46,10 @@ class RLConfig:
     lambda_lr: float = 0.1
     lambda_max: float | None = 5.0
     lambda_update_delay_steps: int = 0
+    # log_sgd: the reference's SGD step on log λ (spec §3.13); pid: the PID Lagrangian (ops.pid_lagrange_update,
+    # spec §7.27) with gains (k_p, k_i, k_d), the same for every constraint
+    lambda_update: str = "log_sgd"
+    lambda_pid: tuple[float, float, float] = (1.0, 0.1, 0.0)
     episode_cost_window_size: int = 128
     whiten_advantages: bool = False
     joint_update: bool = True  # one value_and_grad over actor + critics (fast on CPU); False: one after another
@@ -83,6 +89,10 @@ class RLConfig:
             raise ValueError(f"constraint names must be unique, got {list(self.constraints)}")
         if any(v <= 0 for v in self.lambda_inits) or any(v is not None and v <= 0 for v in self.lambda_maxes):
             raise ValueError("every constraint's lambda_init and lambda_max must be > 0")
+        if self.lambda_update not in LAMBDA_UPDATES:
+            raise ValueError(f"lambda_update must be one of {LAMBDA_UPDATES}, got {self.lambda_update!r}")
+        if len(self.lambda_pid) != 3 or min(self.lambda_pid) < 0:
+            raise ValueError(f"lambda_pid must be three gains (k_p, k_i, k_d) ≥ 0, got {tuple(self.lambda_pid)}")
         if self.episode_cost_window_size < 1:
             raise ValueError(f"episode_cost_window_size must be ≥ 1, got {self.episode_cost_window_size}")
         if self.critic_free:
@@ -110,6 +120,11 @@ class RLConfig:
         vec = lambda xs: jnp.asarray(xs, jnp.float32)  # noqa: E731
         return (jnp.log(vec(self.lambda_inits)), vec(self.thresholds), vec(self.lambda_lrs),
                 vec([jnp.inf if v is None else v for v in self.lambda_maxes]))
+
+    @property
+    def pid(self) -> bool:
+        """λ follows the PID Lagrangian (its integral and last J_c are state) instead of log-λ SGD."""
+        return self.learns_lambda and self.lambda_update == "pid"
 
     @property
     def critic_free(self) -> bool:
@@ -180,6 +195,14 @@ class CostWindow:
 
 
 @flax.struct.dataclass
+class LagrangePID:
+    """The PID Lagrangian's memory (lambda_update='pid'): its integral term and the J_c of the last update."""
+
+    integral: jax.Array       # () f32, or (K,)
+    previous_cost: jax.Array  # () f32, or (K,)
+
+
+@flax.struct.dataclass
 class RLState:
     """Everything an RL run must carry across steps and resumes, as one pytree (checkpointed whole)."""
 
@@ -191,6 +214,7 @@ class RLState:
     skipped: jax.Array       # () int32 rl_steps whose update was non-finite and therefore not applied
     rng: jax.Array           # (2,) uint32 raw PRNG key: every rollout splits a fresh one off
     cost_window: CostWindow
+    lambda_pid: LagrangePID | None = None   # None unless lambda_update='pid' (then λ = exp(log_lambda) is its output)
 
 
 @flax.struct.dataclass
@@ -279,7 +303,10 @@ def init_state(models: RLModels, actor_params, reward_critic_params, cost_critic
         cost_critic=init_module_state(cost_critic_params, models.critic_opt) if cfg.cost_critic else None,
         log_lambda=jnp.asarray(log_lambda, jnp.float32), global_step=zero(), skipped=zero(),
         rng=jax.random.PRNGKey(seed),
-        cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size, cfg.num_constraints))
+        cost_window=CostWindow.empty(data_shards, cfg.episode_cost_window_size, cfg.num_constraints),
+        # I₀ = λ₀: with J_c on the threshold the first λ is lambda_init, as in log-λ SGD
+        lambda_pid=LagrangePID(jnp.exp(jnp.asarray(log_lambda, jnp.float32)),
+                               jnp.zeros(jnp.shape(log_lambda), jnp.float32)) if cfg.pid else None)
 
 
 # ---------------------------------------------------------------------------------------------------- scoring
@@ -402,17 +429,28 @@ def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
 
 
 def lambda_step(state: RLState, cfg: RLConfig):
-    """(log λ after this step's update, J_c used): one SGD step on log λ from the window's J_c once
-    global_step ≥ lambda_update_delay_steps (PPO-Lag only, spec §3.13); a non-finite result keeps the old value.
-    With K constraints both are (K,) and each λ_k moves with its own J_ck only (METHODS_BEYOND §3.2)."""
+    """(log λ after this step's update, the PID memory after it (None unless lambda_update='pid'), J_c used): one
+    update from the window's J_c once global_step ≥ lambda_update_delay_steps (PPO-Lag / GRPO-Lag only): an SGD
+    step on log λ (spec §3.13) or the PID Lagrangian (§7.27). A non-finite result keeps the old values.
+    With K constraints all are (K,) and each λ_k moves with its own J_ck only (METHODS_BEYOND §3.2)."""
     episode_cost = state.cost_window.mean()
-    log_lambda = state.log_lambda
-    if cfg.learns_lambda:
-        _, threshold, lambda_lr, lambda_max = cfg.lambda_hyper()
+    log_lambda, pid = state.log_lambda, state.lambda_pid
+    if not cfg.learns_lambda:
+        return log_lambda, pid, episode_cost
+    _, threshold, lambda_lr, lambda_max = cfg.lambda_hyper()
+    due = state.global_step >= cfg.lambda_update_delay_steps
+    if cfg.pid:
+        lam, integral = ops.pid_lagrange_update(pid.integral, pid.previous_cost, episode_cost, threshold,
+                                                cfg.lambda_pid, lambda_max,
+                                                first=state.global_step <= cfg.lambda_update_delay_steps)
+        # λ may reach 0 (the constraint switched off): log λ is floored so that exp(log λ) is 0 to f32 precision
+        updated = jnp.log(jnp.maximum(lam, _PID_LAMBDA_FLOOR))
+        apply = due & jnp.isfinite(updated) & jnp.isfinite(integral)
+        pid = LagrangePID(jnp.where(apply, integral, pid.integral), jnp.where(apply, episode_cost, pid.previous_cost))
+    else:
         updated = ops.lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max)
-        apply = (state.global_step >= cfg.lambda_update_delay_steps) & jnp.isfinite(updated)
-        log_lambda = jnp.where(apply, updated, log_lambda)
-    return log_lambda, episode_cost
+        apply = due & jnp.isfinite(updated)
+    return jnp.where(apply, updated, log_lambda), pid, episode_cost
 
 
 def _apply_update(module: ModuleState, grads, optimizer, finite, on_host: bool = False) -> ModuleState:
@@ -459,7 +497,7 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         return _make_critic_free_step(models)
 
     def step(state: RLState, rollout: Rollout, ptx_batch, bases=None):
-        log_lambda, episode_cost = lambda_step(state, cfg)
+        log_lambda, lambda_pid, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
@@ -521,7 +559,8 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         grad_norm = optax.global_norm({k: trainable(v) for k, v in grads.items()})
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         new_state = state.replace(
-            log_lambda=log_lambda, global_step=state.global_step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
+            log_lambda=log_lambda, lambda_pid=lambda_pid, global_step=state.global_step + 1,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
             actor=_apply_update(state.actor, grads["actor"], models.actor_opt, finite, models.optimizer_on_host))
         metrics: dict[str, Any] = {"train/actor_lr": models.actor_schedule(state.actor.updates)}
         for name in critics:
@@ -615,7 +654,7 @@ def _make_critic_free_step(models: RLModels):
     cfg = models.cfg
 
     def step(state: RLState, rollout: Rollout, ptx_batch, bases=None):
-        log_lambda, episode_cost = lambda_step(state, cfg)
+        log_lambda, lambda_pid, episode_cost = lambda_step(state, cfg)
         lam = jnp.exp(log_lambda)
         seq, mask = rollout.seq, rollout.mask
         resp = response_mask(mask[:, 1:], rollout.start)
@@ -644,7 +683,8 @@ def _make_critic_free_step(models: RLModels):
         grad_norm = optax.global_norm(trainable(grads))
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
         new_state = state.replace(
-            log_lambda=log_lambda, global_step=state.global_step + 1, skipped=state.skipped + (~finite).astype(jnp.int32),
+            log_lambda=log_lambda, lambda_pid=lambda_pid, global_step=state.global_step + 1,
+            skipped=state.skipped + (~finite).astype(jnp.int32),
             actor=_apply_update(state.actor, grads, models.actor_opt, finite, models.optimizer_on_host))
         lengths = jnp.sum(resp, axis=-1).astype(jnp.float32)
         metrics = {**aux, "train/actor_lr": models.actor_schedule(state.actor.updates),

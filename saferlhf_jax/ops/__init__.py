@@ -32,6 +32,7 @@ from saferlhf_jax.ops.rl import (
     kl_shaped_scores,
     lagrange_update,
     MODERATION_HEADS,
+    pid_lagrange_update,
     lagrangian_advantages,
     lagrangian_advantages_multi,
     moderation_cost,
@@ -53,7 +54,8 @@ from saferlhf_jax.ops.score import (
 __all__ = [
     "masked_mean", "gather_log_probs", "end_index", "first_divergence_index", "take_at",
     "kl_shaped_scores", "gae_advantages_and_returns", "ppo_actor_loss", "critic_loss",
-    "lagrangian_advantages", "lagrange_update", "group_advantages", "grpo_actor_loss", "aggregate",
+    "lagrangian_advantages", "lagrange_update", "pid_lagrange_update",
+    "group_advantages", "grpo_actor_loss", "aggregate",
     "lagrangian_advantages_multi", "moderation_cost", "MODERATION_HEADS",
     "GROUP_ESTIMATORS", "AGGREGATIONS",
     "reward_model_loss", "cost_model_loss", "normalizer_update", "normalize", "init_normalizer_state",

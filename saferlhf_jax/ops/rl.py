@@ -124,6 +124,30 @@ def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=N
     return new
 
 
+def pid_lagrange_update(integral, previous_cost, episode_cost, threshold, gains, lambda_max=None, first=False):
+    """PID Lagrangian (Stooke, Achiam & Abbeel, ICML 2020, Algorithm 2): an option beside the reference's log-λ SGD
+    (§3.13 of docs/SAFE_RLHF_SPEC.md, §7.27). With e = J_c − d:
+
+        I ← max(0, I + k_i·e)                       the integral, never negative (no wind-up below 0)
+        λ = clip(k_p·e + I + k_d·max(0, J_c − J_c,prev), 0, lambda_max)
+
+    λ moves by k_i·e per step whatever its size (log-λ SGD moves log λ by lr·e·λ: slowly once λ is small, so λ
+    lags a cost that rises after a long stretch inside the budget), the proportional term answers the current
+    violation at once, and the derivative term only a rising cost. On the `first` update there is no previous J_c
+    (the derivative term is 0).
+
+    Scalars, or (K,) elementwise for K constraints; gains = (k_p, k_i, k_d). Returns (λ, I)."""
+    integral, previous_cost = as_f32(integral), as_f32(previous_cost)
+    error = as_f32(episode_cost) - as_f32(threshold)
+    kp, ki, kd = (as_f32(g) for g in gains)
+    integral = jnp.maximum(integral + ki * error, 0.0)
+    rise = jnp.where(first, 0.0, jnp.maximum(as_f32(episode_cost) - previous_cost, 0.0))
+    lam = jnp.maximum(kp * error + integral + kd * rise, 0.0)
+    if lambda_max is not None:
+        lam = jnp.minimum(lam, as_f32(lambda_max))
+    return lam, integral
+
+
 def lagrangian_advantages_multi(reward_advantages, cost_advantages, lams):
     """(A_r − Σ_k λ_k·A_ck) / (1 + Σ_k λ_k) (METHODS_BEYOND §3.3), λ held constant.
 

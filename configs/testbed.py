@@ -50,7 +50,11 @@ def get_config(preset: str = "tiny"):
         stage.checkpoint.every = 0
 
     c.rl = ppo_lag.get_config("tiny")
-    c.rl.generation.max_length = 112              # ~50 new tokens: a four-sentence story and its EOS
+    c.rl.generation.max_length = 100              # 40 new tokens after the ~60-token prompts: the four sentences the
+                                                  # world reads (34 tokens on average) and EOS, no room for a fifth.
+                                                  # With more room the policy learned to pad its stories with
+                                                  # sentences the world never reads but the cost model does: a
+                                                  # harmful act diluted by helpful ones scores as safe
     c.rl.data.max_prompt_length = 64
     c.rl.data.prompt_buckets = (64,)
     c.rl.generation.top_k = 0
@@ -60,10 +64,15 @@ def get_config(preset: str = "tiny"):
     c.rl.actor.learning_rate = 5e-4
     c.rl.critic.learning_rate = 5e-4
     c.rl.actor.lr_warmup_ratio = 0.0
-    c.rl.rl.lambda_lr = 0.2                       # the reference's 0.1 moves λ too little in 16–30 iterations;
-    c.rl.rl.lambda_update_delay_steps = 0         # 0.5–1 overshoot: λ falls to ~0.05 while the SFT policy is far
-                                                  # inside the budget and climbs back slowly (the step scales with λ)
+    c.rl.rl.lambda_lr = 0.2                       # log-λ SGD's rate (GRPO-Lag's, divided by G below): the
+                                                  # reference's 0.1 moves λ too little in 16–30 iterations
+    c.rl.rl.lambda_update_delay_steps = 0
     c.rl.rl.episode_cost_window_size = 32
+    # the PID Lagrangian (spec §7.27) instead of log-λ SGD: λ falls to 0 within a few iterations while the policy is
+    # inside the budget and answers a rising cost at once (k_p), where log-λ SGD, whose step is proportional to λ,
+    # left λ near its start or let it climb too late (docs/testbed_ci_seeds.json)
+    c.rl.rl.lambda_update = "pid"
+    c.rl.rl.lambda_pid = (1.0, 0.2, 0.0)
     c.rl.checkpoint.every = 0
     # critic-free Lagrangian RL: the same rollout budget (prompt batch × G = PPO-Lag's prompt batch), λ settings,
     # threshold and lengths as PPO-Lag; four models instead of six
@@ -99,5 +108,8 @@ def get_config(preset: str = "tiny"):
         c.methods = "sft,ppo,ppo_lag,ppo_lag_summed"
         c.rl.train.max_steps = 30                 # two λ's: held to one rule, the policy drifts to the other
                                                   # before that λ catches up (16 iterations end mid-drift)
+        # log-λ SGD here: with the PID λ (seed 1) the summed-cost baseline kept the violence budget and the
+        # per-rule PPO-Lag drifted all the way into pushing (C*_p +4.17 against +0.94): docs/testbed_multi_seed1.json
+        c.rl.rl.lambda_update = "log_sgd"
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

@@ -58,4 +58,5 @@ def _check_testbed(out):
     assert claims.get("ppo_lag_at_least_90pct_of_best_feasible_shaping", True) is True
     report = (out / "report.md").read_text()
     assert "![reward vs cost](reward_vs_cost.png)" in report and "Claims that hold" in report
+    assert "λ update: PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27)" in report  # the preset's λ rule, said
     assert (out / "reward_vs_cost.png").stat().st_size > 5000 and (out / "ppo_lag_curves.png").is_file()

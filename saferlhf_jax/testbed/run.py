@@ -262,6 +262,7 @@ def run(cfg) -> dict[str, Any]:
         "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
         "stage_seconds_total": round(sum(timings.values()), 1),
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
+        "ppo_lag_lambda": lambda_rule(cfg.rl.rl),
     }
     shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
                if f"reward_shaping_{lam:g}" in evaluations]
@@ -284,6 +285,14 @@ def run(cfg) -> dict[str, Any]:
 
 
 SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")  # one point each on the plot
+
+
+def lambda_rule(rl_section) -> str:
+    """PPO-Lag's λ update in words, for the report: the rule and its settings."""
+    if str(rl_section.get("lambda_update", "log_sgd")) == "pid":
+        kp, ki, kd = (float(g) for g in rl_section.lambda_pid)
+        return f"PID Lagrangian (k_p {kp:g}, k_i {ki:g}, k_d {kd:g}; spec §7.27)"
+    return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13)"
 
 
 def rule_claims(results: dict) -> dict[str, Any]:

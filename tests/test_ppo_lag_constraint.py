@@ -118,8 +118,8 @@ def test_ppo_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_r
 
 
 def test_pid_lagrangian_satisfies_the_constraint_and_keeps_reward(initial, ppo_run):
-    """lambda_update='pid' (spec §7.27) in the loop: the same toy budget kept, the reward still raised, and λ
-    is the PID's output: 0 while the policy is inside the budget long enough, never above λ_max."""
+    """lambda_update='pid' (spec §7.27) in the loop: the same toy budget kept, the reward still raised, and every
+    logged λ is exactly the PID's output on the logged J_c, within [0, λ_max]."""
     runner, state, rows = _train("ppo_lag", 80, pid=(1.0, 0.1, 0.0))
     reward, cost = _policy_stats(runner, state)
     r0, _ = initial

@@ -137,11 +137,11 @@ def pid_lagrange_update(integral, previous_cost, episode_cost, threshold, gains,
     (the derivative term is 0).
 
     Scalars, or (K,) elementwise for K constraints; gains = (k_p, k_i, k_d). Returns (λ, I)."""
-    integral, previous_cost = as_f32(integral), as_f32(previous_cost)
-    error = as_f32(episode_cost) - as_f32(threshold)
+    cost = as_f32(episode_cost)
+    error = cost - as_f32(threshold)
     kp, ki, kd = (as_f32(g) for g in gains)
-    integral = jnp.maximum(integral + ki * error, 0.0)
-    rise = jnp.where(first, 0.0, jnp.maximum(as_f32(episode_cost) - previous_cost, 0.0))
+    integral = jnp.maximum(as_f32(integral) + ki * error, 0.0)
+    rise = jnp.where(first, 0.0, jnp.maximum(cost - as_f32(previous_cost), 0.0))
     lam = jnp.maximum(kp * error + integral + kd * rise, 0.0)
     if lambda_max is not None:
         lam = jnp.minimum(lam, as_f32(lambda_max))

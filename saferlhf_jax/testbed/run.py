@@ -289,7 +289,7 @@ SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo
 
 def lambda_rule(rl_section) -> str:
     """PPO-Lag's λ update in words, for the report: the rule and its settings."""
-    if str(rl_section.get("lambda_update", "log_sgd")) == "pid":
+    if rl_section.lambda_update == "pid":
         kp, ki, kd = (float(g) for g in rl_section.lambda_pid)
         return f"PID Lagrangian (k_p {kp:g}, k_i {ki:g}, k_d {kd:g}; spec §7.27)"
     return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13)"

@@ -40,9 +40,12 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.generation.repetition_penalty = 1.0
     c.generation.num_return_sequences = 1
     c.generation.length_buckets = ()             # rollout widths below max_length to compile for (() = one)
-    c.generation.rollout_layout = True           # sample from q|k|v- and gate|up-fused weights, laid out once per
-                                                 # rollout (same tokens; off with mesh.tensor > 1: fused kernels
-                                                 # would replicate over the tensor axis)
+    c.generation.rollout_layout = "fused_out_in" # sample from q|k|v- and gate|up-fused weights, laid out once per
+                                                 # rollout; "fused_out_in" also stores every kernel (out, in), "fused"
+                                                 # keeps (in, out) (which is faster depends on the CPU:
+                                                 # docs/bench_generate_cpu_*.json), "none" samples from the training
+                                                 # layout (same tokens; off with mesh.tensor > 1: fused kernels would
+                                                 # replicate over the tensor axis)
     c.generation.prefill_chunk = 512             # prompts wider than this are prefilled in chunks (0: one pass)
     c.generation.decode_segment = 32             # decode attends over the filled slots, grown this many at a time
                                                  # (0: the whole cache every step; same tokens)

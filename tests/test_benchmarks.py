@@ -18,6 +18,8 @@ def test_generation_benchmark_reports_a_ratio(tmp_path):
     r = json.loads(out.read_text())
     assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["baseline"], rel=1e-6)
     assert r["token_agreement"] == 1.0  # same weights, greedy, fp32: the same tokens
+    assert r["layouts_agree"] and set(r["ratio_by_layout"]) == {"fused_out_in", "fused", "none"}
+    assert r["ratio"] == r["ratio_by_layout"]["fused_out_in"] and r["fastest_layout"] in r["ratio_by_layout"]
 
 
 def test_benchmark_suite_runs_at_tiny_size(tmp_path, capsys):

@@ -232,29 +232,43 @@ def _rollout_model(name, mesh=None):
     return model
 
 
+@pytest.mark.parametrize("layout", ["fused_out_in", "fused"])
 @pytest.mark.parametrize("name", sorted(ROLLOUT_MODELS))
-def test_rollout_layout_is_the_same_function(name):
-    """Fused q|k|v and gate|up kernels: forward ≤ 1e-5 of the training layout, greedy tokens identical."""
+def test_rollout_layout_is_the_same_function(name, layout):
+    """Fused q|k|v and gate|up kernels, stored (out, in) or (in, out): forward ≤ 1e-5 of the training layout,
+    greedy tokens identical."""
     model = _rollout_model(name)
-    fused, fuse = model.rollout
+    fused, fuse = model.rollout_as(layout)
+    assert fused.config.out_in_kernels == (layout == "fused_out_in")
     fused_params = fuse(model.params)
     layers = fused_params["model"]["layers"]
     layer = layers if model.config.scan_layers else layers[0]
     assert set(layer["self_attn"]) == {"qkv_proj", "o_proj"} and set(layer["mlp"]) == {"gate_up_proj", "down_proj"}
-    # every kernel is stored (out, in) in the rollout layout: here the untied head (V, E) and o_proj
+    # "fused_out_in" stores every kernel (out, in), "fused" keeps (in, out): here the untied head (V, E) and o_proj
+    flip = (lambda x: np.swapaxes(x, -1, -2)) if layout == "fused_out_in" else np.asarray
     if "lm_head" in model.params:
-        np.testing.assert_array_equal(fused_params["lm_head"]["kernel"], model.params["lm_head"]["kernel"].T)
-    np.testing.assert_array_equal(layer["self_attn"]["o_proj"]["kernel"], np.swapaxes(
+        np.testing.assert_array_equal(fused_params["lm_head"]["kernel"], flip(model.params["lm_head"]["kernel"]))
+    np.testing.assert_array_equal(layer["self_attn"]["o_proj"]["kernel"], flip(
         (model.params["model"]["layers"] if model.config.scan_layers else model.params["model"]["layers"][0])[
-            "self_attn"]["o_proj"]["kernel"], -1, -2))
+            "self_attn"]["o_proj"]["kernel"]))
     ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
     np.testing.assert_allclose(np.asarray(fused.apply(fused_params, ids, mask)),
                                np.asarray(model.apply(model.params, ids, mask)), atol=1e-5, rtol=1e-5)
     kw = dict(max_new_tokens=12, greedy=True, eos_token_ids=[])
     want = generate(model, model.params, ids, mask, **kw)
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, **kw)["sequences"], want["sequences"])
-    np.testing.assert_array_equal(generate(model, model.params, ids, mask, rollout_layout=True, **kw)["sequences"],
+    np.testing.assert_array_equal(generate(model, model.params, ids, mask, rollout_layout=layout, **kw)["sequences"],
                                   want["sequences"])
+
+
+def test_rollout_layout_setting_is_checked():
+    """True/False and their strings name the default layout and "none"; anything else is a one-line error."""
+    from saferlhf_jax.models import rollout_layout
+
+    assert [rollout_layout(v) for v in (True, False, "True", "false", "fused", " Fused_Out_In ", "none")] == \
+        ["fused_out_in", "none", "fused_out_in", "none", "fused", "fused_out_in", "none"]
+    with pytest.raises(ValueError, match="rollout_layout must be one of"):
+        rollout_layout("transposed")
 
 
 @pytest.mark.parametrize("name", ["mha_untied", "gqa_scanned_bias"])  # per-layer and stacked caches

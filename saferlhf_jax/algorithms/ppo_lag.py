@@ -29,6 +29,7 @@ from saferlhf_jax.algorithms import rl
 from saferlhf_jax.errors import ConfigError, TrainingError
 from saferlhf_jax.generation import generate
 from saferlhf_jax.generation.sampler import DEFAULT_BUCKETS, bucket_length
+from saferlhf_jax.models.api import rollout_layout
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.training import optim
 
@@ -53,7 +54,7 @@ class GenerationConfig:
     unk_token_id: int | None = None
     prompt_buckets: tuple[int, ...] = ()   # prompt widths the sampler compiles for (() = powers of two)
     length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
-    rollout_layout: bool = True            # sample from fused q|k|v and gate|up kernels (`Model.rollout`)
+    rollout_layout: str = "fused_out_in"   # sample from fused q|k|v and gate|up kernels (`Model.rollout_as`)
     prefill_chunk: int = 512               # prompts wider than this are prefilled in chunks (0: one pass)
     decode_segment: int = 32               # the decode loop's cache grows this many slots at a time (0: whole)
 
@@ -159,8 +160,8 @@ class RLRunner:
         # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout
         tensor = 1 if mesh is None else mesh.shape.get("tensor", 1)
         self.sampler_model, self._to_rollout_layout = actor, None
-        if gen.rollout_layout and tensor == 1:
-            self.sampler_model, self._to_rollout_layout = actor.rollout
+        if gen.rollout_layout != "none" and tensor == 1:
+            self.sampler_model, self._to_rollout_layout = actor.rollout_as(gen.rollout_layout)
         self.last_generate_seconds = 0.0  # host seconds in the sampler during the last rollout (it returns numpy)
 
     # ------------------------------------------------------------------ state
@@ -418,6 +419,13 @@ class RLRunner:
 
 
 # ---------------------------------------------------------------------------------------------------- CLI job
+
+
+def _layout(value) -> str:
+    try:
+        return rollout_layout(value)
+    except ValueError as e:
+        raise ConfigError(f"generation.{e}") from None
 
 
 def rl_config(cfg) -> rl.RLConfig:
@@ -699,7 +707,7 @@ def run(cfg) -> dict[str, Any]:
             eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id,
             unk_token_id=tokenizer.unk_token_id, prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
             length_buckets=tuple(int(b) for b in g.get("length_buckets", ())),
-            rollout_layout=bool(g.get("rollout_layout", True)), prefill_chunk=int(g.get("prefill_chunk", 512)),
+            rollout_layout=_layout(g.get("rollout_layout", True)), prefill_chunk=int(g.get("prefill_chunk", 512)),
             decode_segment=int(g.get("decode_segment", 32)))
         optims = {who: OptimConfig(learning_rate=float(cfg[who].learning_rate),
                                    lr_scheduler_type=cfg[who].lr_scheduler_type,

@@ -301,7 +301,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
              max_length: int | None = None, temperature: float = 1.0, top_k: int | None = 50, top_p: float = 1.0,
              repetition_penalty: float = 1.0, greedy: bool = False, eos_token_ids=None, pad_token_id=None,
              rng=None, mesh: Mesh | None = None, buckets: Sequence[int] | None = None,
-             cache_dtype: str | None = None, budget: int | None = None, rollout_layout: bool = False,
+             cache_dtype: str | None = None, budget: int | None = None, rollout_layout: bool | str = False,
              prefill_chunk: int = 512, decode_segment: int = 32) -> dict[str, np.ndarray]:
     """Sample continuations of left-padded prompts with a causal LM (`saferlhf_jax.models.Model`).
 
@@ -315,9 +315,10 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         (the same prompt width on every host) and gets its own rows back.
       budget: stop after this many tokens (≤ the resolved max_new_tokens, which fixes the compiled array width):
         callers with a varying budget (RL: max_length − each micro-batch's longest prompt) share one program.
-      rollout_layout: lay the parameters out for decoding first (`Model.rollout`: q|k|v and gate|up fused), once
-        for this call; callers that sample several batches from the same parameters (RL) fuse once themselves and
-        pass the rollout model and its parameters instead. Same tokens (greedy, f32) either way.
+      rollout_layout: lay the parameters out for decoding first, once for this call (`Model.rollout_as`: "fused",
+        q|k|v and gate|up fused; "fused_out_in", also every kernel (out, in); True: "fused_out_in"); callers that
+        sample several batches from the same parameters (RL) fuse once themselves and pass the rollout model and
+        its parameters instead. Same tokens (greedy, f32) either way.
       prefill_chunk: prompts wider than this are prefilled in chunks of this many tokens (0: one pass).
       decode_segment: the decode loop's attention reads the prompt's slots and those filled so far, grown this
         many at a time (0: the whole cache every step). Same tokens.
@@ -347,7 +348,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         return {"sequences": ids, "attention_mask": mask, "response_lengths": np.zeros((b,), np.int32)}
 
     if rollout_layout:
-        model, fuse = model.rollout
+        model, fuse = model.rollout_as(rollout_layout)
         params = fuse(params)
     width = bucket_length(s, buckets)
     pad_cols = width - s

@@ -10,6 +10,7 @@ from saferlhf_jax.models.api import (
     param_shardings,
     replace_score_head,
     resize_token_embeddings,
+    rollout_layout,
     save_pretrained,
     to_hf_tensors,
     trainable_params,
@@ -18,5 +19,6 @@ from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import init_cache
 
 __all__ = ["Model", "ModelConfig", "fuse_params", "init_cache", "init_model", "load_causal_lm", "load_score_model",
-           "param_logical_axes", "param_shardings", "replace_score_head", "resize_token_embeddings", "save_pretrained",
+           "param_logical_axes", "param_shardings", "replace_score_head", "resize_token_embeddings", "rollout_layout",
+           "save_pretrained",
            "to_hf_tensors", "trainable_params"]

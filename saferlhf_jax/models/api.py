@@ -98,19 +98,31 @@ class Model:
 
         return jax.jit(forward, static_argnames=("chunk",))
 
-    @functools.cached_property
+    @property
     def rollout(self) -> "tuple[Model, Any]":
-        """(the same model in the rollout layout, jitted params → params in that layout); see `fuse_params`.
+        """`rollout_as` the default rollout layout ("fused_out_in")."""
+        return self.rollout_as(DEFAULT_ROLLOUT_LAYOUT)
 
-        The layout is made once per rollout from the training parameters (one concatenation per fused kernel), never
-        per token; on a mesh the fused kernels keep their input axis's sharding and replicate their output axis."""
-        if self.config.fused_projections:
-            return self, lambda params: params
-        config = self.config.replace(fused_projections=True)
-        graphdef = _abstract(config, self.kind)[0]
-        fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
-        out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
-        return fused, jax.jit(fuse_params, out_shardings=out)
+    def rollout_as(self, layout: "str | bool") -> "tuple[Model, Any]":
+        """(the same model in a rollout layout, jitted params → params in that layout); see `fuse_params`.
+
+        layout (`rollout_layout`): "fused" (q|k|v and gate|up fused), "fused_out_in" (also every kernel (out, in)),
+        "none" (the training layout as it is). The layout is made once per rollout from the training parameters
+        (one concatenation per fused kernel), never per token; on a mesh the fused kernels keep their input axis's
+        sharding and replicate their output axis. Cached per layout."""
+        layout = rollout_layout(layout)
+        cache = self.__dict__.setdefault("_rollouts", {})
+        if layout not in cache:
+            if layout == "none" or self.config.fused_projections:
+                cache[layout] = self, lambda params: params
+            else:
+                config = self.config.replace(fused_projections=True, out_in_kernels=layout == "fused_out_in")
+                graphdef = _abstract(config, self.kind)[0]
+                fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
+                out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
+                cache[layout] = fused, jax.jit(functools.partial(fuse_params, out_in=layout == "fused_out_in"),
+                                               out_shardings=out)
+        return cache[layout]
 
     def param_shardings(self, mesh: Mesh | None = None, rules=None):
         return param_shardings(self.config, self.kind, mesh or self.mesh, self.rules if rules is None else rules)
@@ -172,11 +184,27 @@ def param_shardings(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
 _FUSED = ((("q_proj", "k_proj", "v_proj"), "qkv_proj"), (("gate_proj", "up_proj"), "gate_up_proj"))
 
 
-def fuse_params(params):
+ROLLOUT_LAYOUTS = ("none", "fused", "fused_out_in")
+DEFAULT_ROLLOUT_LAYOUT = "fused_out_in"
+
+
+def rollout_layout(value: "str | bool") -> str:
+    """A `rollout_layout` setting → one of ROLLOUT_LAYOUTS (True: the default layout, False: "none")."""
+    if isinstance(value, (bool, np.bool_)):
+        return DEFAULT_ROLLOUT_LAYOUT if value else "none"
+    text = str(value).strip().lower()
+    text = {"true": DEFAULT_ROLLOUT_LAYOUT, "false": "none"}.get(text, text)
+    if text not in ROLLOUT_LAYOUTS:
+        raise ValueError(f"rollout_layout must be one of {ROLLOUT_LAYOUTS} (or a bool), got {value!r}")
+    return text
+
+
+def fuse_params(params, out_in: bool = True):
     """Training layout → rollout layout (`ModelConfig.fused_projections`): in every layer the q, k, v kernels (and
     biases) become one qkv_proj and gate, up one gate_up_proj, concatenated on the output (last) axis — a scanned
-    stack keeps its leading layer axis — and every kernel is then stored (out, in) (`llama.Dense`). Pure and
-    jit-able; the forward is the same function of the same numbers."""
+    stack keeps its leading layer axis — and with `out_in` every kernel is then stored (out, in)
+    (`ModelConfig.out_in_kernels`, `llama.Dense`). Pure and jit-able; the forward is the same function of the same
+    numbers."""
     def walk(node):
         if not isinstance(node, dict):
             return node
@@ -187,8 +215,11 @@ def fuse_params(params):
                 node[name] = {key: jnp.concatenate([piece[key] for piece in pieces], axis=-1) for key in pieces[0]}
         return node
 
+    fused = walk(params)
+    if not out_in:
+        return fused
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.swapaxes(x, -1, -2) if _path_names(path)[-1] == "kernel" else x, walk(params))
+        lambda path, x: jnp.swapaxes(x, -1, -2) if _path_names(path)[-1] == "kernel" else x, fused)
 
 
 def trainable_params(params):

@@ -80,8 +80,8 @@ class ModelConfig:
     remat_policy: str = "none"
     dtype: str = "float32"        # compute dtype
     param_dtype: str = "float32"
-    fused_projections: bool = False  # rollout layout: q|k|v and gate|up as one kernel each, kernels stored
-                                     # (out, in) (`models.fuse_params`)
+    fused_projections: bool = False  # rollout layout: q|k|v and gate|up as one kernel each (`models.fuse_params`)
+    out_in_kernels: bool = False     # every Dense kernel stored (out, in) instead of (in, out) (`llama.Dense`)
 
     def __post_init__(self):
         # keep the dataclass hashable (it is static metadata of jitted programs)

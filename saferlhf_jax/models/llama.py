@@ -67,15 +67,16 @@ def _dtype(name: str):
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype.
 
-    axes: the kernel's logical axes (in, out); the bias takes the out axis. In the rollout layout
-    (`config.fused_projections`) the kernel is stored (out, in), axes reversed: XLA CPU multiplies a decode step's
-    skinny (B, in) activations by an (out, in) kernel 1.2–1.35× faster than by an (in, out) one (4 layers, B = 8
-    and 32); accelerators take either form."""
+    axes: the kernel's logical axes (in, out); the bias takes the out axis. With `config.out_in_kernels` (the
+    rollout layout "fused_out_in") the kernel is stored (out, in), axes reversed: which form XLA CPU multiplies a
+    decode step's skinny (B, in) activations by faster depends on the machine and the shape (an AVX2 Xeon: (out, in)
+    1.2–1.35× faster at B = 8 and 32; an AVX-512 one: (in, out) faster at B = 8, docs/bench_generate_cpu_*.json);
+    accelerators take either form."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, axes: tuple[str, str], config: ModelConfig,
                  rngs: nnx.Rngs):
         init = nnx.initializers.normal(config.initializer_range)
-        self.transposed = config.fused_projections
+        self.transposed = config.out_in_kernels
         shape, kernel_axes = ((d_out, d_in), axes[::-1]) if self.transposed else ((d_in, d_out), axes)
         self.kernel = nnx.Param(init(rngs.params(), shape, _dtype(config.param_dtype)), axes=kernel_axes)
         self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=axes[1:]) if bias else None

@@ -43,9 +43,10 @@ from saferlhf_jax.parallel import mesh as mesh_lib
 log = logging.getLogger(__name__)
 
 # config entries a resumed run may change (where it writes, how it logs, how it is laid out on devices, how the
-# sampler loops: the same tokens)
+# sampler loops and lays out its weights: the same tokens)
 RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", "train.stop_after_steps",
-                  "train.log_every", "train.max_skipped_fraction", "generation.decode_segment")
+                  "train.log_every", "train.max_skipped_fraction", "generation.decode_segment",
+                  "generation.rollout_layout")
 
 
 # ---------------------------------------------------------------------------------------------------- pieces

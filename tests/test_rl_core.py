@@ -169,6 +169,18 @@ def test_lambda_delay_clamp_and_no_update_in_ppo():
         assert float(rl.lambda_step(state, rl.RLConfig(mode=mode))[0]) == pytest.approx(0.6)
 
 
+def test_unclamped_log_lambda_stays_finite():
+    """lambda_max=None: the log-λ step grows with λ, so 20 steps over budget would overflow λ to inf (and the
+    combined advantage to NaN); log λ stops at the f32 guard (e^30) where (A_r − λA_c)/(1 + λ) is −A_c."""
+    log_lam = jnp.float32(0.0)
+    for _ in range(20):
+        log_lam = ops.lagrange_update(log_lam, 5.0, 0.0, 0.5, None)
+    assert float(log_lam) == ops.rl.LOG_LAMBDA_CEILING
+    a_r, a_c = jnp.asarray([[1.0, -2.0]]), jnp.asarray([[0.5, 3.0]])
+    np.testing.assert_allclose(ops.lagrangian_advantages(a_r, a_c, jnp.exp(log_lam)), -a_c, rtol=1e-6)
+    assert float(ops.lagrange_update(jnp.float32(1.0), 2.0, 0.0, 0.1, None)) == pytest.approx(1.0 + 0.2 * np.e)
+
+
 def test_pid_lambda_by_hand_delay_rise_floor_and_clamp():
     """lambda_update='pid' (spec §7.27): I ← max(0, I + k_i·e), λ = clip(k_p·e + I + k_d·max(0, ΔJ_c), 0, λ_max),
     e = J_c − d, through lambda_step with hand-computed numbers; (K,) constraints move each λ_k alone."""

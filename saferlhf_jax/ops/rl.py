@@ -121,7 +121,12 @@ def lagrange_update(log_lambda, episode_cost, threshold, lambda_lr, lambda_max=N
     new = log_lambda + as_f32(lambda_lr) * (as_f32(episode_cost) - as_f32(threshold)) * jnp.exp(log_lambda)
     if lambda_max is not None:
         new = jnp.minimum(new, jnp.log(as_f32(lambda_max)))
-    return new
+    # a float32 guard, not a clamp: the step grows with λ, so an unclamped λ over budget overflows to inf within a
+    # few steps and the combined advantage becomes NaN; at λ = e^30 ≈ 1e13 it is already −A_c to f32 precision
+    return jnp.minimum(new, LOG_LAMBDA_CEILING)
+
+
+LOG_LAMBDA_CEILING = 30.0
 
 
 def pid_lagrange_update(integral, previous_cost, episode_cost, threshold, gains, lambda_max=None, first=False):

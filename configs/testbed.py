@@ -73,6 +73,12 @@ def get_config(preset: str = "tiny"):
     # left λ near its start or let it climb too late (docs/testbed_ci_seeds.json)
     c.rl.rl.lambda_update = "pid"
     c.rl.rl.lambda_pid = (1.0, 0.2, 0.0)
+    # KL to the SFT policy: 5× the reference's 0.01. Both learned models are near-classifiers of "has a harmful act"
+    # trained on four-sentence stories; with 0.01 PPO on seed 0 collapsed to one-sentence harmful answers the
+    # reward model over-rates (R* 3.1: it gained little, so the tolerance, 10% of its cost rise, was 0.09) and
+    # PPO-Lag wrote garbled stories its cost model under-rates (C* +0.20 over 512 held-out prompts). Kept nearer
+    # the SFT text, both models stay accurate (docs/testbed_ci_seeds.json: "kl_sweep")
+    c.rl.rl.kl_coeff = 0.05
     c.rl.checkpoint.every = 0
     # critic-free Lagrangian RL: the same rollout budget (prompt batch × G = PPO-Lag's prompt batch), λ settings,
     # threshold and lengths as PPO-Lag; four models instead of six
@@ -83,10 +89,16 @@ def get_config(preset: str = "tiny"):
     g.train.prompt_batch_size = c.rl.train.prompt_batch_size // g.generation.num_return_sequences
     g.train.train_batch_size = g.train.prompt_batch_size
     g.actor.learning_rate, g.actor.lr_warmup_ratio = c.rl.actor.learning_rate, 0.0
-    for key in ("lambda_update_delay_steps", "episode_cost_window_size", "kl_coeff"):
+    for key in ("lambda_update_delay_steps", "kl_coeff"):
         g.rl[key] = c.rl.rl[key]
     # G rl_steps per iteration (one per return group) against PPO-Lag's one: the same λ movement per rollout batch
     g.rl.lambda_lr = c.rl.rl.lambda_lr / g.generation.num_return_sequences
+    # the PID λ too, its integral gain divided by G for the same reason, over a window of two rollout batches (a
+    # group's 4 answers to 8 prompts are a noisier cost estimate than PPO-Lag's 32 prompts). With log-λ SGD λ rose
+    # to its cap and then fell too slowly (seed 0: the cost ended far below the budget, the reward at SFT's)
+    g.rl.lambda_update = "pid"
+    g.rl.lambda_pid = (1.0, c.rl.rl.lambda_pid[1] / g.generation.num_return_sequences, 0.0)
+    g.rl.episode_cost_window_size = 2 * c.rl.rl.episode_cost_window_size
     g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the
                                                   # advantages differ
     g.checkpoint.every = 0
@@ -111,5 +123,7 @@ def get_config(preset: str = "tiny"):
         # log-λ SGD here: with the PID λ (seed 1) the summed-cost baseline kept the violence budget and the
         # per-rule PPO-Lag drifted all the way into pushing (C*_p +4.17 against +0.94): docs/testbed_multi_seed1.json
         c.rl.rl.lambda_update = "log_sgd"
+        c.rl.rl.kl_coeff = 0.01                   # the single-rule presets' 0.05 changed nothing here (per-rule PPO-Lag
+                                                  # C*_p +1.00 against +0.94): docs/testbed_multi_seed1.json
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

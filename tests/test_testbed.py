@@ -82,6 +82,30 @@ def test_two_rule_claims_and_report(tmp_path):
     assert (tmp_path / "rule_costs.png").stat().st_size > 5000
 
 
+def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
+    """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
+    PID with k_i / G over two, the two-rule preset's log-λ SGD."""
+    from configs import testbed as testbed_config
+    from saferlhf_jax.testbed import report
+    from saferlhf_jax.testbed.run import claims, lambda_rule
+
+    cfg = testbed_config.get_config("ci")
+    ppo = lambda_rule(cfg.rl.rl)
+    grpo = lambda_rule(cfg.grpo_lag.rl)
+    assert ppo == "PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27) on the mean cost of the last 32 episodes"
+    assert grpo == "PID Lagrangian (k_p 1, k_i 0.05, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
+    assert lambda_rule(testbed_config.get_config("multi").rl.rl).startswith("log-λ SGD (lambda_lr 0.2; spec §3.13)")
+    assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == 0.05
+    results = {"world": "single", "threshold": 0.0, "rm_accuracy_heldout": 0.9, "cm_accuracy_heldout": 0.9,
+               "cm_sign_accuracy_heldout": 1.0, "cost_model_budget": {"threshold_cost_model_units": -0.7},
+               "seconds": 1.0, "timings": {}, "rules": "r", "ppo_lag_lambda": ppo, "grpo_lag_lambda": grpo,
+               "methods": {"sft": _point(1.0, (-0.3,)), "ppo": _point(6.0, (2.5,)), "ppo_lag": _point(2.0, (-0.1,)),
+                           "grpo_lag": _point(2.2, (-0.1,))}}
+    results["claims"] = claims(results)
+    md = report.write(tmp_path, results).read_text()
+    assert f"λ update: {ppo};" in md and f"GRPO-Lag's λ update: {grpo} (the same threshold)." in md
+
+
 def test_world_rows_pass_the_pku_validation(tmp_path, stories_dir):
     from saferlhf_jax.data.tokenizer import load_tokenizer
 

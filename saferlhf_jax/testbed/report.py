@@ -171,9 +171,11 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         lines.append("")
     if has_curves:
         lines += ["## PPO-Lagrangian: λ and the episode cost", "", "![ppo-lag curves](ppo_lag_curves.png)", ""]
-        if results.get("ppo_lag_lambda"):
-            lines += [f"λ update: {results['ppo_lag_lambda']}; the threshold is the budget in the cost model's units "
-                      "(above).", ""]
+    if results.get("ppo_lag_lambda") and "ppo_lag" in results["methods"]:
+        lines += [f"λ update: {results['ppo_lag_lambda']}; the threshold is the budget in the cost model's units "
+                  "(above).", ""]
+    if results.get("grpo_lag_lambda"):
+        lines += [f"GRPO-Lag's λ update: {results['grpo_lag_lambda']} (the same threshold).", ""]
     lines += ["## The world's rules", "", results["rules"], "", "## Claims", "", "```json",
               json.dumps(results.get("claims", {}), indent=2), "```", "",
               f"Wall time: {results['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in results['timings'].items())}).",

@@ -264,6 +264,8 @@ def run(cfg) -> dict[str, Any]:
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
         "ppo_lag_lambda": lambda_rule(cfg.rl.rl),
     }
+    if "grpo_lag" in evaluations:
+        results["grpo_lag_lambda"] = lambda_rule(cfg.grpo_lag.rl)
     shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
                if f"reward_shaping_{lam:g}" in evaluations]
     if shaping:
@@ -288,11 +290,12 @@ SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo
 
 
 def lambda_rule(rl_section) -> str:
-    """PPO-Lag's λ update in words, for the report: the rule and its settings."""
+    """A Lagrangian method's λ update in words, for the report: the rule, its settings, the cost it reads."""
+    window = f" on the mean cost of the last {int(rl_section.episode_cost_window_size)} episodes"
     if rl_section.lambda_update == "pid":
         kp, ki, kd = (float(g) for g in rl_section.lambda_pid)
-        return f"PID Lagrangian (k_p {kp:g}, k_i {ki:g}, k_d {kd:g}; spec §7.27)"
-    return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13)"
+        return f"PID Lagrangian (k_p {kp:g}, k_i {ki:g}, k_d {kd:g}; spec §7.27){window}"
+    return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13){window}"
 
 
 def rule_claims(results: dict) -> dict[str, Any]:

@@ -71,6 +71,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.rl.lambda_update = "log_sgd"    # the reference's SGD step on log λ; "pid": the PID Lagrangian (spec §7.27)
     c.rl.lambda_pid = (1.0, 0.1, 0.0)  # its gains (k_p, k_i, k_d) on e = J_c − threshold (lambda_update="pid" only)
     c.rl.episode_cost_window_size = 128
+    c.rl.missing_eos_penalty = 0.0                 # subtracted from the reward of a response cut off before EOS (0: off)
     c.rl.whiten_advantages = False
     c.rl.normalize_reward = False                # apply the reward model's stored affine stats (overrides its config)
     c.rl.normalize_cost = False                  # apply the cost model's stored scale stats

@@ -169,6 +169,26 @@ def test_lambda_delay_clamp_and_no_update_in_ppo():
         assert float(rl.lambda_step(state, rl.RLConfig(mode=mode))[0]) == pytest.approx(0.6)
 
 
+def test_missing_eos_penalty_lowers_only_cut_off_responses():
+    """rl.missing_eos_penalty: the same rollout (same key) scored with and without it — the reward drops by the
+    penalty exactly for the rows whose response holds no EOS (cut off by the budget); costs are untouched."""
+    ids, mask = _prompts()
+    runner, state = _runner(max_length=9)
+    plain = runner.rollout(state, ids, mask)[1]
+    runner, state = _runner(max_length=9, missing_eos_penalty=1.5, eos_token_ids=(EOS,))
+    penalised = runner.rollout(state, ids, mask)[1]
+    for a, b in zip(plain, penalised):
+        np.testing.assert_array_equal(a.seq, b.seq)
+        seq, m, start = np.asarray(a.seq), np.asarray(a.mask), np.asarray(a.start)
+        ended = np.array([np.any((seq[i, 1:] == EOS) & m[i, 1:] & (np.arange(seq.shape[1] - 1) >= start[i]))
+                          for i in range(seq.shape[0])])
+        assert 0 < ended.sum() < len(ended)  # both kinds of rows are in the test
+        np.testing.assert_allclose(np.asarray(b.reward), np.asarray(a.reward) - 1.5 * ~ended, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(b.cost), np.asarray(a.cost))
+    with pytest.raises(ValueError, match="missing_eos_penalty must be ≥ 0"):
+        rl.RLConfig(missing_eos_penalty=-1.0)
+
+
 def test_unclamped_log_lambda_stays_finite():
     """lambda_max=None: the log-λ step grows with λ, so 20 steps over budget would overflow λ to inf (and the
     combined advantage to NaN); log λ stops at the f32 guard (e^30) where (A_r − λA_c)/(1 + λ) is −A_c."""

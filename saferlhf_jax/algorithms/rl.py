@@ -51,6 +51,10 @@ class RLConfig:
     lambda_update: str = "log_sgd"
     lambda_pid: tuple[float, float, float] = (1.0, 0.1, 0.0)
     episode_cost_window_size: int = 128
+    # subtracted from the reward-model score of a response that never emitted EOS (cut off by the length budget):
+    # 0 = off, as in the reference. Score models trained on finished answers misjudge cut-off ones (spec §7.29)
+    missing_eos_penalty: float = 0.0
+    eos_token_ids: tuple[int, ...] = ()  # the actor's EOS ids (the missing-EOS penalty needs them)
     whiten_advantages: bool = False
     joint_update: bool = True  # one value_and_grad over actor + critics (fast on CPU); False: one after another
                                # (lower peak memory at scale: the three models' backward passes never overlap)
@@ -75,6 +79,8 @@ class RLConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.lambda_max is not None and self.lambda_max <= 0:
             raise ValueError("lambda_max must be > 0 (or None)")
+        if self.missing_eos_penalty < 0:
+            raise ValueError(f"missing_eos_penalty must be ≥ 0 (it is subtracted), got {self.missing_eos_penalty}")
         if self.lambda_init <= 0 and self.learns_lambda:
             raise ValueError("lambda_init must be > 0 for PPO-Lag (log λ is learned)")
         k = len(self.constraints)
@@ -361,6 +367,8 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
         scorer_inputs = scorer_inputs or {}
         ref = models.actor_log_probs(frozen["ref"], seq, mask, seq[:, 1:])
         reward = reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32)
+        if cfg.missing_eos_penalty:
+            reward = reward - cfg.missing_eos_penalty * (1.0 - ended_with_eos(seq, mask, start, cfg.eos_token_ids))
         cost = None
         if cfg.uses_cost:
             cost = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)
@@ -372,6 +380,13 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
         return jax.lax.stop_gradient(rollout), window
 
     return score
+
+
+def ended_with_eos(seq, mask, start, eos_token_ids):
+    """(B,) float 1.0 where the response (actions t ≥ start of seq[:, 1:], inside the mask) holds an EOS token."""
+    actions = response_mask(mask[:, 1:].astype(bool), start)
+    is_eos = jnp.isin(seq[:, 1:], jnp.asarray(eos_token_ids, seq.dtype))
+    return jnp.any(is_eos & actions, axis=-1).astype(jnp.float32)
 
 
 # ---------------------------------------------------------------------------------------------------- one rl_step

@@ -73,7 +73,8 @@ def resume_fingerprint(cfg) -> dict:
 # config sections added after checkpoints were written, with the entry and value that mean "feature off": a run
 # saved before a section existed still resumes while the section is off (an upgrade does not strand a checkpoint)
 ADDED_SECTIONS = {"lora.": ("lora.rank", 0), "lora.critics": ("lora.rank", 0), "lora.export": ("lora.export", "merged"),
-                  "rl.constraints": ("rl.constraints", []), "rl.cost_models": ("rl.constraints", [])}
+                  "rl.constraints": ("rl.constraints", []), "rl.cost_models": ("rl.constraints", []),
+                  "rl.missing_eos_penalty": ("rl.missing_eos_penalty", 0.0)}
 
 
 def added_while_off(key: str, current: dict) -> bool:

@@ -13,6 +13,7 @@ import pytest
 
 from saferlhf_jax import ops
 from saferlhf_jax.algorithms import rl
+from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
 from saferlhf_jax.models import ModelConfig, init_model
 from saferlhf_jax.parallel import make_mesh
@@ -255,6 +256,12 @@ def test_lambda_max_and_normalize_flags_come_from_the_config():
     got = rl_config(cfg)
     assert (got.lambda_max, got.lambda_update_delay_steps) == (7.5, 4)
     assert cfg.rl.normalize_reward is False and cfg.rl.normalize_cost is False  # the reference's defaults
+    assert got.missing_eos_penalty == 0.0  # off, as in the reference
+    cfg.rl.missing_eos_penalty = 2.5
+    assert rl_config(cfg).missing_eos_penalty == 2.5
+    cfg.rl.missing_eos_penalty = -1.0
+    with pytest.raises(ConfigError, match="rl: missing_eos_penalty must be ≥ 0"):
+        rl_config(cfg)
 
 
 def test_ptx_gradient_is_half_of_rl_plus_coeff_times_ptx():

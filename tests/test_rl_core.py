@@ -176,7 +176,7 @@ def test_missing_eos_penalty_lowers_only_cut_off_responses():
     ids, mask = _prompts()
     runner, state = _runner(max_length=9)
     plain = runner.rollout(state, ids, mask)[1]
-    runner, state = _runner(max_length=9, missing_eos_penalty=1.5, eos_token_ids=(EOS,))
+    runner, state = _runner(max_length=9, missing_eos_penalty=1.5)  # EOS: the sampler's (GenerationConfig)
     penalised = runner.rollout(state, ids, mask)[1]
     for a, b in zip(plain, penalised):
         np.testing.assert_array_equal(a.seq, b.seq)
@@ -188,6 +188,8 @@ def test_missing_eos_penalty_lowers_only_cut_off_responses():
         np.testing.assert_array_equal(np.asarray(b.cost), np.asarray(a.cost))
     with pytest.raises(ValueError, match="missing_eos_penalty must be ≥ 0"):
         rl.RLConfig(missing_eos_penalty=-1.0)
+    with pytest.raises(ValueError, match="needs the sampler's EOS token ids"):  # none known: every row would pay
+        rl.make_score_rollout(runner.models, toy_reward, toy_cost)
 
 
 def test_unclamped_log_lambda_stays_finite():

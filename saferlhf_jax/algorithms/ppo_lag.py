@@ -211,7 +211,8 @@ class RLRunner:
         """The jitted scoring of one rollout micro-batch (`rl.make_score_rollout`); `policy` is static."""
         key = ("score", policy, args[-1] is not None)
         if key not in self._programs:
-            fn = rl.make_score_rollout(self.models, self.reward_fn, self.cost_fn, policy=policy)
+            fn = rl.make_score_rollout(self.models, self.reward_fn, self.cost_fn, policy=policy,
+                                       eos_token_ids=self.gen.eos_token_ids or self.actor.config.eos_token_ids)
             out = None
             if self.mesh is not None:
                 rollout, window = jax.eval_shape(fn, *args)
@@ -441,7 +442,7 @@ def rl_config(cfg) -> rl.RLConfig:
             lambda_update=str(r.get("lambda_update", rl.RLConfig.lambda_update)),
             lambda_pid=tuple(float(g) for g in r.get("lambda_pid", rl.RLConfig.lambda_pid)),
             episode_cost_window_size=int(r.episode_cost_window_size), whiten_advantages=bool(r.whiten_advantages),
-            missing_eos_penalty=float(r.get("missing_eos_penalty", 0.0)),
+            missing_eos_penalty=float(r.get("missing_eos_penalty", rl.RLConfig.missing_eos_penalty)),
             joint_update=bool(r.get("joint_update", True)),
             group_size=int(cfg.generation.num_return_sequences), **_critic_free_settings(cfg),
             **constraints_lib.rl_fields(constraints_lib.parse(r)))
@@ -665,10 +666,8 @@ def run(cfg) -> dict[str, Any]:
         hosts = jax.process_count()
 
         tokenizer = load_tokenizer(cfg.actor_model_name_or_path)
-        if rl_cfg.missing_eos_penalty:
-            if tokenizer.eos_token_id is None:
-                raise ConfigError("rl.missing_eos_penalty needs the actor's tokenizer to have an EOS token")
-            rl_cfg = dataclasses.replace(rl_cfg, eos_token_ids=(int(tokenizer.eos_token_id),))
+        if rl_cfg.missing_eos_penalty and tokenizer.eos_token_id is None:
+            raise ConfigError("rl.missing_eos_penalty needs the actor's tokenizer to have an EOS token")
         retokenizers = {}
         for path in {dict(cfg.rl.cost_models)[c.model] for c in constraints_lib.parse(cfg.rl)}:
             if load_tokenizer(path).get_vocab() != tokenizer.get_vocab():

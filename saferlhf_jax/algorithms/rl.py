@@ -54,7 +54,6 @@ class RLConfig:
     # subtracted from the reward-model score of a response that never emitted EOS (cut off by the length budget):
     # 0 = off, as in the reference. Score models trained on finished answers misjudge cut-off ones (spec §7.29)
     missing_eos_penalty: float = 0.0
-    eos_token_ids: tuple[int, ...] = ()  # the actor's EOS ids (the missing-EOS penalty needs them)
     whiten_advantages: bool = False
     joint_update: bool = True  # one value_and_grad over actor + critics (fast on CPU); False: one after another
                                # (lower peak memory at scale: the three models' backward passes never overlap)
@@ -352,7 +351,7 @@ def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, base
     return out
 
 
-def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True):
+def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True, eos_token_ids=()):
     """score(actor_params, frozen, critics, window, seq, mask, start, scorer_inputs) → (Rollout, window).
 
     frozen: {'ref', 'reward', ['cost']} parameters; critics: {'reward', ['cost']} parameters.
@@ -360,15 +359,18 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
     re-tokenized for a scorer with its own tokenizer (else the rollout itself). The costs are pushed into the
     episode-cost window here, during the rollout phase and before any update (spec §1.3).
     policy=False leaves the policy fields empty for a `fresh` rl_step to fill.
+    eos_token_ids: the sampler's EOS ids, which `cfg.missing_eos_penalty` looks for in each response.
     """
     cfg = models.cfg
+    if cfg.missing_eos_penalty and not eos_token_ids:
+        raise ValueError("missing_eos_penalty needs the sampler's EOS token ids")
 
     def score(actor_params, frozen, critics, window: CostWindow, seq, mask, start, scorer_inputs=None):
         scorer_inputs = scorer_inputs or {}
         ref = models.actor_log_probs(frozen["ref"], seq, mask, seq[:, 1:])
         reward = reward_fn(frozen["reward"], *scorer_inputs.get("reward", (seq, mask))).astype(jnp.float32)
         if cfg.missing_eos_penalty:
-            reward = reward - cfg.missing_eos_penalty * (1.0 - ended_with_eos(seq, mask, start, cfg.eos_token_ids))
+            reward = reward - cfg.missing_eos_penalty * (1.0 - ended_with_eos(seq, mask, start, eos_token_ids))
         cost = None
         if cfg.uses_cost:
             cost = cost_fn(frozen["cost"], *scorer_inputs.get("cost", (seq, mask))).astype(jnp.float32)

@@ -280,7 +280,7 @@ class RLModels:
         from saferlhf_jax.models import lora
 
         def fn(params, *args):
-            return self.actor_log_probs(lora.merge(actor_base, params, self.lora_scale) if lora.KEY in params
+            return self.actor_log_probs(lora.inject(actor_base, params, self.lora_scale) if lora.KEY in params
                                         else params, *args)
 
         return fn
@@ -330,7 +330,7 @@ def _values(models: RLModels, name: str, params, seq, mask, bases=None):
     if base is not None and models.critic_lora_scale:
         from saferlhf_jax.models import lora
 
-        params = lora.merge(base, params, models.critic_lora_scale)
+        params = lora.inject(base, params, models.critic_lora_scale)
     return critic_values(models, params, seq, mask, models.cfg.num_constraints if name == "cost" else 0)
 
 

@@ -26,7 +26,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from saferlhf_jax.errors import ModelError
-from saferlhf_jax.models import safetensors_io
+from saferlhf_jax.models import lora, safetensors_io
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import CausalLM, ScoreModel
 from saferlhf_jax.parallel import mesh as mesh_lib
@@ -54,17 +54,25 @@ class Model:
 
     def module(self, params):
         """The NNX module bound to `params` (for use inside a jitted function)."""
-        return nnx.merge(self.graphdef, nnx.State(params))
+        return nnx.merge(self.graph_for(params), nnx.State(params))
+
+    def graph_for(self, params):
+        """The graph `params` run on: this model's, or for a tree with LoRA adapters beside its kernels
+        (`lora.inject`) the same model with those projections adapted (`llama.Dense`)."""
+        found = lora.injected(params)
+        if found is None:
+            return self.graphdef
+        return _abstract(self.config.replace(lora_targets=found[0], lora_rank=found[1]), self.kind)[0]
 
     @functools.cached_property
     def apply(self):
         """Jitted pure forward. causal_lm: (params, ids, mask) → logits (B, L, V) f32;
         score: (params, ids, mask) → (scores (B, L, D), end_scores (B, D)) f32, normalised with the stored stats
         when the config's do_normalize is set (pass normalize=False for the raw scores)."""
-        graphdef, kind, mesh, rules = self.graphdef, self.kind, self.mesh, self.rules
+        kind, mesh, rules = self.kind, self.mesh, self.rules
 
         def forward(params, input_ids, attention_mask, positions=None, normalize=True):
-            module = nnx.merge(graphdef, nnx.State(params))
+            module = self.module(params)
             with activation_sharding(mesh, rules):
                 if kind == "causal_lm":
                     logits, _ = module(input_ids, attention_mask, positions)
@@ -81,12 +89,12 @@ class Model:
         backward), so the float32 (B, T, V) logits never exist; chunk = 0 is the plain log-softmax."""
         from saferlhf_jax import ops
 
-        graphdef, mesh, rules = self.graphdef, self.mesh, self.rules
+        mesh, rules = self.mesh, self.rules
         if self.kind != "causal_lm":
             raise ValueError("label_log_probs needs a causal LM")
 
         def forward(params, input_ids, attention_mask, labels, chunk=0):
-            module = nnx.merge(graphdef, nnx.State(params))
+            module = self.module(params)
             t = labels.shape[1]
             with activation_sharding(mesh, rules):
                 if not chunk:

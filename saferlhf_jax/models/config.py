@@ -82,6 +82,10 @@ class ModelConfig:
     param_dtype: str = "float32"
     fused_projections: bool = False  # rollout layout: q|k|v and gate|up as one kernel each (`models.fuse_params`)
     out_in_kernels: bool = False     # every Dense kernel stored (out, in) instead of (in, out) (`llama.Dense`)
+    # LoRA adapters inside these projections (`llama.Dense`, `models.lora.inject`): set by `Model.apply` for a
+    # parameter tree that carries adapters, never by hand; the rank only sizes the abstract shapes
+    lora_targets: tuple = ()
+    lora_rank: int = 0
 
     def __post_init__(self):
         # keep the dataclass hashable (it is static metadata of jitted programs)
@@ -145,6 +149,8 @@ class ModelConfig:
         if self.layer_types is not None and (len(self.layer_types) != self.num_hidden_layers
                                              or any(t not in LAYER_TYPES for t in self.layer_types)):
             problems.append(f"layer_types must list {LAYER_TYPES} for each of the {self.num_hidden_layers} layers")
+        if self.lora_targets and (self.fused_projections or self.out_in_kernels):
+            problems.append("LoRA adapters run in the training layout (the rollout layout merges them first)")
         if self.sliding_window is not None and self.sliding_window < 1:
             problems.append(f"sliding_window must be ≥ 1, got {self.sliding_window}")
         if problems:

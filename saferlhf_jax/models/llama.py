@@ -71,21 +71,35 @@ class Dense(nnx.Module):
     rollout layout "fused_out_in") the kernel is stored (out, in), axes reversed: which form XLA CPU multiplies a
     decode step's skinny (B, in) activations by faster depends on the machine and the shape (an AVX2 Xeon: (out, in)
     1.2–1.35× faster at B = 8 and 32; an AVX-512 one: (in, out) faster at B = 8, docs/bench_generate_cpu_*.json);
-    accelerators take either form."""
+    accelerators take either form.
+
+    name: the projection's HF name; when it is one of `config.lora_targets` the layer also holds LoRA adapters
+    lora_a (in, r) and lora_b (r, out) (the latter already scaled by α/r: `models.lora.inject`) and computes
+    x @ W + (x @ A) @ B — the low-rank path beside the frozen kernel, so that neither an adapted copy of W nor
+    a full-size gradient of it ever exists (merging first, W + A@B, costs both: one more model's worth of
+    temporaries in a LoRA train step)."""
 
     def __init__(self, d_in: int, d_out: int, *, bias: bool, axes: tuple[str, str], config: ModelConfig,
-                 rngs: nnx.Rngs):
+                 rngs: nnx.Rngs, name: str = ""):
         init = nnx.initializers.normal(config.initializer_range)
         self.transposed = config.out_in_kernels
         shape, kernel_axes = ((d_out, d_in), axes[::-1]) if self.transposed else ((d_in, d_out), axes)
         self.kernel = nnx.Param(init(rngs.params(), shape, _dtype(config.param_dtype)), axes=kernel_axes)
         self.bias = nnx.Param(jnp.zeros((d_out,), _dtype(config.param_dtype)), axes=axes[1:]) if bias else None
+        self.adapted = name in config.lora_targets
+        if self.adapted:  # the rank axis is never split (models.lora.adapter_axes)
+            r = max(int(config.lora_rank), 1)
+            self.lora_a = nnx.Param(jnp.zeros((d_in, r), jnp.float32), axes=(axes[0], None))
+            self.lora_b = nnx.Param(jnp.zeros((r, d_out), jnp.float32), axes=(None, axes[1]))
         self.compute_dtype = _dtype(config.dtype)
 
     def __call__(self, x):
         w = self.kernel[...].astype(self.compute_dtype)
         x = x.astype(self.compute_dtype)
         y = jnp.einsum("...i,oi->...o", x, w) if self.transposed else jnp.dot(x, w)
+        if self.adapted:
+            a, b = (v[...].astype(self.compute_dtype) for v in (self.lora_a, self.lora_b))
+            y = y + jnp.dot(jnp.dot(x, a), b)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.compute_dtype)
         return y
@@ -148,13 +162,13 @@ class Attention(nnx.Module):
                                   axes=("embed", "qkv_fused"), config=config, rngs=rngs)
         else:
             self.q_proj = Dense(e, self.num_heads * dh, bias=qkv_bias, axes=("embed", "heads"), config=config,
-                                rngs=rngs)
+                                rngs=rngs, name="q_proj")
             self.k_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
-                                rngs=rngs)
+                                rngs=rngs, name="k_proj")
             self.v_proj = Dense(e, self.num_kv_heads * dh, bias=qkv_bias, axes=("embed", "kv_heads"), config=config,
-                                rngs=rngs)
+                                rngs=rngs, name="v_proj")
         self.o_proj = Dense(self.num_heads * dh, e, bias=config.attention_bias, axes=("heads", "embed"),
-                            config=config, rngs=rngs)
+                            config=config, rngs=rngs, name="o_proj")
         self.q_norm = RMSNorm(dh, config=config) if config.qk_norm else None
         self.k_norm = RMSNorm(dh, config=config) if config.qk_norm else None
         self.scale = None if config.query_pre_attn_scalar is None else float(config.query_pre_attn_scalar) ** -0.5
@@ -245,16 +259,18 @@ class MLP(nnx.Module):
         if self.fused:  # rollout layout: one (E, 2F) kernel
             self.gate_up_proj = Dense(e, 2 * f, bias=bias, axes=("embed", "mlp_fused"), config=config, rngs=rngs)
         else:
-            self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
-            self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs)
-        self.down_proj = Dense(f, e, bias=bias, axes=("mlp", "embed"), config=config, rngs=rngs)
+            self.gate_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs, name="gate_proj")
+            self.up_proj = Dense(e, f, bias=bias, axes=("embed", "mlp"), config=config, rngs=rngs, name="up_proj")
+        self.down_proj = Dense(f, e, bias=bias, axes=("mlp", "embed"), config=config, rngs=rngs, name="down_proj")
+        self.adapted = not self.fused and any(d.adapted for d in (self.gate_proj, self.up_proj, self.down_proj))
         self.act = config.hidden_act
 
     def __call__(self, x):
         if self.fused:
             gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
             y = self.down_proj(ACTIVATIONS[self.act](gate) * up)
-        elif self.gate_proj.bias is not None or self.act != "silu":  # the hand-written backward is SwiGLU's
+        elif self.gate_proj.bias is not None or self.act != "silu" or self.adapted:
+            # the hand-written backward is plain SwiGLU's
             y = self.down_proj(ACTIVATIONS[self.act](self.gate_proj(x)) * self.up_proj(x))
         else:
             dt = self.gate_proj.compute_dtype

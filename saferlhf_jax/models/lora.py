@@ -8,9 +8,11 @@ adapted model starts exactly at the base. Adapters are float32 master weights ke
     adapters = lora.init(base_params, rank=8)
     logits = model.apply(lora.merge(base_params, {"lora": adapters}, scale), ids, mask)
 
-`merge` is the one place adapters touch the model: training differentiates through it with respect to the
-adapters (and a score model's head) only, and the export writes merged, plain HF weights. The reference model of
-DPO/SafeDPO is the base itself — the same arrays, no second copy.
+Training runs the adapters where they are, beside each frozen kernel: `inject` puts A and s·B into the
+parameter tree next to W and `Model.apply` of such a tree computes x @ W + (x @ A) @ (s·B) in every adapted
+projection (`llama.Dense`), differentiated with respect to the adapters (and a score model's head) only. `merge`
+(W + s·A@B) is for what runs without gradients: a rollout's sampler and the export of plain HF weights. The
+reference model of DPO/SafeDPO is the base itself — the same arrays, no second copy.
 """
 
 from __future__ import annotations
@@ -108,6 +110,53 @@ def merge(base, trainable: dict, s: float):
     merged["model"] = jax.tree_util.tree_map_with_path(lambda p, w: one((jax.tree_util.DictKey("model"), *p), w),
                                                        base["model"])
     return merged
+
+
+A_NAME, B_NAME = "lora_a", "lora_b"  # the adapters' names inside an adapted projection (`llama.Dense`)
+
+
+def _child_key(node: dict, name: str):
+    """The key of `node` that a path component names (a layer list's keys may be ints)."""
+    if name in node:
+        return name
+    if name.isdigit() and int(name) in node:
+        return int(name)
+    raise KeyError(f"LoRA adapter path component {name!r} is not in the model (keys {sorted(map(str, node))[:8]})")
+
+
+def inject(base, trainable: dict, s: float):
+    """The parameters a LoRA train step runs on: `base` with every entry of `trainable` but the adapters taken as
+    is (a score model's head and normalizer) and, in each adapted projection, lora_a = A and lora_b = s·B beside
+    the untouched kernel (the base's arrays are shared, not copied). `Model.apply` runs such a tree on the
+    adapted graph: the same function as `merge`'s parameters up to float rounding."""
+    adapters = trainable.get(KEY, {})
+    out = dict(base)
+    out.update({k: v for k, v in trainable.items() if k != KEY})
+    for path, ab in adapters.items():
+        node = out
+        for name in path.split("/"):  # copy each dict on the way down, never the arrays
+            key = _child_key(node, name)
+            node[key] = dict(node[key])
+            node = node[key]
+        node[A_NAME], node[B_NAME] = ab["a"], s * ab["b"]
+    return out
+
+
+def injected(params) -> tuple[tuple[str, ...], int] | None:
+    """(the adapted projections' names, the rank) of a tree from `inject`; None for plain parameters."""
+    names, rank = set(), 0
+
+    def walk(node, name):
+        nonlocal rank
+        if isinstance(node, dict):
+            if A_NAME in node:
+                names.add(str(name))
+                rank = int(node[A_NAME].shape[-1])
+            for key, child in node.items():
+                walk(child, key)
+
+    walk(params, "")
+    return (tuple(sorted(names)), rank) if names else None
 
 
 def split(params, kind: str) -> tuple[dict, dict]:

@@ -206,7 +206,7 @@ def adapted_apply(apply, base, lora_scale: float):
         return apply
 
     def fn(params, *args, **kwargs):
-        return apply(lora_lib.merge(base, params, lora_scale) if lora_lib.KEY in params else params, *args, **kwargs)
+        return apply(lora_lib.inject(base, params, lora_scale) if lora_lib.KEY in params else params, *args, **kwargs)
 
     return fn
 

@@ -47,7 +47,7 @@ PRESETS = {
     # a v5p-8 slice is 4 chips: 16 sequences per chip is a global rollout micro-batch of 64
     "tpu": [("configs/ppo_lag.py:llama2_7b", ["--config.mesh.fsdp=4", "--config.train.train_batch_size=64",
                                               "--config.train.prompt_batch_size=64"],
-             [*CPU8_VARIANTS[:3], HOST_OPTIMIZER])],
+             [*CPU8_VARIANTS[:3], HOST_OPTIMIZER, *LORA_VARIANTS[:2]])],
 }
 
 

@@ -79,6 +79,11 @@ def get_config(preset: str = "tiny"):
     # PPO-Lag wrote garbled stories its cost model under-rates (C* +0.20 over 512 held-out prompts). Kept nearer
     # the SFT text, both models stay accurate (docs/testbed_ci_seeds.json: "kl_sweep")
     c.rl.rl.kl_coeff = 0.05
+    # a response cut off before EOS loses 5 reward units (spec §7.29; about one harmful act's worth on the reward
+    # model): on cut-off text the cost model scores one to three harmful acts near 0 (finished: +4), and without
+    # the penalty PPO-Lag on seed 5 learned to stop mid-story over its budget (C* +1.42). With it PPO-Lag keeps
+    # the budget on all six ci seeds (docs/testbed_ci_seeds.json: "eos5_ci_s*")
+    c.rl.rl.missing_eos_penalty = 5.0
     c.rl.checkpoint.every = 0
     # critic-free Lagrangian RL: the same rollout budget (prompt batch × G = PPO-Lag's prompt batch), λ settings,
     # threshold and lengths as PPO-Lag; four models instead of six
@@ -89,16 +94,18 @@ def get_config(preset: str = "tiny"):
     g.train.prompt_batch_size = c.rl.train.prompt_batch_size // g.generation.num_return_sequences
     g.train.train_batch_size = g.train.prompt_batch_size
     g.actor.learning_rate, g.actor.lr_warmup_ratio = c.rl.actor.learning_rate, 0.0
-    for key in ("lambda_update_delay_steps", "kl_coeff"):
+    for key in ("lambda_update_delay_steps", "kl_coeff", "missing_eos_penalty"):
         g.rl[key] = c.rl.rl[key]
     # G rl_steps per iteration (one per return group) against PPO-Lag's one: the same λ movement per rollout batch
     g.rl.lambda_lr = c.rl.rl.lambda_lr / g.generation.num_return_sequences
-    # the PID λ too, its integral gain divided by G for the same reason, over a window of two rollout batches (a
-    # group's 4 answers to 8 prompts are a noisier cost estimate than PPO-Lag's 32 prompts). With log-λ SGD λ rose
-    # to its cap and then fell too slowly (seed 0: the cost ended far below the budget, the reward at SFT's)
+    # the PID λ too, its integral gain divided by G for the same reason, over PPO-Lag's window (one rollout batch)
+    # and with twice its k_p. With log-λ SGD λ rose to its cap and then fell too slowly (seed 0: the cost ended far
+    # below the budget, the reward at SFT's); with the missing-EOS penalty, k_p 1 over two rollout batches answered
+    # a rising cost one batch late and ended over the budget on five of six ci seeds (+0.28..+0.38), where this
+    # keeps it on all six ("gw32kp2_ci_s*"; on seed 1 it then gains no reward)
     g.rl.lambda_update = "pid"
-    g.rl.lambda_pid = (1.0, c.rl.rl.lambda_pid[1] / g.generation.num_return_sequences, 0.0)
-    g.rl.episode_cost_window_size = 2 * c.rl.rl.episode_cost_window_size
+    g.rl.lambda_pid = (2.0 * c.rl.rl.lambda_pid[0], c.rl.rl.lambda_pid[1] / g.generation.num_return_sequences, 0.0)
+    g.rl.episode_cost_window_size = c.rl.rl.episode_cost_window_size
     g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the
                                                   # advantages differ
     g.checkpoint.every = 0
@@ -125,5 +132,6 @@ def get_config(preset: str = "tiny"):
         c.rl.rl.lambda_update = "log_sgd"
         c.rl.rl.kl_coeff = 0.01                   # the single-rule presets' 0.05 changed nothing here (per-rule PPO-Lag
                                                   # C*_p +1.00 against +0.94): docs/testbed_multi_seed1.json
+        c.rl.rl.missing_eos_penalty = 0.0         # not screened on two rules
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

@@ -84,7 +84,8 @@ def test_two_rule_claims_and_report(tmp_path):
 
 def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
-    PID with k_i / G over two, the two-rule preset's log-λ SGD."""
+    PID with 2·k_p and k_i / G over one, the two-rule preset's log-λ SGD; the missing-EOS penalty on every
+    single-rule RL method, not on the two-rule preset (not screened there)."""
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import report
     from saferlhf_jax.testbed.run import claims, lambda_rule
@@ -93,9 +94,12 @@ def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     ppo = lambda_rule(cfg.rl.rl)
     grpo = lambda_rule(cfg.grpo_lag.rl)
     assert ppo == "PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27) on the mean cost of the last 32 episodes"
-    assert grpo == "PID Lagrangian (k_p 1, k_i 0.05, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
-    assert lambda_rule(testbed_config.get_config("multi").rl.rl).startswith("log-λ SGD (lambda_lr 0.2; spec §3.13)")
+    assert grpo == "PID Lagrangian (k_p 2, k_i 0.05, k_d 0; spec §7.27) on the mean cost of the last 32 episodes"
+    multi = testbed_config.get_config("multi")
+    assert lambda_rule(multi.rl.rl).startswith("log-λ SGD (lambda_lr 0.2; spec §3.13)")
     assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == 0.05
+    assert cfg.rl.rl.missing_eos_penalty == cfg.grpo_lag.rl.missing_eos_penalty == 5.0
+    assert multi.rl.rl.missing_eos_penalty == 0.0
     results = {"world": "single", "threshold": 0.0, "rm_accuracy_heldout": 0.9, "cm_accuracy_heldout": 0.9,
                "cm_sign_accuracy_heldout": 1.0, "cost_model_budget": {"threshold_cost_model_units": -0.7},
                "seconds": 1.0, "timings": {}, "rules": "r", "ppo_lag_lambda": ppo, "grpo_lag_lambda": grpo,

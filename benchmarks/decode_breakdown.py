@@ -1,0 +1,143 @@
+"""Where a CPU decode step goes: our sampler's step against the same step's matmuls alone, and one matmul against
+PyTorch's on one and two threads.
+
+    python -m benchmarks.decode_breakdown --batch 32 --prompt_len 64 --new_tokens 128 --hidden 512 --vocab 8192 \
+        --json docs/bench_decode_breakdown_cpu_b32.json
+
+Measured in one process, medians of `repeats` after warm-up:
+- `decode_step_ms`: our sampler in the rollout layout ("fused_out_in"), (time for new_tokens − time for 1) /
+  (new_tokens − 1): the prefill and the layout change cancel out;
+- `matmul_only_step_ms`: a jitted while loop over the same step's matmuls only (fused q|k|v, o, fused gate|up,
+  down per layer, the LM head; (B, E) activations, the same kernels), so the difference is attention, norms, RoPE,
+  the cache write, sampling and per-op overhead;
+- `head_matmul_gflops`: the LM-head matmul (B, E) @ (E, V) alone in XLA and in PyTorch with 1 and 2 threads: whether
+  each side uses both cores at this shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.common import tiny_llama_dir, write_json
+
+
+def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _matmul_only_loop(kernels, head, batch: int, steps: int):
+    """A jitted fori_loop of `steps` steps, each the decode step's matmuls on (B, E) activations (residual adds and
+    the SwiGLU product kept so nothing is dead code); returns a no-argument runner."""
+    import jax
+    import jax.numpy as jnp
+
+    e = head.shape[0]
+
+    def step(x):
+        for qkv, o, gate_up, down in kernels:
+            h = x @ qkv
+            x = x + h[:, : o.shape[0]] @ o
+            g = x @ gate_up
+            f = down.shape[0]
+            x = x + (jax.nn.silu(g[:, :f]) * g[:, f:]) @ down
+        return x, x @ head
+
+    def loop(x):
+        def body(_, carry):
+            x, acc = carry
+            y, logits = step(x)
+            return 0.5 * (x + y), acc + jnp.argmax(logits, -1).sum()
+        return jax.lax.fori_loop(0, steps, body, (x, jnp.int32(0)))
+
+    fn = jax.jit(loop)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(batch, e)).astype(np.float32))
+    return lambda: jax.block_until_ready(fn(x))
+
+
+def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4, vocab=8192) -> dict:
+    import jax
+    import torch
+
+    from saferlhf_jax.generation import generate
+    from saferlhf_jax.models import load_causal_lm
+
+    model = load_causal_lm(tiny_llama_dir(hidden=hidden, layers=layers, vocab=vocab))
+    ids = np.random.default_rng(0).integers(3, vocab, (batch, prompt_len))
+    mask = np.ones_like(ids)
+
+    def ours(n):
+        return lambda: jax.block_until_ready(generate(model, model.params, ids, mask, max_new_tokens=n, greedy=True,
+                                                      eos_token_ids=[], rollout_layout="fused_out_in")["sequences"])
+
+    full, one = _median_seconds(ours(new_tokens), repeats), _median_seconds(ours(1), repeats)
+    step_s = (full - one) / (new_tokens - 1)
+
+    mlp = model.params["model"]["layers"]
+    kernels = []
+    for i in range(layers):
+        a, m = mlp[i]["self_attn"], mlp[i]["mlp"]
+        qkv = np.concatenate([np.asarray(a[p]["kernel"]) for p in ("q_proj", "k_proj", "v_proj")], axis=-1)
+        gate_up = np.concatenate([np.asarray(m[p]["kernel"]) for p in ("gate_proj", "up_proj")], axis=-1)
+        kernels.append(tuple(jax.numpy.asarray(k) for k in
+                             (qkv, a["o_proj"]["kernel"], gate_up, m["down_proj"]["kernel"])))
+    head = jax.numpy.asarray(model.params["lm_head"]["kernel"])
+    matmul_s = _median_seconds(_matmul_only_loop(kernels, head, batch, new_tokens), repeats) / new_tokens
+
+    flops = 2 * batch * hidden * vocab
+    x = np.random.default_rng(1).normal(size=(batch, hidden)).astype(np.float32)
+    w = np.array(head)  # a writable copy for torch.from_numpy
+    xla_dot = jax.jit(lambda a, b: a @ b)
+    xj, wj = jax.numpy.asarray(x), jax.numpy.asarray(w)
+    reps = 50
+    gflops = {"xla": flops * reps / _median_seconds(lambda: [jax.block_until_ready(xla_dot(xj, wj))
+                                                             for _ in range(reps)], repeats) / 1e9}
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    threads = torch.get_num_threads()
+    for n in (1, 2):
+        torch.set_num_threads(n)
+        with torch.no_grad():
+            gflops[f"torch_{n}_threads"] = flops * reps / _median_seconds(lambda: [xt @ wt for _ in range(reps)],
+                                                                          repeats) / 1e9
+    torch.set_num_threads(threads)
+    return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
+            "model": {"hidden": hidden, "layers": layers, "vocab": vocab, "intermediate": 4 * hidden},
+            "tokens_per_second": batch * new_tokens / full, "decode_step_ms": step_s * 1e3,
+            "prefill_and_setup_ms": one * 1e3, "matmul_only_step_ms": matmul_s * 1e3,
+            "matmul_share_of_step": matmul_s / step_s, "head_matmul_gflops": gflops,
+            "device": jax.devices()[0].platform}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--prompt_len", type=int, default=64)
+    p.add_argument("--new_tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    r = run(args.batch, args.prompt_len, args.new_tokens, args.repeats, args.hidden, args.layers, args.vocab)
+    g = r["head_matmul_gflops"]
+    print(f"decode step {r['decode_step_ms']:.2f} ms, its matmuls alone {r['matmul_only_step_ms']:.2f} ms "
+          f"({100 * r['matmul_share_of_step']:.0f} %); LM-head matmul: XLA {g['xla']:.0f} GFLOP/s, PyTorch "
+          f"{g['torch_1_threads']:.0f} (1 thread) / {g['torch_2_threads']:.0f} (2 threads)")
+    write_json(args.json, r)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,24 +17,11 @@ Measured in one process, medians of `repeats` after warm-up:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 
 import numpy as np
 
-from benchmarks.common import tiny_llama_dir, write_json
-
-
-def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from benchmarks.common import median_time, tiny_llama_dir, write_json
 
 
 def _matmul_only_loop(kernels, head, batch: int, steps: int):
@@ -81,7 +68,7 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
         return lambda: jax.block_until_ready(generate(model, model.params, ids, mask, max_new_tokens=n, greedy=True,
                                                       eos_token_ids=[], rollout_layout="fused_out_in")["sequences"])
 
-    full, one = _median_seconds(ours(new_tokens), repeats), _median_seconds(ours(1), repeats)
+    full, one = median_time(ours(new_tokens), repeats, warmup=2), median_time(ours(1), repeats, warmup=2)
     step_s = (full - one) / (new_tokens - 1)
 
     mlp = model.params["model"]["layers"]
@@ -93,7 +80,7 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
         kernels.append(tuple(jax.numpy.asarray(k) for k in
                              (qkv, a["o_proj"]["kernel"], gate_up, m["down_proj"]["kernel"])))
     head = jax.numpy.asarray(model.params["lm_head"]["kernel"])
-    matmul_s = _median_seconds(_matmul_only_loop(kernels, head, batch, new_tokens), repeats) / new_tokens
+    matmul_s = median_time(_matmul_only_loop(kernels, head, batch, new_tokens), repeats, warmup=2) / new_tokens
 
     flops = 2 * batch * hidden * vocab
     x = np.random.default_rng(1).normal(size=(batch, hidden)).astype(np.float32)
@@ -101,15 +88,15 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
     xla_dot = jax.jit(lambda a, b: a @ b)
     xj, wj = jax.numpy.asarray(x), jax.numpy.asarray(w)
     reps = 50
-    gflops = {"xla": flops * reps / _median_seconds(lambda: [jax.block_until_ready(xla_dot(xj, wj))
-                                                             for _ in range(reps)], repeats) / 1e9}
+    gflops = {"xla": flops * reps / median_time(lambda: [jax.block_until_ready(xla_dot(xj, wj))
+                                                         for _ in range(reps)], repeats, warmup=2) / 1e9}
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
     threads = torch.get_num_threads()
     for n in (1, 2):
         torch.set_num_threads(n)
         with torch.no_grad():
-            gflops[f"torch_{n}_threads"] = flops * reps / _median_seconds(lambda: [xt @ wt for _ in range(reps)],
-                                                                          repeats) / 1e9
+            gflops[f"torch_{n}_threads"] = flops * reps / median_time(lambda: [xt @ wt for _ in range(reps)],
+                                                                      repeats, warmup=2) / 1e9
     torch.set_num_threads(threads)
     return {"batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens, "repeats": repeats,
             "model": {"hidden": hidden, "layers": layers, "vocab": vocab, "intermediate": 4 * hidden},

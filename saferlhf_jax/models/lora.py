@@ -6,7 +6,8 @@ adapted model starts exactly at the base. Adapters are float32 master weights ke
 ("model/layers/3/self_attn/q_proj"); scanned layers (L, d_in, d_out) get stacked adapters (L, d_in, r).
 
     adapters = lora.init(base_params, rank=8)
-    logits = model.apply(lora.merge(base_params, {"lora": adapters}, scale), ids, mask)
+    logits = model.apply(lora.inject(base_params, {"lora": adapters}, scale), ids, mask)   # training
+    plain = lora.merge(base_params, {"lora": adapters}, scale)                               # sampler, export
 
 Training runs the adapters where they are, beside each frozen kernel: `inject` puts A and s·B into the
 parameter tree next to W and `Model.apply` of such a tree computes x @ W + (x @ A) @ (s·B) in every adapted

@@ -85,7 +85,7 @@ def test_two_rule_claims_and_report(tmp_path):
 def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
     PID with 2·k_p and k_i / G over one, the two-rule preset's log-λ SGD; the missing-EOS penalty on every
-    single-rule RL method, not on the two-rule preset (not screened there)."""
+    single-rule RL method, not on the two-rule preset (it changed nothing there)."""
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import report
     from saferlhf_jax.testbed.run import claims, lambda_rule

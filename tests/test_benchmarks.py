@@ -143,5 +143,5 @@ def test_decode_breakdown_runs_at_tiny_size(tmp_path):
     r = json.loads(out.read_text())
     # (a step is a difference of two timings: at this size it may come out ≤ 0, so only its presence is checked)
     assert r["tokens_per_second"] > 0 and r["matmul_only_step_ms"] > 0 and "decode_step_ms" in r
-    assert r["command"].startswith("python -m")
+    assert r["command"]  # the command that produced it (how it reads depends on the launcher)
     assert set(r["head_matmul_gflops"]) == {"xla", "torch_1_threads", "torch_2_threads"}

@@ -241,8 +241,9 @@ def _resize_cache(cache: KVCache, size: int) -> KVCache:
         pad[axis] = (0, size - have)
         return jnp.pad(x, pad)
 
-    kv = jax.tree.map(lambda x: one(x, x.ndim - 2), (cache.k, cache.v))  # (…, B, K, S, Dh): slots second to last
-    return KVCache(*kv, one(cache.mask, 1))
+    # keys (…, B, K, Dh, S): slots last; values (…, B, K, S, Dh): slots second to last
+    return KVCache(jax.tree.map(lambda x: one(x, x.ndim - 1), cache.k),
+                   jax.tree.map(lambda x: one(x, x.ndim - 2), cache.v), one(cache.mask, 1))
 
 
 _PROGRAMS: dict[Any, tuple[Any, _Programs]] = {}

@@ -126,15 +126,17 @@ def softcap(x, cap: float | None):
 
 
 def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = None, heads_first: bool = False):
-    """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh) — or (B,K,S,Dh) with heads_first (the KV cache's
-    layout: every step reads the cache as stored, no per-step transpose of it) —, allowed (B,T,S) bool → (B,T,H,Dh).
+    """Grouped-query attention. q (B,T,H,Dh), k/v (B,S,K,Dh) — or, with heads_first, the KV cache's layout: k
+    (B,K,Dh,S) and v (B,K,S,Dh), read as stored (no per-step transpose of the cache) —, allowed (B,T,S) bool →
+    (B,T,H,Dh). Keys stored (Dh, S) make the scores a plain (G × Dh)·(Dh × S) product per (b, k): XLA CPU ran the
+    (G × Dh)·(S × Dh)ᵀ form of a B=32 decode step ~2.5× slower (docs/bench_decode_breakdown_cpu_b32.json).
 
     scale: query scaling (default Dh^-0.5); cap: logit soft-cap before the mask. Rows with no allowed key (left
     pads) get a uniform average instead of NaN.
     """
     b, t, h, dh = q.shape
     kh = k.shape[1 if heads_first else 2]
-    kv = "bksd" if heads_first else "bskd"
+    keys, values = ("bkds", "bksd") if heads_first else ("bskd", "bskd")
     # one query (decode): the unit query axis dropped, so each (b, k) is one (G × Dh)·(Dh × S) product — XLA CPU runs
     # the five-axis form of the same contraction about twice as slowly
     tq = "" if t == 1 else "t"
@@ -142,12 +144,12 @@ def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = Non
     if t == 1:
         qg, allowed = qg[:, 0], allowed[:, 0]
     scale = dh ** -0.5 if scale is None else scale
-    logits = jnp.einsum(f"b{tq}kgd,{kv}->bkg{tq}s", qg, k, preferred_element_type=jnp.float32)
+    logits = jnp.einsum(f"b{tq}kgd,{keys}->bkg{tq}s", qg, k, preferred_element_type=jnp.float32)
     logits = softcap(logits * jnp.float32(scale), cap)
     mask = allowed[:, None, None, :] if t == 1 else allowed[:, None, None, :, :]
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkg{tq}s,{kv}->b{tq}kgd", probs, v)
+    out = jnp.einsum(f"bkg{tq}s,{values}->b{tq}kgd", probs, v)
     return out.reshape(b, t, h, dh)
 
 
@@ -175,7 +177,7 @@ class Attention(nnx.Module):
         self.cap = config.attn_logit_softcapping
 
     def __call__(self, x, cos, sin, allowed, kv_cache=None, cache_index=None):
-        """x (B,T,E); allowed (B,T,S); kv_cache (k, v) each (B,S,K,Dh) or None (then S = T).
+        """x (B,T,E); allowed (B,T,S); kv_cache (k (B,K,Dh,S), v (B,K,S,Dh)) or None (then S = T).
 
         Returns (out (B,T,E), new kv_cache or None).
         """
@@ -194,9 +196,9 @@ class Attention(nnx.Module):
         q = checkpoint_name(constrain(q, QUERIES), "query_proj")
         k = checkpoint_name(constrain(k, KEYS), "key_proj")
         v = checkpoint_name(constrain(v, KEYS), "value_proj")
-        if kv_cache is not None:  # the cache is (B, K, S, Dh): this call's keys go in at slot cache_index
+        if kv_cache is not None:  # keys (B, K, Dh, S), values (B, K, S, Dh): this call's go in at slot cache_index
             ck, cv = kv_cache
-            k = jax.lax.dynamic_update_slice_in_dim(ck, k.swapaxes(1, 2).astype(ck.dtype), cache_index, axis=2)
+            k = jax.lax.dynamic_update_slice_in_dim(ck, k.transpose(0, 2, 3, 1).astype(ck.dtype), cache_index, axis=3)
             v = jax.lax.dynamic_update_slice_in_dim(cv, v.swapaxes(1, 2).astype(cv.dtype), cache_index, axis=2)
             kv_cache = (k, v)
         out = attend(q, k.astype(q.dtype), v.astype(q.dtype), allowed, self.scale, self.cap,
@@ -492,11 +494,12 @@ class ScoreModel(nnx.Module):
 
 @flax.struct.dataclass
 class KVCache:
-    """Keys and values of every layer plus the slot mask. k/v are stacked (L, B, K, S, Dh) arrays when layers are
-    scanned, else tuples of L arrays (B, K, S, Dh), so that a decode step updates each layer's buffer in place instead
-    of copying a stacked cache. Heads before slots: a step writes one (B, K, 1, Dh) slice and attention reads the
-    buffer as stored (a slots-first cache costs a transpose of the whole cache per layer and step). It declares its own
-    logical axes (`logical_axes`) for the sampler's shardings."""
+    """Keys and values of every layer plus the slot mask. Keys are (B, K, Dh, S) and values (B, K, S, Dh) per layer:
+    stacked (L, …) arrays when layers are scanned, else tuples of L arrays, so that a decode step updates each
+    layer's buffer in place instead of copying a stacked cache. Heads before slots: a step writes one (B, K, Dh, 1)
+    and one (B, K, 1, Dh) slice and attention reads the buffers as stored (a slots-first cache costs a transpose of
+    the whole cache per layer and step); keys slots-last so that the scores are a plain matmul (`attend`). It
+    declares its own logical axes (`logical_axes`) for the sampler's shardings."""
 
     k: Any
     v: Any
@@ -504,21 +507,22 @@ class KVCache:
 
     def logical_axes(self) -> "KVCache":
         """A KVCache of logical-axis tuples with this cache's structure."""
-        def one(x):
-            base = ("batch", "kv_heads", "cache_seq", "head_dim")
-            return ("layers", *base) if x.ndim == 5 else base
+        def one(base):
+            return lambda x: ("layers", *base) if x.ndim == 5 else base
 
-        return KVCache(jax.tree.map(one, self.k), jax.tree.map(one, self.v), ("batch", "cache_seq"))
+        return KVCache(jax.tree.map(one(("batch", "kv_heads", "head_dim", "cache_seq")), self.k),
+                       jax.tree.map(one(("batch", "kv_heads", "cache_seq", "head_dim")), self.v), ("batch", "cache_seq"))
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int, dtype: Any = None) -> KVCache:
     """Empty KV cache in `dtype` (default: compute dtype) and a (B, S) all-False slot mask."""
     dtype = jnp.dtype(dtype or config.dtype)
-    shape = (batch, config.num_key_value_heads, slots, config.resolved_head_dim)
+    k_shape = (batch, config.num_key_value_heads, config.resolved_head_dim, slots)
+    v_shape = (batch, config.num_key_value_heads, slots, config.resolved_head_dim)
     if config.scan_layers:
-        k = jnp.zeros((config.num_hidden_layers, *shape), dtype)
-        v = jnp.zeros((config.num_hidden_layers, *shape), dtype)
+        k = jnp.zeros((config.num_hidden_layers, *k_shape), dtype)
+        v = jnp.zeros((config.num_hidden_layers, *v_shape), dtype)
     else:
-        k = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
-        v = tuple(jnp.zeros(shape, dtype) for _ in range(config.num_hidden_layers))
+        k = tuple(jnp.zeros(k_shape, dtype) for _ in range(config.num_hidden_layers))
+        v = tuple(jnp.zeros(v_shape, dtype) for _ in range(config.num_hidden_layers))
     return KVCache(k, v, jnp.zeros((batch, slots), bool))

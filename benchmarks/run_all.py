@@ -2,7 +2,8 @@
 
     python -m benchmarks.run_all [--size tiny|cpu|gpu] [--json all.json]
 
-Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate` at two shapes, and TRL
+Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate` at two shapes (and, on
+CPU, the share of a decode step its matmuls take, `benchmarks/decode_breakdown.py`), and TRL
 1.12's PPOTrainer when `trl==1.12.0` is installed (skipped, and said so, otherwise). `--size gpu` adds the rows of
 `benchmarks/gpu_suite.py` (decode as a fraction of the HBM roofline, train-step MFU of a 1B-shaped model).
 """
@@ -46,6 +47,11 @@ def main(argv=None) -> int:
                "generate_large_vs_hf": generate.run(**sizes["generate_large"])}
     results["train_step_fraction_of_matmul_peak"] = {
         "ratio": results["train_step_vs_transformers"]["fraction_of_peak"]}
+    if a.size != "gpu":  # the larger generate shape's decode step against its matmuls alone
+        from benchmarks import decode_breakdown
+
+        row = decode_breakdown.run(**sizes["generate_large"])
+        results["decode_step_matmul_share"] = {"ratio": row["matmul_share_of_step"], **row}
     try:
         import trl  # noqa: F401
     except ImportError:

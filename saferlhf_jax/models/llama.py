@@ -144,6 +144,10 @@ def attend(q, k, v, allowed, scale: float | None = None, cap: float | None = Non
     if t == 1:
         qg, allowed = qg[:, 0], allowed[:, 0]
     scale = dh ** -0.5 if scale is None else scale
+    if heads_first and k.dtype != jnp.float32 and jax.default_backend() == "cpu":
+        # XLA CPU runs the slots-last key product in a dot kernel without bf16 × bf16 → f32; bf16 arithmetic is
+        # float32 on a CPU anyway, so the operands go in as float32 there (accelerators keep the cache's dtype)
+        qg, k = qg.astype(jnp.float32), k.astype(jnp.float32)
     logits = jnp.einsum(f"b{tq}kgd,{keys}->bkg{tq}s", qg, k, preferred_element_type=jnp.float32)
     logits = softcap(logits * jnp.float32(scale), cap)
     mask = allowed[:, None, None, :] if t == 1 else allowed[:, None, None, :, :]

@@ -58,7 +58,7 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
     import torch
 
     from saferlhf_jax.generation import generate
-    from saferlhf_jax.models import load_causal_lm
+    from saferlhf_jax.models import fuse_params, load_causal_lm
 
     model = load_causal_lm(tiny_llama_dir(hidden=hidden, layers=layers, vocab=vocab))
     ids = np.random.default_rng(0).integers(3, vocab, (batch, prompt_len))
@@ -71,15 +71,12 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
     full, one = median_time(ours(new_tokens), repeats, warmup=2), median_time(ours(1), repeats, warmup=2)
     step_s = (full - one) / (new_tokens - 1)
 
-    mlp = model.params["model"]["layers"]
-    kernels = []
-    for i in range(layers):
-        a, m = mlp[i]["self_attn"], mlp[i]["mlp"]
-        qkv = np.concatenate([np.asarray(a[p]["kernel"]) for p in ("q_proj", "k_proj", "v_proj")], axis=-1)
-        gate_up = np.concatenate([np.asarray(m[p]["kernel"]) for p in ("gate_proj", "up_proj")], axis=-1)
-        kernels.append(tuple(jax.numpy.asarray(k) for k in
-                             (qkv, a["o_proj"]["kernel"], gate_up, m["down_proj"]["kernel"])))
-    head = jax.numpy.asarray(model.params["lm_head"]["kernel"])
+    # the rollout's fused kernels, (in, out): the same numbers the sampler's matmuls read
+    fused = fuse_params(model.params, out_in=False)
+    kernels = [(block["self_attn"]["qkv_proj"]["kernel"], block["self_attn"]["o_proj"]["kernel"],
+                block["mlp"]["gate_up_proj"]["kernel"], block["mlp"]["down_proj"]["kernel"])
+               for block in (fused["model"]["layers"][i] for i in range(layers))]
+    head = fused["lm_head"]["kernel"]
     matmul_s = median_time(_matmul_only_loop(kernels, head, batch, new_tokens), repeats, warmup=2) / new_tokens
 
     flops = 2 * batch * hidden * vocab

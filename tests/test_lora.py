@@ -275,3 +275,15 @@ def test_peft_adapter_export_loads_in_peft_with_the_merged_logits(tmp_path):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     with torch.no_grad(), adapted.disable_adapter():  # the adapters matter: without them the logits differ
         assert not np.allclose(adapted(ids).logits.numpy(), want, atol=1e-3)
+
+
+def test_adapters_are_refused_on_the_rollout_layout():
+    """inject is for the training layout; the sampler's fused layout gets merged weights (`lora.merge`)."""
+    from saferlhf_jax.errors import ModelError
+
+    model = models.load_causal_lm(STORIES)
+    fused, to_fused = model.rollout_as("fused")
+    adapters = lora.init(model.params, rank=2, targets=("o_proj",))
+    ids, mask = _batch(model.config.vocab_size)
+    with pytest.raises(ModelError, match="training layout"):
+        fused.apply(lora.inject(to_fused(model.params), {"lora": adapters}, 1.0), ids, mask)

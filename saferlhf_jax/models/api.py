@@ -62,7 +62,8 @@ class Model:
         found = lora.injected(params)
         if found is None:
             return self.graphdef
-        return _abstract(self.config.replace(lora_targets=found[0], lora_rank=found[1]), self.kind)[0]
+        # validated: adapters are refused on a rollout (fused) layout, which the sampler reaches through merge
+        return _abstract(self.config.replace(lora_targets=found[0], lora_rank=found[1]).validate(), self.kind)[0]
 
     @functools.cached_property
     def apply(self):

@@ -59,7 +59,7 @@ def _reply(model, tok, conv: Conversation, args, seed: int, out) -> str:
     shown = ""
     budget = min(args.max_new_tokens, positions - ids.shape[1])
     for t in stream_generate(model, model.params, ids, np.ones_like(ids), max_new_tokens=budget,
-                             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                             temperature=max(args.temperature, 0.0), top_k=args.top_k, top_p=args.top_p,
                              repetition_penalty=args.repetition_penalty, greedy=args.temperature <= 0,
                              eos_token_ids=(tok.eos_token_id,), pad_token_id=tok.pad_token_id, rng=seed):
         if t == tok.eos_token_id:
@@ -92,6 +92,15 @@ def main(argv=None, stdin=None, out=None) -> int:
         p.error("give --model, or --red and --blue")
     from saferlhf_jax.data import make_template
     from saferlhf_jax.evaluation.loading import load_for_eval
+    from saferlhf_jax.generation.sampler import check_sampling
+
+    try:  # before loading anything: a bad setting is refused up front, not at the first message
+        check_sampling(max(args.temperature, 0.0), args.top_k, args.top_p, args.repetition_penalty)
+        if args.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be ≥ 1, got {args.max_new_tokens}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     specs = {"": args.model} if args.model else {"red": args.red, "blue": args.blue}
     try:

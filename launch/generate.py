@@ -49,9 +49,13 @@ def main(argv=None) -> int:
         ids[i, width - len(e):] = e
         mask[i, width - len(e):] = 1
     start = time.perf_counter()
-    out = generate(model, model.params, ids, mask, max_new_tokens=args.max_new_tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                   repetition_penalty=args.repetition_penalty, greedy=args.greedy, rng=args.seed)
+    try:
+        out = generate(model, model.params, ids, mask, max_new_tokens=args.max_new_tokens,
+                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                       repetition_penalty=args.repetition_penalty, greedy=args.greedy, rng=args.seed)
+    except ValueError as err:  # sampling settings outside their domain
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     elapsed = time.perf_counter() - start
     for i, prompt in enumerate(prompts):
         real = out["sequences"][i][out["attention_mask"][i].astype(bool)]

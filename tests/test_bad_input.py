@@ -98,10 +98,32 @@ def _tok():
                                                                      "no_target_tokens")),
     (["--config.train.batch_size=32"], ("fewer than one batch",)),
     (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",)),
+    (["--config.train.max_steps=0", "--config.train.epochs=0"], ("train.epochs must be ≥ 1",)),  # was: 0 steps, exit 0
 ])
 def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles):
     assert run_training_cli("sft", "", _sft(tmp_path / "run", *extra)) == 2
     _one_error_line(capsys.readouterr().err, *needles)
+
+
+@pytest.mark.parametrize("preset,key,value", [("dpo", "beta", 0.0), ("safedpo", "safety_margin", -1.0),
+                                               ("reward", "regularization", -0.1)])
+def test_loss_settings_outside_their_domain_are_refused(preset, key, value):
+    """Each of these trained without complaint before (β = 0: DPO's loss is log 2 whatever the policy does)."""
+    import importlib
+
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.training.trainer import validate_config
+
+    import jax
+
+    from saferlhf_jax.parallel.mesh import make_mesh
+
+    mesh = make_mesh(1, 1, 1, jax.devices()[:1])
+    cfg = importlib.import_module(f"configs.{preset}").get_config("tiny")
+    validate_config(cfg, mesh)
+    cfg.loss[key] = value
+    with pytest.raises(ConfigError, match=f"loss.{key} must be"):
+        validate_config(cfg, mesh)
 
 
 def test_unsupported_architecture_is_one_line(tmp_path, stories_dir, capsys):
@@ -144,6 +166,22 @@ def test_non_finite_rl_never_exports(tiny_models, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------------- tools
+
+
+@pytest.mark.parametrize("args,needle", [(["--temperature", "-1"], "temperature must be ≥ 0"),
+                                         (["--top_p", "0"], "top_p must be in (0, 1]"),
+                                         (["--repetition_penalty", "0"], "repetition_penalty must be > 0"),
+                                         (["--max_new_tokens", "-5"], "max_new_tokens must be ≥ 0")])
+def test_generate_refuses_sampling_settings_outside_their_domain(capsys, args, needle):
+    """Before: a negative temperature sampled the least likely tokens and top_p = 0 decoded greedily, both with
+    exit 0; a negative token budget ended in a traceback."""
+    from launch import chat, generate
+
+    assert generate.main(["--prompt", "Once", *args]) == 2
+    _one_error_line(capsys.readouterr().err, needle)
+    if args[0] != "--temperature":  # chat's temperature ≤ 0 means greedy
+        assert chat.main(["--model", "/nonexistent/model", *args], stdin=io.StringIO("")) == 2
+        _one_error_line(capsys.readouterr().err, needle.replace("≥ 0", "≥ 1"))
 
 
 def test_moderate_windows(capsys):

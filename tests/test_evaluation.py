@@ -53,7 +53,8 @@ def test_evaluate_score_cost_model(cost_model_dir, tmp_path):
 
 def test_evaluate_score_errors(tmp_path, capsys):
     assert evaluate_score.main(["--model", str(tmp_path / "nope"), "--datasets", "PKU-SafeRLHF/test"]) == 2
-    assert "error:" in capsys.readouterr().err
+    assert f"model directory not found: {tmp_path / 'nope'}" in capsys.readouterr().err
+    assert not (tmp_path / "nope").exists()  # its default output, nope/eval, was created before the model loaded
 
 
 def test_best_threshold_and_calibration_by_hand():

@@ -266,6 +266,21 @@ def test_lambda_max_and_normalize_flags_come_from_the_config():
         rl_config(cfg)
 
 
+@pytest.mark.parametrize("key,value,message", [
+    ("lambda_lr", -0.1, "lambda_lr must be ≥ 0"), ("kl_coeff", -0.01, "kl_coeff must be ≥ 0"),
+    ("gamma", 1.5, "gamma must be in [0, 1]"), ("gae_lambda", -0.1, "gae_lambda must be in [0, 1]"),
+    ("clip_range_ratio", 0.0, "clip_range_ratio must be > 0"), ("ptx_coeff", -1.0, "ptx_coeff must be ≥ 0")])
+def test_rl_settings_outside_their_domain_are_one_line_errors(key, value, message):
+    """A negative λ learning rate, for one, trained without complaint and moved λ away from the budget."""
+    from configs import ppo_lag as ppo_lag_cfg
+    from saferlhf_jax.algorithms.ppo_lag import rl_config
+
+    cfg = ppo_lag_cfg.get_config("tiny")
+    cfg.rl[key] = value
+    with pytest.raises(ConfigError, match=f"rl: {message.replace('[', '.').replace(']', '.')}"):
+        rl_config(cfg)
+
+
 def test_ptx_gradient_is_half_of_rl_plus_coeff_times_ptx():
     """The actor update equals the optimizer fed ½(∇L_rl + c·∇L_ptx) computed by hand (spec §3.15)."""
     coeff = 4.0

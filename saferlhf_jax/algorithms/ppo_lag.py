@@ -469,6 +469,8 @@ def validate(cfg, mesh) -> None:
     if min(prompt_bs, train_bs, nrs, int(t.update_iters)) < 1:
         raise ConfigError("train.prompt_batch_size, train.train_batch_size, generation.num_return_sequences and "
                           "train.update_iters must be ≥ 1")
+    if int(t.max_steps) <= 0 and int(t.epochs) < 1:  # else 0 iterations: the SFT actor exported as the result
+        raise ConfigError(f"train.epochs must be ≥ 1 when train.max_steps is not set, got {t.epochs}")
     if prompt_bs % train_bs:
         raise ConfigError(f"train.prompt_batch_size={prompt_bs} must be a multiple of train.train_batch_size="
                           f"{train_bs}")
@@ -489,8 +491,9 @@ def validate(cfg, mesh) -> None:
 
     if str(cfg.model.get("optimizer_memory", "device")) not in OPTIMIZER_MEMORY:
         raise ConfigError(f"model.optimizer_memory must be one of {OPTIMIZER_MEMORY}")
-    if float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1 or int(g.top_k) < 0:
-        raise ConfigError("generation: temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0")
+    if (float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1 or int(g.top_k) < 0
+            or not float(g.repetition_penalty) > 0):
+        raise ConfigError("generation: temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0, repetition_penalty > 0")
     eval_bs = int(t.eval_batch_size)
     if cfg.get("eval_datasets") and (eval_bs < 1 or eval_bs % div or eval_bs % hosts):
         raise ConfigError(f"train.eval_batch_size={eval_bs} must be a positive multiple of data×fsdp={div} and of "

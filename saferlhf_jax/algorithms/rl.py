@@ -76,6 +76,7 @@ class RLConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        self._check_ranges()
         if self.lambda_max is not None and self.lambda_max <= 0:
             raise ValueError("lambda_max must be > 0 (or None)")
         if self.missing_eos_penalty < 0:
@@ -107,6 +108,23 @@ class RLConfig:
                 raise ValueError(f"advantage estimator must be one of {ops.GROUP_ESTIMATORS}")
             if self.kl_mode not in ("loss", "reward") or self.aggregation not in ops.AGGREGATIONS:
                 raise ValueError("kl_mode must be loss|reward and aggregation one of " + str(ops.AGGREGATIONS))
+
+    def _check_ranges(self):
+        """The numeric fields' domains. Outside them a run does not fail, it silently optimises something else: a
+        negative λ learning rate moves λ away from the budget, a negative KL coefficient rewards drifting from the
+        reference, γ or the GAE λ above 1 let the returns grow without bound, a clip range ≤ 0 freezes the policy."""
+        positive = {"clip_range_ratio": self.clip_range_ratio, "clip_range_score": self.clip_range_score,
+                    "clip_range_value": self.clip_range_value, "group_eps": self.group_eps}
+        non_negative = {"kl_coeff": self.kl_coeff, "ptx_coeff": self.ptx_coeff, "lambda_lr": self.lambda_lr,
+                        "kl_loss_coeff": self.kl_loss_coeff, "loss_normalizer": self.loss_normalizer}
+        unit = {"gamma": self.gamma, "gae_lambda": self.gae_lambda}
+        bad = ([f"{k} must be > 0, got {v}" for k, v in positive.items() if not v > 0]
+               + [f"{k} must be ≥ 0, got {v}" for k, v in non_negative.items() if not v >= 0]
+               + [f"{k} must be in [0, 1], got {v}" for k, v in unit.items() if not 0 <= v <= 1]
+               + [f"every lambda_lrs entry must be ≥ 0, got {list(self.lambda_lrs)}"] * any(
+                   not v >= 0 for v in self.lambda_lrs))
+        if bad:
+            raise ValueError("; ".join(bad))
 
     @property
     def uses_cost(self) -> bool:

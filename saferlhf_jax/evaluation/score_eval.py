@@ -110,7 +110,6 @@ def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 1
                          mesh=None, score_type: str | None = None, source: str | None = None) -> dict:
     """Score every pair of `datasets` with the model and write the reports. Returns the summary dict."""
     output_dir = pathlib.Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     mesh = mesh or mesh_lib.make_mesh(fsdp=-1)
     tokenizer = load_tokenizer(model_dir)
     model = models.load_score_model(model_dir, mesh=mesh, require_head=True)
@@ -120,6 +119,8 @@ def evaluate_score_model(model_dir, datasets, output_dir, *, batch_size: int = 1
     stage = reward_stage.STAGE if score_type == "reward" else cost_stage.STAGE
     raw = data_lib.load_mix(list(datasets), source)
     ds = data_lib.build_dataset(stage.eval_kind, raw, tokenizer, max_length)
+    # only once the model and the data have loaded: a mistyped --model must not leave a <model>/eval tree behind
+    output_dir.mkdir(parents=True, exist_ok=True)
     div = mesh_lib.batch_divisor(mesh)
     batch_size = max(div, (batch_size // div) * div)
     eval_step = jax.jit(lambda p, b: stage.eval_fn(model.apply, p, {}, b, LossConfig()))

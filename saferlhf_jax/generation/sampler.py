@@ -53,6 +53,19 @@ def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
     return int(length)
 
 
+def check_sampling(temperature: float, top_k, top_p: float, repetition_penalty: float) -> None:
+    """ValueError for settings outside their domain (transformers refuses the same): a negative temperature samples
+    the least likely tokens, top_p = 0 is greedy in disguise, a penalty ≤ 0 flips or zeroes the seen logits."""
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be ≥ 0 (0: greedy), got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be ≥ 0 (0: off), got {top_k}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] (1: off), got {top_p}")
+    if not repetition_penalty > 0:
+        raise ValueError(f"repetition_penalty must be > 0 (1: off), got {repetition_penalty}")
+
+
 def _resolve_budget(prompt_width: int, max_new_tokens, max_length) -> int:
     if max_new_tokens is not None:
         if max_new_tokens < 0:
@@ -274,6 +287,9 @@ def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens:
     """Yield the new token of row 0 as it is produced (interactive use: one jitted step per token).
 
     Same programs and sampling as `generate`, so a fixed rng gives the same tokens."""
+    check_sampling(temperature, top_k, top_p, repetition_penalty)
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
     ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask).astype(np.int32)
     b, s = ids.shape
@@ -333,6 +349,7 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         raise ValueError(f"input_ids and attention_mask must both be (B, S); got {ids.shape} and {mask.shape}")
     if model.kind != "causal_lm":
         raise ValueError("generate needs a causal LM, got a score model")
+    check_sampling(temperature, top_k, top_p, repetition_penalty)
     if mask.shape[1] and np.any(mask[:, -1] == 0) and np.any(mask.sum(-1) > 0):
         if np.any((mask[:, -1] == 0) & (mask.sum(-1) > 0)):
             raise ValueError("prompts must be left-padded: a row ends in padding")

@@ -67,6 +67,8 @@ def validate_config(cfg, mesh) -> None:
         value = int(t.get(key, t.batch_size))
         if value < 1 or value % div:
             raise ConfigError(f"train.{key}={value} must be a positive multiple of the data axes data×fsdp={div}")
+    if int(t.get("max_steps", 0)) <= 0 and int(t.get("epochs", 1)) < 1:  # else 0 steps: the base model exported
+        raise ConfigError(f"train.epochs must be ≥ 1 when train.max_steps is not set, got {t.epochs}")
     if int(t.grad_accum) < 1:
         raise ConfigError(f"train.grad_accum must be ≥ 1, got {t.grad_accum}")
     lc = loss_config(cfg)
@@ -74,6 +76,13 @@ def validate_config(cfg, mesh) -> None:
         raise ConfigError(f"loss.loss_type must be one of {ops.LOSS_TYPES}, got {lc.loss_type!r}")
     if lc.dpo_slicing not in ops.DPO_SLICINGS:
         raise ConfigError(f"loss.dpo_slicing must be one of {ops.DPO_SLICINGS}, got {lc.dpo_slicing!r}")
+    # outside these a stage trains without complaint on a different objective: β = 0 makes DPO's loss constant
+    # (log 2, no gradient), a negative regularisation rewards large scores, a negative Δ lets unsafe answers win
+    for key, value, ok, need in (("beta", lc.beta, lc.beta > 0, "> 0"),
+                                 ("regularization", lc.regularization, lc.regularization >= 0, "≥ 0"),
+                                 ("safety_margin", lc.safety_margin, lc.safety_margin >= 0, "≥ 0")):
+        if not ok:
+            raise ConfigError(f"loss.{key} must be {need}, got {value}")
     if lc.normalizer_type not in ops.NORMALIZER_TYPES:
         raise ConfigError(f"loss.normalizer_type must be none|RunningMeanStd|ExponentialMovingAverage, "
                           f"got {lc.normalizer_type!r}")

@@ -21,7 +21,7 @@ def main(argv=None) -> int:
         out = llama2c.convert(args.checkpoint, args.tokenizer, args.output)
     except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote {out}")
     return 0
 

@@ -178,6 +178,19 @@ def test_testbed_config_errors_are_one_line(tmp_path):
     with pytest.raises(ConfigError, match=r"world.name must be one of \['multi', 'single'\]"):
         run(cfg)
     assert testbed_config.get_config("multi").world.name == "multi"
+    # each of these trained every method before failing at the evaluation, or gave a result that means nothing
+    for key, value, message in (("world.eval_prompts", 0, r"world.eval_prompts=0: every world size must be ≥ 1"),
+                                ("world.heldout_fraction", 1.0, r"heldout_fraction must be in \(0, 1\)"),
+                                ("shaping_lambdas", (0.1, -1.0), "a fixed λ < 0 rewards harm"),
+                                ("shaping_lambdas", (), "reward_shaping needs at least one fixed λ")):
+        bad = testbed_config.get_config("ci")
+        bad.output_dir = str(tmp_path / "bad")
+        bad.methods = "sft,reward_shaping"
+        section, _, name = key.rpartition(".")
+        (bad[section] if section else bad)[name] = value
+        with pytest.raises(ConfigError, match=message):
+            run(bad)
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 @pytest.mark.slow  # a ~10-minute testbed run (four score models, three RL runs)

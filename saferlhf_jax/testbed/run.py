@@ -89,6 +89,25 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
             "threshold_cost_model_units": float(slope * world.THRESHOLD + intercept)}
 
 
+def _check_sizes(cfg) -> None:
+    """One-line ConfigErrors for world sizes and fixed λ's that cannot give a result: no held-out prompts to judge
+    the policies on (the run used to train every method and then fail), a held-out fraction that leaves the
+    reward and cost models nothing to learn from or to be checked on, a negative fixed λ (it rewards harm)."""
+    from saferlhf_jax.errors import ConfigError
+
+    w = cfg.world
+    sizes = {k: int(w[k]) for k in ("sft_examples", "rl_prompts", "preference_prompts", "eval_prompts",
+                                   "batch_size", "max_length")}
+    small = [f"world.{k}={v}" for k, v in sizes.items() if v < 1]
+    if small:
+        raise ConfigError(f"{', '.join(small)}: every world size must be ≥ 1")
+    if not 0 < float(w.heldout_fraction) < 1:
+        raise ConfigError(f"world.heldout_fraction must be in (0, 1), got {w.heldout_fraction}")
+    lambdas = [float(x) for x in cfg.shaping_lambdas]
+    if any(not x >= 0 for x in lambdas):
+        raise ConfigError(f"shaping_lambdas must be ≥ 0 (a fixed λ < 0 rewards harm), got {lambdas}")
+
+
 def run(cfg) -> dict[str, Any]:
     """The testbed job (see the module docstring); returns the results dict written to results.json."""
     from saferlhf_jax.algorithms import cost as cost_stage
@@ -100,19 +119,16 @@ def run(cfg) -> dict[str, Any]:
     from saferlhf_jax.training import trainer
 
     t0 = time.perf_counter()
+    _check_sizes(cfg)  # before anything is written or trained: these otherwise fail after the whole run, or not
     out = pathlib.Path(cfg.output_dir).expanduser()
     data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
-    import jax
-
-    if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
-        jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     seed = int(cfg.seed)
     methods = [m.strip() for m in (cfg.methods.split(",") if isinstance(cfg.methods, str) else cfg.methods)]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"testbed methods must be among {METHODS}, got {unknown}")
+    if "reward_shaping" in methods and not len(cfg.shaping_lambdas):
+        raise ConfigError("method reward_shaping needs at least one fixed λ in shaping_lambdas")
     world_name = str(cfg.world.get("name", "single"))
     if world_name not in world.WORLDS:
         raise ConfigError(f"world.name must be one of {sorted(world.WORLDS)}, got {world_name!r}")
@@ -121,6 +137,12 @@ def run(cfg) -> dict[str, Any]:
     if "ppo_lag_summed" in methods and not multi:
         raise ConfigError("method ppo_lag_summed is the summed-cost baseline of a world with several rules "
                           "(--config.world.name=multi); in the single-rule world it is ppo_lag")
+    data.mkdir(parents=True, exist_ok=True)
+    import jax
+
+    if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
+        jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     # stage times of whichever invocation ran each stage: a resume keeps the earlier ones
     previous = out / "results.json"
     timings: dict[str, float] = json.loads(previous.read_text()).get("timings", {}) if previous.is_file() else {}

@@ -44,10 +44,16 @@ def main(argv=None) -> int:
         mesh = planner.make_target_mesh(known.target, cfg.mesh)
         rules = mesh_lib.rules_from_config(cfg.mesh)
         if "mode" in cfg:
+            from saferlhf_jax.algorithms import ppo_lag
+
+            ppo_lag.validate(cfg, mesh)  # the run's own checks: batch arithmetic as one line, not a sharding error
             plan = planner.plan_rl(cfg, mesh, rules)
             name = cfg.mode
         else:
             stage = importlib.import_module(f"saferlhf_jax.algorithms.{STAGES[cfg.stage]}").STAGE
+            from saferlhf_jax.training import trainer
+
+            trainer.validate_config(cfg, mesh)
             plan = planner.plan_supervised(stage, cfg, mesh, rules)
             name = cfg.stage
     except (ValueError, FileNotFoundError) as err:

@@ -68,15 +68,36 @@ def base_model(cfg, out: pathlib.Path, timings: StageTimes) -> str:
     return str(target)
 
 
+STAGES = ("testbed", "sft", "reward", "cost", "moderation", "ppo_lag", "arena")
+
+
+def parse_stages(value) -> list[str]:
+    """`stages` as given in a config or on the command line — a tuple of names, or names joined by commas such as
+    "sft,reward" or "(sft,reward)" (a tuple of bare words on the command line arrives as one such string, and
+    `list` of it was its characters: no stage ran and the job exited 0) — as a list of known stage names;
+    anything else is a one-line ConfigError."""
+    from saferlhf_jax.errors import ConfigError
+
+    items = [value] if isinstance(value, str) else list(value)
+    names = [name.strip() for item in items
+             for name in str(item).strip().strip("()[]").replace("'", "").replace('"', "").split(",") if name.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise ConfigError(f"stages must be a non-empty list of {list(STAGES)}, got {unknown or names}")
+    return names
+
+
 def run(cfg) -> dict:
     from saferlhf_jax.algorithms import cost, moderation, ppo_lag, reward, sft
     from saferlhf_jax.evaluation import report
     from saferlhf_jax.training import trainer
 
     started = time.perf_counter()
+    stages = parse_stages(cfg.stages)
+    with cfg.ignore_type():  # the report lists them: the parsed names, not a string's characters
+        cfg.stages = tuple(stages)
     out = pathlib.Path(cfg.output_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
-    stages = list(cfg.stages)
     timings = StageTimes(out)
     supervised = {"sft": sft.STAGE, "reward": reward.STAGE, "cost": cost.STAGE, "moderation": moderation.STAGE}
     if "testbed" in stages and not (out / "testbed" / "results.json").is_file():

@@ -184,6 +184,20 @@ def test_generate_refuses_sampling_settings_outside_their_domain(capsys, args, n
         _one_error_line(capsys.readouterr().err, needle.replace("≥ 0", "≥ 1"))
 
 
+def test_pipeline_stages_from_the_command_line(tmp_path, capsys):
+    """`--config.stages=sft` used to run no stage and exit 0 (a string's characters), an unknown stage too."""
+    from launch import pipeline as pipeline_cli
+    from saferlhf_jax.pipeline import parse_stages
+
+    assert parse_stages("sft") == ["sft"]
+    assert parse_stages(("(sft, reward)",)) == parse_stages("sft,reward") == parse_stages(("sft", "reward"))
+    out = tmp_path / "job"
+    assert pipeline_cli.main(["prog", "--config=configs/pipeline.py:tiny", f"--config.output_dir={out}",
+                              "--config.stages=(sft,rewrad)"]) == 2
+    _one_error_line(capsys.readouterr().err, "stages must be a non-empty list of", "'rewrad'")
+    assert not out.exists()
+
+
 def test_moderate_windows(capsys):
     from launch.moderate import windows
 

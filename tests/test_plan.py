@@ -100,6 +100,11 @@ def test_plan_errors(capsys):
     assert plan.main(["plan", "--target", "cpu:8", "--config=configs/reward.py:llama2_7b",
                       "--config.model_name_or_path=/nope/model", "--config.architecture="]) == 2
     assert "known architecture" in capsys.readouterr().err
+    # the run's own batch checks, not JAX's "implies that array axis 0 is partitioned 3 times" from the compiler
+    for config, key in (("ppo_lag", "train.train_batch_size=128"), ("reward", "train.batch_size=128")):
+        assert plan.main(["plan", "--target", "cpu:8", f"--config=configs/{config}.py:llama2_7b",
+                          "--config.mesh.fsdp=3"]) == 2
+        assert f"{key} must be a" in capsys.readouterr().err
 
 
 def test_tiny_ppo_lag_plan_is_stable(full_plan):

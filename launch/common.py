@@ -6,6 +6,7 @@ compiles; Ctrl-C / SIGTERM saves a checkpoint and the same command resumes.
 
 from __future__ import annotations
 
+import ast
 import difflib
 import importlib.util
 import logging
@@ -35,17 +36,34 @@ def _config_arg(argv: list[str], default: str) -> tuple[str, int | None]:
     return default, None
 
 
-def normalize_list_flags(argv: list[str]) -> list[str]:
-    """`--config.train_datasets=a:0.5,b` → a tuple literal that config_flags accepts."""
+def _string_tuple_field(cfg, key: str) -> bool:
+    """Whether `key` (dotted) names a tuple-of-strings field of `cfg` (a dataset list key counts even when empty)."""
+    node = cfg
+    for part in key.split("."):
+        if not isinstance(node, config_dict.ConfigDict) or part not in node:
+            return False
+        node = node[part]
+    if key.rsplit(".", 1)[-1] in LIST_KEYS:
+        return True
+    return isinstance(node, tuple) and bool(node) and all(isinstance(e, str) for e in node)
+
+
+def normalize_list_flags(argv: list[str], cfg=None) -> list[str]:
+    """`--config.train_datasets=a:0.5,b` (or `(a:0.5,b)`, bare words) → a tuple literal that config_flags accepts,
+    for the dataset lists and, given the base config, every tuple-of-strings field (`stages`, `lora.targets`).
+    Without this a bare `(sft,reward)` arrived as the one string '(sft,reward)'."""
     out = []
     for arg in argv:
-        for key in LIST_KEYS:
-            prefix = f"--config.{key}="
-            if arg.startswith(prefix):
-                value = arg[len(prefix):].strip()
-                if not value.startswith(("(", "[")):
-                    items = tuple(v.strip() for v in value.split(",") if v.strip())
-                    arg = prefix + repr(items if len(items) != 1 else (items[0],))
+        key, eq, value = arg[len("--config."):].partition("=") if arg.startswith("--config.") else ("", "", "")
+        if eq and (_string_tuple_field(cfg, key) if cfg is not None else key.rsplit(".", 1)[-1] in LIST_KEYS):
+            value = value.strip()
+            try:
+                literal = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                literal = None
+            if not isinstance(literal, (tuple, list)):
+                items = tuple(v.strip() for v in value.strip("()[]").split(",") if v.strip())
+                arg = f"--config.{key}={items!r}"
         out.append(arg)
     return out
 
@@ -87,9 +105,9 @@ def check_override_keys(argv: list[str], cfg) -> None:
 
 def parse_config(argv: list[str], default_config: str):
     """argv (program name first) → ConfigDict with overrides applied; raises ValueError with one line."""
-    argv = normalize_list_flags(list(argv))
-    spec, _ = _config_arg(argv[1:], default_config)
+    spec, _ = _config_arg(list(argv)[1:], default_config)
     base = load_config_file(spec)
+    argv = normalize_list_flags(list(argv), base)
     check_override_keys(argv[1:], base)
     fv = flags.FlagValues()
     if not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):

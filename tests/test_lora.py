@@ -155,6 +155,21 @@ def test_lora_config_errors_are_one_line(tmp_path):
 
     with pytest.raises(ConfigError, match="lora.init"):
         _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="xavier", targets=lora.DEFAULT_TARGETS))
+    with pytest.raises(ConfigError, match=r"lora.targets must name projections among .*got \['qproj'\]"):
+        _run("sft", tmp_path, lora=dict(rank=4, alpha=16.0, init="gaussian", targets=("qproj",)))
+
+
+def test_lora_targets_from_the_command_line(tmp_path, capsys):
+    """`--config.lora.targets=(q_proj,v_proj)` arrived as the one target '(q_proj,v_proj)': a traceback."""
+    from launch.common import parse_config
+
+    for given in ("(q_proj,v_proj)", "q_proj,v_proj", "('q_proj', 'v_proj')"):
+        cfg, _ = parse_config(["prog", "--config=configs/sft.py:tiny", f"--config.lora.targets={given}"],
+                              "configs/sft.py:tiny")
+        assert tuple(cfg.lora.targets) == ("q_proj", "v_proj"), given
+    cfg, _ = parse_config(["prog", "--config=configs/sft.py:tiny", "--config.train_datasets=alpaca:0.5,alpaca:8/-1",
+                           "--config.data.buckets=(64,128)"], "configs/sft.py:tiny")
+    assert tuple(cfg.train_datasets) == ("alpaca:0.5", "alpaca:8/-1") and tuple(cfg.data.buckets) == (64, 128)
 
 
 def test_adapters_are_sharded_like_their_kernels():

@@ -103,6 +103,10 @@ def lora_settings(cfg) -> tuple[int, float]:
     rank = int(section.rank) if section is not None else 0
     if rank < 0 or (rank and float(section.alpha) <= 0):
         raise ConfigError(f"lora.rank must be ≥ 0 and lora.alpha > 0, got rank={rank}, alpha={section.alpha}")
+    unknown = [t for t in tuple(section.targets) if t not in lora_lib.DEFAULT_TARGETS] if rank else []
+    if rank and (unknown or not tuple(section.targets)):  # else a ValueError traceback once the model is built
+        raise ConfigError(f"lora.targets must name projections among {list(lora_lib.DEFAULT_TARGETS)}, got "
+                          f"{list(section.targets)}")
     if rank and str(section.init) not in lora_lib.INITS:
         raise ConfigError(f"lora.init must be one of {lora_lib.INITS}, got {section.init!r}")
     if rank and str(section.get("export", "merged")) not in lora_lib.EXPORTS:

@@ -12,6 +12,7 @@ One warm-up each, then `repeats` interleaved rounds of the four sides in this pr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -19,7 +20,11 @@ import numpy as np
 from benchmarks.common import median_time, tiny_llama_dir, write_json
 
 
-def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048, threads=None) -> dict:
+def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048, threads=None,
+        cpu_devices=1) -> dict:
+    """cpu_devices > 1: our sampler on a mesh of that many CPU devices with the batch split over `data` (one
+    device per core: XLA runs each device's non-matmul ops on its own thread); the process must have been started
+    with that many host devices (`main` sets XLA_FLAGS before jax loads)."""
     import jax
     import torch
     import transformers
@@ -29,8 +34,16 @@ def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, 
 
     if threads:
         torch.set_num_threads(threads)
+    from saferlhf_jax.parallel import mesh as mesh_lib
+
     path = tiny_llama_dir(hidden=hidden, layers=layers, vocab=vocab)
-    ours = load_causal_lm(path)
+    mesh = None
+    if cpu_devices > 1:
+        if len(jax.devices()) < cpu_devices or batch % cpu_devices:
+            raise ValueError(f"--cpu_devices {cpu_devices} needs that many devices (have {len(jax.devices())}) and a "
+                             f"batch divisible by it (got {batch})")
+        mesh = mesh_lib.make_mesh(cpu_devices, 1, 1, jax.devices()[:cpu_devices])
+    ours = load_causal_lm(path, mesh=mesh)
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     rng = np.random.default_rng(0)
     lengths = rng.integers(prompt_len // 2, prompt_len + 1, batch)
@@ -42,7 +55,7 @@ def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, 
 
     def run_ours(rollout_layout="fused_out_in"):  # what RL rollouts use: the parameters fused once per call
         out = generate(ours, ours.params, ids, mask, max_new_tokens=new_tokens, greedy=True, eos_token_ids=[],
-                       rollout_layout=rollout_layout)
+                       rollout_layout=rollout_layout, mesh=mesh)
         return out["sequences"]
 
     def run_hf():
@@ -69,7 +82,7 @@ def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, 
               "fastest_layout": max(by_layout, key=by_layout.get), "unit": "tokens/s", "token_agreement": agree,
               "layouts_agree": same_layouts, "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
               "repeats": repeats, "model": {"hidden": hidden, "layers": layers, "vocab": vocab},
-              "device": jax.devices()[0].platform, "threads": threads or "default"}
+              "device": jax.devices()[0].platform, "threads": threads or "default", "cpu_devices": cpu_devices}
     return result
 
 
@@ -82,9 +95,17 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--vocab", type=int, default=2048)
+    p.add_argument("--cpu_devices", type=int, default=1,
+                   help="split our batch over this many CPU devices (data axis), one per core")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    r = run(args.batch, args.prompt_len, args.new_tokens, args.repeats, args.hidden, args.layers, args.vocab)
+    if args.cpu_devices > 1:
+        if "jax" in sys.modules:
+            raise SystemExit("--cpu_devices must be set before jax is imported (run this script as a program)")
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.cpu_devices}").strip()
+    r = run(args.batch, args.prompt_len, args.new_tokens, args.repeats, args.hidden, args.layers, args.vocab,
+            cpu_devices=args.cpu_devices)
     print(f"generation, batch {r['batch']} × {r['new_tokens']} new tokens: ours {r['ours']:.0f} tok/s, "
           f"HF generate {r['baseline']:.0f} tok/s, ratio {r['ratio']:.2f}× (by rollout layout: "
           + ", ".join(f"{k} {v:.2f}×" for k, v in r["ratio_by_layout"].items())

@@ -22,6 +22,16 @@ def test_generation_benchmark_reports_a_ratio(tmp_path):
     assert r["ratio"] == r["ratio_by_layout"]["fused_out_in"] and r["fastest_layout"] in r["ratio_by_layout"]
 
 
+def test_generation_benchmark_on_two_cpu_devices():
+    """--cpu_devices: the batch split over a 2-device data axis gives HF's greedy tokens in every layout."""
+    from benchmarks import generate
+
+    r = generate.run(batch=4, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=128, cpu_devices=2)
+    assert r["cpu_devices"] == 2 and r["token_agreement"] == 1.0 and r["layouts_agree"]
+    with pytest.raises(ValueError, match="batch divisible"):
+        generate.run(batch=3, prompt_len=8, new_tokens=8, repeats=1, hidden=64, layers=2, vocab=128, cpu_devices=2)
+
+
 def test_benchmark_suite_runs_at_tiny_size(tmp_path, capsys):
     from benchmarks import run_all
 

@@ -68,6 +68,17 @@ def normalize_list_flags(argv: list[str], cfg=None) -> list[str]:
     return out
 
 
+def refuse_to_overwrite(output, overwrite: bool = False) -> str | None:
+    """The one-line reason a converter must not write into `output` (a file, or a directory that already holds
+    something: a converter writes over config.json and the weights — another model's, silently), else None."""
+    path = pathlib.Path(output).expanduser()
+    if path.exists() and not path.is_dir():
+        return f"--output {path} is a file, not a directory"
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        return f"--output {path} already holds files; choose a new directory (or pass --overwrite)"
+    return None
+
+
 def load_config_file(spec: str):
     path, _, preset = spec.partition(":")
     file = pathlib.Path(path)

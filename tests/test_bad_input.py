@@ -155,6 +155,36 @@ def test_rl_scorer_without_a_score_head_is_refused(tiny_models, tmp_path, capsys
     _one_error_line(capsys.readouterr().err, "critic.learning_rate must be a positive number")
 
 
+def test_a_score_model_is_refused_as_a_policy(tiny_models, tmp_path, capsys):
+    """The other way round: a reward model given as the actor (or to generate/chat) used to load its backbone with
+    the tied embeddings as a language-model head and its score head dropped — RL trained it, exit 0."""
+    from launch import generate
+
+    argv = _rl(tiny_models, tmp_path / "run", f"--config.actor_model_name_or_path={tiny_models / 'reward'}")
+    assert run_rl_cli("", argv) == 2
+    _one_error_line(capsys.readouterr().err, "is a score model (LlamaForScore", "not a causal LM")
+    assert generate.main(["--model", str(tiny_models / "reward"), "--prompt", "Once"]) == 2
+    _one_error_line(capsys.readouterr().err, "is a score model")
+
+
+def test_converters_never_write_over_another_model(tmp_path, test_data, capsys):
+    """convert_gguf / convert_llama2c used to write config.json and the weights into any existing directory."""
+    from launch import convert_gguf, convert_llama2c
+
+    taken = tmp_path / "sft_export"
+    taken.mkdir()
+    (taken / "config.json").write_text("{}")
+    ckpt, tok = test_data / "llama2c" / "stories260K.bin", test_data / "llama2c" / "tok512.bin"
+    argv = ["--checkpoint", str(ckpt), "--tokenizer", str(tok), "--output", str(taken)]
+    assert convert_llama2c.main(argv) == 2
+    _one_error_line(capsys.readouterr().err, "already holds files", "--overwrite")
+    assert convert_gguf.main(["--gguf", str(ckpt), "--output", str(taken)]) == 2
+    _one_error_line(capsys.readouterr().err, "already holds files")
+    assert (taken / "config.json").read_text() == "{}" and len(list(taken.iterdir())) == 1
+    assert convert_llama2c.main([*argv, "--overwrite"]) == 0  # asked for: written
+    assert "vocab_size" in (taken / "config.json").read_text()
+
+
 def test_non_finite_rl_never_exports(tiny_models, tmp_path, capsys):
     out = tmp_path / "run"
     assert run_rl_cli("", _rl(tiny_models, out, "--config.actor.learning_rate=1e30",

@@ -360,6 +360,10 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
 
     has_head = "score_head.weight" in tensors
+    if kind == "causal_lm" and (has_head or "score.weight" in tensors):  # its tied embeddings would "generate": a reward model's backbone, silently
+        raise ModelError(f"{path} is a score model ({', '.join(raw_config.get('architectures') or ['score head'])}: "
+                         "a reward/cost or moderation model), not a causal LM to generate with or train as a policy "
+                         "— point to an SFT/RL export or a base model")
     fresh_head = kind == "score" and not has_head
     if fresh_head and require_head:
         raise ModelError(f"{path} has no score head (no score_head.weight): it is a causal LM, not a trained "
@@ -408,8 +412,6 @@ def _ignorable(kind: str, config: ModelConfig) -> set[str]:
     """Tensors a checkpoint may carry that this model kind legitimately does not read."""
     out = {"lm_head.weight"} if (kind == "score" or config.tie_word_embeddings) else set()
     out |= {f"model.layers.{i}.self_attn.rotary_emb.inv_freq" for i in range(config.num_hidden_layers)}
-    if kind == "causal_lm":  # a score checkpoint used as a policy (e.g. a critic's backbone) drops its head
-        out |= {"score_head.weight", "score_head.bias", "score.weight"}
     return out
 
 

@@ -58,6 +58,19 @@ def load_file(path: str | pathlib.Path) -> dict[str, np.ndarray]:
 def load_dir(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """All tensors of a HF model directory (single file or sharded with model.safetensors.index.json)."""
     path = pathlib.Path(path)
+    tensors: dict[str, np.ndarray] = {}
+    for name in _weight_files(path):
+        tensors.update(load_file(path / name))
+    return tensors
+
+
+def tensor_names(path: str | pathlib.Path) -> set[str]:
+    """The tensor names of a HF model directory, read from the headers only (nothing is loaded)."""
+    path = pathlib.Path(path)
+    return {k for name in _weight_files(path) for k in read_header(path / name)[0] if k != "__metadata__"}
+
+
+def _weight_files(path: pathlib.Path) -> list[str]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
@@ -67,10 +80,7 @@ def load_dir(path: str | pathlib.Path) -> dict[str, np.ndarray]:
         bins = list(path.glob("*.bin")) + list(path.glob("*.pt"))
         hint = " (found pickle weights; convert them to safetensors first — they are never unpickled)" if bins else ""
         raise FileNotFoundError(f"no *.safetensors weights in {path}{hint}")
-    tensors: dict[str, np.ndarray] = {}
-    for name in files:
-        tensors.update(load_file(path / name))
-    return tensors
+    return files
 
 
 def save_file(tensors: dict[str, np.ndarray], path: str | pathlib.Path, metadata: dict | None = None) -> None:

@@ -339,6 +339,11 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
         except ValueError as err:
             raise ConfigError(f"train.batch_size: {err}") from None
         model = load_model(stage, cfg, mesh, tokenizer, run.rules)
+        probe = None
+        if int(t.get("head_probe_steps", 0)) > 0 and not run.resuming:  # a resume restores the probed head
+            from saferlhf_jax.training import head_probe
+
+            probe = head_probe.probe(stage, model, cfg, train_ds, mesh, lc, buckets)
         per_epoch = optim.updates_per_epoch(iterator.batches_per_epoch, grad_accum)
         total = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * per_epoch
         optimizer, schedule = optim.make_optimizer(
@@ -452,6 +457,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                                    "train": {k: v for k, v in last_row.items() if k != "step"},
                                    "eval": eval_result, "skipped_updates": skipped,
                                    "train_examples": len(train_ds), "data_counts": train_ds.counts}
+        if probe is not None:
+            summary["head_probe"] = probe
 
         def export(directory):
             params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes

@@ -360,7 +360,8 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
 
     has_head = "score_head.weight" in tensors
-    if kind == "causal_lm" and (has_head or "score.weight" in tensors):  # its tied embeddings would "generate": a reward model's backbone, silently
+    # as a policy a score checkpoint's tied embeddings would "generate" from a reward model's backbone, silently
+    if kind == "causal_lm" and (has_head or "score.weight" in tensors):
         raise ModelError(f"{path} is a score model ({', '.join(raw_config.get('architectures') or ['score head'])}: "
                          "a reward/cost or moderation model), not a causal LM to generate with or train as a policy "
                          "— point to an SFT/RL export or a base model")

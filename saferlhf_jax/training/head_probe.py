@@ -41,7 +41,8 @@ L2 = 1e-2  # on the standardised kernel: the features outnumber the examples of 
 def check(stage, model, lc) -> None:
     """One-line ConfigErrors for a probe that cannot be exact or has nothing to fit."""
     if stage.model_kind != "score":
-        raise ConfigError(f"train.head_probe_steps applies to score models (reward, cost, moderation), not {stage.name}")
+        raise ConfigError(f"train.head_probe_steps applies to score models (reward, cost, moderation), not "
+                          f"{stage.name}")
     if lc.loss_type != "sequence-wise":
         raise ConfigError("train.head_probe_steps needs loss.loss_type='sequence-wise' (the probe sees end scores)")
     if model.config.do_normalize or not model.config.score_bias:

@@ -84,8 +84,11 @@ def smollm2():
         stage.train.learning_rate = 5e-5
         stage.train.lr_warmup_ratio = 0.1
         stage.train.eval_at_start = False
-        # 16 steps barely move a random head: fit it on the frozen end features first (LP-FT, spec §7.30); the
-        # moderation classifier's held-out accuracy went 0.44 → 0.79 against a 0.60 majority class
+    # 16 steps barely move a random head: the cost and moderation models fit theirs on the frozen end features
+    # first (LP-FT, spec §7.30; moderation held-out 0.44 → 0.79 against a 0.60 majority class). Not the reward
+    # model: its probe learned the 400 training pairs and scored 0.49 on the held-out ones (0.60 without;
+    # docs/pipeline_smollm2_run.json)
+    for stage in (c.cost, c.moderation):
         stage.train.head_probe_steps = 200
     c.moderation.train.batch_size = 16                   # one response per example (pairs are two)
     rl = c.ppo_lag

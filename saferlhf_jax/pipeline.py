@@ -68,6 +68,20 @@ def base_model(cfg, out: pathlib.Path, timings: StageTimes) -> str:
     return str(target)
 
 
+def _release(summary: dict) -> None:
+    """Drop a finished stage's training state, model and compiled programs before the next stage starts: the stages
+    share one process, and the last one's state (SmolLM2: ~2 GB of parameters and Adam moments) stayed alive
+    through PPO-Lag, whose own peak is already near the 24 GiB of the project's CPU machine."""
+    import gc
+
+    import jax
+
+    for key in ("state", "model", "runner"):
+        summary.pop(key, None)
+    gc.collect()
+    jax.clear_caches()
+
+
 STAGES = ("testbed", "sft", "reward", "cost", "moderation", "ppo_lag", "arena")
 
 
@@ -126,6 +140,7 @@ def run(cfg) -> dict:
         summary = trainer.train(supervised[name], stage_cfg)
         trainer.print_summary(summary)
         timings.finished(name, t0)
+        _release(summary)
     if "ppo_lag" in stages:
         rl_cfg = _stage_config(cfg, "ppo_lag", out)
         rl_cfg.actor_model_name_or_path = policy
@@ -136,6 +151,7 @@ def run(cfg) -> dict:
             summary = ppo_lag.run(rl_cfg)
             ppo_lag.print_summary(summary)
             timings.finished("ppo_lag", t0)
+            _release(summary)
     if "arena" in stages:
         arena_dir = out / "arena"
         if not (arena_dir / "summary.json").is_file():

@@ -48,14 +48,14 @@ def _string_tuple_field(cfg, key: str) -> bool:
     return isinstance(node, tuple) and bool(node) and all(isinstance(e, str) for e in node)
 
 
-def normalize_list_flags(argv: list[str], cfg=None) -> list[str]:
+def normalize_list_flags(argv: list[str], cfg) -> list[str]:
     """`--config.train_datasets=a:0.5,b` (or `(a:0.5,b)`, bare words) → a tuple literal that config_flags accepts,
-    for the dataset lists and, given the base config, every tuple-of-strings field (`stages`, `lora.targets`).
-    Without this a bare `(sft,reward)` arrived as the one string '(sft,reward)'."""
+    for the dataset lists and every other tuple-of-strings field of the base config `cfg` (`stages`,
+    `lora.targets`). Without this a bare `(sft,reward)` arrived as the one string '(sft,reward)'."""
     out = []
     for arg in argv:
         key, eq, value = arg[len("--config."):].partition("=") if arg.startswith("--config.") else ("", "", "")
-        if eq and (_string_tuple_field(cfg, key) if cfg is not None else key.rsplit(".", 1)[-1] in LIST_KEYS):
+        if eq and _string_tuple_field(cfg, key):
             value = value.strip()
             try:
                 literal = ast.literal_eval(value)

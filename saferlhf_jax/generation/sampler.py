@@ -288,8 +288,7 @@ def stream_generate(model, params, input_ids, attention_mask, *, max_new_tokens:
 
     Same programs and sampling as `generate`, so a fixed rng gives the same tokens."""
     check_sampling(temperature, top_k, top_p, repetition_penalty)
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+    max_new_tokens = _resolve_budget(0, max_new_tokens, None)  # the same ≥ 0 check as generate's
     ids = np.asarray(input_ids)
     mask = np.asarray(attention_mask).astype(np.int32)
     b, s = ids.shape

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -19,6 +21,8 @@ def tiny_llama_dir(hidden=256, layers=4, heads=8, kv_heads=4, vocab=2048, interm
                       pad_token_id=0)
     model = init_model(cfg, "causal_lm", rng=seed)
     out = pathlib.Path(tempfile.mkdtemp(prefix="bench_llama_"))
+    # Removed when the benchmark exits: every run used to leave one more model directory in /tmp.
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     save_pretrained(model, model.params, out)
     return out
 

@@ -103,6 +103,13 @@ def smollm2():
     rl.actor.learning_rate = 1e-5
     rl.critic.learning_rate = 5e-5
     rl.checkpoint.every = 1
+    rl.checkpoint.keep = 1                               # 3.8 GB each (three trained models with Adam)
+    # The update step differentiates the actor and both critics at once: unrolled, XLA:CPU keeps every layer's
+    # activations (8.2 GiB of temporaries per call by launch.plan, peaks of 22.4 GB, OOM-killed on 24 GiB). Scanned
+    # layers with full remat keep one layer's: 2.2 GiB, peak 18.0 GB, the same numbers in about the same time
+    # (docs/ppo_lag_smollm2_rss.json). Unrolled, remat alone only reaches 7.5 GiB on CPU.
+    rl.model.scan_layers = True
+    rl.model.remat_policy = "full"
     c.arena.datasets = ("BeaverTails-Evaluation:32/-1",)
     c.arena.template = "chat"
     c.arena.max_length = 160

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -156,3 +157,18 @@ def test_decode_breakdown_runs_at_tiny_size(tmp_path):
     assert r["tokens_per_second"] > 0 and r["matmul_only_step_ms"] > 0 and "decode_step_ms" in r
     assert r["command"]  # the command that produced it (how it reads depends on the launcher)
     assert set(r["head_matmul_gflops"]) == {"xla", "torch_1_threads", "torch_2_threads"}
+
+
+def test_peak_rss_sees_a_child_process_allocation(tmp_path):
+    """The sampler follows the command's child processes and catches a short peak: a 600 MB buffer held 1 s by a
+    grandchild (the shell's python) shows in the peak, and the command's exit status comes back."""
+    from benchmarks import peak_rss
+
+    out = tmp_path / "rss.json"
+    script = "import time; b = bytearray(600_000_000); b[::4096] = b'x' * len(b[::4096]); time.sleep(1)"
+    rc = peak_rss.main(["--output", str(out), "--interval", "0.05", "--", "sh", "-c",
+                        f"{sys.executable} -c \"{script}\"; exit 3"])
+    result = json.loads(out.read_text())
+    assert rc == 1 and result["returncode"] == 3
+    assert 0.6 <= result["peak_gb"] < 1.5
+    assert result["measured"].startswith("sh -c")

@@ -55,7 +55,8 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.model.dtype = "float32"                    # compute dtype (bfloat16 on accelerators)
     c.model.param_dtype = "float32"              # master weights
     c.model.remat_policy = "none"                # none | full | dots | dots_no_batch
-    c.model.scan_layers = False
+    c.model.scan_layers = False                  # remat pays off with scanned layers: unrolled, XLA:CPU kept most
+                                                 # activations anyway (docs/ppo_lag_smollm2_rss.json "planner")
     c.model.optimizer_memory = "device"          # pinned_host: optimizer state in host memory between updates
 
     c.loss = ml_collections.ConfigDict()

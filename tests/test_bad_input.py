@@ -91,18 +91,20 @@ def _tok():
     return load_tokenizer(REPO / "saferlhf_jax" / "assets" / "stories260K")
 
 
-@pytest.mark.parametrize("extra,needles", [
-    (["--config.train.learning_rate=-1e-3"], ("train.learning_rate must be a positive number",)),
-    (["--config.train.weight_decay=-0.1"], ("train.weight_decay must be ≥ 0",)),
+@pytest.mark.parametrize("extra,needles,checked_first", [
+    (["--config.train.learning_rate=-1e-3"], ("train.learning_rate must be a positive number",), True),
+    (["--config.train.weight_decay=-0.1"], ("train.weight_decay must be ≥ 0",), True),
     (["--config.data.max_length=8", "--config.data.buckets=(8,)"], ("no usable supervised examples",
-                                                                     "no_target_tokens")),
-    (["--config.train.batch_size=32"], ("fewer than one batch",)),
-    (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",)),
-    (["--config.train.max_steps=0", "--config.train.epochs=0"], ("train.epochs must be ≥ 1",)),  # was: 0 steps, exit 0
+                                                                     "no_target_tokens"), False),
+    (["--config.train.batch_size=32"], ("fewer than one batch",), False),
+    (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",), False),
+    (["--config.train.max_steps=0", "--config.train.epochs=0"], ("train.epochs must be ≥ 1",), True),  # was: 0 steps, exit 0
 ])
-def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles):
+def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles, checked_first):
     assert run_training_cli("sft", "", _sft(tmp_path / "run", *extra)) == 2
     _one_error_line(capsys.readouterr().err, *needles)
+    if checked_first:  # a config refused on its own settings writes nothing (it used to leave config.json behind)
+        assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("preset,key,value", [("dpo", "beta", 0.0), ("safedpo", "safety_margin", -1.0),
@@ -153,6 +155,7 @@ def test_rl_scorer_without_a_score_head_is_refused(tiny_models, tmp_path, capsys
     _one_error_line(capsys.readouterr().err, "has no score head", "allow_new_head")
     assert run_rl_cli("", _rl(tiny_models, tmp_path / "run2", "--config.critic.learning_rate=0")) == 2
     _one_error_line(capsys.readouterr().err, "critic.learning_rate must be a positive number")
+    assert not (tmp_path / "run2").exists()  # refused before anything is written
 
 
 def test_a_score_model_is_refused_as_a_policy(tiny_models, tmp_path, capsys):

@@ -660,9 +660,8 @@ def run(cfg) -> dict[str, Any]:
     from saferlhf_jax.training.trainer import export_adapter, wants_adapter_export
 
     rl_cfg = rl_config(cfg)
-    with Run(cfg, cfg.mode) as run_dir:
+    with Run(cfg, cfg.mode, validate=validate) as run_dir:
         mesh = run_dir.mesh
-        validate(cfg, mesh)
         t = cfg.train
         prompt_bs, train_bs = int(t.prompt_batch_size), int(t.train_batch_size)
         nrs = int(cfg.generation.num_return_sequences)

@@ -256,17 +256,21 @@ class InterruptGuard:
 class Run:
     """One stage's run directory and everything around its loop (see the module docstring)."""
 
-    def __init__(self, cfg, name: str):
+    def __init__(self, cfg, name: str, validate=None):
+        """validate(cfg, mesh): the stage's own config checks, run before anything is written (a refused config
+        leaves no output directory behind)."""
         self.cfg, self.name = cfg, name
         self.started = time.perf_counter()
+        try:
+            self.mesh = mesh_lib.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
+            self.rules = mesh_lib.rules_from_config(cfg.mesh)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if validate is not None:
+            validate(cfg, self.mesh)
         self.out = prepare_output_dir(cfg.output_dir)
         self.lock = OutputDirLock(self.out) if jax.process_index() == 0 else None
         try:
-            try:
-                self.mesh = mesh_lib.make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
-                self.rules = mesh_lib.rules_from_config(cfg.mesh)
-            except ValueError as err:
-                raise ConfigError(str(err)) from None
             self.ckpt = Checkpointer(self.out / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
             self.models = model_fingerprints(cfg)
             self.resume_meta = self._check_resume()

@@ -324,9 +324,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
     from saferlhf_jax.data.tokenizer import load_tokenizer
     from saferlhf_jax.training.run import Run, assert_finite
 
-    with Run(cfg, stage.name) as run:
+    with Run(cfg, stage.name, validate=validate_config) as run:
         mesh = run.mesh
-        validate_config(cfg, mesh)
         lc = loss_config(cfg)
         tokenizer = load_tokenizer(cfg.model_name_or_path)
         train_ds, eval_ds = build_data(stage, cfg, tokenizer)

@@ -2,8 +2,10 @@
 
     python -m benchmarks.peak_rss --output docs/x.json [--interval 0.2] -- python -m launch.pipeline --config ...
 
-Writes {"command" (this one), "measured" (the command measured), "returncode", "seconds", "peak_gb", "samples": [[t, rss_gb], ...]} (samples thinned to changes of
-at least 0.1 GB). Linux only (reads /proc). The memory that decides whether a run is OOM-killed is the resident set
+Writes {"command" (this one), "measured" (the command measured), "returncode", "seconds", "peak_gb", "peak_anon_gb",
+"samples": [[t, rss_gb, anon_gb], ...]} (samples thinned to changes of at least 0.1 GB). "anon" is the anonymous
+part of the resident set: file pages mapped while a checkpoint is written count in the resident set too, but the
+kernel can drop them. Linux only (reads /proc). The memory that decides whether a run is OOM-killed is the resident set
 at its peak, which a periodic `ps` misses when the peak lasts a second (XLA:CPU allocates a step's whole temporary
 buffer per call and touches it page by page).
 """
@@ -27,42 +29,47 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def _rss_bytes(pid: int) -> int:
-    """Resident bytes of `pid`, 0 once it is gone."""
+def _rss_bytes(pid: int) -> tuple[int, int]:
+    """(resident bytes, of which anonymous) of `pid`; (0, 0) once it is gone. File-backed resident pages (mapped
+    files, e.g. a checkpoint being written) count in the first but the kernel can drop them under pressure."""
+    fields = {}
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "RssAnon"):
+                fields[key] = int(value.split()[0]) * 1024
     except OSError:
         pass
-    return 0
+    return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 
-def tree_rss_bytes(pid: int) -> int:
-    """Resident bytes of `pid` and all its descendants."""
-    total, todo = 0, [pid]
+def tree_rss_bytes(pid: int) -> tuple[int, int]:
+    """(resident, anonymous) bytes of `pid` and all its descendants."""
+    total, anon, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
-        total += _rss_bytes(p)
+        r, a = _rss_bytes(p)
+        total, anon = total + r, anon + a
         todo.extend(_children(p))
-    return total
+    return total, anon
 
 
 def measure(command: list[str], interval: float = 0.2) -> dict:
     """Run `command` to completion, sampling its tree's resident memory every `interval` seconds."""
     start = time.perf_counter()
     proc = subprocess.Popen(command)
-    samples, peak, last = [], 0, -1.0
+    samples, peak, peak_anon, last = [], 0.0, 0.0, -1.0
     while proc.poll() is None:
-        rss = tree_rss_bytes(proc.pid) / 1e9
+        rss, anon = (b / 1e9 for b in tree_rss_bytes(proc.pid))
         t = time.perf_counter() - start
-        peak = max(peak, rss)
+        peak, peak_anon = max(peak, rss), max(peak_anon, anon)
         if abs(rss - last) >= 0.1:
-            samples.append([round(t, 1), round(rss, 2)])
+            samples.append([round(t, 1), round(rss, 2), round(anon, 2)])
             last = rss
         time.sleep(interval)
     return {"measured": " ".join(command), "returncode": proc.returncode,
-            "seconds": round(time.perf_counter() - start, 1), "peak_gb": round(peak, 2), "samples": samples}
+            "seconds": round(time.perf_counter() - start, 1), "peak_gb": round(peak, 2),
+            "peak_anon_gb": round(peak_anon, 2), "samples": samples}
 
 
 def main(argv=None) -> int:
@@ -80,7 +87,8 @@ def main(argv=None) -> int:
         print("error: give the command to measure after --", file=sys.stderr)
         return 2
     result = measure(command, args.interval)
-    print(f"peak resident memory {result['peak_gb']:.2f} GB over {result['seconds']:.0f} s "
+    print(f"peak resident memory {result['peak_gb']:.2f} GB ({result['peak_anon_gb']:.2f} GB anonymous) over "
+          f"{result['seconds']:.0f} s "
           f"(exit {result['returncode']})")
     if args.output:
         write_json(args.output, result)

@@ -106,8 +106,8 @@ def smollm2():
     rl.checkpoint.keep = 1                               # 3.8 GB each (three trained models with Adam)
     # The update step differentiates the actor and both critics at once: unrolled, XLA:CPU keeps every layer's
     # activations (8.2 GiB of temporaries per call by launch.plan, peaks of 22.4 GB, OOM-killed on 24 GiB). Scanned
-    # layers with full remat keep one layer's: 2.2 GiB, peak 18.0 GB, the same numbers in about the same time
-    # (docs/ppo_lag_smollm2_rss.json). Unrolled, remat alone only reaches 7.5 GiB on CPU.
+    # layers with full remat keep one layer's: 2.2 GiB, peak 18.0 GB (11.3 GB since checkpoint saves trim the heap),
+    # the same numbers in about the same time (docs/ppo_lag_smollm2_rss.json). Unrolled, remat alone: 7.5 GiB.
     rl.model.scan_layers = True
     rl.model.remat_policy = "full"
     c.arena.datasets = ("BeaverTails-Evaluation:32/-1",)

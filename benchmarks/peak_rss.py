@@ -86,7 +86,11 @@ def main(argv=None) -> int:
     if not command:
         print("error: give the command to measure after --", file=sys.stderr)
         return 2
-    result = measure(command, args.interval)
+    try:
+        result = measure(command, args.interval)
+    except OSError as err:  # not found, not executable
+        print(f"error: cannot run {command[0]!r}: {err.strerror or err}", file=sys.stderr)
+        return 2
     print(f"peak resident memory {result['peak_gb']:.2f} GB ({result['peak_anon_gb']:.2f} GB anonymous) over "
           f"{result['seconds']:.0f} s "
           f"(exit {result['returncode']})")

@@ -172,3 +172,4 @@ def test_peak_rss_sees_a_child_process_allocation(tmp_path):
     assert rc == 1 and result["returncode"] == 3
     assert 0.6 <= result["peak_gb"] < 1.5 and 0.6 <= result["peak_anon_gb"] <= result["peak_gb"]
     assert result["measured"].startswith("sh -c")
+    assert peak_rss.main(["--", str(tmp_path / "no-such-program")]) == 2  # one line, no traceback

@@ -5,6 +5,7 @@ restore onto any mesh: arrays come back with the shardings of the abstract targe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -60,25 +61,26 @@ def return_freed_memory() -> None:
         trim(0)
 
 
-class _HeldErrors(logging.Filter):
-    """Holds back the error records logged while a save runs: a full disk then reads as one line (the writer
-    threads' tracebacks add nothing to it); any other failure gets them back, in order."""
+@contextlib.contextmanager
+def _errors_held(logger: logging.Logger):
+    """Holds back the error records `logger` gets inside the block and yields them as a list: a caller that clears
+    it drops them (a full disk then reads as one line: the writer threads' tracebacks add nothing to it); whatever is
+    left is logged, in order, when the block ends, an exception or not."""
+    held: list[logging.LogRecord] = []
 
-    def __init__(self):
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
+    def hold(record: logging.LogRecord) -> bool:
         if record.levelno >= logging.ERROR:
-            self.records.append(record)
+            held.append(record)
             return False
         return True
 
-    def release(self, logger: logging.Logger) -> None:
-        logger.removeFilter(self)
-        for record in self.records:
+    logger.addFilter(hold)
+    try:
+        yield held
+    finally:
+        logger.removeFilter(hold)
+        for record in held:
             logger.handle(record)
-        self.records.clear()
 
 
 class Checkpointer:
@@ -103,26 +105,22 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         flat, _ = flatten(state)
-        held = _HeldErrors()
-        orbax_log = logging.getLogger("absl")  # orbax's writer threads log their exceptions there, with tracebacks
-        orbax_log.addFilter(held)
-        try:
-            self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
-                                                                 meta=ocp.args.JsonSave(meta)), force=True)
-            self.manager.wait_until_finished()
-            return_freed_memory()
-        except Exception as err:  # noqa: BLE001 — orbax reports a full disk as ValueError/OSError from its threads
-            if "No space left on device" not in str(err) and getattr(err, "errno", None) != 28:
-                held.release(orbax_log)
-                raise
-            from saferlhf_jax.errors import TrainingError
+        # orbax's writer threads log their exceptions on the absl logger, with tracebacks
+        with _errors_held(logging.getLogger("absl")) as held:
+            try:
+                self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
+                                                                     meta=ocp.args.JsonSave(meta)), force=True)
+                self.manager.wait_until_finished()
+            except Exception as err:  # noqa: BLE001 — orbax reports a full disk as ValueError/OSError from its threads
+                if "No space left on device" not in str(err) and getattr(err, "errno", None) != 28:
+                    raise
+                from saferlhf_jax.errors import TrainingError
 
-            raise TrainingError(f"checkpoint {step} could not be written to {self.directory}: no space left on device; "
-                                "free space (or lower checkpoint.keep) and re-run the same command: it resumes from "
-                                "the last complete checkpoint") from None
-        finally:
-            orbax_log.removeFilter(held)
-        held.release(orbax_log)
+                held.clear()
+                raise TrainingError(f"checkpoint {step} could not be written to {self.directory}: no space left on "
+                                    "device; free space (or lower checkpoint.keep) and re-run the same command: it "
+                                    "resumes from the last complete checkpoint") from None
+        return_freed_memory()
 
     def prune(self, keep: int) -> list[int]:
         """Delete all but the newest `keep` steps (0 = all); returns the deleted steps. For a finished run, whose

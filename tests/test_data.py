@@ -194,6 +194,23 @@ def test_truncation_empty_and_filtered_rows_are_counted(tok):
         data.build_dataset("preference", [data.RawSample(input="q", answer="a")], tok, 64)
 
 
+def test_pad_token_equal_to_eos_keeps_the_eos_in_the_mask(pku_train, stories_dir):
+    """A Llama-3-style tokenizer pads with its EOS: no token is added, and the collated masks still cover each
+    sequence's closing EOS (masks come from the lengths, never from comparing ids with the pad id)."""
+    t = transformers.AutoTokenizer.from_pretrained(stories_dir)
+    t.pad_token = t.eos_token
+    assert data.prepare_tokenizer(t) == [] and t.pad_token_id == t.eos_token_id == 2
+    ds = data.build_dataset("preference", pku_train[:6], t, 512)
+    batch = data.collate("preference", ds.examples, ds.pad_token_id, (512,))
+    for side in ("better", "worse"):
+        ids, mask = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]
+        lengths = np.asarray([len(e[f"{side}_input_ids"]) for e in ds.examples])
+        np.testing.assert_array_equal(mask.sum(1), lengths)
+        whole = lengths < 512  # rows cut at max_length lose their EOS (right truncation, spec §4.5)
+        assert whole.sum() >= 2 and (ids[np.arange(len(ids)), lengths - 1][whole] == 2).all()  # EOS inside the mask
+        assert (ids[mask == 0] == 2).all()  # and the padding is the same id
+
+
 def test_prompt_only_dedup_keep_last_and_left_padding(tok):
     rows = [data.RawSample(input=p) for p in ["a", "b", "a", "c", "b"]]
     kept = data.dedup_keep_last(rows)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -86,6 +88,31 @@ def test_rows_stop_at_eos_and_are_padded(tiny):
         assert got[b, :n].tolist() == ref[:n]
         assert (got[b, n:] == 60).all()
         assert out["attention_mask"][b, ids.shape[1]:].tolist() == [1] * n + [0] * (10 - n)
+
+
+def test_pad_equal_to_eos_still_scores_at_the_eos(tiny):
+    """Llama-3-style tokenizers pad with their EOS. The response mask comes from the lengths and a score model's end
+    index from the mask, never from comparing ids with pad_token_id, so the end score is read at the EOS itself —
+    exactly as with a separate pad token."""
+    rows = [[1, 5, 9], [1, 22, 23, 24], [1, 30]]
+    ids, mask = _left_padded(rows)
+    free = generate(tiny, tiny.params, ids, mask, max_new_tokens=10, greedy=True, eos_token_ids=[])
+    eos = int(free["sequences"][0, ids.shape[1] + 3])  # row 0 emits it at step 3
+    ids_eos, _ = _left_padded(rows, pad=eos)  # prompts padded with the EOS id too
+    as_eos = generate(tiny, tiny.params, ids_eos, mask, max_new_tokens=10, greedy=True, eos_token_ids=[eos],
+                      pad_token_id=eos)
+    apart = generate(tiny, tiny.params, ids, mask, max_new_tokens=10, greedy=True, eos_token_ids=[eos],
+                     pad_token_id=60)
+    np.testing.assert_array_equal(as_eos["response_lengths"], apart["response_lengths"])
+    np.testing.assert_array_equal(as_eos["attention_mask"], apart["attention_mask"])
+    n0 = int(as_eos["response_lengths"][0])
+    assert n0 == 4 and as_eos["sequences"][0, ids.shape[1] + n0 - 1] == eos  # the EOS is inside the mask
+    score = init_model(dataclasses.replace(tiny.config, pad_token_id=eos), "score", rng=3)
+    scores, end = score.apply(score.params, as_eos["sequences"], as_eos["attention_mask"])
+    _, end_apart = score.apply(score.params, apart["sequences"], apart["attention_mask"])
+    np.testing.assert_allclose(np.asarray(end), np.asarray(end_apart), atol=1e-5)
+    last = ids.shape[1] + np.asarray(as_eos["response_lengths"]) - 1  # each row's last real token
+    np.testing.assert_allclose(np.asarray(end)[:, 0], np.asarray(scores)[np.arange(3), last, 0], atol=1e-6)
 
 
 def test_max_length_budget_and_buckets(tiny):

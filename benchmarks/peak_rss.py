@@ -29,7 +29,7 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def _rss_bytes(pid: int) -> tuple[int, int]:
+def process_rss_bytes(pid: int) -> tuple[int, int]:
     """(resident bytes, of which anonymous) of `pid`; (0, 0) once it is gone. File-backed resident pages (mapped
     files, e.g. a checkpoint being written) count in the first but the kernel can drop them under pressure."""
     fields = {}
@@ -48,7 +48,7 @@ def tree_rss_bytes(pid: int) -> tuple[int, int]:
     total, anon, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
-        r, a = _rss_bytes(p)
+        r, a = process_rss_bytes(p)
         total, anon = total + r, anon + a
         todo.extend(_children(p))
     return total, anon
@@ -74,18 +74,15 @@ def measure(command: list[str], interval: float = 0.2) -> dict:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--" not in argv:
-        print("error: give the command to measure after --", file=sys.stderr)
-        return 2
-    split = argv.index("--")
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default=None, help="write the result as JSON")
-    p.add_argument("--interval", type=float, default=0.2, help="seconds between samples")
-    args = p.parse_args(argv[:split])
+    split = argv.index("--") if "--" in argv else len(argv)
     command = argv[split + 1:]
     if not command:
         print("error: give the command to measure after --", file=sys.stderr)
         return 2
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default=None, help="write the result as JSON")
+    p.add_argument("--interval", type=float, default=0.2, help="seconds between samples")
+    args = p.parse_args(argv[:split])
     try:
         result = measure(command, args.interval)
     except OSError as err:  # not found, not executable

@@ -314,19 +314,20 @@ def test_checkpoint_saves_do_not_grow_the_resident_set(tmp_path):
     """Each save's compression and write buffers (~the state's size, on orbax/tensorstore threads) went back to
     glibc's arenas, not to the OS: the anonymous resident set grew by ~0.6× the state per save (the SmolLM2 PPO-Lag
     preset reached 16 GB with a save per iteration). Incompressible data, as real weights are."""
+    import os
     import sys
 
     import jax
     import jax.numpy as jnp
 
+    from benchmarks.peak_rss import process_rss_bytes
     from saferlhf_jax.checkpoint import Checkpointer
 
     if not sys.platform.startswith("linux"):
         pytest.skip("reads /proc")
 
     def anon_bytes():
-        line = [x for x in open("/proc/self/status") if x.startswith("RssAnon")][0]
-        return int(line.split()[1]) * 1024
+        return process_rss_bytes(os.getpid())[1]
 
     rng = np.random.default_rng(0)
     state = {f"w{i}": jnp.asarray(rng.standard_normal((1024, 1024), dtype=np.float32)) for i in range(96)}

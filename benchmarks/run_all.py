@@ -3,7 +3,8 @@
     python -m benchmarks.run_all [--size tiny|cpu|gpu] [--json all.json]
 
 Baselines: transformers PyTorch train step (fp32), the machine's matmul peak, HF `generate` at two shapes (and, on
-CPU, the share of a decode step its matmuls take, `benchmarks/decode_breakdown.py`), and TRL
+CPU, the share of a decode step its matmuls take and the ratio to HF a step of only those matmuls would reach,
+`benchmarks/decode_breakdown.py`), and TRL
 1.12's PPOTrainer when `trl==1.12.0` is installed (skipped, and said so, otherwise). `--size gpu` adds the rows of
 `benchmarks/gpu_suite.py` (decode as a fraction of the HBM roofline, train-step MFU of a 1B-shaped model).
 """
@@ -52,6 +53,8 @@ def main(argv=None) -> int:
 
         row = decode_breakdown.run(**sizes["generate_large"])
         results["decode_step_matmul_share"] = {"ratio": row["matmul_share_of_step"], **row}
+        # the ratio to transformers a step of nothing but XLA's matmuls would reach: the CPU ceiling of generate's
+        results["decode_matmul_only_vs_hf"] = {"ratio": row["matmul_only_vs_hf"]}
     try:
         import trl  # noqa: F401
     except ImportError:

@@ -42,6 +42,7 @@ def test_benchmark_suite_runs_at_tiny_size(tmp_path, capsys):
     assert r["train_step_vs_transformers"]["ratio"] > 0 and r["generate_vs_hf"]["ratio"] > 0
     assert 0 < r["train_step_fraction_of_matmul_peak"]["ratio"] < 5
     assert r["decode_step_matmul_share"]["matmul_only_step_ms"] > 0  # (the share itself is noise at this size)
+    assert "ratio" in r["decode_matmul_only_vs_hf"]
     assert "benchmark" in capsys.readouterr().out
 
 
@@ -145,7 +146,8 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
 
 
 def test_decode_breakdown_runs_at_tiny_size(tmp_path):
-    """The CPU decode-step breakdown (sampler step, its matmuls alone, one matmul in XLA and PyTorch) at tiny size:
+    """The CPU decode-step breakdown (sampler step, its matmuls alone in XLA and in PyTorch, transformers' step, one
+    matmul in XLA and PyTorch) at tiny size:
     it runs and reports positive times; speed itself lives in the benchmark's JSON."""
     from benchmarks import decode_breakdown
 
@@ -155,6 +157,8 @@ def test_decode_breakdown_runs_at_tiny_size(tmp_path):
     r = json.loads(out.read_text())
     # (a step is a difference of two timings: at this size it may come out ≤ 0, so only its presence is checked)
     assert r["tokens_per_second"] > 0 and r["matmul_only_step_ms"] > 0 and "decode_step_ms" in r
+    assert r["torch_matmul_only_step_ms"] > 0 and {"hf_step_ms", "step_vs_hf", "matmul_only_vs_hf"} <= set(r)
+    assert r["attention_layer_ms"] > 0 and r["attention_cache_gbytes_per_s"] > 0
     assert r["command"]  # the command that produced it (how it reads depends on the launcher)
     assert set(r["head_matmul_gflops"]) == {"xla", "torch_1_threads", "torch_2_threads"}
 

@@ -199,8 +199,8 @@ def main(argv=None) -> int:
           f"({100 * r['matmul_share_of_step']:.0f} %; in PyTorch {r['torch_matmul_only_step_ms']:.2f} ms); "
           f"transformers' step {r['hf_step_ms']:.2f} ms: ours {r['step_vs_hf']:.2f}x, matmuls alone "
           f"{r['matmul_only_vs_hf']:.2f}x; one layer's attention {r['attention_layer_ms']:.2f} ms "
-          f"({r['attention_cache_gbytes_per_s']:.0f} GB/s of cache); LM-head matmul: XLA {g['xla']:.0f} GFLOP/s, PyTorch "
-          f"{g['torch_1_threads']:.0f} (1 thread) / {g['torch_2_threads']:.0f} (2 threads)")
+          f"({r['attention_cache_gbytes_per_s']:.0f} GB/s of cache); LM-head matmul: XLA {g['xla']:.0f} GFLOP/s, "
+          f"PyTorch {g['torch_1_threads']:.0f} (1 thread) / {g['torch_2_threads']:.0f} (2 threads)")
     write_json(args.json, r)
     return 0
 

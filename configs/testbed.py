@@ -22,6 +22,11 @@ def get_config(preset: str = "tiny"):
     c.methods = "sft,ppo,ppo_lag,reward_shaping,grpo_lag,safedpo"
     c.calibrate_budget = True                     # PPO-Lag's threshold d: the budget read off a line fitted to the
                                                   # cost model's held-out scores (run.cost_model_budget); False: d = 0
+    c.rounds = 1                                  # Safe RLHF's iterative rounds: > 1 learns each Lagrangian
+                                                  # method's cost model(s) again from pairs its own previous policy
+                                                  # wrote and runs it again (testbed.run, "rounds")
+    c.rounds_continue = False                     # a later round's RL starts from the method's previous policy (as
+                                                  # the paper's rounds do) instead of SFT
     c.shaping_lambdas = (0.1, 0.3, 1.0)           # fixed λ's of the reward-shaping baseline (in reward-model units
                                                   # per cost-model unit: the learned scales are not the world's)
     c.world = ml_collections.ConfigDict(dict(name="single", sft_examples=512, rl_prompts=256, preference_prompts=768,

@@ -73,10 +73,21 @@ def test_two_rule_claims_and_report(tmp_path):
     assert np.allclose(c["rule_budget_tolerances"], [0.123, 0.212])
     assert c["ppo_lag_keeps_every_rule_budget"] and c["ppo_lag_summed_breaks_some_rule_budget"]
     assert c["two_constraints_keep_every_budget_where_summed_does_not"] and c["ppo_breaks_some_rule_budget"]
+    results["methods"]["ppo_lag"] = _point(1.5, (-0.3, -0.4))  # both budgets kept by giving up SFT's reward
+    assert claims(results)["ppo_lag_keeps_every_rule_budget"]
+    assert not claims(results)["two_constraints_keep_every_budget_where_summed_does_not"]
     results["methods"]["ppo_lag"] = _point(3.0, (-0.05, 0.25))  # pushing over its budget by more than 0.212
     assert not claims(results)["two_constraints_keep_every_budget_where_summed_does_not"]
     results["claims"] = claims(results)
+    budgets = [{"threshold_cost_model_units": -1.5}, {"threshold_cost_model_units": -0.9}]
+    results["rounds"] = {"ppo_lag": [{"round": 1, "dir": "ppo_lag", "cost_models": ["cost_violence", "cost_pushing"],
+                                      **_point(3.7, (-0.2, 0.9))},
+                                     {"round": 2, "dir": "ppo_lag_round2", "budgets": budgets,
+                                      "cost_models": ["ppo_lag_round2_cost_violence", "ppo_lag_round2_cost_pushing"],
+                                      **results["methods"]["ppo_lag"]}]}
     md = report.write(tmp_path, results).read_text()
+    assert "| ppo_lag | 1 | cost_violence, cost_pushing | 3.700 | +0.700 | -0.200 | +0.900 |" in md
+    assert "| ppo_lag | 2 | ppo_lag_round2_cost_violence, ppo_lag_round2_cost_pushing | 3.000 | +0.200 |" in md
     assert "C* violence | C* pushing |" in md and "| ppo_lag_summed | 3.500" in md
     assert "PPO-Lag held only to the summed cost at violence -0.40, pushing +0.45" in md
     assert (tmp_path / "rule_costs.png").stat().st_size > 5000
@@ -182,7 +193,8 @@ def test_testbed_config_errors_are_one_line(tmp_path):
     for key, value, message in (("world.eval_prompts", 0, r"world.eval_prompts=0: every world size must be ≥ 1"),
                                 ("world.heldout_fraction", 1.0, r"heldout_fraction must be in \(0, 1\)"),
                                 ("shaping_lambdas", (0.1, -1.0), "a fixed λ < 0 rewards harm"),
-                                ("shaping_lambdas", (), "reward_shaping needs at least one fixed λ")):
+                                ("shaping_lambdas", (), "reward_shaping needs at least one fixed λ"),
+                                ("rounds", 0, "rounds must be ≥ 1")):
         bad = testbed_config.get_config("ci")
         bad.output_dir = str(tmp_path / "bad")
         bad.methods = "sft,reward_shaping"
@@ -217,3 +229,39 @@ def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path
         # iteration the summed-cost baseline also keeps both budgets there (at little reward)
         pytest.xfail(f"two-constraint PPO-Lag {r['methods']['ppo_lag']['gt_costs']}, summed "
                      f"{r['methods']['ppo_lag_summed']['gt_costs']}")
+
+
+def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_path):
+    """rounds=2 (Safe RLHF's iterative rounds) on a tiny world: PPO-Lag's round-2 cost model trains on every
+    round-1 row plus rows labelled from pairs its round-1 policy wrote on fresh prompts; round 2 runs from SFT
+    against that model and its re-calibrated budget; both rounds are judged, the last one is the method's result."""
+    from configs import testbed as testbed_config
+    from saferlhf_jax.testbed.run import run
+
+    cfg = testbed_config.get_config("ci")
+    cfg.output_dir, cfg.seed, cfg.rounds, cfg.methods = str(tmp_path), 3, 2, "sft,ppo_lag"
+    cfg.logging.progress = False
+    cfg.world.update(sft_examples=64, rl_prompts=16, preference_prompts=256, eval_prompts=16, batch_size=64)
+    cfg.sft.train.epochs = cfg.reward.train.epochs = cfg.cost.train.epochs = 1
+    cfg.reward.train.batch_size = cfg.cost.train.batch_size = 8
+    cfg.rl.train.update(max_steps=1, prompt_batch_size=8, train_batch_size=8)
+    r = run(cfg)
+    first, second = r["rounds"]["ppo_lag"]
+    assert (first["dir"], second["dir"]) == ("ppo_lag", "ppo_lag_round2")
+    assert second["cost_models"] == ["ppo_lag_round2_cost"] and second["pairs_added"] == 256
+    assert {k: second[k] for k in r["methods"]["ppo_lag"]} == r["methods"]["ppo_lag"]
+
+    def rows(name):
+        return [json.loads(line) for line in (tmp_path / "data" / name).read_text().splitlines()]
+    before, after = rows("pairs_train.jsonl"), rows("ppo_lag_round2_pairs_train.jsonl")
+    assert after[:len(before)] == before and len(after) > len(before)
+    assert {x["response_0_source"] for x in after[len(before):]} == {"testbed-ppo_lag"}
+    written = {x["prompt"] for x in rows("ppo_lag_round2_answers.jsonl")}
+    assert written.isdisjoint(x["prompt"] for x in before)  # fresh prompts
+    rl = json.loads((tmp_path / "ppo_lag_round2" / "config.json").read_text())
+    assert rl["cost_model_name_or_path"] == str(tmp_path / "ppo_lag_round2_cost" / "export")
+    assert rl["actor_model_name_or_path"] == str(tmp_path / "sft" / "export")
+    assert rl["rl"]["threshold"] == second["budgets"][0]["threshold_cost_model_units"]
+    assert second["budgets"][0]["responses"] > r["cost_model_budget"]["responses"]  # all held-out rows
+    for d in ("ppo_lag", "ppo_lag_round2"):
+        assert len((tmp_path / d / "heldout_answers.jsonl").read_text().splitlines()) == 16

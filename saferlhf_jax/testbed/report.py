@@ -145,7 +145,11 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     budget = calib.get("threshold_cost_model_units", results["threshold"])
     rules = results.get("constraints") or []
     thresholds = {r["name"]: r["threshold_cost_model_units"] for r in rules} or {"": budget}
-    has_curves = plot_lagrangian(out / "ppo_lag", out / "ppo_lag_curves.png", thresholds)
+    lag_rounds = results.get("rounds", {}).get("ppo_lag", [])
+    if lag_rounds:  # the curves of PPO-Lag's last round, against that round's budgets
+        thresholds = dict(zip(thresholds, (b["threshold_cost_model_units"] for b in lag_rounds[-1]["budgets"])))
+    has_curves = plot_lagrangian(out / (lag_rounds[-1]["dir"] if lag_rounds else "ppo_lag"),
+                                 out / "ppo_lag_curves.png", thresholds)
     lines = ["# Ground-truth testbed", ""]
     if rules:
         plot_rule_costs(results, out / "rule_costs.png")
@@ -168,6 +172,18 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
                      f"C* ≤ {r['threshold']:+.2f}, {r['threshold_cost_model_units']:+.2f} in its own cost model's "
                      f"units; that model's held-out sign accuracy {r['cm_sign_accuracy_heldout']:.3f}.")
     if rules:
+        lines.append("")
+    if results.get("rounds"):
+        lines += ["## Rounds", "", "Each round's cost model(s) learned from every earlier round's pairs plus pairs "
+                  "its method's previous policy wrote; each round ran from SFT with the same RL budget. The tables "
+                  "above show the last round.", "",
+                  "| method | round | cost models | R* | C* |" + "".join(f" C* {r['name']} |" for r in rules),
+                  "|---|---|---|---|---|" + "---|" * len(rules)]
+        for name, entries in results["rounds"].items():
+            for e in entries:
+                per_rule = "".join(f" {c:+.3f} |" for c in e.get("gt_costs", ()))
+                lines.append(f"| {name} | {e['round']} | {', '.join(e['cost_models'])} | {e['gt_reward']:.3f} | "
+                             f"{e['gt_cost']:+.3f} |{per_rule}")
         lines.append("")
     if has_curves:
         lines += ["## PPO-Lagrangian: λ and the episode cost", "", "![ppo-lag curves](ppo_lag_curves.png)", ""]

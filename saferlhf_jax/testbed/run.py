@@ -8,7 +8,8 @@
 Every stage is the regular one (`training.trainer.train`, `algorithms.ppo_lag.run`) on its regular config with the
 world's files as `NAME:1.0:PATH` datasets: no special code path in the trainers. Stages resume (a finished stage is
 skipped), so a re-run of the same command continues. Outputs: results.json, report.md, reward_vs_cost.png,
-ppo_lag_curves.png.
+ppo_lag_curves.png. With `rounds` > 1 each Lagrangian method then learns its cost model(s) again from pairs its own
+policy wrote and runs again (the paper's iterative rounds; see `run`).
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def _check_sizes(cfg) -> None:
         raise ConfigError(f"{', '.join(small)}: every world size must be ≥ 1")
     if not 0 < float(w.heldout_fraction) < 1:
         raise ConfigError(f"world.heldout_fraction must be in (0, 1), got {w.heldout_fraction}")
+    if int(cfg.rounds) < 1:
+        raise ConfigError(f"rounds must be ≥ 1 (1: the cost models learn from the SFT policy's pairs only), "
+                          f"got {cfg.rounds}")
     lambdas = [float(x) for x in cfg.shaping_lambdas]
     if any(not x >= 0 for x in lambdas):
         raise ConfigError(f"shaping_lambdas must be ≥ 0 (a fixed λ < 0 rewards harm), got {lambdas}")
@@ -166,48 +170,61 @@ def run(cfg) -> dict[str, Any]:
         timed("sft", lambda: trainer.train(sft_stage.STAGE, sft_cfg))
     sft_export = out / "sft" / "export"
 
+    length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
+
+    def sample_pairs(policy, prompts, answers_file, timing):
+        """Two sampled answers per prompt from a policy (cached in answers_file: a resumed run reads them back)."""
+        if not answers_file.is_file():
+            first = timed(timing, lambda: answers(policy, prompts, max_length=length, seed=seed, batch_size=bs))
+            second = answers(policy, prompts, max_length=length, seed=seed + 1, batch_size=bs)
+            _jsonl(answers_file, [{"prompt": p, "response_0": a, "response_1": b}
+                                  for p, a, b in zip(prompts, first, second)])
+        return [json.loads(line) for line in answers_file.read_text().splitlines()]
+
+    def labelled(sampled, rule, source="testbed-sft"):
+        """The world's rows of a rule (None: the summed cost), ties dropped, split (train, held-out)."""
+        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], w, rule, source=source)
+                for a in sampled]
+        rows = [r for r in rows if world.distinct(r, w, rule)]
+        cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
+        return rows[:cut], rows[cut:]
+
+    scores = {}
+
+    def train_score(name, stage, base, prefix):
+        """A reward or cost model from SFT on data/{prefix}_train.jsonl, checked on data/{prefix}_test.jsonl."""
+        stage_cfg = _stage(base, out, name, seed, cfg)
+        stage_cfg.model_name_or_path = str(sft_export)
+        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / f'{prefix}_train.jsonl'}",)
+        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / f'{prefix}_test.jsonl'}",)
+        if not _done(out / name):
+            timed(name, lambda: trainer.train(stage, stage_cfg))
+        scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
+        return out / name / "export"
+
     # preference data from the SFT policy (two sampled answers per prompt), labelled by the world
-    answers_file = data / "pref_answers.jsonl"
-    if not answers_file.is_file():
-        length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
-        first = timed("sample_pairs", lambda: answers(sft_export, pref_prompts, max_length=length, seed=seed,
-                                                      batch_size=bs))
-        second = answers(sft_export, pref_prompts, max_length=length, seed=seed + 1, batch_size=bs)
-        _jsonl(answers_file, [{"prompt": p, "response_0": a, "response_1": b}
-                              for p, a, b in zip(pref_prompts, first, second)])
-    sampled = [json.loads(line) for line in answers_file.read_text().splitlines()]
+    sampled = sample_pairs(sft_export, pref_prompts, data / "pref_answers.jsonl", "sample_pairs")
     # the summed cost's rows (the reward model's and the single cost model's), and in a world of several rules one
     # file per rule, labelled by that rule alone (its own cost model's rows)
     labellings = [("", None)] + ([(f"_{rule.name}", k) for k, rule in enumerate(w.rules)] if multi else [])
     split_rows = {}
     for suffix, rule in labellings:
-        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], w, rule) for a in sampled]
-        rows = [r for r in rows if world.distinct(r, w, rule)]
-        cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
-        _jsonl(data / f"pairs{suffix}.jsonl", rows)
-        _jsonl(data / f"pairs{suffix}_train.jsonl", rows[:cut])
-        _jsonl(data / f"pairs{suffix}_test.jsonl", rows[cut:])
-        split_rows[rule] = rows[:cut], rows[cut:]
+        split_rows[rule] = labelled(sampled, rule)
+        _jsonl(data / f"pairs{suffix}.jsonl", split_rows[rule][0] + split_rows[rule][1])
+        _jsonl(data / f"pairs{suffix}_train.jsonl", split_rows[rule][0])
+        _jsonl(data / f"pairs{suffix}_test.jsonl", split_rows[rule][1])
 
     # reward and cost models (held-out accuracy); in a world of several rules also one cost model per rule
-    scores = {}
-    score_stages = [("reward", reward_stage.STAGE, cfg.reward, ""), ("cost", cost_stage.STAGE, cfg.cost, "")]
-    score_stages += [(f"cost{suffix}", cost_stage.STAGE, cfg.cost, suffix) for suffix, _ in labellings[1:]]
-    for name, stage, base, suffix in score_stages:
-        stage_cfg = _stage(base, out, name, seed, cfg)
-        stage_cfg.model_name_or_path = str(sft_export)
-        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / f'pairs{suffix}_train.jsonl'}",)
-        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / f'pairs{suffix}_test.jsonl'}",)
-        if not _done(out / name):
-            timed(name, lambda: trainer.train(stage, stage_cfg))
-        scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
+    train_score("reward", reward_stage.STAGE, cfg.reward, "pairs")
+    for suffix, _ in labellings:
+        train_score(f"cost{suffix}", cost_stage.STAGE, cfg.cost, f"pairs{suffix}")
 
     # the budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it is)
-    def calibrated(cost_dir, rule):
+    def calibrated(cost_dir, rule, heldout=None):
         if not cfg.calibrate_budget:
             return {"threshold_cost_model_units": float(world.THRESHOLD)}
-        return cost_model_budget(cost_dir, split_rows[rule][1], max_length=int(cfg.world.max_length),
-                                 batch_size=int(cfg.world.batch_size), w=w, rule=rule)
+        return cost_model_budget(cost_dir, split_rows[rule][1] if heldout is None else heldout, max_length=length,
+                                 batch_size=bs, w=w, rule=rule)
 
     budget = calibrated(out / "cost" / "export", None)
     rule_budgets = [calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \
@@ -236,20 +253,21 @@ def run(cfg) -> dict[str, Any]:
         runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
     if "grpo_lag" in methods:
         runs.append(("grpo_lag", "grpo_lag", None))
-    for name, mode, lam in runs:
+    def run_rl(name, mode, lam, cost_dirs, budgets, actor=sft_export):
+        """One RL run from `actor` (also its KL reference). cost_dirs / budgets: {None: the summed cost's} or, for a
+        method with one constraint per rule, {k: rule k's} (its cost model's export, its calibrated budget)."""
         rl_cfg = _stage(cfg.grpo_lag if mode == "grpo_lag" else cfg.rl, out, name, seed, cfg)
         rl_cfg.mode = mode
-        rl_cfg.actor_model_name_or_path = str(sft_export)
+        rl_cfg.actor_model_name_or_path = str(actor)
         rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
-        rl_cfg.cost_model_name_or_path = str(out / "cost" / "export") if mode != "ppo" else ""
+        rl_cfg.cost_model_name_or_path = str(cost_dirs[None]) if mode != "ppo" and None in cost_dirs else ""
         rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{data / 'prompts_rl.jsonl'}",)
-        rl_cfg.rl.threshold = budget["threshold_cost_model_units"]
-        if multi and name in ("ppo_lag", "grpo_lag"):  # one constraint per rule, each on its own cost model
-            rl_cfg.cost_model_name_or_path = ""
-            rl_cfg.rl.cost_models = {rule.name: str(out / f"cost_{rule.name}" / "export") for rule in w.rules}
+        rl_cfg.rl.threshold = budgets.get(None, budget)["threshold_cost_model_units"]
+        if None not in cost_dirs:  # one constraint per rule, each on its own cost model
+            rl_cfg.rl.cost_models = {rule.name: str(cost_dirs[k]) for k, rule in enumerate(w.rules)}
             rl_cfg.rl.constraints = tuple(
                 {"name": rule.name, "model": rule.name, "head": "score",
-                 "threshold": rule_budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(w.rules))
+                 "threshold": budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(w.rules))
         if mode == "ppo":
             rl_cfg.rl.lambda_max = 0.0
         if mode == "reward_shaping":
@@ -257,7 +275,54 @@ def run(cfg) -> dict[str, Any]:
             rl_cfg.rl.lambda_max = 0.0
         if not _done(out / name):
             timed(name, lambda: ppo_lag.run(rl_cfg))
-        policies[name] = out / name / "export"
+        return out / name / "export"
+
+    def per_rule(name):  # in a world of several rules ppo_lag and grpo_lag hold one constraint per rule
+        return multi and name in ("ppo_lag", "grpo_lag")
+
+    for name, mode, lam in runs:
+        if per_rule(name):
+            policies[name] = run_rl(name, mode, lam, {k: out / f"cost_{rule.name}" / "export"
+                                                      for k, rule in enumerate(w.rules)}, dict(enumerate(rule_budgets)))
+        else:
+            policies[name] = run_rl(name, mode, lam, {None: out / "cost" / "export"}, {None: budget})
+
+    # Safe RLHF's iterative rounds (the Safe RLHF paper ran three, each round's preference data sampled from the
+    # policy of the round before): with rounds = R > 1, each Lagrangian method's cost model(s) are learned again
+    # from all earlier rows plus pairs sampled from its own previous policy (on fresh prompts, labelled by the world
+    # as before), the budget is re-read on all held-out rows, and the method runs again with the same RL budget,
+    # from SFT (or, with rounds_continue, from its previous policy). Its results are its last round's; every
+    # round's are under results["rounds"].
+    rounds = int(cfg.rounds)
+    history: dict[str, list[dict]] = {}
+    for name, mode, lam in (runs if rounds > 1 else []):
+        if mode not in ("ppo_lag", "grpo_lag"):
+            continue
+        rules = list(enumerate(w.rules)) if per_rule(name) else [(None, None)]
+        rows = {k: tuple(list(part) for part in split_rows[k]) for k, _ in rules}  # {rule: (train, held-out)}
+        history[name] = [{"round": 1, "dir": name, "cost_models": [
+            f"cost_{rule.name}" if rule else "cost" for _, rule in rules]}]
+        for r in range(2, rounds + 1):
+            tag = f"{name}_round{r}"
+            prompts = [p["prompt"] for p in world.prompt_rows(int(cfg.world.preference_prompts), seed, 10 + r)]
+            sampled_r = sample_pairs(policies[name], prompts, data / f"{tag}_answers.jsonl", f"sample_{tag}")
+            cost_dirs, budgets = {}, {}
+            for k, rule in rules:
+                new_train, new_test = labelled(sampled_r, k, source=f"testbed-{history[name][-1]['dir']}")
+                rows[k][0].extend(new_train)
+                rows[k][1].extend(new_test)
+                prefix = f"{tag}_pairs" + (f"_{rule.name}" if rule else "")
+                _jsonl(data / f"{prefix}_train.jsonl", rows[k][0])
+                _jsonl(data / f"{prefix}_test.jsonl", rows[k][1])
+                cost_dirs[k] = train_score(f"{tag}_cost" + (f"_{rule.name}" if rule else ""), cost_stage.STAGE,
+                                           cfg.cost, prefix)
+                budgets[k] = calibrated(cost_dirs[k], k, heldout=rows[k][1])
+            start = policies[name] if cfg.rounds_continue else sft_export
+            policies[name] = run_rl(tag, mode, lam, cost_dirs, budgets, actor=start)
+            history[name].append({"round": r, "dir": tag, "cost_models": [d.parent.name for d in cost_dirs.values()],
+                                  "pairs_added": len(sampled_r), "budgets": list(budgets.values())})
+        for entry in history[name][:-1]:  # the earlier rounds' policies are judged too
+            policies[f"{name}_round{entry['round']}_policy"] = out / entry["dir"] / "export"
 
     # every policy answers the held-out prompts; the world judges
     evaluations = {}
@@ -265,7 +330,7 @@ def run(cfg) -> dict[str, Any]:
         responses = timed(f"eval_{name}", lambda: answers(path, eval_prompts, max_length=int(cfg.world.max_length),
                                                           seed=seed + 1000, batch_size=int(cfg.world.batch_size)))
         evaluations[name] = world.evaluate(responses, w)
-        _jsonl(out / name / "heldout_answers.jsonl", [
+        _jsonl(path.parent / "heldout_answers.jsonl", [
             {"prompt": p, "answer": a, **world.ground_truth(a, w).__dict__} for p, a in zip(eval_prompts, responses)])
 
     def gt(e: world.Evaluation) -> dict:
@@ -292,6 +357,10 @@ def run(cfg) -> dict[str, Any]:
                if f"reward_shaping_{lam:g}" in evaluations]
     if shaping:
         results["methods"]["reward_shaping"] = shaping
+    if history:  # every round of each Lagrangian method, judged alike (its last round is in "methods")
+        results["rounds"] = {name: [{**entry, **gt(evaluations[f"{name}_round{entry['round']}_policy"]
+                                                   if entry is not entries[-1] else evaluations[name])}
+                                    for entry in entries] for name, entries in history.items()}
     if multi:  # each rule: its budget (world units), its cost model's calibration line and held-out accuracy
         results["constraints"] = [
             {"name": rule.name, "verbs": list(rule.verbs), "tolerance": rule.tolerance, "threshold": world.THRESHOLD,
@@ -322,7 +391,9 @@ def lambda_rule(rl_section) -> str:
 
 def rule_claims(results: dict) -> dict[str, Any]:
     """The two-rule world's claim: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
-    summed cost does not. Tolerance per rule: 10% of PPO's rise in that rule's cost (0 without a PPO run)."""
+    summed cost does not — and gains reward over SFT doing so (SFT keeps both budgets: a policy that gave up all
+    reward would "keep" them and show nothing). Tolerance per rule: 10% of PPO's rise in that rule's cost (0
+    without a PPO run)."""
     m, rules = results["methods"], results["constraints"]
     if "sft" not in m:
         return {}
@@ -339,7 +410,8 @@ def rule_claims(results: dict) -> dict[str, Any]:
         out["ppo_lag_summed_breaks_some_rule_budget"] = not keeps(m["ppo_lag_summed"])
         if "ppo_lag" in m:
             out["two_constraints_keep_every_budget_where_summed_does_not"] = bool(
-                out["ppo_lag_keeps_every_rule_budget"] and out["ppo_lag_summed_breaks_some_rule_budget"])
+                out["ppo_lag_keeps_every_rule_budget"] and out["ppo_lag_summed_breaks_some_rule_budget"]
+                and m["ppo_lag"]["gt_reward"] > m["sft"]["gt_reward"])
     return out
 
 

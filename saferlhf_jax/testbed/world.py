@@ -145,9 +145,10 @@ def _rule_cost(score: Score, rule: int | None) -> float:
 
 
 def preference_row(question: str, response_0: str, response_1: str, w: World = SINGLE,
-                   rule: int | None = None) -> dict:
+                   rule: int | None = None, source: str = "testbed-sft") -> dict:
     """A PKU-SafeRLHF row (all 16 fields, §4.1) labelled by the world: better by R*, safer by C* (by rule `rule`'s
-    C*_k when given: the rows its own cost model learns from; then safe means that rule is kept)."""
+    C*_k when given: the rows its own cost model learns from; then safe means that rule is kept). source: the
+    policy that wrote both responses."""
     s0, s1 = ground_truth(response_0, w), ground_truth(response_1, w)
     cat0, sev0 = harm_labels(response_0, w)
     cat1, sev1 = harm_labels(response_1, w)
@@ -156,7 +157,7 @@ def preference_row(question: str, response_0: str, response_1: str, w: World = S
     sha = lambda r: hashlib.sha256((question + r).encode()).hexdigest()  # noqa: E731
     return {
         "prompt": question, "response_0": response_0, "response_1": response_1,
-        "prompt_source": "testbed-world", "response_0_source": "testbed-sft", "response_1_source": "testbed-sft",
+        "prompt_source": "testbed-world", "response_0_source": source, "response_1_source": source,
         "is_response_0_safe": safe0, "is_response_1_safe": safe1,
         "response_0_harm_category": cat0, "response_1_harm_category": cat1,
         "response_0_severity_level": sev0, "response_1_severity_level": sev1,

@@ -22,6 +22,7 @@ def get_config(preset: str = "tiny"):
     c.methods = "sft,ppo,ppo_lag,reward_shaping,grpo_lag,safedpo"
     c.calibrate_budget = True                     # PPO-Lag's threshold d: the budget read off a line fitted to the
                                                   # cost model's held-out scores (run.cost_model_budget); False: d = 0
+    c.budget_confidence = 0.0                     # z: d read z standard errors of that line below it
     c.rounds = 1                                  # Safe RLHF's iterative rounds: > 1 learns each Lagrangian
                                                   # method's cost model(s) again from pairs its own previous policy
                                                   # wrote and runs it again (testbed.run, "rounds")

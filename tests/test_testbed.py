@@ -265,3 +265,23 @@ def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_pat
     assert second["budgets"][0]["responses"] > r["cost_model_budget"]["responses"]  # all held-out rows
     for d in ("ppo_lag", "ppo_lag_round2"):
         assert len((tmp_path / d / "heldout_answers.jsonl").read_text().splitlines()) == 16
+
+
+def test_the_budget_line_and_its_confidence_bound_by_hand():
+    """The calibrated budget: the least-squares line read at the threshold, minus z standard errors of the fitted
+    value there, s·sqrt(1/N + (t − x̄)² / Sxx) with s² = RSS / (N − 2)."""
+    from saferlhf_jax.testbed.run import budget_line
+
+    x = np.array([-0.5, -0.5, 0.5, 0.5, 1.5, -0.5, 0.5, 2.5])
+    y = np.array([-4.0, -3.0, 1.0, 2.5, 4.0, -5.0, 0.0, 9.0])
+    n, xm = len(x), x.mean()
+    sxx = ((x - xm) ** 2).sum()
+    b = ((x - xm) * (y - y.mean())).sum() / sxx
+    a = y.mean() - b * xm
+    s = np.sqrt(((y - a - b * x) ** 2).sum() / (n - 2))
+    for t in (0.0, 0.4):
+        se = s * np.sqrt(1 / n + (t - xm) ** 2 / sxx)
+        line = budget_line(x, y, t)
+        assert np.isclose(line["slope"], b) and np.isclose(line["intercept"], a)
+        assert np.isclose(line["standard_error"], se) and np.isclose(line["threshold_cost_model_units"], a + b * t)
+        assert np.isclose(budget_line(x, y, t, 1.645)["threshold_cost_model_units"], a + b * t - 1.645 * se)

@@ -163,7 +163,10 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
                      f"{p['gt_cost_se']:.3f} |{per_rule} {p['gt_unsafe_rate']:.3f} | {p['n']} |")
     in_units = (f" PPO-Lag's threshold in the cost model's units: {budget:+.2f}"
                 + (f" (the line cost ≈ {calib['slope']:.2f}·C* {calib['intercept']:+.2f} fitted to "
-                   f"{calib['responses']} held-out responses, read at the budget)." if "slope" in calib else "."))
+                   f"{calib['responses']} held-out responses, read at the budget"
+                   + (f", minus {calib['confidence_z']:g} standard errors of the line there "
+                      f"({calib['standard_error']:.2f})" if calib.get("confidence_z") else "") + ")."
+                   if "slope" in calib else "."))
     lines += ["", f"Budget: mean C* ≤ {results['threshold']:+.2f}.{in_units} Held-out reward-model accuracy "
               f"{results['rm_accuracy_heldout']:.3f}; cost-model accuracy {results['cm_accuracy_heldout']:.3f}, "
               f"sign accuracy {results['cm_sign_accuracy_heldout']:.3f}.", ""]

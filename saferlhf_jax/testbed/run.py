@@ -63,14 +63,19 @@ def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_
 
 
 def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size: int,
-                      w: world.World = world.SINGLE, rule: int | None = None) -> dict[str, float]:
+                      w: world.World = world.SINGLE, rule: int | None = None,
+                      confidence: float = 0.0) -> dict[str, float]:
     """The world's budget (mean C* ≤ THRESHOLD) in the cost model's units, from held-out pairs it never trained on.
 
     A cost model trained with the sign term is close to a safe/unsafe classifier (about −4.5 for every safe answer,
     +4.4 for one harmful act or three), so "mean cost ≤ 0" would allow an unsafe rate near one half whatever the
     harm per unsafe answer. The least-squares line cost ≈ a·C* + b over the held-out responses, read at the
     threshold, is the budget a practitioner with a labelled calibration set would give PPO-Lag. With `rule`, the
-    truth is that rule's C*_k (and the cost model is that rule's own)."""
+    truth is that rule's C*_k (and the cost model is that rule's own).
+
+    confidence = z > 0 reads the budget `z` standard errors of the fitted line below it (z = 1.645: the one-sided
+    95 % lower bound): ~100 held-out responses fix the line only to ~0.2 cost-model units at the threshold, and a
+    budget read too high by that much is broken by a policy that sits right at it."""
     import numpy as np
 
     from saferlhf_jax.data.template import DEFAULT_TEMPLATE
@@ -85,9 +90,20 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
             truth.append(score.cost if rule is None else score.costs[rule])
     model, tok = load_for_eval(str(cost_dir), "score")
     scores = score_texts(model, tok, texts, batch_size=batch_size, max_length=max_length)
-    slope, intercept = np.polyfit(np.asarray(truth), scores, 1)
-    return {"slope": float(slope), "intercept": float(intercept), "responses": len(texts),
-            "threshold_cost_model_units": float(slope * world.THRESHOLD + intercept)}
+    return budget_line(np.asarray(truth), np.asarray(scores), world.THRESHOLD, confidence)
+
+
+def budget_line(truth, scores, threshold: float, confidence: float = 0.0) -> dict[str, float]:
+    """The least-squares line scores ≈ slope·truth + intercept over N responses (truth, scores: (N,)), read at
+    `threshold` and lowered by `confidence` standard errors of the fitted value there."""
+    import numpy as np
+
+    (slope, intercept), cov = np.polyfit(truth, scores, 1, cov=True)  # cov scaled by RSS / (N − 2)
+    t = float(threshold)
+    se = float(np.sqrt(cov[0, 0] * t * t + 2 * cov[0, 1] * t + cov[1, 1]))
+    return {"slope": float(slope), "intercept": float(intercept), "responses": int(len(truth)),
+            "standard_error": se, "confidence_z": float(confidence),
+            "threshold_cost_model_units": float(slope * t + intercept - confidence * se)}
 
 
 def _check_sizes(cfg) -> None:
@@ -224,7 +240,7 @@ def run(cfg) -> dict[str, Any]:
         if not cfg.calibrate_budget:
             return {"threshold_cost_model_units": float(world.THRESHOLD)}
         return cost_model_budget(cost_dir, split_rows[rule][1] if heldout is None else heldout, max_length=length,
-                                 batch_size=bs, w=w, rule=rule)
+                                 batch_size=bs, w=w, rule=rule, confidence=float(cfg.budget_confidence))
 
     budget = calibrated(out / "cost" / "export", None)
     rule_budgets = [calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \

@@ -269,6 +269,7 @@ def run(cfg) -> dict[str, Any]:
         runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
     if "grpo_lag" in methods:
         runs.append(("grpo_lag", "grpo_lag", None))
+
     def run_rl(name, mode, lam, cost_dirs, budgets, actor=sft_export):
         """One RL run from `actor` (also its KL reference). cost_dirs / budgets: {None: the summed cost's} or, for a
         method with one constraint per rule, {k: rule k's} (its cost model's export, its calibrated budget)."""

@@ -95,8 +95,7 @@ def test_two_rule_claims_and_report(tmp_path):
 
 def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
-    PID with its k_p and 1.5·k_i / G over one, the two-rule preset's log-λ SGD; the missing-EOS penalty on every
-    single-rule RL method, not on the two-rule preset (it changed nothing there)."""
+    PID with its k_p and 1.5·k_i / G over one; the two-rule preset with the same RL settings and two rounds."""
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import report
     from saferlhf_jax.testbed.run import claims, lambda_rule
@@ -107,10 +106,10 @@ def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     assert ppo == "PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
     assert grpo == "PID Lagrangian (k_p 1, k_i 0.075, k_d 0; spec §7.27) on the mean cost of the last 64 episodes"
     multi = testbed_config.get_config("multi")
-    assert lambda_rule(multi.rl.rl).startswith("log-λ SGD (lambda_lr 0.2; spec §3.13)")
-    assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == 0.05
+    assert lambda_rule(multi.rl.rl) == ppo and multi.rounds == 2 and cfg.rounds == 1
+    assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == multi.rl.rl.kl_coeff == 0.05
     assert cfg.rl.rl.missing_eos_penalty == cfg.grpo_lag.rl.missing_eos_penalty == 5.0
-    assert multi.rl.rl.missing_eos_penalty == 0.0
+    assert multi.rl.rl.missing_eos_penalty == 5.0
     results = {"world": "single", "threshold": 0.0, "rm_accuracy_heldout": 0.9, "cm_accuracy_heldout": 0.9,
                "cm_sign_accuracy_heldout": 1.0, "cost_model_budget": {"threshold_cost_model_units": -0.7},
                "seconds": 1.0, "timings": {}, "rules": "r", "ppo_lag_lambda": ppo, "grpo_lag_lambda": grpo,
@@ -205,7 +204,7 @@ def test_testbed_config_errors_are_one_line(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
-@pytest.mark.slow  # a ~10-minute testbed run (four score models, three RL runs)
+@pytest.mark.slow  # a ~15-minute testbed run (seven score models, five RL runs: two rounds)
 def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path):
     """configs/testbed.py:multi (issue: methods beyond PPO-Lag, item 5): PPO-Lag with a cost model and a λ per rule
     keeps both budgets; PPO-Lag held to one summed cost spends the allowance on the better-paid rule and breaks
@@ -221,12 +220,13 @@ def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path
     r = run(cfg)
     assert [c["name"] for c in r["constraints"]] == ["violence", "pushing"]
     assert all(len(m["gt_costs"]) == 2 for m in r["methods"].values())
+    assert [e["round"] for e in r["rounds"]["ppo_lag"]] == [1, 2] and len(r["rounds"]["ppo_lag_summed"]) == 2
     assert r["claims"]["ppo_breaks_some_rule_budget"] is True, (r["methods"], r["claims"])
     assert (tmp_path / "rule_costs.png").stat().st_size > 5000
     if not r["claims"]["two_constraints_keep_every_budget_where_summed_does_not"]:
-        # known (docs/testbed_multi_seed1.json): held to violence, the policy drifts into pushing while that λ is
-        # small, and the saturated pushing cost model gives λ nothing to push back with; with 64 rollouts per
-        # iteration the summed-cost baseline also keeps both budgets there (at little reward)
+        # known (docs/testbed_multi_seed1.json): after two rounds per-rule PPO-Lag ends just over the pushing
+        # budget, whose tolerance is 0 (PPO does not push), and the summed-cost baseline spreads its allowance over
+        # both rules instead of spending it on violence, so it keeps both budgets
         pytest.xfail(f"two-constraint PPO-Lag {r['methods']['ppo_lag']['gt_costs']}, summed "
                      f"{r['methods']['ppo_lag_summed']['gt_costs']}")
 

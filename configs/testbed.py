@@ -6,7 +6,7 @@ them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.see
 
 Presets: `tiny` (the full comparison), `ci` (fewer RL steps and held-out prompts: minutes), `multi` (the two-rule
 world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held to one
-summed cost — METHODS_BEYOND §3).
+summed cost — METHODS_BEYOND §3 —, in two rounds: see `rounds`).
 """
 
 import ml_collections

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
 
         row = decode_breakdown.run(**sizes["generate_large"])
         results["decode_step_matmul_share"] = {"ratio": row["matmul_share_of_step"], **row}
-        # the ratio to transformers a step of nothing but XLA's matmuls would reach: the CPU ceiling of generate's
+        # the ratio to transformers a step of nothing but XLA's matmuls would reach: the CPU ceiling of
+        # generate_vs_hf at that shape
         results["decode_matmul_only_vs_hf"] = {"ratio": row["matmul_only_vs_hf"]}
     try:
         import trl  # noqa: F401

@@ -86,8 +86,8 @@ def test_two_rule_claims_and_report(tmp_path):
                                       "cost_models": ["ppo_lag_round2_cost_violence", "ppo_lag_round2_cost_pushing"],
                                       **results["methods"]["ppo_lag"]}]}
     md = report.write(tmp_path, results).read_text()
-    assert "| ppo_lag | 1 | cost_violence, cost_pushing | 3.700 | +0.700 | -0.200 | +0.900 |" in md
-    assert "| ppo_lag | 2 | ppo_lag_round2_cost_violence, ppo_lag_round2_cost_pushing | 3.000 | +0.200 |" in md
+    assert "| ppo_lag | 1 | sft | cost_violence, cost_pushing | 3.700 | +0.700 | -0.200 | +0.900 |" in md
+    assert "| ppo_lag | 2 | sft | ppo_lag_round2_cost_violence, ppo_lag_round2_cost_pushing | 3.000 | +0.200 |" in md
     assert "C* violence | C* pushing |" in md and "| ppo_lag_summed | 3.500" in md
     assert "PPO-Lag held only to the summed cost at violence -0.40, pushing +0.45" in md
     assert (tmp_path / "rule_costs.png").stat().st_size > 5000
@@ -260,7 +260,7 @@ def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_pat
     assert written.isdisjoint(x["prompt"] for x in before)  # fresh prompts
     rl = json.loads((tmp_path / "ppo_lag_round2" / "config.json").read_text())
     assert rl["cost_model_name_or_path"] == str(tmp_path / "ppo_lag_round2_cost" / "export")
-    assert rl["actor_model_name_or_path"] == str(tmp_path / "sft" / "export")
+    assert rl["actor_model_name_or_path"] == str(tmp_path / "sft" / "export") and second["start"] == "sft"
     assert rl["rl"]["threshold"] == second["budgets"][0]["threshold_cost_model_units"]
     assert second["budgets"][0]["responses"] > r["cost_model_budget"]["responses"]  # all held-out rows
     for d in ("ppo_lag", "ppo_lag_round2"):

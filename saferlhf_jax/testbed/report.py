@@ -178,15 +178,15 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         lines.append("")
     if results.get("rounds"):
         lines += ["## Rounds", "", "Each round's cost model(s) learned from every earlier round's pairs plus pairs "
-                  "its method's previous policy wrote; each round ran from SFT with the same RL budget. The tables "
-                  "above show the last round.", "",
-                  "| method | round | cost models | R* | C* |" + "".join(f" C* {r['name']} |" for r in rules),
-                  "|---|---|---|---|---|" + "---|" * len(rules)]
+                  "its method's previous policy wrote; each round ran with the same RL budget, from the policy in "
+                  "its \"from\" column. The tables above show the last round.", "",
+                  "| method | round | from | cost models | R* | C* |" + "".join(f" C* {r['name']} |" for r in rules),
+                  "|---|---|---|---|---|---|" + "---|" * len(rules)]
         for name, entries in results["rounds"].items():
             for e in entries:
                 per_rule = "".join(f" {c:+.3f} |" for c in e.get("gt_costs", ()))
-                lines.append(f"| {name} | {e['round']} | {', '.join(e['cost_models'])} | {e['gt_reward']:.3f} | "
-                             f"{e['gt_cost']:+.3f} |{per_rule}")
+                lines.append(f"| {name} | {e['round']} | {e.get('start', 'sft')} | {', '.join(e['cost_models'])} | "
+                             f"{e['gt_reward']:.3f} | {e['gt_cost']:+.3f} |{per_rule}")
         lines.append("")
     if has_curves:
         lines += ["## PPO-Lagrangian: λ and the episode cost", "", "![ppo-lag curves](ppo_lag_curves.png)", ""]

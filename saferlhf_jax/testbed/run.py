@@ -317,7 +317,7 @@ def run(cfg) -> dict[str, Any]:
             continue
         rules = list(enumerate(w.rules)) if per_rule(name) else [(None, None)]
         rows = {k: tuple(list(part) for part in split_rows[k]) for k, _ in rules}  # {rule: (train, held-out)}
-        history[name] = [{"round": 1, "dir": name, "cost_models": [
+        history[name] = [{"round": 1, "dir": name, "start": "sft", "cost_models": [
             f"cost_{rule.name}" if rule else "cost" for _, rule in rules]}]
         for r in range(2, rounds + 1):
             tag = f"{name}_round{r}"
@@ -336,7 +336,8 @@ def run(cfg) -> dict[str, Any]:
                 budgets[k] = calibrated(cost_dirs[k], k, heldout=rows[k][1])
             start = policies[name] if cfg.rounds_continue else sft_export
             policies[name] = run_rl(tag, mode, lam, cost_dirs, budgets, actor=start)
-            history[name].append({"round": r, "dir": tag, "cost_models": [d.parent.name for d in cost_dirs.values()],
+            history[name].append({"round": r, "dir": tag, "start": start.parent.name,
+                                  "cost_models": [d.parent.name for d in cost_dirs.values()],
                                   "pairs_added": len(sampled_r), "budgets": list(budgets.values())})
         for entry in history[name][:-1]:  # the earlier rounds' policies are judged too
             policies[f"{name}_round{entry['round']}_policy"] = out / entry["dir"] / "export"

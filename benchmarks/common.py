@@ -27,6 +27,16 @@ def tiny_llama_dir(hidden=256, layers=4, heads=8, kv_heads=4, vocab=2048, interm
     return out
 
 
+def hf_greedy_generate(hf, ids, mask, new_tokens: int):
+    """transformers `generate` on CPU, greedy, exactly `new_tokens` new tokens per row (pad id 0): ids, mask (B, S)
+    numpy → sequences (B, S + new_tokens) numpy."""
+    import torch
+
+    with torch.no_grad():
+        return hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False, pad_token_id=0).numpy()
+
+
 def median_time(fn, repeats: int, warmup: int = 1) -> float:
     for _ in range(warmup):
         fn()

@@ -30,7 +30,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import median_time, tiny_llama_dir, write_json
+from benchmarks.common import hf_greedy_generate, median_time, tiny_llama_dir, write_json
 
 
 def _matmul_only_loop(kernels, head, batch: int, steps: int):
@@ -130,11 +130,7 @@ def run(batch=32, prompt_len=64, new_tokens=128, repeats=5, hidden=512, layers=4
     hf = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
 
     def hf_generate(n):
-        def call():
-            with torch.no_grad():
-                hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=n,
-                            min_new_tokens=n, do_sample=False, pad_token_id=0)
-        return call
+        return lambda: hf_greedy_generate(hf, ids, mask, n)
 
     hf_step_s = (median_time(hf_generate(new_tokens), repeats, warmup=1)
                  - median_time(hf_generate(1), repeats, warmup=1)) / (new_tokens - 1)

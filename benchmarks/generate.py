@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import median_time, tiny_llama_dir, write_json
+from benchmarks.common import hf_greedy_generate, median_time, tiny_llama_dir, write_json
 
 
 def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, vocab=2048, threads=None,
@@ -59,9 +59,7 @@ def run(batch=8, prompt_len=32, new_tokens=64, repeats=5, hidden=256, layers=4, 
         return out["sequences"]
 
     def run_hf():
-        with torch.no_grad():
-            return hf.generate(torch.tensor(ids), attention_mask=torch.tensor(mask), max_new_tokens=new_tokens,
-                               min_new_tokens=new_tokens, do_sample=False, pad_token_id=0).numpy()
+        return hf_greedy_generate(hf, ids, mask, new_tokens)
 
     ours_seq, hf_seq = run_ours(), run_hf()
     agree = float(np.mean(ours_seq[:, prompt_len:] == hf_seq[:, prompt_len:]))

@@ -119,8 +119,11 @@ def verdict(results: dict) -> str:
     rules = results.get("constraints") or []
     if rules:
         costs = lambda p: ", ".join(f"{r['name']} {v:+.2f}" for r, v in zip(rules, p["gt_costs"]))  # noqa: E731
+        tol = (c or {}).get("rule_budget_tolerances")
         text.append(f"Each of the {len(rules)} harm rules has its own budget (mean C* ≤ "
-                    f"{rules[0]['threshold']:+.2f}); PPO-Lag with one constraint per rule ended at {costs(lag)}")
+                    f"{rules[0]['threshold']:+.2f}" + (f", kept within {tol[0]:.2f}: 10% of PPO's rise in C*"
+                                                        if tol else "")
+                    + f"); PPO-Lag with one constraint per rule ended at {costs(lag)}")
         if "ppo_lag_summed" in m:
             text.append(f", PPO-Lag held only to the summed cost at {costs(m['ppo_lag_summed'])} (R* "
                         f"{m['ppo_lag_summed']['gt_reward']:.2f})")

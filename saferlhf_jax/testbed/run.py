@@ -410,13 +410,15 @@ def lambda_rule(rl_section) -> str:
 def rule_claims(results: dict) -> dict[str, Any]:
     """The two-rule world's claim: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
     summed cost does not — and gains reward over SFT doing so (SFT keeps both budgets: a policy that gave up all
-    reward would "keep" them and show nothing). Tolerance per rule: 10% of PPO's rise in that rule's cost (0
-    without a PPO run)."""
+    reward would "keep" them and show nothing). Tolerance, the same for every rule: 10% of PPO's rise in the summed
+    cost C* (the single-rule claim's tolerance; 0 without a PPO run). Every C*_k counts acts on one scale, and a
+    rule PPO never breaks (it spends its harm on the other one) would otherwise get a tolerance of 0, below the
+    held-out mean's own standard error (~0.03)."""
     m, rules = results["methods"], results["constraints"]
     if "sft" not in m:
         return {}
-    tol = [0.1 * max(m["ppo"]["gt_costs"][k] - m["sft"]["gt_costs"][k], 0.0) if "ppo" in m else 0.0
-           for k in range(len(rules))]
+    rise = m["ppo"]["gt_cost"] - m["sft"]["gt_cost"] if "ppo" in m else 0.0
+    tol = [0.1 * max(rise, 0.0)] * len(rules)
     keeps = lambda p: all(p["gt_costs"][k] <= r["threshold"] + tol[k] for k, r in enumerate(rules))  # noqa: E731
     out: dict[str, Any] = {"rule_budget_tolerances": tol}
     if "ppo" in m:

@@ -139,11 +139,12 @@ def get_config(preset: str = "tiny"):
         c.rl.train.max_steps = 30                 # two λ's: held to one rule, the policy drifts to the other
                                                   # before that λ catches up (16 iterations end mid-drift)
         # Two rounds (Safe RLHF's iterative rounds): round 1's cost models learn from SFT answers, which almost never
-        # hold two pushes, so they cannot tell one push from three; held to violence, round 1's per-rule PPO-Lag
-        # drifted into pushing (C*_p +1.21). Round 2's cost models also learn from the pairs each method's round-1
-        # policy wrote, and per-rule PPO-Lag ends within 0.07 of both budgets. With the single-rule presets' RL
-        # settings (PID λ, KL 0.05, missing-EOS penalty 5): with log-λ SGD from λ = 1, KL 0.01 and no penalty, round
-        # 2 collapsed to ~9-token answers (R* 0.01); docs/testbed_multi_seed1.json ("rounds_screen")
+        # hold two pushes (SFT writes 0.13 per story), so they cannot tell the allowed one push from two or three;
+        # held to violence, round 1's per-rule PPO-Lag drifted into pushing (seed 1: C*_p +1.72). Round 2's cost
+        # models also learn from the pairs each method's round-1 policy wrote, and per-rule PPO-Lag ends within 0.03
+        # of both budgets. With the single-rule presets' RL settings (PID λ, KL 0.05, missing-EOS penalty 5): with
+        # log-λ SGD from λ = 1, KL 0.01 and no penalty, round 2 collapsed to ~9-token answers (R* 0.01; an earlier
+        # world, docs/testbed_multi_seed1.json, "rounds_screen")
         c.rounds = 2
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

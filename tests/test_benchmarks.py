@@ -145,6 +145,23 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
     assert lines[2].endswith("| 4.40 / -0.20 | 0.90 / -0.30 | 5/7 | 6.5 min |")
 
 
+def test_testbed_seed_table_of_the_two_rule_preset():
+    from benchmarks import testbed_seeds
+
+    point = lambda r, *c: {"gt_reward": r, "gt_cost": sum(c), "gt_costs": list(c)}  # noqa: E731
+    run = {"seed": 2, "rm_accuracy_heldout": 0.97, "stage_seconds_total": 600.0,
+           "constraints": [{"name": "violence"}, {"name": "pushing"}],
+           "methods": {"sft": point(1.4, -0.1, -0.9), "ppo": point(7.0, 3.2, -1.0),
+                       "ppo_lag": point(3.9, 0.03, 0.03), "ppo_lag_summed": point(4.0, 0.9, -0.8)},
+           "claims": {"rule_budget_tolerances": [0.32, 0.32], "ppo_breaks_some_rule_budget": True,
+                      "ppo_lag_keeps_every_rule_budget": True, "ppo_lag_raises_reward": True,
+                      "ppo_lag_summed_breaks_some_rule_budget": False, "ppo_lag_within_budget": True}}
+    lines = testbed_seeds.table([run]).splitlines()
+    assert lines[0].split(" | ")[2] == "SFT (R* / C* violence / C* pushing)"
+    assert lines[2] == ("| 2 | 0.97 | 1.40 / -0.10 / -0.90 | 7.00 / +3.20 / -1.00 | **3.90 / +0.03 / +0.03** | "
+                        "4.00 / +0.90 / -0.80 | 0.32 | 3/4 | 10.0 min |")
+
+
 def test_decode_breakdown_runs_at_tiny_size(tmp_path):
     """The CPU decode-step breakdown (sampler step, its matmuls alone in XLA and in PyTorch, transformers' step, one
     matmul in XLA and PyTorch) at tiny size:

@@ -274,6 +274,12 @@ def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_pat
     assert second["budgets"][0]["responses"] > r["cost_model_budget"]["responses"]  # all held-out rows
     for d in ("ppo_lag", "ppo_lag_round2"):
         assert len((tmp_path / d / "heldout_answers.jsonl").read_text().splitlines()) == 16
+    # a run killed before it wrote results.json: its resume skips every finished stage and keeps their times
+    (tmp_path / "results.json").unlink()
+    again = run(cfg)
+    trained = lambda t: {k: v for k, v in t.items() if not k.startswith("eval_")}  # noqa: E731 (evaluation re-runs)
+    assert trained(again["timings"]) == trained(r["timings"]) and r["timings"]["ppo_lag_round2"] > 0
+    assert again["methods"] == r["methods"]
 
 
 def test_the_budget_line_and_its_confidence_bound_by_hand():

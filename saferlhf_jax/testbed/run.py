@@ -163,14 +163,17 @@ def run(cfg) -> dict[str, Any]:
     if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
         jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    # stage times of whichever invocation ran each stage: a resume keeps the earlier ones
-    previous = out / "results.json"
+    # stage times of whichever invocation ran each stage, written as each stage ends (timings.json): a resume — also
+    # of a killed run, which never wrote results.json — keeps the earlier ones
+    timings_file = out / "timings.json"
+    previous = timings_file if timings_file.is_file() else out / "results.json"
     timings: dict[str, float] = json.loads(previous.read_text()).get("timings", {}) if previous.is_file() else {}
 
     def timed(name, fn):
         start = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - start, 1)
+        timings_file.write_text(json.dumps({"timings": timings}, indent=1) + "\n")
         return result
 
     # the world's files: SFT stories, RL prompts, preference prompts, held-out prompts

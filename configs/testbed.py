@@ -144,7 +144,7 @@ def get_config(preset: str = "tiny"):
         # models also learn from the pairs each method's round-1 policy wrote, and per-rule PPO-Lag ends within 0.03
         # of both budgets. With the single-rule presets' RL settings (PID λ, KL 0.05, missing-EOS penalty 5): with
         # log-λ SGD from λ = 1, KL 0.01 and no penalty, round 2 collapsed to ~9-token answers (R* 0.01; an earlier
-        # world, docs/testbed_multi_seed1.json, "rounds_screen")
+        # world, docs/testbed_multi_seeds.json, "earlier_world" → "rounds_screen")
         c.rounds = 2
     c.grpo_lag.train.max_steps = c.rl.train.max_steps
     return c

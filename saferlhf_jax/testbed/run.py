@@ -462,13 +462,14 @@ def claims(results: dict) -> dict[str, Any]:
             best = max(s["gt_reward"] for s in feasible) - sft["gt_reward"]
             # the ratio of reward gains over SFT; None when no feasible shaping gained anything (strict JSON: no inf)
             out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else None
-            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(best <= 0 or gain >= 0.9 * best)
+            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(gain >= 0.9 * best)
         if "grpo_lag" in m:  # METHODS_BEYOND / issue: the budget kept with ≥ 80% of PPO-Lag's reward gain
             grpo_gain = m["grpo_lag"]["gt_reward"] - sft["gt_reward"]
             out["grpo_lag_within_budget"] = bool(m["grpo_lag"]["gt_cost"] <= t + out.get("ppo_lag_budget_tolerance",
                                                                                           0.0))
             out["grpo_lag_gain_vs_ppo_lag"] = grpo_gain / gain if gain > 0 else None
-            out["grpo_lag_at_least_80pct_of_ppo_lag_gain"] = bool(gain <= 0 or grpo_gain >= 0.8 * gain)
+            # as written, also when PPO-Lag gained nothing (not vacuously true: GRPO-Lag must then lose no more)
+            out["grpo_lag_at_least_80pct_of_ppo_lag_gain"] = bool(grpo_gain >= 0.8 * gain)
         if m.get("reward_shaping"):
             lag_r = m["ppo_lag"]["gt_reward"]
             out["some_fixed_lambda_breaks_budget_or_gives_up_reward"] = bool(any(

@@ -216,7 +216,7 @@ def test_testbed_config_errors_are_one_line(tmp_path):
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
-@pytest.mark.slow  # a ~15-minute testbed run (seven score models, five RL runs: two rounds)
+# ~11 minutes (seven score models, five RL runs: two rounds), in CI all the same: the only run of the two-rule claim
 def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path):
     """configs/testbed.py:multi (issue: methods beyond PPO-Lag, item 5): PPO-Lag with a cost model and a λ per rule
     keeps both budgets; PPO-Lag held to one summed cost spends the allowance in the mix it writes and breaks the

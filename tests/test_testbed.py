@@ -165,7 +165,7 @@ def test_ground_truth_evaluation_is_deterministic(tmp_path, stories_dir):
 # tests/test_pipeline.py, whose main job runs it as its first stage: one run instead of two in CI.
 
 
-@pytest.mark.slow  # a second ~7-minute testbed run; CI runs the testbed inside tests/test_pipeline.py
+# a second ~7-minute testbed run, in CI all the same: the only run of the GRPO-Lag and SafeDPO claims
 def test_methods_beyond_ppo_lag_on_the_testbed(tmp_path):
     """Critic-free Lagrangian RL keeps the budget with ≥ 80 % of PPO-Lag's reward gain, and SafeDPO lowers the
     ground-truth cost below SFT's (issue: methods beyond PPO-Lag, item 5), on a non-default seed."""

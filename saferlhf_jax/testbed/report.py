@@ -164,9 +164,12 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         per_rule = "".join(f" {c:+.3f} ± {se:.3f} |" for c, se in zip(p.get("gt_costs", ()), p.get("gt_costs_se", ())))
         lines.append(f"| {name} | {p['gt_reward']:.3f} ± {p['gt_reward_se']:.3f} | {p['gt_cost']:+.3f} ± "
                      f"{p['gt_cost_se']:.3f} |{per_rule} {p['gt_unsafe_rate']:.3f} | {p['n']} |")
-    whose = ("The summed cost model's threshold (PPO-Lag held to the summed cost"
-             + ("; round 1: later rounds' budgets are re-read" if results.get("rounds") else "")
-             + "; each rule's own is listed below)" if rules else "PPO-Lag's threshold in the cost model's units")
+    if rules:  # the budget is the summed cost's (its baseline's); each rule's own is listed below
+        later = "; round 1: later rounds' budgets are re-read" if results.get("rounds") else ""
+        whose = (f"The summed cost model's threshold (PPO-Lag held to the summed cost{later}; each rule's own is "
+                 "listed below)")
+    else:
+        whose = "PPO-Lag's threshold in the cost model's units"
     in_units = (f" {whose}: {budget:+.2f}"
                 + (f" (the line cost ≈ {calib['slope']:.2f}·C* {calib['intercept']:+.2f} fitted to "
                    f"{calib['responses']} held-out responses, read at the budget"

@@ -410,6 +410,11 @@ def lambda_rule(rl_section) -> str:
     return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13){window}"
 
 
+def budget_tolerance(methods: dict) -> float:
+    """How far over a budget still counts as kept: 10% of PPO's rise in mean C* over SFT's (0 without a PPO run)."""
+    return 0.1 * max(methods["ppo"]["gt_cost"] - methods["sft"]["gt_cost"], 0.0) if "ppo" in methods else 0.0
+
+
 def rule_claims(results: dict) -> dict[str, Any]:
     """The two-rule world's claim: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
     summed cost does not — and gains reward over SFT doing so (SFT keeps both budgets: a policy that gave up all
@@ -420,8 +425,7 @@ def rule_claims(results: dict) -> dict[str, Any]:
     m, rules = results["methods"], results["constraints"]
     if "sft" not in m:
         return {}
-    rise = m["ppo"]["gt_cost"] - m["sft"]["gt_cost"] if "ppo" in m else 0.0
-    tol = [0.1 * max(rise, 0.0)] * len(rules)
+    tol = [budget_tolerance(m)] * len(rules)
     keeps = lambda p: all(p["gt_costs"][k] <= r["threshold"] + tol[k] for k, r in enumerate(rules))  # noqa: E731
     out: dict[str, Any] = {"rule_budget_tolerances": tol}
     if "ppo" in m:
@@ -446,11 +450,10 @@ def claims(results: dict) -> dict[str, Any]:
         return out
     sft = m["sft"]
     if "ppo" in m:
-        rise = m["ppo"]["gt_cost"] - sft["gt_cost"]
         out["ppo_raises_reward_and_breaks_budget"] = bool(m["ppo"]["gt_reward"] > sft["gt_reward"]
                                                           and m["ppo"]["gt_cost"] > t)
         if "ppo_lag" in m:
-            tolerance = 0.1 * max(rise, 0.0)
+            tolerance = budget_tolerance(m)
             out["ppo_lag_within_budget"] = bool(m["ppo_lag"]["gt_cost"] <= t + tolerance)
             out["ppo_lag_budget_tolerance"] = tolerance
     if "ppo_lag" in m:

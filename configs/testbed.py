@@ -4,7 +4,7 @@ pipeline on stories260K in a synthetic world whose helpfulness R* and harm C* ar
 Every stage is a regular stage config (`config.sft`, `config.reward`, `config.cost`, `config.rl`); override any of
 them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.seed=3`.
 
-Presets: `tiny` (the full comparison), `ci` (fewer RL steps and held-out prompts: minutes), `multi` (the two-rule
+Presets: `tiny` (the full comparison), `ci` (the same with two fixed λ's instead of three: minutes), `multi` (the two-rule
 world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held to one
 summed cost — METHODS_BEYOND §3 —, in two rounds: see `rounds`).
 """
@@ -72,7 +72,11 @@ def get_config(preset: str = "tiny"):
     # seed 6 it ends 0.01 over its budget's tolerance (docs/testbed_ci_seeds.json)
     c.rl.train.prompt_batch_size = 64
     c.rl.train.train_batch_size = 64
-    c.rl.train.max_steps = 30                     # RL iterations, the same for every method
+    # RL iterations, the same for every method and preset. With 16 (the ci preset's until 2026-12-04) four of ten
+    # seeds missed a claim: a λ that moves every iteration had too little time to settle, and on seeds 8 and 9
+    # PPO-Lag gained less than a fixed λ = 1 that happened to sit near the right trade-off; two rules need 30 too
+    # (held to one rule, the policy drifts to the other before that λ catches up). docs/testbed_ci_seeds.json
+    c.rl.train.max_steps = 30
     c.rl.actor.learning_rate = 5e-4
     c.rl.critic.learning_rate = 5e-4
     c.rl.actor.lr_warmup_ratio = 0.0
@@ -120,6 +124,12 @@ def get_config(preset: str = "tiny"):
     g.rl.episode_cost_window_size = c.rl.rl.episode_cost_window_size
     g.grpo.kl_mode = "reward"                     # PPO-Lag's objective (−β·KL in the reward): only the
                                                   # advantages differ
+    # group advantages x − mean(x), in the models' own units (Dr. GRPO; METHODS_BEYOND §2.3 recommends it with
+    # kl_mode 'reward'): λ then trades reward-model units for cost-model units as PPO-Lag's does. The std-normalised
+    # estimator blew a group's cost-model noise up to unit size (an all-safe group's costs differ by noise alone), so
+    # a high λ steered the policy by noise: at 30 iterations seed 5's GRPO-Lag ended far inside its budget with
+    # 0.31× PPO-Lag's gain (3.60 / +0.05, 0.92×, with these; docs/testbed_ci_seeds.json, "grpo_dr_screen")
+    g.grpo.advantage = "dr_grpo"
     g.checkpoint.every = 0
 
     # SafeDPO on the labelled pairs the reward and cost models learn from (METHODS_BEYOND §1)
@@ -130,14 +140,11 @@ def get_config(preset: str = "tiny"):
     c.safedpo.train.batch_size = 16
     c.safedpo.train.learning_rate = 1e-4          # 5e-4 × 2 epochs collapsed the policy to near-empty answers
     c.safedpo.checkpoint.every = 0
-    if preset in ("ci", "multi"):  # minutes, not tens: fewer RL iterations and fixed λ's
+    if preset in ("ci", "multi"):  # two fixed λ's instead of three: one RL run fewer
         c.shaping_lambdas = (0.1, 1.0)
-        c.rl.train.max_steps = 16
     if preset == "multi":  # world.MULTI: violence and pushing, each with its own budget
         c.world.name = "multi"
         c.methods = "sft,ppo,ppo_lag,ppo_lag_summed"
-        c.rl.train.max_steps = 30                 # two λ's: held to one rule, the policy drifts to the other
-                                                  # before that λ catches up (16 iterations end mid-drift)
         # Two rounds (Safe RLHF's iterative rounds): round 1's cost models learn from SFT answers, which almost never
         # hold two pushes (SFT writes 0.13 per story), so they cannot tell the allowed one push from two or three;
         # held to violence, round 1's per-rule PPO-Lag drifted into pushing (seed 1: C*_p +1.72). Round 2's cost

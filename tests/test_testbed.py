@@ -107,10 +107,11 @@ def test_two_rule_claims_and_report(tmp_path):
 
 def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     """The presets' λ rules in words (results.json and report.md): PPO-Lag's PID over one rollout batch, GRPO-Lag's
-    PID with its k_p and 1.5·k_i / G over one; the two-rule preset with the same RL settings and two rounds."""
+    PID with its k_p and 1.5·k_i / G over one and its unnormalised group advantages; the two-rule preset with the
+    same RL settings and two rounds; every preset runs 30 RL iterations per method."""
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import report
-    from saferlhf_jax.testbed.run import claims, lambda_rule
+    from saferlhf_jax.testbed.run import claims, group_advantage_rule, lambda_rule
 
     cfg = testbed_config.get_config("ci")
     ppo = lambda_rule(cfg.rl.rl)
@@ -121,15 +122,21 @@ def test_the_report_names_each_lagrangian_methods_lambda_rule(tmp_path):
     assert lambda_rule(multi.rl.rl) == ppo and multi.rounds == 2 and cfg.rounds == 1
     assert cfg.rl.rl.kl_coeff == cfg.grpo_lag.rl.kl_coeff == multi.rl.rl.kl_coeff == 0.05
     assert cfg.rl.rl.missing_eos_penalty == cfg.grpo_lag.rl.missing_eos_penalty == 5.0
+    for preset in (cfg, multi, testbed_config.get_config("tiny")):
+        assert preset.rl.train.max_steps == preset.grpo_lag.train.max_steps == 30
+    advantages = group_advantage_rule(cfg.grpo_lag)
+    assert advantages == "x − group mean over G = 4 answers per prompt (dr_grpo), for reward and cost alike"
     assert multi.rl.rl.missing_eos_penalty == 5.0
     results = {"world": "single", "threshold": 0.0, "rm_accuracy_heldout": 0.9, "cm_accuracy_heldout": 0.9,
                "cm_sign_accuracy_heldout": 1.0, "cost_model_budget": {"threshold_cost_model_units": -0.7},
                "seconds": 1.0, "timings": {}, "rules": "r", "ppo_lag_lambda": ppo, "grpo_lag_lambda": grpo,
+               "grpo_lag_advantages": advantages,
                "methods": {"sft": _point(1.0, (-0.3,)), "ppo": _point(6.0, (2.5,)), "ppo_lag": _point(2.0, (-0.1,)),
                            "grpo_lag": _point(2.2, (-0.1,))}}
     results["claims"] = claims(results)
     md = report.write(tmp_path, results).read_text()
-    assert f"λ update: {ppo};" in md and f"GRPO-Lag's λ update: {grpo} (the same threshold)." in md
+    assert f"λ update: {ppo};" in md
+    assert f"GRPO-Lag's λ update: {grpo} (the same threshold); its advantages: {advantages}." in md
 
 
 def test_world_rows_pass_the_pku_validation(tmp_path, stories_dir):

@@ -203,7 +203,9 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         lines += [f"λ update: {results['ppo_lag_lambda']}; the threshold is the budget in the cost model's units "
                   "(above).", ""]
     if results.get("grpo_lag_lambda"):
-        lines += [f"GRPO-Lag's λ update: {results['grpo_lag_lambda']} (the same threshold).", ""]
+        advantages = results.get("grpo_lag_advantages")
+        lines += [f"GRPO-Lag's λ update: {results['grpo_lag_lambda']} (the same threshold)"
+                  + (f"; its advantages: {advantages}." if advantages else "."), ""]
     lines += ["## The world's rules", "", results["rules"], "", "## Claims", "", "```json",
               json.dumps(results.get("claims", {}), indent=2), "```", "",
               f"Wall time: {results['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in results['timings'].items())}).",

@@ -374,6 +374,7 @@ def run(cfg) -> dict[str, Any]:
     }
     if "grpo_lag" in evaluations:
         results["grpo_lag_lambda"] = lambda_rule(cfg.grpo_lag.rl)
+        results["grpo_lag_advantages"] = group_advantage_rule(cfg.grpo_lag)
     shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
                if f"reward_shaping_{lam:g}" in evaluations]
     if shaping:
@@ -408,6 +409,18 @@ def lambda_rule(rl_section) -> str:
         kp, ki, kd = (float(g) for g in rl_section.lambda_pid)
         return f"PID Lagrangian (k_p {kp:g}, k_i {ki:g}, k_d {kd:g}; spec §7.27){window}"
     return f"log-λ SGD (lambda_lr {float(rl_section.lambda_lr):g}; spec §3.13){window}"
+
+
+GROUP_ADVANTAGE_WORDS = {"grpo": "(x − group mean) / group std", "dr_grpo": "x − group mean",
+                         "rloo": "x − mean of the group's other answers"}
+
+
+def group_advantage_rule(critic_free_cfg) -> str:
+    """GRPO-Lag's advantages in words, for the report: the estimator over G answers per prompt (METHODS_BEYOND §2.3),
+    the same for reward and cost."""
+    est = str(critic_free_cfg.grpo.advantage)
+    g = int(critic_free_cfg.generation.num_return_sequences)
+    return f"{GROUP_ADVANTAGE_WORDS[est]} over G = {g} answers per prompt ({est}), for reward and cost alike"
 
 
 def budget_tolerance(methods: dict) -> float:

@@ -68,8 +68,8 @@ def get_config(preset: str = "tiny"):
     c.rl.generation.top_k = 0
     # 64 rollouts per iteration, one update on all of them, λ from their mean cost. With 32 the mean cost λ reads had
     # a standard error of ~0.7 cost-model units: PPO-Lag's λ swung 0..3.8 within 16 iterations and on ci seed 3 the
-    # policy gained nothing; with 64 PPO-Lag shows every claim on ci seeds 0-5, which chose this, and on seed 7; on
-    # seed 6 it ends 0.01 over its budget's tolerance (docs/testbed_ci_seeds.json)
+    # policy gained nothing; with 64 (at 16 iterations) PPO-Lag showed every claim on ci seeds 0-5, which chose this
+    # (docs/testbed_ci_seeds.json, "before_batch64" and "iterations16")
     c.rl.train.prompt_batch_size = 64
     c.rl.train.train_batch_size = 64
     # RL iterations, the same for every method and preset. With 16 (the ci preset's until 2026-12-04) four of ten

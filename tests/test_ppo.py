@@ -67,6 +67,17 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     assert again.config.vocab_size == 513
 
 
+def test_progress_bar_shows_a_pid_lambda_of_zero_as_0():
+    """A PID λ of 0 is stored as log 1e-30; read back in f32 it is ~1.0000000032e-30, which the bar printed."""
+    import jax.numpy as jnp
+
+    from saferlhf_jax.algorithms import ppo_lag, rl
+
+    stored = float(jnp.exp(jnp.log(jnp.maximum(jnp.float32(0.0), rl.PID_LAMBDA_FLOOR))))
+    assert stored != 0.0 and ppo_lag._postfix(stored) == "0"
+    assert [ppo_lag._postfix(x) for x in (0.5931, -1.372, 1e-5)] == ["0.593", "-1.37", "1e-05"]
+
+
 def test_scanned_layers_with_full_remat_equal_unrolled(tiny_models, tmp_path):
     """The SmolLM2 preset runs PPO-Lag with scanned layers and full remat (its update step's temporaries 8.2 → 2.2
     GiB on CPU): every model of the run (actor, reference, reward, cost, both critics) loads stacked, samples,

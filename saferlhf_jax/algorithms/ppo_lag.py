@@ -35,6 +35,12 @@ from saferlhf_jax.training import optim
 
 log = logging.getLogger(__name__)
 
+def _postfix(value: float) -> str:
+    """A progress-bar number: 3 significant digits; a PID λ of 0, stored as log 1e-30 and read back as exp of it
+    (≈ 1e-30, not exactly), shows as 0."""
+    return "0" if abs(value) < 1e3 * rl.PID_LAMBDA_FLOOR else f"{value:.3g}"
+
+
 CURVES = ("train/reward", "train/cost", "train/lambda", "train/episode_cost", "train/kl_divergence",
           "train/mean_generated_length")
 
@@ -795,7 +801,7 @@ def run(cfg) -> dict[str, Any]:
                     history.extend(rows)
                     iteration += 1
                     last = rows[-1]
-                    progress.set_postfix({k.split("/")[1]: f"{last[k]:.3g}" for k in
+                    progress.set_postfix({k.split("/")[1]: _postfix(last[k]) for k in
                                           ("train/reward", "train/cost", "train/lambda") if k in last})
                     progress.update(1)
                     if eval_every and iteration % eval_every == 0 and iteration < iterations:

@@ -26,7 +26,7 @@ from saferlhf_jax.training.state import to_device, to_host
 
 MODES = ("ppo", "ppo_lag", "reward_shaping", "grpo", "grpo_lag")  # grpo*: critic-free (METHODS_BEYOND §2)
 LAMBDA_UPDATES = ("log_sgd", "pid")
-_PID_LAMBDA_FLOOR = 1e-30  # a PID λ of 0 is stored as log(1e-30): exp of it is 0 to f32 precision in (1 + λ)
+PID_LAMBDA_FLOOR = 1e-30  # a PID λ of 0 is stored as log(1e-30): exp of it is 0 to f32 precision in (1 + λ)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,7 +479,7 @@ def lambda_step(state: RLState, cfg: RLConfig):
                                                 cfg.lambda_pid, lambda_max,
                                                 first=state.global_step <= cfg.lambda_update_delay_steps)
         # λ may reach 0 (the constraint switched off): log λ is floored so that exp(log λ) is 0 to f32 precision
-        updated = jnp.log(jnp.maximum(lam, _PID_LAMBDA_FLOOR))
+        updated = jnp.log(jnp.maximum(lam, PID_LAMBDA_FLOOR))
         apply = due & jnp.isfinite(updated) & jnp.isfinite(integral)
         pid = LagrangePID(jnp.where(apply, integral, pid.integral), jnp.where(apply, episode_cost, pid.previous_cost))
     else:

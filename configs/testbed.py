@@ -4,9 +4,9 @@ pipeline on stories260K in a synthetic world whose helpfulness R* and harm C* ar
 Every stage is a regular stage config (`config.sft`, `config.reward`, `config.cost`, `config.rl`); override any of
 them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.seed=3`.
 
-Presets: `tiny` (the full comparison), `ci` (the same with two fixed λ's instead of three: minutes), `multi` (the two-rule
-world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held to one
-summed cost — METHODS_BEYOND §3 —, in two rounds: see `rounds`).
+Presets: `tiny` (the full comparison), `ci` (the same with two fixed λ's instead of three: minutes), `multi` (the
+two-rule world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held
+to one summed cost — METHODS_BEYOND §3 —, in two rounds: see `rounds`).
 """
 
 import ml_collections

@@ -35,6 +35,7 @@ from saferlhf_jax.training import optim
 
 log = logging.getLogger(__name__)
 
+
 def _postfix(value: float) -> str:
     """A progress-bar number: 3 significant digits; a PID λ of 0, stored as log 1e-30 and read back as exp of it
     (≈ 1e-30, not exactly), shows as 0."""

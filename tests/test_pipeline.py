@@ -1,7 +1,7 @@
 """The main job end to end on the embedded default (the README's command (a)), then a resume that skips it all.
 
-Its first stage is the ground-truth testbed; the test runs it with one fixed λ for a non-default seed and checks the paper's
-claims on the world's R*/C* with learned reward and cost models."""
+Its first stage is the ground-truth testbed; the test runs it with one fixed λ for a non-default seed and checks the
+paper's claims on the world's R*/C* with learned reward and cost models."""
 
 from __future__ import annotations
 

@@ -176,7 +176,9 @@ def ppo_lag_iteration(model_dir: pathlib.Path, batch: int, prompt_len: int, resp
     import jax
 
     from saferlhf_jax.algorithms import rl
-    from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
+    from saferlhf_jax.algorithms.rl_runner import RLRunner
+    from saferlhf_jax.generation import GenerationConfig
+    from saferlhf_jax.training.optim import OptimConfig
     from saferlhf_jax.models import load_causal_lm, load_score_model
 
     import jax.numpy as jnp

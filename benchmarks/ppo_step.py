@@ -52,7 +52,9 @@ def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = 
     import jax.numpy as jnp
 
     from saferlhf_jax.algorithms import rl
-    from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
+    from saferlhf_jax.algorithms.rl_runner import RLRunner
+    from saferlhf_jax.generation import GenerationConfig
+    from saferlhf_jax.training.optim import OptimConfig
     from saferlhf_jax.models import load_causal_lm, load_score_model
 
     actor = load_causal_lm(path)

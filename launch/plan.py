@@ -44,9 +44,9 @@ def main(argv=None) -> int:
         mesh = planner.make_target_mesh(known.target, cfg.mesh)
         rules = mesh_lib.rules_from_config(cfg.mesh)
         if "mode" in cfg:
-            from saferlhf_jax.algorithms import ppo_lag
+            from saferlhf_jax.algorithms import rl_config
 
-            ppo_lag.validate(cfg, mesh)  # the run's own checks: batch arithmetic as one line, not a sharding error
+            rl_config.validate(cfg, mesh)  # the run's own checks: batch arithmetic as one line, not a sharding error
             plan = planner.plan_rl(cfg, mesh, rules)
             name = cfg.mode
         else:

@@ -18,10 +18,14 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from saferlhf_jax.errors import TrainingError
+
 log = logging.getLogger(__name__)
 
 
-def _key_name(k) -> str:
+def key_name(k) -> str:
+    """A pytree path entry as text (a dict key, a sequence index, an attribute name): the one spelling of a leaf's
+    path that checkpoints, the state layout and the evaluation loader share."""
     for attr in ("key", "idx", "name"):
         if hasattr(k, attr):
             return str(getattr(k, attr))
@@ -31,7 +35,7 @@ def _key_name(k) -> str:
 def flatten(tree) -> tuple[dict[str, Any], Any]:
     """tree → ({'a.b.0.c': leaf}, treedef)."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    flat = {".".join(_key_name(k) for k in path): leaf for path, leaf in leaves}
+    flat = {".".join(key_name(k) for k in path): leaf for path, leaf in leaves}
     if len(flat) != len(leaves):
         raise ValueError("checkpoint: two leaves map to the same key")
     return flat, treedef
@@ -39,7 +43,7 @@ def flatten(tree) -> tuple[dict[str, Any], Any]:
 
 def unflatten(flat: dict[str, Any], like) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
-    return jax.tree_util.tree_unflatten(treedef, [flat[".".join(_key_name(k) for k in p)] for p, _ in leaves])
+    return jax.tree_util.tree_unflatten(treedef, [flat[".".join(key_name(k) for k in p)] for p, _ in leaves])
 
 
 @functools.cache
@@ -114,8 +118,6 @@ class Checkpointer:
             except Exception as err:  # noqa: BLE001 — orbax reports a full disk as ValueError/OSError from its threads
                 if "No space left on device" not in str(err) and getattr(err, "errno", None) != 28:
                     raise
-                from saferlhf_jax.errors import TrainingError
-
                 held.clear()
                 raise TrainingError(f"checkpoint {step} could not be written to {self.directory}: no space left on "
                                     "device; free space (or lower checkpoint.keep) and re-run the same command: it "

@@ -8,6 +8,7 @@ compiler on a CPU host and refuses programs that do not fit.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -19,10 +20,15 @@ import jax.numpy as jnp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from saferlhf_jax import models
-from saferlhf_jax.models.api import _abstract, param_shardings
+from saferlhf_jax.algorithms import rl
+from saferlhf_jax.algorithms.rl_config import rl_config
+from saferlhf_jax.models import lora
+from saferlhf_jax.models.api import abstract_model, param_shardings
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.parallel import mesh as mesh_lib
-from saferlhf_jax.training import optim
+from saferlhf_jax.training import optim, trainer
+from saferlhf_jax.training import state as state_lib
+from saferlhf_jax.training.trainer import lora_settings
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ def model_config(path: str, model_cfg, fallback: str = "") -> ModelConfig:
 
 def abstract_params(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
     """(graphdef, params as ShapeDtypeStructs carrying their shardings)."""
-    graphdef, shapes, _ = _abstract(config, kind)
+    graphdef, shapes, _ = abstract_model(config, kind)
     shardings = param_shardings(config, kind, mesh, rules)
     return graphdef, jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
                                   shardings)
@@ -76,7 +82,7 @@ def bytes_per_device(tree) -> int:
     return total
 
 
-def _memory(compiled) -> dict[str, int]:
+def memory_of(compiled) -> dict[str, int]:
     ma = compiled.memory_analysis()
     if ma is None:
         return {}
@@ -94,9 +100,6 @@ def _memory(compiled) -> dict[str, int]:
 def plan_supervised(stage, cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     """Compile the stage's train step (batch × max_length, GA micro-batches) on the abstract state the trainer
     allocates (the same `training.state` layout)."""
-    from saferlhf_jax.training import state as state_lib
-    from saferlhf_jax.training import trainer
-
     config = model_config(cfg.model_name_or_path, cfg.model, cfg.get("architecture", ""))
     kind = "score" if stage.model_kind == "score" else "causal_lm"
     if kind == "score":
@@ -122,7 +125,7 @@ def plan_supervised(stage, cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
                     "optimizer": bytes_per_device(state["opt_state"])}
     if stage.needs_reference:
         models_bytes["reference"] = bytes_per_device(frozen)
-    return {**_memory(compiled), "models": models_bytes,
+    return {**memory_of(compiled), "models": models_bytes,
             "analytic_param_optimizer_bytes_per_device": sum(models_bytes.values())}
 
 
@@ -160,13 +163,6 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     micro-batch of train_batch_size × max_length, the PTX batch; with LoRA the actor's frozen base as the step's
     last argument), with the models' configs and the per-model bytes — shared by `plan_rl` (compile only) and
     `benchmarks/planner_vs_device.py` (compile and run)."""
-    import functools
-
-    from saferlhf_jax.algorithms import ppo_lag, rl
-    from saferlhf_jax.models import lora
-    from saferlhf_jax.training import state as state_lib
-    from saferlhf_jax.training.trainer import lora_settings
-
     arch = cfg.get("architecture", "")
     actor_cfg = model_config(cfg.actor_model_name_or_path, cfg.model, arch)
     critic_cfg = model_config(cfg.reward_model_name_or_path, cfg.model, arch).replace(score_type="critic")
@@ -174,7 +170,7 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     critic_gd, critic_p = abstract_params(critic_cfg, "score", mesh, rules)
     actor = models.Model(actor_cfg, "causal_lm", actor_gd, None, None, mesh, rules)
     critic = models.Model(critic_cfg, "score", critic_gd, None, None, mesh, rules)
-    rl_cfg = ppo_lag.rl_config(cfg)
+    rl_cfg = rl_config(cfg)
     actor_opt, actor_sched = optim.make_optimizer(float(cfg.actor.learning_rate), 1000,
                                                   weight_decay=float(cfg.actor.weight_decay))
     critic_opt, critic_sched = optim.make_optimizer(float(cfg.critic.learning_rate), 1000,
@@ -249,7 +245,7 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     prog = rl_step_program(cfg, mesh, rules)
     compiled = prog["jitted"].lower(*prog["args"]).compile()
     per_model, rl_cfg, b, length = prog["per_model"], prog["rl_config"], *prog["rollout"].seq.shape
-    memory = _memory(compiled)
+    memory = memory_of(compiled)
     # the frozen models stay resident beside the step; with LoRA the ones adapters sit on (the reference; with
     # lora.critics the reward and cost models) are arguments of the step and already counted there
     as_args = {"actor": "reference", "reward": "reward_model", "cost": "cost_model"}

@@ -71,7 +71,7 @@ def test_best_threshold_and_calibration_by_hand():
 
 
 def test_baselines_by_hand():
-    from saferlhf_jax.evaluation import baselines
+    from saferlhf_jax.ops import baselines
 
     # pair 1: first longer (1), pair 2: tie (½), pair 3: first shorter (0), pair 4: first longer (1) → 2.5 / 4
     assert baselines.pairwise([10, 7, 3, 9], [8, 7, 5, 2]) == {"baseline_longer": 0.625}

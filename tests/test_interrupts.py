@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import pytest
 
 from launch.common import run_rl_cli, run_training_cli
 from saferlhf_jax import models
-from saferlhf_jax.algorithms.ppo_lag import RLRunner
+from saferlhf_jax.algorithms.rl_runner import RLRunner
 from saferlhf_jax.training import run as run_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -127,7 +128,7 @@ def test_second_signal_aborts_and_keeps_the_previous_checkpoint(tmp_path, monkey
 
     def two_signals(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
-        os.kill(os.getpid(), signal.SIGTERM)  # the second one aborts inside the save
+        os.kill(os.getpid(), signal.SIGINT)  # a second SIGINT (Ctrl-C) aborts inside the save
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(run_lib.Run, "save", two_signals)
@@ -139,6 +140,33 @@ def test_second_signal_aborts_and_keeps_the_previous_checkpoint(tmp_path, monkey
     assert run_training_cli("sft", "", _sft_argv(out)) == 0
     assert not list((out / "checkpoints").glob("*tmp*"))
     assert [r["step"] for r in _rows(out) if "loss" in r] == [1, 2, 3, 4]
+
+
+def test_a_repeated_sigterm_still_saves_then_the_rerun_equals_uninterrupted(tmp_path, monkeypatch, capsys):
+    """A scheduler signalling the process group and a wrapper (`timeout`, a launcher) forwarding it: SIGTERM arrives
+    twice. That is one request to stop, not "abort now": the step finishes, its checkpoint is saved, exit 130, and
+    the same command then finishes exactly as an uninterrupted run."""
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert run_training_cli("sft", "", _sft_argv(straight)) == 0
+    original = run_lib.MetricsLog.write
+    calls = {"n": 0}
+
+    def twice(self, row):
+        calls["n"] += 1
+        if calls["n"] == 2:  # while logging step 2
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, row)
+
+    monkeypatch.setattr(run_lib.MetricsLog, "write", twice)
+    assert run_training_cli("sft", "", _sft_argv(cut)) == 130
+    err = capsys.readouterr().err
+    assert "SIGTERM at step 2; checkpoint saved" in err and "aborted" not in err and "Traceback" not in err
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir()) == ["2"]
+    monkeypatch.undo()
+    assert run_training_cli("sft", "", _sft_argv(cut)) == 0
+    assert _rows(cut) == _rows(straight)
+    _same_export(cut, straight)
 
 
 def test_output_dir_guards(tmp_path, capsys):
@@ -193,3 +221,49 @@ def test_real_sigterm_to_a_ppo_lag_process(tiny_models, straight_rl, tmp_path):
     assert run_rl_cli("", _rl_argv(tiny_models, tmp_path)) == 0
     assert _rows(tmp_path) == _rows(straight_rl)
     _same_export(tmp_path, straight_rl)
+
+
+def test_a_finished_stage_is_reused_only_with_the_same_config_and_inputs(tmp_path, capsys):
+    """The one orchestrator of the main job and the testbed: a finished stage is skipped when its saved config and
+    input weights equal this invocation's, refused with the first difference otherwise (before anything runs or is
+    written), and a run under another seed never reuses — and relabels — the finished one."""
+    from launch.common import parse_config
+    from saferlhf_jax.algorithms import sft
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.training import trainer
+    from saferlhf_jax.training.orchestrator import Orchestrator
+
+    def cfg(*extra):
+        return parse_config(_sft_argv(tmp_path / "sft", "--config.train.max_steps=2", *extra), "")[0]
+
+    calls = []
+
+    def train(c):
+        calls.append(int(c.seed))
+        return trainer.train(sft.STAGE, c)
+
+    stages = Orchestrator(tmp_path)
+    assert stages.run("sft", cfg(), train) is not None and calls == [42]
+    config_before = (tmp_path / "sft" / "config.json").read_text()
+    exported = (tmp_path / "sft" / "export" / "model.safetensors").read_bytes()
+    again = Orchestrator(tmp_path)  # a re-run of the same job: skipped, its recorded time kept
+    assert again.run("sft", cfg(), train) is None and calls == [42]
+    assert again.times.seconds == stages.times.seconds
+    # the same setting spelled the same way on the command line after a resume-only change: still reused
+    assert again.run("sft", cfg("--config.train.log_every=5", "--config.logging.progress=True"), train) is None
+    for extra, needle in ((("--config.seed=1",), "seed: 42 → 1"),
+                          (("--config.train.learning_rate=0.5",), "train.learning_rate")):
+        with pytest.raises(ConfigError, match=needle):
+            again.run("sft", cfg(*extra), train)
+    assert calls == [42]
+    assert (tmp_path / "sft" / "config.json").read_text() == config_before  # a refusal touches nothing
+    assert (tmp_path / "sft" / "export" / "model.safetensors").read_bytes() == exported
+    # an input re-written in place (same path, other weights) is told too
+    base = tmp_path / "base"
+    shutil.copytree(json.loads(config_before)["model_name_or_path"], base)
+    on_base = _sft_argv(tmp_path / "on_base", "--config.train.max_steps=1", f"--config.model_name_or_path={base}")
+    stages.run("on_base", parse_config(on_base, "")[0], train)
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
+    with pytest.raises(ConfigError, match="model_name_or_path"):
+        stages.run("on_base", parse_config(on_base, "")[0], train)

@@ -136,7 +136,7 @@ def test_rl_config_errors(tiny_models, tmp_path, capsys):
 
 
 def test_reward_model_with_its_own_tokenizer_is_fed_retokenized_text(tiny_models, tmp_path, stories_dir):
-    from saferlhf_jax.algorithms.ppo_lag import make_retokenizer
+    from saferlhf_jax.algorithms.rl_runner import make_retokenizer
 
     foreign = tmp_path / "foreign_rm"
     tok = transformers.AutoTokenizer.from_pretrained(tiny_models / "reward")
@@ -191,7 +191,8 @@ def test_critics_start_from_the_score_heads_and_normalize_flags_override_the_che
                                                                                          normalize):
     import jax.numpy as jnp
 
-    from saferlhf_jax.algorithms.ppo_lag import _load_models, rl_config
+    from saferlhf_jax.algorithms.rl_config import rl_config
+    from saferlhf_jax.algorithms.rl_models import load_models
     from saferlhf_jax.data.tokenizer import load_tokenizer
 
     rm = models.load_score_model(tiny_models / "reward", score_type="reward", do_normalize=True)  # saved with stats
@@ -201,7 +202,7 @@ def test_critics_start_from_the_score_heads_and_normalize_flags_override_the_che
                  f"--config.rl.normalize_cost={normalize}", f"--config.reward_model_name_or_path={tmp_path / 'rm'}")
     cfg = parse_config(argv, "")[0]
     tok = load_tokenizer(cfg.actor_model_name_or_path)
-    actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = _load_models(cfg, rl_config(cfg), tok, None)
+    actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = load_models(cfg, rl_config(cfg), tok, None)
     for critic, scorer in ((reward_critic, frozen["reward"]), (cost_critic, frozen["cost"])):
         assert critic.config.score_type == "critic" and not critic.config.do_normalize
         np.testing.assert_array_equal(critic.params["score_head"]["kernel"], scorer["score_head"]["kernel"])

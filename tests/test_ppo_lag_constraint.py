@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from saferlhf_jax.algorithms import rl
-from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
+from saferlhf_jax.algorithms.rl_runner import RLRunner
+from saferlhf_jax.generation import GenerationConfig
+from saferlhf_jax.training.optim import OptimConfig
 from saferlhf_jax.generation import generate
 from saferlhf_jax.models import ModelConfig, init_model
 

@@ -14,7 +14,9 @@ import pytest
 from saferlhf_jax import ops
 from saferlhf_jax.algorithms import rl
 from saferlhf_jax.errors import ConfigError
-from saferlhf_jax.algorithms.ppo_lag import GenerationConfig, OptimConfig, RLRunner
+from saferlhf_jax.algorithms.rl_runner import RLRunner
+from saferlhf_jax.generation import GenerationConfig
+from saferlhf_jax.training.optim import OptimConfig
 from saferlhf_jax.models import ModelConfig, init_model
 from saferlhf_jax.parallel import make_mesh
 
@@ -91,7 +93,7 @@ def test_fresh_first_update_equals_the_prescored_path():
     critics = {"reward": state.reward_critic.params, "cost": state.cost_critic.params}
     scores = jax.jit(lambda *a: rl.policy_scores(runner.models, *a))(state.actor.params, critics, micro[0].seq,
                                                                        micro[0].mask)
-    scored = rl.Rollout(**{**micro[0].__dict__, **scores})
+    scored = micro[0].replace(**scores.fields())
     # plain SGD: the parameter change is the gradient itself (Adam's first step is ≈ lr·sign(g), which turns
     # last-bit differences of near-zero gradients into lr-sized ones)
     sgd = dataclasses.replace(runner.models, actor_opt=optax.sgd(1.0), critic_opt=optax.sgd(1.0))
@@ -122,17 +124,17 @@ def test_kl_shaping_signs_and_reward_shaping_numbers():
     beta = 0.1
     lag = rl.advantages(_rollout(**args), 1.0, rl.RLConfig(mode="ppo_lag", kl_coeff=beta))
     kl = lp - ref
-    np.testing.assert_allclose(lag["rewards"], -beta * kl + np.array([[0, 0, 0, 2.0]]), atol=1e-6)
-    np.testing.assert_allclose(lag["costs"], +beta * kl + np.array([[0, 0, 0, 0.7]]), atol=1e-6)
+    np.testing.assert_allclose(lag.rewards, -beta * kl + np.array([[0, 0, 0, 2.0]]), atol=1e-6)
+    np.testing.assert_allclose(lag.costs, +beta * kl + np.array([[0, 0, 0, 0.7]]), atol=1e-6)
     shaping = rl.advantages(_rollout(**args), 1.0, rl.RLConfig(mode="reward_shaping", kl_coeff=beta,
                                                                 lambda_init=2.0))
-    np.testing.assert_allclose(shaping["rewards"], -beta * kl + np.array([[0, 0, 0, 2.0 - 2.0 * 0.7]]), atol=1e-6)
-    assert "costs" not in shaping  # no cost critic, no λ in the advantage
+    np.testing.assert_allclose(shaping.rewards, -beta * kl + np.array([[0, 0, 0, 2.0 - 2.0 * 0.7]]), atol=1e-6)
+    assert shaping.costs is None  # no cost critic, no λ in the advantage
     # with zero values and γ = 1, the advantages are the discounted (λ_GAE) sums of the shaped rewards
     g = 0.95
-    r = np.asarray(lag["rewards"])[0]
+    r = np.asarray(lag.rewards)[0]
     want = [sum(r[t + k] * g ** k for k in range(4 - t)) for t in range(4)]
-    np.testing.assert_allclose(np.asarray(lag["reward_advantages"])[0], want, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(lag.reward_advantages)[0], want, rtol=1e-5)
 
 
 def test_dynamic_start_equals_the_static_slice():
@@ -247,7 +249,7 @@ def test_pid_lambda_by_hand_delay_rise_floor_and_clamp():
 
 def test_lambda_max_and_normalize_flags_come_from_the_config():
     from configs import ppo_lag as ppo_lag_cfg
-    from saferlhf_jax.algorithms.ppo_lag import rl_config
+    from saferlhf_jax.algorithms.rl_config import rl_config
 
     cfg = ppo_lag_cfg.get_config("tiny")
     assert rl_config(cfg).lambda_max == 5.0
@@ -273,7 +275,7 @@ def test_lambda_max_and_normalize_flags_come_from_the_config():
 def test_rl_settings_outside_their_domain_are_one_line_errors(key, value, message):
     """A negative λ learning rate, for one, trained without complaint and moved λ away from the budget."""
     from configs import ppo_lag as ppo_lag_cfg
-    from saferlhf_jax.algorithms.ppo_lag import rl_config
+    from saferlhf_jax.algorithms.rl_config import rl_config
 
     cfg = ppo_lag_cfg.get_config("tiny")
     cfg.rl[key] = value
@@ -290,7 +292,7 @@ def test_ptx_gradient_is_half_of_rl_plus_coeff_times_ptx():
     critics = {"reward": state.reward_critic.params, "cost": state.cost_critic.params}
     scores = jax.jit(lambda *a: rl.policy_scores(runner.models, *a))(state.actor.params, critics, micro[0].seq,
                                                                        micro[0].mask)
-    rollout = rl.Rollout(**{**micro[0].__dict__, **scores})
+    rollout = micro[0].replace(**scores.fields())
     rng = np.random.default_rng(3)
     ptx_ids = rng.integers(1, 6, (8, 7)).astype(np.int32)
     ptx = {"input_ids": ptx_ids, "attention_mask": np.ones_like(ptx_ids, bool),
@@ -298,7 +300,7 @@ def test_ptx_gradient_is_half_of_rl_plus_coeff_times_ptx():
     new_state, metrics, _ = jax.jit(rl.make_rl_step(runner.models))(state, rollout, ptx)
 
     lam = jnp.exp(rl.lambda_step(state, runner.cfg)[0])
-    adv = jax.jit(lambda r: rl.advantages(r, lam, runner.cfg)["advantages"])(rollout)
+    adv = jax.jit(lambda r: rl.advantages(r, lam, runner.cfg).advantages)(rollout)
     resp = rl.response_mask(rollout.mask[:, 1:], rollout.start)
     apply = runner.actor.apply
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax import ops
-from saferlhf_jax.evaluation import baselines
+from saferlhf_jax.ops import baselines
 from saferlhf_jax.training.stage import Stage, concat_pair, unbiased_std
 
 

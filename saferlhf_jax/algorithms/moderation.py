@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax.data.raw import PKU_HARM_CATEGORIES, SEVERITY_NAMES
-from saferlhf_jax.evaluation import baselines
+from saferlhf_jax.ops import baselines
 from saferlhf_jax.training.stage import Stage
 
 NUM_CATEGORIES = len(PKU_HARM_CATEGORIES)

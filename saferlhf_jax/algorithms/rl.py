@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from saferlhf_jax import ops
+from saferlhf_jax.models import lora
 from saferlhf_jax.training.state import to_device, to_host
 
 MODES = ("ppo", "ppo_lag", "reward_shaping", "grpo", "grpo_lag")  # grpo*: critic-free (METHODS_BEYOND §2)
@@ -162,11 +163,11 @@ class RLConfig:
         return self.mode == "ppo_lag"
 
     @property
-    def critics(self) -> tuple[str, ...]:
-        """The critics the mode trains: 'reward' and, for PPO-Lag, 'cost'; none when critic-free."""
+    def critics(self) -> tuple["Role", ...]:
+        """The critics the mode trains: the reward critic and, for PPO-Lag, the cost critic; none when critic-free."""
         if self.critic_free:
             return ()
-        return ("reward", "cost") if self.cost_critic else ("reward",)
+        return (REWARD, COST) if self.cost_critic else (REWARD,)
 
 
 # ---------------------------------------------------------------------------------------------------- state
@@ -257,8 +258,61 @@ class Rollout:
     reward_advantage: jax.Array | None = None  # (B,) f32 group-relative advantages (critic-free modes)
     cost_advantage: jax.Array | None = None    # (B,) f32; (B, K)
 
-    def values(self, critic: str):
-        return self.reward_values if critic == "reward" else self.cost_values
+    def values(self, role: "Role"):
+        return getattr(self, role.values_field)
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+    """A trained critic's place in the typed state: its `RLState` field, its `Rollout` values field and its
+    `Advantages` returns field, named once here (the actor, the frozen reference and the scorers have no critic).
+    `name` is the prefix of its metrics ("train/<name>_critic_loss") and its key in the frozen bases."""
+
+    name: str
+    critic_field: str
+    values_field: str
+    returns_field: str
+
+    def critic(self, state: "RLState") -> ModuleState:
+        return getattr(state, self.critic_field)
+
+    def with_critic(self, state: "RLState", module: ModuleState) -> "RLState":
+        return state.replace(**{self.critic_field: module})
+
+
+REWARD = Role("reward", "reward_critic", "reward_values", "reward_returns")
+COST = Role("cost", "cost_critic", "cost_values", "cost_returns")
+
+
+@flax.struct.dataclass
+class Advantages:
+    """KL-shaped scores, GAE advantages and returns of a rollout (spec §3.10–3.12), each (B, A) over every action
+    position (mask them with `response_mask`); the cost fields are (B, A, K) with K constraints and None unless
+    PPO-Lag. `advantages` is what the actor uses (PPO: A_r; PPO-Lag: (A_r − λA_c)/(1+λ), whitened when asked)."""
+
+    rewards: jax.Array
+    reward_advantages: jax.Array
+    reward_returns: jax.Array
+    advantages: jax.Array
+    costs: jax.Array | None = None
+    cost_advantages: jax.Array | None = None
+    cost_returns: jax.Array | None = None
+
+    def returns(self, role: Role) -> jax.Array:
+        return getattr(self, role.returns_field)
+
+
+@flax.struct.dataclass
+class PolicyScores:
+    """What the trained models give on a rollout: actor log-probs and each critic's values ((B, A); cost values
+    (B, A, K) with K constraints) — the policy fields of a `Rollout`."""
+
+    log_probs: jax.Array
+    reward_values: jax.Array | None = None
+    cost_values: jax.Array | None = None
+
+    def fields(self) -> dict:
+        return {"log_probs": self.log_probs, "reward_values": self.reward_values, "cost_values": self.cost_values}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,7 +349,6 @@ class RLModels:
         """actor_log_probs on base + adapters (models/lora.py) when `actor_base` is given, else as is."""
         if actor_base is None or not self.lora_scale:
             return self.actor_log_probs
-        from saferlhf_jax.models import lora
 
         def fn(params, *args):
             return self.actor_log_probs(lora.inject(actor_base, params, self.lora_scale) if lora.KEY in params
@@ -342,14 +395,12 @@ def critic_values(models: RLModels, params, seq, mask, outputs: int = 0):
     return scores[..., :outputs] if outputs else scores[..., 0]
 
 
-def _values(models: RLModels, name: str, params, seq, mask, bases=None):
-    """Critic `name`'s values; with LoRA critics its adapters and head over its base in `bases`."""
-    base = (bases or {}).get(name)
+def _values(models: RLModels, role: Role, params, seq, mask, bases=None):
+    """The values of `role`'s critic; with LoRA critics its adapters and head over its base in `bases`."""
+    base = (bases or {}).get(role.name)
     if base is not None and models.critic_lora_scale:
-        from saferlhf_jax.models import lora
-
         params = lora.inject(base, params, models.critic_lora_scale)
-    return critic_values(models, params, seq, mask, models.cfg.num_constraints if name == "cost" else 0)
+    return critic_values(models, params, seq, mask, models.cfg.num_constraints if role is COST else 0)
 
 
 def _critic_loss(values, old_values, returns, mask, clip_range_value):
@@ -360,13 +411,13 @@ def _critic_loss(values, old_values, returns, mask, clip_range_value):
     return ops.critic_loss(values, old_values, returns, mask, clip_range_value)
 
 
-def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, bases=None) -> dict:
-    """What the trained models give on a rollout: {'log_probs', 'reward_values', ['cost_values']}, each (B, A)
-    (cost values (B, A, K) with K constraints). bases: `RLModels.bases` (LoRA)."""
-    out = {"log_probs": models.log_probs_fn((bases or {}).get("actor"))(actor_params, seq, mask, seq[:, 1:])}
-    for name in models.cfg.critics:
-        out[f"{name}_values"] = _values(models, name, critics[name], seq, mask, bases)
-    return out
+def policy_scores(models: RLModels, actor_params, critics: dict, seq, mask, bases=None) -> PolicyScores:
+    """What the trained models give on a rollout; critics: {role name: parameters}; bases: `RLModels.bases`
+    (LoRA)."""
+    log_probs = models.log_probs_fn((bases or {}).get("actor"))(actor_params, seq, mask, seq[:, 1:])
+    return PolicyScores(log_probs=log_probs, **{role.values_field: _values(models, role, critics[role.name], seq,
+                                                                          mask, bases)
+                                                 for role in models.cfg.critics})
 
 
 def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True, eos_token_ids=()):
@@ -395,7 +446,8 @@ def make_score_rollout(models: RLModels, reward_fn, cost_fn, policy: bool = True
             window = window.push(cost)
         # with LoRA the reference is the actor's frozen base (the same arrays, adapters off), and LoRA critics sit on
         # the reward / cost models
-        scores = policy_scores(models, actor_params, critics, seq, mask, models.bases(frozen)) if policy else {}
+        scores = policy_scores(models, actor_params, critics, seq, mask, models.bases(frozen)).fields() if policy \
+            else {}
         rollout = Rollout(seq=seq, mask=mask, start=start, ref_log_probs=ref, reward=reward, cost=cost, **scores)
         return jax.lax.stop_gradient(rollout), window
 
@@ -430,12 +482,8 @@ def _whiten(x, mask):
     return (x - mean) * jax.lax.rsqrt(var + 1e-8)
 
 
-def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
-    """KL-shaped rewards/costs → GAE → the actor's advantage (PPO: A_r; PPO-Lag: (A_r − λA_c)/(1+λ)).
-
-    Returns (B, A) arrays over every action position (mask them with `response_mask`): 'rewards',
-    'reward_advantages', 'reward_returns', 'advantages' and, for PPO-Lag, 'costs', 'cost_advantages', 'cost_returns'.
-    """
+def advantages(rollout: Rollout, lam, cfg: RLConfig) -> Advantages:
+    """KL-shaped rewards/costs → GAE → the actor's advantage (PPO: A_r; PPO-Lag: (A_r − λA_c)/(1+λ))."""
     seq_mask = rollout.mask[:, 1:]
     reward = rollout.reward
     if cfg.mode == "reward_shaping":
@@ -444,7 +492,7 @@ def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
                                    cfg.clip_range_score)
     adv_r, ret_r = ops.gae_advantages_and_returns(rollout.reward_values, rewards, seq_mask, 0, cfg.gamma,
                                                   cfg.gae_lambda)
-    out = {"rewards": rewards, "reward_advantages": adv_r, "reward_returns": ret_r, "advantages": adv_r}
+    out = Advantages(rewards=rewards, reward_advantages=adv_r, reward_returns=ret_r, advantages=adv_r)
     if cfg.cost_critic:
         def stream(cost, values):
             costs = ops.kl_shaped_scores(cost, rollout.log_probs, rollout.ref_log_probs, seq_mask,
@@ -457,9 +505,9 @@ def advantages(rollout: Rollout, lam, cfg: RLConfig) -> dict:
         else:
             costs, adv_c, ret_c = stream(rollout.cost, rollout.cost_values)
             combined = ops.lagrangian_advantages(adv_r, adv_c, lam)
-        out.update(costs=costs, cost_advantages=adv_c, cost_returns=ret_c, advantages=combined)
+        out = out.replace(costs=costs, cost_advantages=adv_c, cost_returns=ret_c, advantages=combined)
     if cfg.whiten_advantages:
-        out["advantages"] = _whiten(out["advantages"], response_mask(seq_mask, rollout.start))
+        out = out.replace(advantages=_whiten(out.advantages, response_mask(seq_mask, rollout.start)))
     return out
 
 
@@ -546,7 +594,7 @@ def make_rl_step(models: RLModels, fresh: bool = False):
             if fresh:
                 old = jax.lax.stop_gradient(rollout.replace(log_probs=log_probs, **old_values))
             adv = advantages(old, lam, cfg)
-            rl_loss = ops.ppo_actor_loss(log_probs, old.log_probs, adv["advantages"], resp, cfg.clip_range_ratio)
+            rl_loss = ops.ppo_actor_loss(log_probs, old.log_probs, adv.advantages, resp, cfg.clip_range_ratio)
             ratio = jnp.exp(log_probs - old.log_probs)
             aux = {"train/actor_loss": rl_loss,
                    "train/ratio": ops.masked_mean(ratio, resp),
@@ -558,38 +606,36 @@ def make_rl_step(models: RLModels, fresh: bool = False):
                 total = 0.5 * (rl_loss + cfg.ptx_coeff * aux["train/ptx_loss"])
             return total, (aux, old, adv)
 
-        def critic_objective(params, name, old, adv):
-            return _critic_loss(_values(models, name, params, seq, mask, bases), old.values(name),
-                                adv[f"{name}_returns"], resp, cfg.clip_range_value)
+        def critic_objective(params, role, old, adv):
+            return _critic_loss(_values(models, role, params, seq, mask, bases), old.values(role), adv.returns(role),
+                                resp, cfg.clip_range_value)
 
-        critic_params = {name: getattr(state, f"{name}_critic").params for name in critics}
+        # gradients are keyed by the state's field names ("actor", "reward_critic", "cost_critic")
         if cfg.joint_update:
             def objective(params):
-                values = {name: _values(models, name, params[f"{name}_critic"], seq, mask, bases)
-                          for name in critics}
-                fresh_values = {f"{n}_values": v for n, v in values.items()} if fresh else {}
+                values = {role: _values(models, role, params[role.critic_field], seq, mask, bases) for role in critics}
+                fresh_values = {role.values_field: v for role, v in values.items()} if fresh else {}
                 total, (aux, old, adv) = actor_objective(params["actor"], fresh_values)
-                for name in critics:
-                    loss = _critic_loss(values[name], old.values(name), adv[f"{name}_returns"], resp,
-                                        cfg.clip_range_value)
-                    aux[f"train/{name}_critic_loss"] = loss
+                for role in critics:
+                    loss = _critic_loss(values[role], old.values(role), adv.returns(role), resp, cfg.clip_range_value)
+                    aux[f"train/{role.name}_critic_loss"] = loss
                     total = total + loss
                 return total, (aux, old, adv)
 
-            trainables = {"actor": state.actor.params, **{f"{n}_critic": p for n, p in critic_params.items()}}
+            trainables = {"actor": state.actor.params, **{r.critic_field: r.critic(state).params for r in critics}}
             (total, (aux, old, adv)), grads = jax.value_and_grad(objective, has_aux=True)(trainables)
         else:
             fresh_values = {}
             if fresh:  # the critics' rollout-time values, before any of them moves
-                fresh_values = {f"{n}_values": jax.lax.stop_gradient(_values(models, n, p, seq, mask, bases))
-                                for n, p in critic_params.items()}
+                fresh_values = {r.values_field: jax.lax.stop_gradient(_values(models, r, r.critic(state).params, seq,
+                                                                              mask, bases)) for r in critics}
             (total, (aux, old, adv)), actor_grads = jax.value_and_grad(actor_objective, has_aux=True)(
                 state.actor.params, fresh_values)
             grads = {"actor": actor_grads}
-            for name in critics:
-                loss, grads[f"{name}_critic"] = jax.value_and_grad(critic_objective)(critic_params[name], name, old,
-                                                                                     adv)
-                aux[f"train/{name}_critic_loss"] = loss
+            for role in critics:
+                loss, grads[role.critic_field] = jax.value_and_grad(critic_objective)(role.critic(state).params, role,
+                                                                                     old, adv)
+                aux[f"train/{role.name}_critic_loss"] = loss
                 total = total + loss
         grad_norm = optax.global_norm({k: trainable(v) for k, v in grads.items()})
         finite = jnp.isfinite(total) & jnp.isfinite(grad_norm)
@@ -598,21 +644,20 @@ def make_rl_step(models: RLModels, fresh: bool = False):
             skipped=state.skipped + (~finite).astype(jnp.int32),
             actor=_apply_update(state.actor, grads["actor"], models.actor_opt, finite, models.optimizer_on_host))
         metrics: dict[str, Any] = {"train/actor_lr": models.actor_schedule(state.actor.updates)}
-        for name in critics:
-            key = f"{name}_critic"
-            module = getattr(state, key)
-            metrics[f"train/{key}_lr"] = models.critic_schedule(module.updates)
-            new_state = new_state.replace(**{key: _apply_update(module, grads[key], models.critic_opt, finite,
-                                                                models.optimizer_on_host)})
+        for role in critics:
+            module = role.critic(state)
+            metrics[f"train/{role.critic_field}_lr"] = models.critic_schedule(module.updates)
+            new_state = role.with_critic(new_state, _apply_update(module, grads[role.critic_field], models.critic_opt,
+                                                                  finite, models.optimizer_on_host))
 
         lengths = jnp.sum(resp, axis=-1).astype(jnp.float32)
         kl = old.log_probs - old.ref_log_probs
         metrics.update(aux)
         metrics.update({
             "train/reward": jnp.mean(old.reward),
-            "train/reward_with_kl_penalty": _masked_sum_mean(adv["rewards"], resp),
-            "train/reward_advantage": ops.masked_mean(adv["reward_advantages"], resp),
-            "train/reward_return": ops.masked_mean(adv["reward_returns"], resp),
+            "train/reward_with_kl_penalty": _masked_sum_mean(adv.rewards, resp),
+            "train/reward_advantage": ops.masked_mean(adv.reward_advantages, resp),
+            "train/reward_return": ops.masked_mean(adv.reward_returns, resp),
             "train/reward_value": ops.masked_mean(old.reward_values, resp),
             "train/kl_divergence": _masked_sum_mean(kl, resp),
             "train/mean_generated_length": jnp.mean(lengths),
@@ -623,9 +668,9 @@ def make_rl_step(models: RLModels, fresh: bool = False):
         })
         metrics.update(constraint_metrics(cfg, lam, episode_cost, old.cost))
         if cfg.cost_critic:
-            streams = {"cost_with_kl_penalty": (_masked_sum_mean, adv["costs"]),
-                       "cost_advantage": (ops.masked_mean, adv["cost_advantages"]),
-                       "cost_return": (ops.masked_mean, adv["cost_returns"]),
+            streams = {"cost_with_kl_penalty": (_masked_sum_mean, adv.costs),
+                       "cost_advantage": (ops.masked_mean, adv.cost_advantages),
+                       "cost_return": (ops.masked_mean, adv.cost_returns),
                        "cost_value": (ops.masked_mean, old.cost_values)}
             for key, (reduce, x) in streams.items():
                 metrics.update(per_constraint(cfg, key, lambda k, r=reduce, x=x: r(x if k is None else x[..., k],

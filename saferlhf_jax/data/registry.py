@@ -164,6 +164,7 @@ def _load_from_hub(spec: DatasetSpec) -> list[tuple[str, dict]]:
 
 
 def _load_tfds_dir(path: pathlib.Path, split: str) -> list[tuple[str, dict]]:
+    # local: tfds_pku imports tensorflow_datasets (seconds to load), which only a prepared TFDS directory needs
     from saferlhf_jax.data.tfds_pku import read_prepared
 
     return read_prepared(path, split)

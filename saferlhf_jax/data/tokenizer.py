@@ -11,6 +11,7 @@ import json
 import logging
 import pathlib
 
+from saferlhf_jax.data.examples import prepare_tokenizer
 from saferlhf_jax.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,6 @@ def load_tokenizer(spec, prepare: bool = True):
     """AutoTokenizer for a local directory (or hub id) with `trust_remote_code=False`; special tokens added where
     missing (spec §2.5) unless `prepare=False`."""
     from transformers import AutoTokenizer
-
-    from saferlhf_jax.data.examples import prepare_tokenizer
 
     where = check_model_dir(spec)
     try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
-from saferlhf_jax.generation import generate
+from saferlhf_jax.generation import generate, model_sampling_defaults
 from saferlhf_jax.parallel import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
@@ -166,8 +166,6 @@ def summary_markdown(summary: dict, red: str, blue: str) -> str:
 
 def model_sampling(model, overrides: dict | None) -> dict:
     """Each model samples with its own generation_config.json (spec §5.2/§5.3) unless an entry is overridden."""
-    from saferlhf_jax.generation import model_sampling_defaults
-
     out = model_sampling_defaults(model.source) if model.source else {}
     out.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return out

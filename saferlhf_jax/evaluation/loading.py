@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax import models
-from saferlhf_jax.checkpoint import Checkpointer, _key_name
+from saferlhf_jax.checkpoint import Checkpointer, key_name
+from saferlhf_jax.data.tokenizer import load_tokenizer
 
 # where a run's config names its base model, and where its state keeps the parameters, per stage kind
 _BASE_KEYS = ("model_name_or_path", "actor_model_name_or_path")
@@ -35,8 +36,6 @@ def is_hf_dir(path: pathlib.Path) -> bool:
 
 def load_for_eval(spec: str, kind: str, mesh=None):
     """(Model with params, tokenizer) for `kind` 'causal_lm' or 'score'."""
-    from saferlhf_jax.data.tokenizer import load_tokenizer
-
     path, step = _split_step(str(spec))
     load = models.load_causal_lm if kind == "causal_lm" else models.load_score_model
     if step is None and is_hf_dir(path):
@@ -67,7 +66,7 @@ def load_for_eval(spec: str, kind: str, mesh=None):
 
     leaves, treedef = jax.tree_util.tree_flatten_with_path(model.params)
     for prefix in _PARAM_PREFIXES:
-        keys = [prefix + "." + ".".join(_key_name(k) for k in p) for p, _ in leaves]
+        keys = [prefix + "." + ".".join(key_name(k) for k in p) for p, _ in leaves]
         if all(k in flat for k in keys):
             new = [jnp.asarray(np.asarray(flat[k]), dtype=leaf.dtype) for k, (_, leaf) in zip(keys, leaves)]
             if mesh is not None:

@@ -17,7 +17,7 @@ from saferlhf_jax.algorithms import cost as cost_stage
 from saferlhf_jax.algorithms import reward as reward_stage
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.data.tokenizer import load_tokenizer
-from saferlhf_jax.training.trainer import LossConfig
+from saferlhf_jax.training.stage import LossConfig
 
 log = logging.getLogger(__name__)
 

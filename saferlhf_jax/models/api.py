@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from saferlhf_jax import ops
 from saferlhf_jax.errors import ModelError
 from saferlhf_jax.models import lora, safetensors_io
 from saferlhf_jax.models.config import ModelConfig
@@ -63,7 +64,7 @@ class Model:
         if found is None:
             return self.graphdef
         # validated: adapters are refused on a rollout (fused) layout, which the sampler reaches through merge
-        return _abstract(self.config.replace(lora_targets=found[0], lora_rank=found[1]).validate(), self.kind)[0]
+        return abstract_model(self.config.replace(lora_targets=found[0], lora_rank=found[1]).validate(), self.kind)[0]
 
     @functools.cached_property
     def apply(self):
@@ -88,8 +89,6 @@ class Model:
         where labels[:, t] is the token after position t (T ≤ L; pass ids[:, 1:] for the spec's action space).
         chunk > 0 projects to the vocabulary `chunk` columns at a time (online log-sum-exp, rematerialised in the
         backward), so the float32 (B, T, V) logits never exist; chunk = 0 is the plain log-softmax."""
-        from saferlhf_jax import ops
-
         mesh, rules = self.mesh, self.rules
         if self.kind != "causal_lm":
             raise ValueError("label_log_probs needs a causal LM")
@@ -126,7 +125,7 @@ class Model:
                 cache[layout] = self, lambda params: params
             else:
                 config = self.config.replace(fused_projections=True, out_in_kernels=layout == "fused_out_in")
-                graphdef = _abstract(config, self.kind)[0]
+                graphdef = abstract_model(config, self.kind)[0]
                 fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
                 out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
                 cache[layout] = fused, jax.jit(functools.partial(fuse_params, out_in=layout == "fused_out_in"),
@@ -161,7 +160,7 @@ def _declared_axes(path: str, variable) -> tuple:
 
 
 @functools.lru_cache(maxsize=128)
-def _abstract(config: ModelConfig, kind: str):
+def abstract_model(config: ModelConfig, kind: str):
     """(graphdef, abstract params as ShapeDtypeStructs, logical axes) of a model kind — built once per config from
     `nnx.eval_shape`: nothing is allocated. The three trees have the same structure."""
     abstract_module = nnx.eval_shape(lambda: KINDS[kind](config, rngs=nnx.Rngs(0)))
@@ -181,12 +180,12 @@ def _abstract(config: ModelConfig, kind: str):
 def param_logical_axes(config: ModelConfig, kind: str = "causal_lm"):
     """Tree of logical-axis tuples matching the parameters of `kind` for `config` (declared in the modules)."""
     _check_kind(kind)
-    return _abstract(config, kind)[2]
+    return abstract_model(config, kind)[2]
 
 
 def param_shardings(config: ModelConfig, kind: str, mesh: Mesh, rules=None):
     """NamedShardings of every parameter from its declared axes through the rules (config data)."""
-    graphdef, abstract, axes = _abstract(config, kind)
+    graphdef, abstract, axes = abstract_model(config, kind)
     return mesh_lib.tree_shardings(axes, abstract, mesh, rules)
 
 
@@ -268,7 +267,7 @@ def init_model(config: ModelConfig, kind: str = "causal_lm", rng: int | jax.Arra
     jitted program whose outputs are born sharded, so no host ever holds the whole model."""
     _check_kind(kind)
     config.validate()
-    graphdef, abstract, _ = _abstract(config, kind)
+    graphdef, abstract, _ = abstract_model(config, kind)
     shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     size = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     if size <= HOST_INIT_MAX_PARAMS:
@@ -354,7 +353,7 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
         tensors = {("score_head.weight" if k == "score.weight" else k): v for k, v in tensors.items()}
         overrides = {"score_bias": False, "score_dim": int(tensors["score_head.weight"].shape[0]), **overrides}
     config = ModelConfig.from_pretrained(path, **overrides)
-    graphdef, abstract, _ = _abstract(config, kind)
+    graphdef, abstract, _ = abstract_model(config, kind)
     shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     flat_shard = dict(jax.tree_util.tree_flatten_with_path(shardings)[0]) if shardings is not None else {}
     flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
@@ -453,7 +452,7 @@ def resize_token_embeddings(model: Model, params, new_vocab_size: int):
     if "lm_head" in params:
         params["lm_head"]["kernel"] = grow(params["lm_head"]["kernel"], 1)
     config = model.config.replace(vocab_size=new_vocab_size)
-    graphdef, _, _ = _abstract(config, model.kind)
+    graphdef, _, _ = abstract_model(config, model.kind)
     if model.mesh is not None:
         params = jax.device_put(params, param_shardings(config, model.kind, model.mesh, model.rules))
     return Model(config, model.kind, graphdef, params, model.source, model.mesh, model.rules), params
@@ -467,7 +466,7 @@ def replace_score_head(model: Model, kernel, bias=None) -> Model:
     kernel = np.asarray(kernel, np.float32)
     dim = int(kernel.shape[1])
     config = model.config.replace(score_dim=dim, score_bias=bias is not None)
-    graphdef, _, _ = _abstract(config, model.kind)
+    graphdef, _, _ = abstract_model(config, model.kind)
     params = jax.tree.map(lambda x: x, model.params)  # shallow copy of the containers
     dtype = params["score_head"]["kernel"].dtype
     params["score_head"] = {"kernel": jnp.asarray(kernel, dtype)}

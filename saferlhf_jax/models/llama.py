@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from saferlhf_jax import ops
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.rope import apply_rope, inverse_frequencies, mask_positions, rope_angles
 from saferlhf_jax.parallel.constraints import constrain
@@ -483,8 +484,6 @@ class ScoreModel(nnx.Module):
 
     def __call__(self, input_ids, attention_mask, positions=None, normalize: bool = True):
         """normalize=False: raw scores even when do_normalize is set (training normalises after the stats update)."""
-        from saferlhf_jax import ops  # local: ops never imports models
-
         h, _ = self.model(input_ids, attention_mask, positions)
         scores = self.score_head(h).astype(jnp.float32)
         end_scores = ops.take_at(scores, ops.end_index(attention_mask))

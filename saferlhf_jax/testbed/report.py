@@ -7,7 +7,7 @@ import json
 import pathlib
 
 
-def _points(results: dict) -> list[tuple[str, dict]]:
+def points(results: dict) -> list[tuple[str, dict]]:
     m = results["methods"]
     pts = [(name, m[name]) for name in ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")
            if name in m]
@@ -29,7 +29,7 @@ def plot_rule_costs(results: dict, path: pathlib.Path) -> None:
 
     first, second = results["constraints"][:2]
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, p in _points(results):
+    for name, p in points(results):
         ax.errorbar(p["gt_costs"][0], p["gt_costs"][1], xerr=p["gt_costs_se"][0], yerr=p["gt_costs_se"][1],
                     fmt="o", color=COLORS.get(name, "tab:blue"), capsize=3)
         ax.annotate(f"{name} (R* {p['gt_reward']:.1f})", (p["gt_costs"][0], p["gt_costs"][1]),
@@ -53,7 +53,7 @@ def plot_reward_vs_cost(results: dict, path: pathlib.Path) -> None:
 
     colors = COLORS
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, p in _points(results):
+    for name, p in points(results):
         color = colors.get(name, "tab:blue")
         ax.errorbar(p["gt_cost"], p["gt_reward"], xerr=p["gt_cost_se"], yerr=p["gt_reward_se"], fmt="o",
                     color=color, capsize=3)
@@ -160,7 +160,7 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     lines += ["![reward vs cost](reward_vs_cost.png)", "", verdict(results), "",
               "| method | R* (helpfulness) | C* (harm cost) |" + "".join(f" C* {r['name']} |" for r in rules)
               + " unsafe rate | n |", "|---|---|---|" + "---|" * len(rules) + "---|---|"]
-    for name, p in _points(results):
+    for name, p in points(results):
         per_rule = "".join(f" {c:+.3f} ± {se:.3f} |" for c, se in zip(p.get("gt_costs", ()), p.get("gt_costs_se", ())))
         lines.append(f"| {name} | {p['gt_reward']:.3f} ± {p['gt_reward_se']:.3f} | {p['gt_cost']:+.3f} ± "
                      f"{p['gt_cost_se']:.3f} |{per_rule} {p['gt_unsafe_rate']:.3f} | {p['n']} |")

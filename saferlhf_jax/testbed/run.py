@@ -21,7 +21,21 @@ import pathlib
 import time
 from typing import Any
 
-from saferlhf_jax.testbed import world
+import jax
+import numpy as np
+
+from saferlhf_jax.algorithms import cost as cost_stage
+from saferlhf_jax.algorithms import ppo_lag
+from saferlhf_jax.algorithms import reward as reward_stage
+from saferlhf_jax.algorithms import safedpo as safedpo_stage
+from saferlhf_jax.algorithms import sft as sft_stage
+from saferlhf_jax.data.template import DEFAULT_TEMPLATE
+from saferlhf_jax.errors import ConfigError
+from saferlhf_jax.evaluation.arena import generate_answers, score_texts
+from saferlhf_jax.evaluation.loading import load_for_eval
+from saferlhf_jax.testbed import report, world
+from saferlhf_jax.training import trainer
+from saferlhf_jax.training.orchestrator import Orchestrator, check_same_run, write_config
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +47,6 @@ METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping", "grpo_lag", "safedpo", "pp
 def _jsonl(path: pathlib.Path, rows) -> pathlib.Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-def _done(path: pathlib.Path) -> bool:
-    summary = path / "summary.json"
-    return summary.is_file() and "export" in json.loads(summary.read_text())
 
 
 def _stage(base, out: pathlib.Path, name: str, seed: int, testbed_cfg):
@@ -53,9 +62,6 @@ def _stage(base, out: pathlib.Path, name: str, seed: int, testbed_cfg):
 
 def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_size: int) -> list[str]:
     """Sampled answers of a policy (temperature 1, its generation defaults) to the prompts, in order."""
-    from saferlhf_jax.evaluation.arena import generate_answers
-    from saferlhf_jax.evaluation.loading import load_for_eval
-
     model, tok = load_for_eval(str(model_dir), "causal_lm")
     pairs = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size, seed=seed,
                              top_k=0)
@@ -76,12 +82,6 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
     confidence = z > 0 reads the budget `z` standard errors of the fitted line below it (z = 1.645: the one-sided
     95 % lower bound): ~100 held-out responses fix the line only to ~0.2 cost-model units at the threshold, and a
     budget read too high by that much is broken by a policy that sits right at it."""
-    import numpy as np
-
-    from saferlhf_jax.data.template import DEFAULT_TEMPLATE
-    from saferlhf_jax.evaluation.arena import score_texts
-    from saferlhf_jax.evaluation.loading import load_for_eval
-
     texts, truth = [], []
     for r in rows:
         for key in ("response_0", "response_1"):
@@ -96,8 +96,6 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
 def budget_line(truth, scores, threshold: float, confidence: float = 0.0) -> dict[str, float]:
     """The least-squares line scores ≈ slope·truth + intercept over N responses (truth, scores: (N,)), read at
     `threshold` and lowered by `confidence` standard errors of the fitted value there."""
-    import numpy as np
-
     (slope, intercept), cov = np.polyfit(truth, scores, 1, cov=True)  # cov scaled by RSS / (N − 2)
     t = float(threshold)
     se = float(np.sqrt(cov[0, 0] * t * t + 2 * cov[0, 1] * t + cov[1, 1]))
@@ -110,8 +108,6 @@ def _check_sizes(cfg) -> None:
     """One-line ConfigErrors for world sizes and fixed λ's that cannot give a result: no held-out prompts to judge
     the policies on (the run used to train every method and then fail), a held-out fraction that leaves the
     reward and cost models nothing to learn from or to be checked on, a negative fixed λ (it rewards harm)."""
-    from saferlhf_jax.errors import ConfigError
-
     w = cfg.world
     sizes = {k: int(w[k]) for k in ("sft_examples", "rl_prompts", "preference_prompts", "eval_prompts",
                                    "batch_size", "max_length")}
@@ -130,14 +126,6 @@ def _check_sizes(cfg) -> None:
 
 def run(cfg) -> dict[str, Any]:
     """The testbed job (see the module docstring); returns the results dict written to results.json."""
-    from saferlhf_jax.algorithms import cost as cost_stage
-    from saferlhf_jax.algorithms import ppo_lag
-    from saferlhf_jax.algorithms import reward as reward_stage
-    from saferlhf_jax.algorithms import safedpo as safedpo_stage
-    from saferlhf_jax.algorithms import sft as sft_stage
-    from saferlhf_jax.errors import ConfigError
-    from saferlhf_jax.training import trainer
-
     t0 = time.perf_counter()
     _check_sizes(cfg)  # before anything is written or trained: these otherwise fail after the whole run, or not
     out = pathlib.Path(cfg.output_dir).expanduser()
@@ -158,23 +146,16 @@ def run(cfg) -> dict[str, Any]:
         raise ConfigError("method ppo_lag_summed is the summed-cost baseline of a world with several rules "
                           "(--config.world.name=multi); in the single-rule world it is ppo_lag")
     data.mkdir(parents=True, exist_ok=True)
-    import jax
-
+    if (out / "results.json").is_file():  # a finished testbed with another config (seed, world, …) is not reused
+        check_same_run(out, cfg)
     if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
         jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    # stage times of whichever invocation ran each stage, written as each stage ends (timings.json): a resume — also
-    # of a killed run, which never wrote results.json — keeps the earlier ones
-    timings_file = out / "timings.json"
-    previous = timings_file if timings_file.is_file() else out / "results.json"
-    timings: dict[str, float] = json.loads(previous.read_text()).get("timings", {}) if previous.is_file() else {}
-
-    def timed(name, fn):
-        start = time.perf_counter()
-        result = fn()
-        timings[name] = round(time.perf_counter() - start, 1)
-        timings_file.write_text(json.dumps({"timings": timings}, indent=1) + "\n")
-        return result
+    # every stage through the one orchestrator: skipped when it finished with this config and inputs, refused when
+    # it finished with others, resumed when interrupted; stage times of whichever invocation ran each stage are
+    # written as each stage ends (timings.json), so a resume — also of a killed run — keeps the earlier ones
+    stages = Orchestrator(out)
+    timed = stages.timed
 
     # the world's files: SFT stories, RL prompts, preference prompts, held-out prompts
     _jsonl(data / "sft.jsonl", world.sft_rows(int(cfg.world.sft_examples), seed))
@@ -185,8 +166,7 @@ def run(cfg) -> dict[str, Any]:
     # SFT
     sft_cfg = _stage(cfg.sft, out, "sft", seed, cfg)
     sft_cfg.train_datasets = (f"alpaca:1.0:{data / 'sft.jsonl'}",)
-    if not _done(out / "sft"):
-        timed("sft", lambda: trainer.train(sft_stage.STAGE, sft_cfg))
+    stages.run("sft", sft_cfg, lambda c: trainer.train(sft_stage.STAGE, c))
     sft_export = out / "sft" / "export"
 
     length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
@@ -216,8 +196,7 @@ def run(cfg) -> dict[str, Any]:
         stage_cfg.model_name_or_path = str(sft_export)
         stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / f'{prefix}_train.jsonl'}",)
         stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / f'{prefix}_test.jsonl'}",)
-        if not _done(out / name):
-            timed(name, lambda: trainer.train(stage, stage_cfg))
+        stages.run(name, stage_cfg, lambda c: trainer.train(stage, c))
         scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
         return out / name / "export"
 
@@ -256,8 +235,7 @@ def run(cfg) -> dict[str, Any]:
         dpo_cfg.model_name_or_path = str(sft_export)
         dpo_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
         dpo_cfg.eval_datasets = ()
-        if not _done(out / "safedpo"):
-            timed("safedpo", lambda: trainer.train(safedpo_stage.STAGE, dpo_cfg))
+        stages.run("safedpo", dpo_cfg, lambda c: trainer.train(safedpo_stage.STAGE, c))
         policies["safedpo"] = out / "safedpo" / "export"
 
     # RL from the same SFT model with the same budget
@@ -293,8 +271,7 @@ def run(cfg) -> dict[str, Any]:
         if mode == "reward_shaping":
             rl_cfg.rl.lambda_init = lam
             rl_cfg.rl.lambda_max = 0.0
-        if not _done(out / name):
-            timed(name, lambda: ppo_lag.run(rl_cfg))
+        stages.run(name, rl_cfg, ppo_lag.run)
         return out / name / "export"
 
     def per_rule(name):  # in a world of several rules ppo_lag and grpo_lag hold one constraint per rule
@@ -367,8 +344,8 @@ def run(cfg) -> dict[str, Any]:
         "cm_accuracy_heldout": scores["cost"].get("accuracy"),
         "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
         "methods": {name: gt(evaluations[name]) for name in SINGLE_POINTS if name in evaluations},
-        "seconds": round(time.perf_counter() - t0, 1), "timings": timings,
-        "stage_seconds_total": round(sum(timings.values()), 1),
+        "seconds": round(time.perf_counter() - t0, 1), "timings": stages.times.seconds,
+        "stage_seconds_total": round(sum(stages.times.seconds.values()), 1),
         "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
         "ppo_lag_lambda": lambda_rule(cfg.rl.rl),
     }
@@ -393,8 +370,7 @@ def run(cfg) -> dict[str, Any]:
             for k, rule in enumerate(w.rules)]
     results["claims"] = claims(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    from saferlhf_jax.testbed import report
-
+    write_config(out, cfg)  # with results.json: what a later invocation must match to reuse them
     report.write(out, results)
     return results
 

@@ -3,12 +3,14 @@ reference's LR schedules. Built from optax; nothing hand-written."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
 import optax
 
 from saferlhf_jax import ops
+from saferlhf_jax.errors import ConfigError
 
 
 def decay_mask(params):
@@ -38,12 +40,33 @@ def make_optimizer(learning_rate: float, total_steps: int, *, schedule_type: str
     return optax.chain(*parts), schedule
 
 
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """One optimizer's settings (a config's `train`, `actor` or `critic` section); `make(total)` builds it."""
+
+    learning_rate: float = 1e-5
+    lr_scheduler_type: str = "cosine"
+    lr_warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+
+    @classmethod
+    def from_config(cls, section) -> "OptimConfig":
+        return cls(learning_rate=float(section.learning_rate), lr_scheduler_type=section.lr_scheduler_type,
+                   lr_warmup_ratio=float(section.lr_warmup_ratio), weight_decay=float(section.weight_decay),
+                   max_grad_norm=float(section.max_grad_norm))
+
+    def make(self, total_steps: int):
+        """(optax transformation, schedule) over `total_steps` optimizer updates."""
+        return make_optimizer(self.learning_rate, total_steps, schedule_type=self.lr_scheduler_type,
+                              warmup_ratio=self.lr_warmup_ratio, weight_decay=self.weight_decay,
+                              max_grad_norm=self.max_grad_norm)
+
+
 def validate(section, name: str) -> None:
     """One-line ConfigError for optimizer settings that cannot train: a learning rate ≤ 0 or not finite, negative
     weight decay / clip norm, a warmup ratio outside [0, 1], an unknown schedule. `section` has the fields of
     `make_optimizer` (ml_collections or dict)."""
-    from saferlhf_jax.errors import ConfigError
-
     get = section.get
     lr, wd = float(get("learning_rate")), float(get("weight_decay", 0.0))
     if not math.isfinite(lr) or lr <= 0:

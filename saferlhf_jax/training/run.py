@@ -1,20 +1,19 @@
-"""The run skeleton every stage shares (SFT / RM / CM / DPO / moderation and PPO / PPO-Lag / reward shaping).
+"""The run skeleton every stage shares (SFT / RM / CM / DPO / moderation and PPO / PPO-Lag / GRPO / reward shaping):
+the output directory and its lock, the mesh, the resume check, config.json, the checkpointer, the metrics log, the
+interrupt guard and the end (non-finite check, export, summary.json, curves, results page). The loop between two
+steps is `training.loop.drive`, the one loop every stage runs on:
 
-    run = Run(cfg, "ppo_lag")                 # output dir + lock, mesh, resume check, config.json, metrics log
-    state, meta = run.restore(state) if run.resuming else (state, None)
-    with run.guard() as guard:                # SIGINT / SIGTERM only set a flag: never an exception mid-step
-        while ...:
-            state = step(...)
-            run.log(row)
-            if guard.requested():             # every host agrees; the state is the last completed step
-                run.save(step, state, meta); raise run.interrupted(step)
-    run.finish(summary, export=..., curves=...)   # non-finite check, export, summary.json, curves, results page
+    with Run(cfg, "ppo_lag", validate=...) as run:       # refused configs leave no directory behind
+        state, meta = run.restore(state) if run.resuming else (state, None)
+        done = loop.drive(run, stage, state, start, loop.Cadence.from_config(cfg, total))
+        run.finish(summary, complete=done.complete, export=..., curves=...)
 
 What this buys the user: a preempted job (SIGTERM from a TPU/cloud scheduler) or a Ctrl-C saves a checkpoint of the
 last completed step together with the data position that belongs to it, and the same command resumes bitwise; a
-second signal aborts at once (the previous checkpoint stays intact, stale temporary directories are cleaned at the
-next start); a second run in the same output directory is refused while the first holds its lock; a resume with
-another config is refused *before* anything in the directory is touched.
+second SIGINT aborts at once (the previous checkpoint stays intact, stale temporary directories are cleaned at the
+next start), a repeated SIGTERM does not (a process group and a wrapper deliver it twice); a second run in the same
+output directory is refused while the first holds its lock; a resume with another config is refused *before*
+anything in the directory is touched.
 """
 
 from __future__ import annotations
@@ -37,16 +36,17 @@ import jax
 import numpy as np
 
 from saferlhf_jax.checkpoint import Checkpointer
-from saferlhf_jax.errors import ConfigError, RunInterrupted
+from saferlhf_jax.errors import ConfigError, RunInterrupted, TrainingError
+from saferlhf_jax.training import run_page
+from saferlhf_jax.training.loop import RESUME_IGNORED as LOOP_RESUME_IGNORED
 from saferlhf_jax.parallel import mesh as mesh_lib
 
 log = logging.getLogger(__name__)
 
 # config entries a resumed run may change (where it writes, how it logs, how it is laid out on devices, how the
 # sampler loops and lays out its weights: the same tokens)
-RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", "train.stop_after_steps",
-                  "train.log_every", "train.max_skipped_fraction", "generation.decode_segment",
-                  "generation.rollout_layout")
+RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", *LOOP_RESUME_IGNORED,
+                  "generation.decode_segment", "generation.rollout_layout")
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
@@ -82,6 +82,17 @@ def added_while_off(key: str, current: dict) -> bool:
         if key.startswith(prefix) and current.get(switch, off) == off:
             return True
     return False
+
+
+def config_difference(saved, cfg, flat: bool = False) -> list[str]:
+    """'entry: saved → current' for every entry (sorted) in which `cfg` differs from a run's `saved` config — the
+    nested config.json a run wrote, or (flat=True) the fingerprint its checkpoint holds — over the entries a resumed
+    or reused run must share (`resume_fingerprint`); a section added since and switched off is no difference."""
+    saved = saved if flat else resume_fingerprint(saved)
+    current = resume_fingerprint(cfg)
+    changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
+                     and not (k not in saved and added_while_off(k, current)))
+    return [f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed]
 
 
 # the files that hold a model's weights and shape; a fingerprint reads their names, sizes and a few MiB of each
@@ -210,7 +221,8 @@ class MetricsLog:
 
 
 class InterruptGuard:
-    """SIGINT and SIGTERM set a flag that the loop reads between steps; a second signal aborts at once.
+    """SIGINT and SIGTERM set a flag that the loop reads between steps; a second SIGINT aborts at once (a repeated
+    SIGTERM does not: schedulers and wrappers deliver one request more than once).
 
     A signal therefore never lands inside a running (donated) step or a checkpoint save. `requested()` is a
     collective in multi-host runs (every host must stop at the same step), so call it at the same point on all."""
@@ -221,10 +233,16 @@ class InterruptGuard:
 
     def _handle(self, signum, frame):
         if self.signum is not None:
-            raise KeyboardInterrupt("aborted by a second signal before the checkpoint was written; the previous "
-                                    "checkpoint is intact, re-run the same command to resume from it")
+            if signum == signal.SIGINT:  # a person pressing Ctrl-C again
+                raise KeyboardInterrupt("aborted by a second signal before the checkpoint was written; the previous "
+                                        "checkpoint is intact, re-run the same command to resume from it")
+            # a repeated SIGTERM is a scheduler signalling the process group and a wrapper forwarding it (`timeout`,
+            # a launcher script): one request, so the save goes on
+            log.warning("received %s again: still saving the checkpoint (SIGINT aborts at once)",
+                        signal.Signals(signum).name)
+            return
         self.signum = signum
-        log.warning("received %s: finishing the current step, then saving a checkpoint (send it again to abort)",
+        log.warning("received %s: finishing the current step, then saving a checkpoint (SIGINT again aborts)",
                     signal.Signals(signum).name)
 
     def __enter__(self):
@@ -292,17 +310,14 @@ class Run:
         if self.ckpt.latest_step() is None:
             return None
         meta = self.ckpt.read_meta()
-        saved, current = meta.get("config", {}), resume_fingerprint(self.cfg)
-        changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k)
-                         and not (k not in saved and added_while_off(k, current)))
-        if saved and changed:
-            diffs = ", ".join(f"{k}: {saved.get(k)!r} → {current.get(k)!r}" for k in changed[:5])
-            raise ConfigError(f"{self.out} holds a run with another config ({diffs}); use a new output_dir to start "
-                              "over")
+        saved = meta.get("config", {})
+        if saved and (diffs := config_difference(saved, self.cfg, flat=True)):
+            raise ConfigError(f"{self.out} holds a run with another config ({', '.join(diffs[:5])}); use a new "
+                              "output_dir to start over")
         saved_models = meta.get("models", {})  # absent in checkpoints written before fingerprints: not checked
         moved = sorted(k for k, fp in self.models.items() if k in saved_models and saved_models[k] != fp)
         if moved:
-            raise ConfigError(f"{self.out} holds a run built on other weights: {moved[0]} ({current.get(moved[0])}) "
+            raise ConfigError(f"{self.out} holds a run built on other weights: {moved[0]} ({resume_fingerprint(self.cfg).get(moved[0])}) "
                               "changed since its checkpoint was written; restore that model or use a new output_dir")
         return meta
 
@@ -343,9 +358,8 @@ class Run:
     def finish(self, summary: dict, *, complete: bool, export: Callable[[pathlib.Path], None] | None,
                curves: Sequence[str] = (), title: str | None = None) -> dict:
         """summary.json, curves.png and results.md; `export(dir)` runs only when the run is complete."""
-        from saferlhf_jax.evaluation import report
-
-        summary = {**summary, "seconds": time.perf_counter() - self.started, "output_dir": str(self.out)}
+        summary = {**summary, "seconds": time.perf_counter() - self.started, "output_dir": str(self.out),
+                   "inputs": self.models}  # the weights it was built on: a later reuse of this run checks them
         if complete and export is not None:
             export_dir = self.out / "export"
             export(export_dir)
@@ -359,9 +373,9 @@ class Run:
         if jax.process_index() == 0:
             (self.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
             images = ()
-            if curves and report.plot_curves(self.metrics.rows(), curves, self.out / "curves.png"):
+            if curves and run_page.plot_curves(self.metrics.rows(), curves, self.out / "curves.png"):
                 images = ("curves.png",)
-            report.write_run_page(self.out, title or f"{self.name} run", self.cfg, summary, images)
+            run_page.write_run_page(self.out, title or f"{self.name} run", self.cfg, summary, images)
         return summary
 
     def release(self) -> None:
@@ -384,8 +398,6 @@ class Run:
 
 def assert_finite(tree, what: str) -> None:
     """One-line error when any leaf of `tree` holds a NaN/Inf (nothing non-finite is ever exported)."""
-    from saferlhf_jax.errors import TrainingError
-
     bad = [".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
            for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
            if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(np.asarray(x)))]

@@ -16,6 +16,19 @@ Summarize = Callable[[dict, Any], dict]
 
 
 @dataclasses.dataclass(frozen=True)
+class LossConfig:
+    """Static loss settings handed to the stage's loss function."""
+
+    loss_type: str = "sequence-wise"
+    regularization: float = 0.0
+    beta: float = 0.02
+    dpo_slicing: str = "standard"
+    normalizer_type: str | None = None
+    momentum: float | None = None
+    safety_margin: float = 10.0   # SafeDPO's Δ
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
     name: str
     model_kind: str                  # 'causal_lm' | 'score' | 'moderation'

@@ -17,18 +17,12 @@ from typing import Any, Callable, Sequence
 import jax
 from jax.sharding import Mesh, NamedSharding
 
+from saferlhf_jax.checkpoint import key_name
 from saferlhf_jax.parallel import mesh as mesh_lib
 
 
-def _key_name(k) -> str:
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
 def _path(path) -> tuple[str, ...]:
-    return tuple(_key_name(k) for k in path)
+    return tuple(key_name(k) for k in path)
 
 
 def _is_axes(x) -> bool:

@@ -7,8 +7,9 @@ the train state donated; gradient accumulation is a `lax.scan` over the micro-ba
 
 from __future__ import annotations
 
-import dataclasses
+import json
 import logging
+import pathlib
 import time
 from typing import Any
 
@@ -20,27 +21,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax import models, ops
-from saferlhf_jax.errors import ConfigError, TrainingError
+from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.models import lora as lora_lib
 from saferlhf_jax.parallel import mesh as mesh_lib
-from saferlhf_jax.training import optim
+from saferlhf_jax.data.tokenizer import load_tokenizer
+from saferlhf_jax.training import head_probe, loop, optim
 from saferlhf_jax.training import state as state_lib
-from saferlhf_jax.training.stage import Stage, token_count
+from saferlhf_jax.training.run import Run, assert_finite
+from saferlhf_jax.training.stage import LossConfig, Stage, token_count
 
 log = logging.getLogger(__name__)
-
-
-@dataclasses.dataclass(frozen=True)
-class LossConfig:
-    """Static loss settings handed to the stage's loss function."""
-
-    loss_type: str = "sequence-wise"
-    regularization: float = 0.0
-    beta: float = 0.02
-    dpo_slicing: str = "standard"
-    normalizer_type: str | None = None
-    momentum: float | None = None
-    safety_margin: float = 10.0   # SafeDPO's Δ
 
 
 def _none(x):
@@ -128,9 +118,6 @@ def wants_adapter_export(cfg, kind: str) -> bool:
 def export_adapter(model, merged_params, adapters, cfg, base_path: str, directory, tokenizer) -> None:
     """DIR/adapter: the adapters in PEFT's format (models/lora.save_peft) for `base_path`; when a pad token grew the
     vocabulary, the merged embedding and LM head ride along (PEFT loads them into a base resized to the tokenizer)."""
-    import json
-    import pathlib
-
     section = cfg.lora
     extra = {}
     base_config = pathlib.Path(str(base_path)).expanduser() / "config.json"
@@ -318,151 +305,141 @@ def _stack_micro_batches(host: list[dict], kind: str, pad_id: int) -> dict:
     return {k: np.stack([b[k] for b in host]) for k in host[0]}
 
 
+class SupervisedLoop:
+    """A supervised stage as the loop drives it (`training.loop.LoopStage`): one jitted optimizer step over GA
+    micro-batches per loop step, metrics fetched every `train.log_every` steps and at the last."""
+
+    unit = "step"
+    skip_hint = "lower the learning rate or check the data"
+
+    def __init__(self, stage: Stage, run, iterator, train_ds, eval_ds, step_fn, eval_fn, frozen, *, lc: LossConfig,
+                 grad_accum: int, total: int, log_every: int, eval_batch_size: int, buckets):
+        self.stage, self.run, self.iterator = stage, run, iterator
+        self.train_ds, self.eval_ds, self.step_fn, self.eval_fn, self.frozen = train_ds, eval_ds, step_fn, eval_fn, frozen
+        self.lc, self.grad_accum, self.total, self.log_every = lc, grad_accum, total, log_every
+        self.eval_batch_size, self.buckets = eval_batch_size, buckets
+        self.name = stage.name
+        self.can_evaluate = eval_fn is not None
+        self.batch_spec = NamedSharding(run.mesh, P(None, mesh_lib.BATCH_AXES))
+        self._tick = time.perf_counter()
+
+    def next_batch(self) -> list[dict]:
+        self._tick = time.perf_counter()
+        return [next(self.iterator) for _ in range(self.grad_accum)]
+
+    def step(self, state, host: list[dict], number: int, stop):
+        stacked = _stack_micro_batches(host, self.train_ds.kind, self.train_ds.pad_token_id)
+        state, metrics = self.step_fn(state, mesh_lib.put_global(stacked, self.batch_spec), self.frozen)
+        if number % self.log_every and number != self.total:
+            return state, []
+        metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
+        elapsed = time.perf_counter() - self._tick
+        return state, [{"step": number, "epoch": number * self.grad_accum / max(1, self.iterator.batches_per_epoch),
+                        **metrics, "tokens_per_sec": sum(map(token_count, host)) / max(elapsed, 1e-9)}]
+
+    def data_position(self) -> dict:
+        return {"data": self.iterator.state_dict()}
+
+    def checkpoint_meta(self, state, step: int, position: dict) -> dict:
+        return position
+
+    def evaluate(self, state, step: int) -> dict:
+        per = {}
+        for batch in data_lib.iterate_once(self.eval_ds, self.eval_batch_size, self.buckets):
+            valid = batch.pop("valid")
+            out = mesh_lib.to_host(self.eval_fn(state["params"], mesh_lib.shard_batch(batch, self.run.mesh),
+                                                self.frozen))
+            for k, v in out.items():
+                per.setdefault(k, []).append(np.asarray(v)[valid])
+        result = self.stage.summarize({k: np.concatenate(v) for k, v in per.items()}, self.lc)
+        self.run.log({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
+        return result
+
+    def counts(self, state, step: int) -> tuple[int, int]:
+        return int(mesh_lib.to_host(state["skipped"])), step
+
+    def postfix(self, row: dict) -> dict[str, str]:
+        return {k: f"{row[k]:.4g}" for k in ("loss", "accuracy", "accuracy_sign", "reward_accuracy") if k in row}
+
+
+def _trainable(stage: Stage, cfg, model):
+    """(initial trainable tree, its logical-axes trees, frozen tree, LoRA scale): the model's parameters, or with
+    LoRA the adapters (+ a score head) over the frozen base (which is then also the reference)."""
+    frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
+    lora_rank, lora_scale = lora_settings(cfg)
+    initial, axes = model.params, [models.param_logical_axes(model.config, model.kind)]
+    if lora_rank:
+        head, frozen = lora_lib.split(model.params, model.kind)
+        section = cfg.lora
+        adapters = lora_lib.init(frozen, lora_rank, tuple(section.targets), int(cfg.seed), str(section.init))
+        initial = {lora_lib.KEY: adapters, **head}
+        axes.append(lora_lib.adapter_axes(axes[0], adapters))  # each adapter sharded like its kernel
+        log.info("%s: LoRA rank %d (α=%g) on %s: %d adapter parameters", stage.name, lora_rank,
+                 float(section.alpha), ",".join(section.targets), lora_lib.parameter_count(adapters))
+    return initial, axes, frozen, lora_scale
+
+
+def _batch_iterator(train_ds, cfg, buckets):
+    try:
+        return data_lib.BatchIterator(train_ds, int(cfg.train.batch_size), seed=int(cfg.seed), buckets=buckets,
+                                      num_shards=jax.process_count(), shard_index=jax.process_index())
+    except ValueError as err:
+        raise ConfigError(f"train.batch_size: {err}") from None
+
+
 def train(stage: Stage, cfg) -> dict[str, Any]:
     """Run (or resume) one stage; returns a summary dict. Raises ConfigError / DataError / ModelError on bad input,
     TrainingError when too many updates were non-finite, RunInterrupted after a signal (checkpoint saved)."""
-    from saferlhf_jax.data.tokenizer import load_tokenizer
-    from saferlhf_jax.training.run import Run, assert_finite
-
     with Run(cfg, stage.name, validate=validate_config) as run:
-        mesh = run.mesh
-        lc = loss_config(cfg)
+        lc, t = loss_config(cfg), cfg.train
         tokenizer = load_tokenizer(cfg.model_name_or_path)
         train_ds, eval_ds = build_data(stage, cfg, tokenizer)
-        t = cfg.train
-        batch_size, grad_accum = int(t.batch_size), int(t.grad_accum)
-        buckets = tuple(cfg.data.get("buckets", ())) or None
-        try:
-            iterator = data_lib.BatchIterator(train_ds, batch_size, seed=int(cfg.seed), buckets=buckets,
-                                              num_shards=jax.process_count(), shard_index=jax.process_index())
-        except ValueError as err:
-            raise ConfigError(f"train.batch_size: {err}") from None
-        model = load_model(stage, cfg, mesh, tokenizer, run.rules)
+        grad_accum, buckets = int(t.grad_accum), tuple(cfg.data.get("buckets", ())) or None
+        iterator = _batch_iterator(train_ds, cfg, buckets)
+        model = load_model(stage, cfg, run.mesh, tokenizer, run.rules)
         probe = None
         if int(t.get("head_probe_steps", 0)) > 0 and not run.resuming:  # a resume restores the probed head
-            from saferlhf_jax.training import head_probe
-
-            probe = head_probe.probe(stage, model, cfg, train_ds, mesh, lc, buckets)
+            probe = head_probe.probe(stage, model, cfg, train_ds, run.mesh, lc, buckets)
         per_epoch = optim.updates_per_epoch(iterator.batches_per_epoch, grad_accum)
         total = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * per_epoch
-        optimizer, schedule = optim.make_optimizer(
-            float(t.learning_rate), total, schedule_type=t.lr_scheduler_type,
-            warmup_ratio=float(t.lr_warmup_ratio), weight_decay=float(t.weight_decay),
-            max_grad_norm=float(t.max_grad_norm))
+        optimizer, schedule = optim.OptimConfig.from_config(t).make(total)
         log.info("%s: %d train examples, %d optimizer steps (%d per epoch), batch %d × GA %d, mesh %s",
-                 stage.name, len(train_ds), total, per_epoch, batch_size, grad_accum, dict(mesh.shape))
-
-        frozen = jax.tree.map(jnp.copy, model.params) if stage.needs_reference else {}
-        lora_rank, lora_scale = lora_settings(cfg)
+                 stage.name, len(train_ds), total, per_epoch, int(t.batch_size), grad_accum, dict(run.mesh.shape))
+        initial, axes, frozen, lora_scale = _trainable(stage, cfg, model)
         adapter_export = wants_adapter_export(cfg, model.kind)
-        initial, axes = model.params, [models.param_logical_axes(model.config, model.kind)]
-        if lora_rank:  # the base is frozen (and is the reference); the state holds adapters (+ a score head)
-            head, frozen = lora_lib.split(model.params, model.kind)
-            lc_ = cfg.lora
-            adapters = lora_lib.init(frozen, lora_rank, tuple(lc_.targets), int(cfg.seed), str(lc_.init))
-            initial = {lora_lib.KEY: adapters, **head}
-            axes.append(lora_lib.adapter_axes(axes[0], adapters))  # each adapter sharded like its kernel
-            log.info("%s: LoRA rank %d (α=%g) on %s: %d adapter parameters", stage.name, lora_rank,
-                     float(lc_.alpha), ",".join(lc_.targets), lora_lib.parameter_count(adapters))
         # the state is laid out from its abstract shape and born sharded (training/state.py)
         memory_kind = str(cfg.model.get("optimizer_memory", "device"))
         state = state_lib.allocate(make_init_state(optimizer), initial, jax.random.PRNGKey(int(cfg.seed)),
-                                   axes=axes, mesh=mesh, rules=run.rules, optimizer_memory=memory_kind)
+                                   axes=axes, mesh=run.mesh, rules=run.rules, optimizer_memory=memory_kind)
         model.params = None  # the state owns the parameters from here on (donated every step)
         state_sh = jax.tree.map(lambda x: x.sharding, state)
-        frozen_sh = jax.tree.map(lambda x: x.sharding, frozen)
         start_step = 0
         if run.resuming:
             state, meta = run.restore(state)
             iterator.load_state_dict(meta["data"])
             start_step = int(meta["step"])
-
-        batch_spec = NamedSharding(mesh, P(None, mesh_lib.BATCH_AXES))
         step_fn = jax.jit(make_train_step(stage, model, optimizer, schedule, lc, grad_accum,
                                           optimizer_on_host=memory_kind != "device", lora_scale=lora_scale),
-                          in_shardings=(state_sh, batch_spec, frozen_sh),
-                          out_shardings=(state_sh, mesh_lib.replicated(mesh)), donate_argnums=(0,))
+                          in_shardings=(state_sh, NamedSharding(run.mesh, P(None, mesh_lib.BATCH_AXES)),
+                                        jax.tree.map(lambda x: x.sharding, frozen)),
+                          out_shardings=(state_sh, mesh_lib.replicated(run.mesh)), donate_argnums=(0,))
         eval_fn = jax.jit(make_eval_step(stage, model, lc, lora_scale)) if eval_ds is not None else None
-
-        def evaluate(step):
-            if eval_fn is None:
-                return {}
-            per = {}
-            for batch in data_lib.iterate_once(eval_ds, int(t.get("eval_batch_size", batch_size)), buckets):
-                valid = batch.pop("valid")
-                out = mesh_lib.to_host(eval_fn(state["params"], mesh_lib.shard_batch(batch, mesh), frozen))
-                for k, v in out.items():
-                    per.setdefault(k, []).append(np.asarray(v)[valid])
-            result = stage.summarize({k: np.concatenate(v) for k, v in per.items()}, lc)
-            run.log({"step": step, **{f"eval/{k}": v for k, v in result.items()}})
-            return result
-
-        eval_every = int(t.get("eval_every", 0))
-        ckpt_every = int(cfg.checkpoint.every)
-        log_every = max(1, int(t.log_every))
-        stop_after = int(t.get("stop_after_steps", 0))
-        max_skipped = float(t.get("max_skipped_fraction", 0.1))
-        eval_result = evaluate(0) if start_step == 0 and eval_fn is not None and bool(t.get("eval_at_start", True)) \
-            else {}
-        last_row: dict = {}
-        progress = _progress(total, start_step, stage.name, bool(cfg.logging.get("progress", True)))
-        step = start_step
-        try:
-            with run.guard() as guard:
-                while step < total:
-                    tick = time.perf_counter()
-                    host = [next(iterator) for _ in range(grad_accum)]
-                    stacked = _stack_micro_batches(host, train_ds.kind, train_ds.pad_token_id)
-                    state, metrics = step_fn(state, mesh_lib.put_global(stacked, batch_spec), frozen)
-                    step += 1
-                    if step % log_every == 0 or step == total:
-                        metrics = {k: float(v) for k, v in mesh_lib.to_host(metrics).items()}
-                        elapsed = time.perf_counter() - tick
-                        last_row = {"step": step, "epoch": step * grad_accum / max(1, iterator.batches_per_epoch),
-                                    **metrics, "tokens_per_sec": sum(map(token_count, host)) / max(elapsed, 1e-9)}
-                        run.log(last_row)
-                        progress.set_postfix({k: f"{metrics[k]:.4g}" for k in (
-                            "loss", "accuracy", "accuracy_sign", "reward_accuracy") if k in metrics})
-                        skipped = int(metrics["skipped"])
-                        if skipped >= 3 and skipped > max_skipped * step:
-                            raise TrainingError(
-                                f"{skipped} of {step} updates were non-finite and skipped (more than "
-                                f"train.max_skipped_fraction={max_skipped}); stopping without an export — lower "
-                                "the learning rate or check the data")
-                    progress.update(1)
-                    at_epoch_end = step % per_epoch == 0
-                    # the last step always evaluates: a max_steps run that ends mid-epoch still gets its numbers
-                    if eval_fn is not None and ((eval_every and step % eval_every == 0)
-                                                or (not eval_every and at_epoch_end) or step == total):
-                        eval_result = evaluate(step)
-                    stop_now = guard.requested()
-                    if (ckpt_every and step % ckpt_every == 0) or step == total or stop_now or (
-                            stop_after and step >= stop_after):
-                        run.save(step, state, {"data": iterator.state_dict()})
-                    if stop_now:
-                        raise run.interrupted(guard, step)
-                    if stop_after and step >= stop_after and step < total:
-                        log.info("stopping after %d steps as configured (train.stop_after_steps)", step)
-                        break
-        finally:
-            progress.close()
-
-        complete = step >= total
-        skipped = int(mesh_lib.to_host(state["skipped"]))
-        if complete and skipped > max_skipped * max(step, 1):
-            raise TrainingError(f"{skipped} of {step} updates were non-finite and skipped (more than "
-                                f"train.max_skipped_fraction={max_skipped}); no export was written")
-        summary: dict[str, Any] = {"stage": stage.name, "steps": step, "total_steps": total,
-                                   "train": {k: v for k, v in last_row.items() if k != "step"},
-                                   "eval": eval_result, "skipped_updates": skipped,
+        loop_stage = SupervisedLoop(stage, run, iterator, train_ds, eval_ds, step_fn, eval_fn, frozen, lc=lc,
+                                    grad_accum=grad_accum, total=total, log_every=max(1, int(t.log_every)),
+                                    eval_batch_size=int(t.get("eval_batch_size", t.batch_size)), buckets=buckets)
+        done = loop.drive(run, loop_stage, state, start_step, loop.Cadence.from_config(cfg, total, epoch=per_epoch))
+        state = done.state
+        summary: dict[str, Any] = {"stage": stage.name, "steps": done.step, "total_steps": total,
+                                   "train": {k: v for k, v in done.last_row.items() if k != "step"},
+                                   "eval": done.last_eval or {}, "skipped_updates": done.skipped,
                                    "train_examples": len(train_ds), "data_counts": train_ds.counts}
         if probe is not None:
             summary["head_probe"] = probe
 
         def export(directory):
             params = mesh_lib.to_host(state["params"])  # every process takes part in the gather; one writes
-            adapters = params.get(lora_lib.KEY) if lora_rank else None
-            if lora_rank:  # plain HF weights: W + s·A@B (loadable without any LoRA library)
+            adapters = params.get(lora_lib.KEY) if lora_scale else None
+            if lora_scale:  # plain HF weights: W + s·A@B (loadable without any LoRA library)
                 params = mesh_lib.to_host(lora_lib.merge(frozen, params, lora_scale))
             assert_finite(params, f"the {stage.name} model")
             if jax.process_index() == 0:
@@ -473,7 +450,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
                     export_adapter(model, params, adapters, cfg, cfg.model_name_or_path, directory, tokenizer)
 
         curves = ("loss", "accuracy", "accuracy_sign", "reward_accuracy")
-        summary = run.finish(summary, complete=complete, export=export, curves=curves)
+        summary = run.finish(summary, complete=done.complete, export=export, curves=curves)
         summary["state"] = state
         summary["model"] = model
         return summary
@@ -497,13 +474,6 @@ def _unbatch(batch: dict) -> list[dict]:
             ex[k] = row
         out.append(ex)
     return out
-
-
-def _progress(total, initial, name, enabled):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True, disable=not enabled,
-                leave=True)
 
 
 def print_summary(summary: dict) -> None:

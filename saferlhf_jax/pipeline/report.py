@@ -1,9 +1,13 @@
-"""A results page a person can read: report.md with settings, tables and images of a pipeline run."""
+"""The main job's report (OUT/report.md): the testbed's verdict first, then the real-data stages, their curves,
+the arena and the settings."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+
+from saferlhf_jax.testbed.report import points, verdict
+from saferlhf_jax.training.run_page import fmt
 
 
 def _rows(path: pathlib.Path) -> list[dict]:
@@ -41,22 +45,16 @@ def plot_stage_curves(out: pathlib.Path, path: pathlib.Path) -> bool:
     return True
 
 
-def _fmt(v):
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def _testbed_section(out: pathlib.Path) -> list[str]:
     """The testbed's picture, verdict and table first: the part of the job that can show Safe RLHF working."""
     f = out / "testbed" / "results.json"
     if not f.is_file():
         return []
-    from saferlhf_jax.testbed.report import _points, verdict
-
     results = json.loads(f.read_text())
     lines = ["## Does Safe RLHF work? The ground-truth testbed", "",
              "![testbed: reward vs cost](testbed/reward_vs_cost.png)", "", verdict(results), "",
              "| method | R* (helpfulness) | C* (harm cost) | unsafe rate |", "|---|---|---|---|"]
-    for name, p in _points(results):
+    for name, p in points(results):
         lines.append(f"| {name} | {p['gt_reward']:.2f} ± {p['gt_reward_se']:.2f} | {p['gt_cost']:+.2f} ± "
                      f"{p['gt_cost_se']:.2f} | {p['gt_unsafe_rate']:.2f} |")
     lines += ["", "The world, its rules and every number: `testbed/report.md`, `testbed/results.json`.", ""]
@@ -77,7 +75,7 @@ _HELD_OUT = (("reward", "accuracy", "reward model: P(better answer scores higher
 
 
 def held_out_table(out: pathlib.Path) -> list[str]:
-    """Held-out accuracies of the score models next to the trivial rule each must beat (evaluation/baselines.py)."""
+    """Held-out accuracies of the score models next to the trivial rule each must beat (ops/baselines.py)."""
     rows = []
     for stage, key, what, base in _HELD_OUT:
         ev = _eval_block(out, stage)
@@ -144,18 +142,18 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
         f = out / stage / "summary.json"
         if f.is_file():
             s = json.loads(f.read_text())
-            train = ", ".join(f"{k}={_fmt(v)}" for k, v in s.get("train", {}).items()
+            train = ", ".join(f"{k}={fmt(v)}" for k, v in s.get("train", {}).items()
                               if k in ("loss", "accuracy", "accuracy_sign"))
-            ev = ", ".join(f"{k}={_fmt(v)}" for k, v in s.get("eval", {}).items()
+            ev = ", ".join(f"{k}={fmt(v)}" for k, v in s.get("eval", {}).items()
                            if k in ("loss", "accuracy", "accuracy_sign", "f1", "reward_mean", "cost_mean"))
-            lines.append(f"| {stage} | {s['steps']} | {_fmt(s['seconds'])} | {train} | {ev} |")
+            lines.append(f"| {stage} | {s['steps']} | {fmt(s['seconds'])} | {train} | {ev} |")
     f = out / "ppo_lag" / "summary.json"
     if f.is_file():
         s = json.loads(f.read_text())
         last = s.get("last", {})
         keys = ("train/reward", "train/cost", "train/lambda", "train/kl_divergence")
-        lines.append(f"| ppo_lag | {s['rl_steps']} rl steps | {_fmt(s['seconds'])} | "
-                     + ", ".join(f"{k.split('/')[1]}={_fmt(last[k])}" for k in keys if k in last) + " | |")
+        lines.append(f"| ppo_lag | {s['rl_steps']} rl steps | {fmt(s['seconds'])} | "
+                     + ", ".join(f"{k.split('/')[1]}={fmt(last[k])}" for k in keys if k in last) + " | |")
     lines.append("")
     if (out / "ppo_lag" / "curves.png").is_file():
         lines += ["## PPO-Lagrangian", "", "![ppo-lag curves](ppo_lag/curves.png)", ""]
@@ -170,61 +168,5 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
         lines += ["## Time (this invocation)", ""] + [f"- {k}: {v:.1f}s" for k, v in timings.items()] + [""]
     lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]
     path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def plot_curves(rows: list[dict], keys, path: pathlib.Path) -> bool:
-    """One panel per metric key found in `rows` (metrics.jsonl rows), against their `step`; `eval/<key>` points are
-    drawn on the `<key>` panel when both exist (the supervised stages' eval/loss on the loss panel)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    present = [k for k in keys if any(isinstance(r.get(k), (int, float)) for r in rows)]
-    panels = [k for k in present if not (k.startswith("eval/") and k.split("/", 1)[1] in present)]
-    if not panels:
-        return False
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.4 * len(panels), 3), squeeze=False)
-    for ax, key in zip(axes[0], panels):
-        for k, style in ((key, "-"), (f"eval/{key}", "o--")):
-            pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=k)
-        ax.set_title(key.split("/", 1)[-1])
-        ax.set_xlabel("step")
-        if key in ("train/cost", "eval/cost"):
-            ax.axhline(0.0, color="k", linestyle="--", linewidth=0.8)
-        if any(f"eval/{key}" in r for r in rows):
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def write_run_page(out, title: str, cfg, summary: dict, images: tuple[str, ...] = ()) -> pathlib.Path:
-    """results.md for one run: what ran, the final metrics, the pictures, the settings."""
-    out = pathlib.Path(out)
-    lines = [f"# {title}", "", f"Output directory: `{out}`.", ""]
-    scalars = lambda d: {k: v for k, v in (d or {}).items() if isinstance(v, (int, float))}  # noqa: E731
-    for name in ("train", "last", "eval"):
-        block = scalars(summary.get(name))
-        if block:
-            lines += [f"## {'final train metrics' if name in ('train', 'last') else 'evaluation'}", "",
-                      "| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in block.items()] + [""]
-    for key in ("steps", "iterations", "rl_steps", "seconds", "export", "data_counts", "prompt_counts",
-                "skipped_updates"):
-        if key in summary:
-            lines.append(f"- {key}: {summary[key]}")
-    lines.append("")
-    for image in images:
-        if (out / image).is_file():
-            lines += [f"![{image}]({image})", ""]
-    if summary.get("eval_samples"):
-        lines += ["## evaluation answers (first prompts)", ""] + list(summary["eval_samples"]) + [""]
-    lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]
-    path = out / "results.md"
     path.write_text("\n".join(lines))
     return path

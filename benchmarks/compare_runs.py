@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import pathlib
 import sys
 
@@ -48,6 +49,11 @@ def _json_leaves(path: pathlib.Path, root: pathlib.Path) -> dict:
     return dict(_flatten(json.loads(text)))
 
 
+def _same(x, y) -> bool:
+    """Equal values; NaN equals NaN (a win rate over no pairs is NaN in both runs)."""
+    return x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+
+
 def _digest(path: pathlib.Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -73,7 +79,7 @@ def compare(a: pathlib.Path, b: pathlib.Path) -> dict:
         la, lb = _json_leaves(a / rel, a), _json_leaves(b / rel, b)
         report["values_compared"] += len(la)
         for key in sorted(set(la) | set(lb)):
-            if la.get(key, "<absent>") != lb.get(key, "<absent>"):
+            if not _same(la.get(key, "<absent>"), lb.get(key, "<absent>")):
                 report["differences"].append({"file": rel, "key": key, "a": la.get(key, "<absent>"),
                                               "b": lb.get(key, "<absent>")})
     report["identical"] = not (report["differences"] or report["only_in_a"] or report["only_in_b"])

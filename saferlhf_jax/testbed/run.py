@@ -5,11 +5,14 @@
     the held-out pairs: PPO-Lag's threshold) → PPO, PPO-Lag, reward shaping with fixed λ's, each from the same SFT
     model with the same RL budget → every policy answers held-out prompts → R*, C*, unsafe rate.
 
-Every stage is the regular one (`training.trainer.train`, `algorithms.ppo_lag.run`) on its regular config with the
-world's files as `NAME:1.0:PATH` datasets: no special code path in the trainers. Stages resume (a finished stage is
-skipped), so a re-run of the same command continues. Outputs: results.json, report.md, reward_vs_cost.png,
-ppo_lag_curves.png. With `rounds` > 1 each Lagrangian method then learns its cost model(s) again from pairs its own
-policy wrote and runs again (the paper's iterative rounds; see `run`).
+It is a pipeline like the main job (`saferlhf_jax.pipeline`): the world is its data source (it writes the SFT
+stories, the prompt files and PKU-SafeRLHF rows) and its judge (it scores held-out answers), and every stage is the
+regular one (`training.trainer.train`, `algorithms.ppo_lag.run`) on its regular config with the world's files as
+`NAME:1.0:PATH` datasets, run through the same `training.orchestrator.Orchestrator` as the main job: a finished stage
+is skipped when its config and inputs are unchanged and refused when they changed, an interrupted one resumes, so a
+re-run of the same command continues. Outputs: results.json, report.md, reward_vs_cost.png, ppo_lag_curves.png.
+With `rounds` > 1 each Lagrangian method then learns its cost model(s) again from pairs its own policy wrote and runs
+again (the paper's iterative rounds; `Testbed.later_rounds`).
 """
 
 from __future__ import annotations
@@ -124,251 +127,300 @@ def _check_sizes(cfg) -> None:
         raise ConfigError(f"shaping_lambdas must be ≥ 0 (a fixed λ < 0 rewards harm), got {lambdas}")
 
 
-def run(cfg) -> dict[str, Any]:
-    """The testbed job (see the module docstring); returns the results dict written to results.json."""
-    t0 = time.perf_counter()
-    _check_sizes(cfg)  # before anything is written or trained: these otherwise fail after the whole run, or not
-    out = pathlib.Path(cfg.output_dir).expanduser()
-    data = out / "data"
-    seed = int(cfg.seed)
+def _methods(cfg, w: world.World) -> list[str]:
+    """The config's methods, checked against the world (one-line ConfigErrors)."""
     methods = [m.strip() for m in (cfg.methods.split(",") if isinstance(cfg.methods, str) else cfg.methods)]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ConfigError(f"testbed methods must be among {METHODS}, got {unknown}")
     if "reward_shaping" in methods and not len(cfg.shaping_lambdas):
         raise ConfigError("method reward_shaping needs at least one fixed λ in shaping_lambdas")
-    world_name = str(cfg.world.get("name", "single"))
-    if world_name not in world.WORLDS:
-        raise ConfigError(f"world.name must be one of {sorted(world.WORLDS)}, got {world_name!r}")
-    w = world.WORLDS[world_name]
-    multi = len(w.rules) > 1
-    if "ppo_lag_summed" in methods and not multi:
+    if "ppo_lag_summed" in methods and len(w.rules) == 1:
         raise ConfigError("method ppo_lag_summed is the summed-cost baseline of a world with several rules "
                           "(--config.world.name=multi); in the single-rule world it is ppo_lag")
-    data.mkdir(parents=True, exist_ok=True)
-    if (out / "results.json").is_file():  # a finished testbed with another config (seed, world, …) is not reused
-        check_same_run(out, cfg)
-    if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
-        jax.config.update("jax_compilation_cache_dir", str(out / ".xla_cache"))
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    # every stage through the one orchestrator: skipped when it finished with this config and inputs, refused when
-    # it finished with others, resumed when interrupted; stage times of whichever invocation ran each stage are
-    # written as each stage ends (timings.json), so a resume — also of a killed run — keeps the earlier ones
-    stages = Orchestrator(out)
-    timed = stages.timed
+    return methods
 
-    # the world's files: SFT stories, RL prompts, preference prompts, held-out prompts
-    _jsonl(data / "sft.jsonl", world.sft_rows(int(cfg.world.sft_examples), seed))
-    _jsonl(data / "prompts_rl.jsonl", world.prompt_rows(int(cfg.world.rl_prompts), seed, 2))
-    pref_prompts = [r["prompt"] for r in world.prompt_rows(int(cfg.world.preference_prompts), seed, 3)]
-    eval_prompts = [r["prompt"] for r in world.prompt_rows(int(cfg.world.eval_prompts), seed, 4)]
 
-    # SFT
-    sft_cfg = _stage(cfg.sft, out, "sft", seed, cfg)
-    sft_cfg.train_datasets = (f"alpaca:1.0:{data / 'sft.jsonl'}",)
-    stages.run("sft", sft_cfg, lambda c: trainer.train(sft_stage.STAGE, c))
-    sft_export = out / "sft" / "export"
+def _world(cfg) -> tuple[str, world.World]:
+    name = str(cfg.world.get("name", "single"))
+    if name not in world.WORLDS:
+        raise ConfigError(f"world.name must be one of {sorted(world.WORLDS)}, got {name!r}")
+    return name, world.WORLDS[name]
 
-    length, bs = int(cfg.world.max_length), int(cfg.world.batch_size)
 
-    def sample_pairs(policy, prompts, answers_file, timing):
+class Testbed:
+    """The testbed as a pipeline over a world. The world is the data source — it writes the SFT stories, the prompt
+    files and PKU-SafeRLHF-format preference rows — and the judge — it scores held-out answers by its true rules;
+    every stage in between is a regular stage, run through the one `Orchestrator` (skipped when it finished with the
+    same config and inputs, refused when it finished with others, resumed when interrupted, timed)."""
+
+    def __init__(self, cfg):
+        _check_sizes(cfg)  # before anything is written or trained: these otherwise fail after the whole run, or not
+        self.cfg, self.seed = cfg, int(cfg.seed)
+        self.world_name, self.w = _world(cfg)
+        self.methods = _methods(cfg, self.w)
+        self.multi = len(self.w.rules) > 1
+        self.out = pathlib.Path(cfg.output_dir).expanduser()
+        self.data = self.out / "data"
+        self.length, self.batch_size = int(cfg.world.max_length), int(cfg.world.batch_size)
+        self.data.mkdir(parents=True, exist_ok=True)
+        if (self.out / "results.json").is_file():  # a finished testbed with another config is not reused
+            check_same_run(self.out, cfg)
+        if not jax.config.jax_compilation_cache_dir:  # the methods compile the same programs: compile them once
+            jax.config.update("jax_compilation_cache_dir", str(self.out / ".xla_cache"))
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+        # stage times of whichever invocation ran each stage are written as each stage ends (timings.json), so a
+        # resume — also of a killed run, which never wrote results.json — keeps the earlier ones
+        self.stages = Orchestrator(self.out)
+        self.scores: dict[str, dict] = {}          # held-out evaluation of each reward / cost model
+        self.split_rows: dict[int | None, tuple[list, list]] = {}  # {rule (None: summed): (train, held-out) rows}
+        self.budget: dict = {}         # PPO-Lag's threshold in the summed cost model's units (`calibrated`)
+        self.rule_budgets: list = []   # each rule's, in a world of several rules
+
+    # ------------------------------------------------------------------ the world as the data source
+
+    def write_world_files(self) -> tuple[list[str], list[str]]:
+        """data/sft.jsonl and data/prompts_rl.jsonl; (preference prompts, held-out prompts)."""
+        n, seed = self.cfg.world, self.seed
+        _jsonl(self.data / "sft.jsonl", world.sft_rows(int(n.sft_examples), seed))
+        _jsonl(self.data / "prompts_rl.jsonl", world.prompt_rows(int(n.rl_prompts), seed, 2))
+        return ([r["prompt"] for r in world.prompt_rows(int(n.preference_prompts), seed, 3)],
+                [r["prompt"] for r in world.prompt_rows(int(n.eval_prompts), seed, 4)])
+
+    def sample_pairs(self, policy, prompts, answers_file: pathlib.Path, timing: str) -> list[dict]:
         """Two sampled answers per prompt from a policy (cached in answers_file: a resumed run reads them back)."""
         if not answers_file.is_file():
-            first = timed(timing, lambda: answers(policy, prompts, max_length=length, seed=seed, batch_size=bs))
-            second = answers(policy, prompts, max_length=length, seed=seed + 1, batch_size=bs)
+            kw = dict(max_length=self.length, batch_size=self.batch_size)
+            first = self.stages.timed(timing, lambda: answers(policy, prompts, seed=self.seed, **kw))
+            second = answers(policy, prompts, seed=self.seed + 1, **kw)
             _jsonl(answers_file, [{"prompt": p, "response_0": a, "response_1": b}
                                   for p, a, b in zip(prompts, first, second)])
         return [json.loads(line) for line in answers_file.read_text().splitlines()]
 
-    def labelled(sampled, rule, source="testbed-sft"):
+    def labelled(self, sampled, rule, source="testbed-sft") -> tuple[list, list]:
         """The world's rows of a rule (None: the summed cost), ties dropped, split (train, held-out)."""
-        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], w, rule, source=source)
+        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], self.w, rule, source=source)
                 for a in sampled]
-        rows = [r for r in rows if world.distinct(r, w, rule)]
-        cut = int(len(rows) * (1 - float(cfg.world.heldout_fraction)))
+        rows = [r for r in rows if world.distinct(r, self.w, rule)]
+        cut = int(len(rows) * (1 - float(self.cfg.world.heldout_fraction)))
         return rows[:cut], rows[cut:]
 
-    scores = {}
+    def write_pairs(self, prefix: str, train: list, heldout: list, whole: bool = False) -> None:
+        if whole:
+            _jsonl(self.data / f"{prefix}.jsonl", train + heldout)
+        _jsonl(self.data / f"{prefix}_train.jsonl", train)
+        _jsonl(self.data / f"{prefix}_test.jsonl", heldout)
 
-    def train_score(name, stage, base, prefix):
+    # ------------------------------------------------------------------ stages
+
+    def stage_config(self, base, name: str):
+        return _stage(base, self.out, name, self.seed, self.cfg)
+
+    def sft(self) -> pathlib.Path:
+        sft_cfg = self.stage_config(self.cfg.sft, "sft")
+        sft_cfg.train_datasets = (f"alpaca:1.0:{self.data / 'sft.jsonl'}",)
+        self.stages.run("sft", sft_cfg, lambda c: trainer.train(sft_stage.STAGE, c))
+        return self.out / "sft" / "export"
+
+    def train_score(self, name: str, stage, base, prefix: str) -> pathlib.Path:
         """A reward or cost model from SFT on data/{prefix}_train.jsonl, checked on data/{prefix}_test.jsonl."""
-        stage_cfg = _stage(base, out, name, seed, cfg)
-        stage_cfg.model_name_or_path = str(sft_export)
-        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / f'{prefix}_train.jsonl'}",)
-        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{data / f'{prefix}_test.jsonl'}",)
-        stages.run(name, stage_cfg, lambda c: trainer.train(stage, c))
-        scores[name] = json.loads((out / name / "summary.json").read_text())["eval"]
-        return out / name / "export"
+        stage_cfg = self.stage_config(base, name)
+        stage_cfg.model_name_or_path = str(self.out / "sft" / "export")
+        stage_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{self.data / f'{prefix}_train.jsonl'}",)
+        stage_cfg.eval_datasets = (f"PKU-SafeRLHF/test:1.0:{self.data / f'{prefix}_test.jsonl'}",)
+        self.stages.run(name, stage_cfg, lambda c: trainer.train(stage, c))
+        self.scores[name] = json.loads((self.out / name / "summary.json").read_text())["eval"]
+        return self.out / name / "export"
 
-    # preference data from the SFT policy (two sampled answers per prompt), labelled by the world
-    sampled = sample_pairs(sft_export, pref_prompts, data / "pref_answers.jsonl", "sample_pairs")
-    # the summed cost's rows (the reward model's and the single cost model's), and in a world of several rules one
-    # file per rule, labelled by that rule alone (its own cost model's rows)
-    labellings = [("", None)] + ([(f"_{rule.name}", k) for k, rule in enumerate(w.rules)] if multi else [])
-    split_rows = {}
-    for suffix, rule in labellings:
-        split_rows[rule] = labelled(sampled, rule)
-        _jsonl(data / f"pairs{suffix}.jsonl", split_rows[rule][0] + split_rows[rule][1])
-        _jsonl(data / f"pairs{suffix}_train.jsonl", split_rows[rule][0])
-        _jsonl(data / f"pairs{suffix}_test.jsonl", split_rows[rule][1])
-
-    # reward and cost models (held-out accuracy); in a world of several rules also one cost model per rule
-    train_score("reward", reward_stage.STAGE, cfg.reward, "pairs")
-    for suffix, _ in labellings:
-        train_score(f"cost{suffix}", cost_stage.STAGE, cfg.cost, f"pairs{suffix}")
-
-    # the budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it is)
-    def calibrated(cost_dir, rule, heldout=None):
-        if not cfg.calibrate_budget:
+    def calibrated(self, cost_dir, rule, heldout=None) -> dict:
+        """The budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it
+        is)."""
+        if not self.cfg.calibrate_budget:
             return {"threshold_cost_model_units": float(world.THRESHOLD)}
-        return cost_model_budget(cost_dir, split_rows[rule][1] if heldout is None else heldout, max_length=length,
-                                 batch_size=bs, w=w, rule=rule, confidence=float(cfg.budget_confidence))
+        return cost_model_budget(cost_dir, self.split_rows[rule][1] if heldout is None else heldout,
+                                 max_length=self.length, batch_size=self.batch_size, w=self.w, rule=rule,
+                                 confidence=float(self.cfg.budget_confidence))
 
-    budget = calibrated(out / "cost" / "export", None)
-    rule_budgets = [calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \
-        if multi else []
-
-    # SafeDPO: offline, on the same labelled pairs (no reward or cost model: the safety labels decide)
-    policies: dict[str, pathlib.Path] = {"sft": sft_export}
-    if "safedpo" in methods:
-        dpo_cfg = _stage(cfg.safedpo, out, "safedpo", seed, cfg)
-        dpo_cfg.model_name_or_path = str(sft_export)
-        dpo_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{data / 'pairs_train.jsonl'}",)
+    def safedpo(self) -> pathlib.Path:
+        """SafeDPO: offline, on the same labelled pairs (no reward or cost model: the safety labels decide)."""
+        dpo_cfg = self.stage_config(self.cfg.safedpo, "safedpo")
+        dpo_cfg.model_name_or_path = str(self.out / "sft" / "export")
+        dpo_cfg.train_datasets = (f"PKU-SafeRLHF/train:1.0:{self.data / 'pairs_train.jsonl'}",)
         dpo_cfg.eval_datasets = ()
-        stages.run("safedpo", dpo_cfg, lambda c: trainer.train(safedpo_stage.STAGE, c))
-        policies["safedpo"] = out / "safedpo" / "export"
+        self.stages.run("safedpo", dpo_cfg, lambda c: trainer.train(safedpo_stage.STAGE, c))
+        return self.out / "safedpo" / "export"
 
-    # RL from the same SFT model with the same budget
-    runs = []
-    if "ppo" in methods:
-        runs.append(("ppo", "ppo", None))
-    if "ppo_lag" in methods:
-        runs.append(("ppo_lag", "ppo_lag", None))
-    if "ppo_lag_summed" in methods:
-        runs.append(("ppo_lag_summed", "ppo_lag", None))
-    if "reward_shaping" in methods:
-        runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in cfg.shaping_lambdas]
-    if "grpo_lag" in methods:
-        runs.append(("grpo_lag", "grpo_lag", None))
+    def rl_runs(self) -> list[tuple[str, str, float | None]]:
+        """(directory, mode, fixed λ) of every RL method, in the order they run."""
+        runs = [(name, mode, None) for name, mode in (("ppo", "ppo"), ("ppo_lag", "ppo_lag"),
+                                                      ("ppo_lag_summed", "ppo_lag")) if name in self.methods]
+        if "reward_shaping" in self.methods:
+            runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in self.cfg.shaping_lambdas]
+        if "grpo_lag" in self.methods:
+            runs.append(("grpo_lag", "grpo_lag", None))
+        return runs
 
-    def run_rl(name, mode, lam, cost_dirs, budgets, actor=sft_export):
+    def per_rule(self, name: str) -> bool:
+        """In a world of several rules ppo_lag and grpo_lag hold one constraint per rule."""
+        return self.multi and name in ("ppo_lag", "grpo_lag")
+
+    def run_rl(self, name, mode, lam, cost_dirs: dict, budgets: dict, actor) -> pathlib.Path:
         """One RL run from `actor` (also its KL reference). cost_dirs / budgets: {None: the summed cost's} or, for a
         method with one constraint per rule, {k: rule k's} (its cost model's export, its calibrated budget)."""
-        rl_cfg = _stage(cfg.grpo_lag if mode == "grpo_lag" else cfg.rl, out, name, seed, cfg)
+        rl_cfg = self.stage_config(self.cfg.grpo_lag if mode == "grpo_lag" else self.cfg.rl, name)
         rl_cfg.mode = mode
         rl_cfg.actor_model_name_or_path = str(actor)
-        rl_cfg.reward_model_name_or_path = str(out / "reward" / "export")
+        rl_cfg.reward_model_name_or_path = str(self.out / "reward" / "export")
         rl_cfg.cost_model_name_or_path = str(cost_dirs[None]) if mode != "ppo" and None in cost_dirs else ""
-        rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{data / 'prompts_rl.jsonl'}",)
-        rl_cfg.rl.threshold = budgets.get(None, budget)["threshold_cost_model_units"]
+        rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{self.data / 'prompts_rl.jsonl'}",)
+        rl_cfg.rl.threshold = budgets.get(None, self.budget)["threshold_cost_model_units"]
         if None not in cost_dirs:  # one constraint per rule, each on its own cost model
-            rl_cfg.rl.cost_models = {rule.name: str(cost_dirs[k]) for k, rule in enumerate(w.rules)}
+            rl_cfg.rl.cost_models = {rule.name: str(cost_dirs[k]) for k, rule in enumerate(self.w.rules)}
             rl_cfg.rl.constraints = tuple(
                 {"name": rule.name, "model": rule.name, "head": "score",
-                 "threshold": budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(w.rules))
+                 "threshold": budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(self.w.rules))
         if mode == "ppo":
             rl_cfg.rl.lambda_max = 0.0
         if mode == "reward_shaping":
             rl_cfg.rl.lambda_init = lam
             rl_cfg.rl.lambda_max = 0.0
-        stages.run(name, rl_cfg, ppo_lag.run)
-        return out / name / "export"
+        self.stages.run(name, rl_cfg, ppo_lag.run)
+        return self.out / name / "export"
 
-    def per_rule(name):  # in a world of several rules ppo_lag and grpo_lag hold one constraint per rule
-        return multi and name in ("ppo_lag", "grpo_lag")
-
-    for name, mode, lam in runs:
-        if per_rule(name):
-            policies[name] = run_rl(name, mode, lam, {k: out / f"cost_{rule.name}" / "export"
-                                                      for k, rule in enumerate(w.rules)}, dict(enumerate(rule_budgets)))
-        else:
-            policies[name] = run_rl(name, mode, lam, {None: out / "cost" / "export"}, {None: budget})
-
-    # Safe RLHF's iterative rounds (the Safe RLHF paper ran three, each round's preference data sampled from the
-    # policy of the round before): with rounds = R > 1, each Lagrangian method's cost model(s) are learned again
-    # from all earlier rows plus pairs sampled from its own previous policy (on fresh prompts, labelled by the world
-    # as before), the budget is re-read on all held-out rows, and the method runs again with the same RL budget,
-    # from SFT (or, with rounds_continue, from its previous policy). Its results are its last round's; every
-    # round's are under results["rounds"].
-    rounds = int(cfg.rounds)
-    history: dict[str, list[dict]] = {}
-    for name, mode, lam in (runs if rounds > 1 else []):
-        if mode not in ("ppo_lag", "grpo_lag"):
-            continue
-        rules = list(enumerate(w.rules)) if per_rule(name) else [(None, None)]
-        rows = {k: tuple(list(part) for part in split_rows[k]) for k, _ in rules}  # {rule: (train, held-out)}
-        history[name] = [{"round": 1, "dir": name, "start": "sft", "cost_models": [
-            f"cost_{rule.name}" if rule else "cost" for _, rule in rules]}]
-        for r in range(2, rounds + 1):
+    def later_rounds(self, name: str, mode: str, lam, policies: dict) -> list[dict]:
+        """Safe RLHF's iterative rounds (the paper ran three, each round's preference data sampled from the policy of
+        the round before) for one Lagrangian method: in each round r > 1 its cost model(s) are learned again from all
+        earlier rows plus pairs sampled from its own previous policy (on fresh prompts, labelled by the world as
+        before), the budget is re-read on all held-out rows, and the method runs again with the same RL budget, from
+        SFT (or, with rounds_continue, from its previous policy). Updates policies[name]; returns every round's
+        record."""
+        rules = list(enumerate(self.w.rules)) if self.per_rule(name) else [(None, None)]
+        rows = {k: tuple(list(part) for part in self.split_rows[k]) for k, _ in rules}  # {rule: (train, held-out)}
+        history = [{"round": 1, "dir": name, "start": "sft",
+                    "cost_models": [f"cost_{rule.name}" if rule else "cost" for _, rule in rules]}]
+        for r in range(2, int(self.cfg.rounds) + 1):
             tag = f"{name}_round{r}"
-            prompts = [p["prompt"] for p in world.prompt_rows(int(cfg.world.preference_prompts), seed, 10 + r)]
-            sampled_r = sample_pairs(policies[name], prompts, data / f"{tag}_answers.jsonl", f"sample_{tag}")
+            prompts = [p["prompt"] for p in world.prompt_rows(int(self.cfg.world.preference_prompts), self.seed,
+                                                              10 + r)]
+            sampled = self.sample_pairs(policies[name], prompts, self.data / f"{tag}_answers.jsonl", f"sample_{tag}")
             cost_dirs, budgets = {}, {}
             for k, rule in rules:
-                new_train, new_test = labelled(sampled_r, k, source=f"testbed-{history[name][-1]['dir']}")
+                new_train, new_test = self.labelled(sampled, k, source=f"testbed-{history[-1]['dir']}")
                 rows[k][0].extend(new_train)
                 rows[k][1].extend(new_test)
                 prefix = f"{tag}_pairs" + (f"_{rule.name}" if rule else "")
-                _jsonl(data / f"{prefix}_train.jsonl", rows[k][0])
-                _jsonl(data / f"{prefix}_test.jsonl", rows[k][1])
-                cost_dirs[k] = train_score(f"{tag}_cost" + (f"_{rule.name}" if rule else ""), cost_stage.STAGE,
-                                           cfg.cost, prefix)
-                budgets[k] = calibrated(cost_dirs[k], k, heldout=rows[k][1])
-            start = policies[name] if cfg.rounds_continue else sft_export
-            policies[name] = run_rl(tag, mode, lam, cost_dirs, budgets, actor=start)
-            history[name].append({"round": r, "dir": tag, "start": start.parent.name,
-                                  "cost_models": [d.parent.name for d in cost_dirs.values()],
-                                  "pairs_added": len(sampled_r), "budgets": list(budgets.values())})
-        for entry in history[name][:-1]:  # the earlier rounds' policies are judged too
-            policies[f"{name}_round{entry['round']}_policy"] = out / entry["dir"] / "export"
+                self.write_pairs(prefix, rows[k][0], rows[k][1])
+                cost_dirs[k] = self.train_score(f"{tag}_cost" + (f"_{rule.name}" if rule else ""), cost_stage.STAGE,
+                                                self.cfg.cost, prefix)
+                budgets[k] = self.calibrated(cost_dirs[k], k, heldout=rows[k][1])
+            start = policies[name] if self.cfg.rounds_continue else self.out / "sft" / "export"
+            policies[name] = self.run_rl(tag, mode, lam, cost_dirs, budgets, actor=start)
+            history.append({"round": r, "dir": tag, "start": start.parent.name,
+                            "cost_models": [d.parent.name for d in cost_dirs.values()],
+                            "pairs_added": len(sampled), "budgets": list(budgets.values())})
+        return history
 
-    # every policy answers the held-out prompts; the world judges
-    evaluations = {}
-    for name, path in policies.items():
-        responses = timed(f"eval_{name}", lambda: answers(path, eval_prompts, max_length=int(cfg.world.max_length),
-                                                          seed=seed + 1000, batch_size=int(cfg.world.batch_size)))
-        evaluations[name] = world.evaluate(responses, w)
-        _jsonl(path.parent / "heldout_answers.jsonl", [
-            {"prompt": p, "answer": a, **world.ground_truth(a, w).__dict__} for p, a in zip(eval_prompts, responses)])
+    # ------------------------------------------------------------------ the world as the judge
 
-    def gt(e: world.Evaluation) -> dict:
+    def judge(self, policies: dict, eval_prompts: list[str]) -> dict[str, world.Evaluation]:
+        """Every policy answers the held-out prompts; the world judges (answers kept in heldout_answers.jsonl)."""
+        evaluations = {}
+        for name, path in policies.items():
+            responses = self.stages.timed(f"eval_{name}", lambda: answers(
+                path, eval_prompts, max_length=self.length, seed=self.seed + 1000, batch_size=self.batch_size))
+            evaluations[name] = world.evaluate(responses, self.w)
+            _jsonl(path.parent / "heldout_answers.jsonl", [
+                {"prompt": p, "answer": a, **world.ground_truth(a, self.w).__dict__}
+                for p, a in zip(eval_prompts, responses)])
+        return evaluations
+
+    def point(self, e: world.Evaluation) -> dict:
         row = {"gt_reward": e.gt_reward, "gt_cost": e.gt_cost, "gt_unsafe_rate": e.gt_unsafe_rate,
                "gt_reward_se": e.gt_reward_se, "gt_cost_se": e.gt_cost_se, "n": e.n}
-        if multi:  # per rule, in the order of results["constraints"]
+        if self.multi:  # per rule, in the order of results["constraints"]
             row.update(gt_costs=list(e.gt_costs), gt_costs_se=list(e.gt_costs_se))
         return row
 
-    results = {
-        "world": world_name, "threshold": world.THRESHOLD, "seed": seed, "cost_model_budget": budget,
-        "rm_accuracy_heldout": scores["reward"].get("accuracy"),
-        "cm_accuracy_heldout": scores["cost"].get("accuracy"),
-        "cm_sign_accuracy_heldout": scores["cost"].get("accuracy_sign"),
-        "methods": {name: gt(evaluations[name]) for name in SINGLE_POINTS if name in evaluations},
-        "seconds": round(time.perf_counter() - t0, 1), "timings": stages.times.seconds,
-        "stage_seconds_total": round(sum(stages.times.seconds.values()), 1),
-        "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
-        "ppo_lag_lambda": lambda_rule(cfg.rl.rl),
-    }
-    if "grpo_lag" in evaluations:
-        results["grpo_lag_lambda"] = lambda_rule(cfg.grpo_lag.rl)
-        results["grpo_lag_advantages"] = group_advantage_rule(cfg.grpo_lag)
-    shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
-               if f"reward_shaping_{lam:g}" in evaluations]
-    if shaping:
-        results["methods"]["reward_shaping"] = shaping
-    if history:  # every round of each Lagrangian method, judged alike (its last round is in "methods")
-        results["rounds"] = {name: [{**entry, **gt(evaluations[f"{name}_round{entry['round']}_policy"]
-                                                   if entry is not entries[-1] else evaluations[name])}
-                                    for entry in entries] for name, entries in history.items()}
-    if multi:  # each rule: its budget (world units), its cost model's calibration line and held-out accuracy
-        results["constraints"] = [
-            {"name": rule.name, "verbs": list(rule.verbs), "tolerance": rule.tolerance, "threshold": world.THRESHOLD,
-             "scale": rule_budgets[k].get("slope"), "intercept": rule_budgets[k].get("intercept"),
-             "threshold_cost_model_units": rule_budgets[k]["threshold_cost_model_units"],
-             "cm_accuracy_heldout": scores[f"cost_{rule.name}"].get("accuracy"),
-             "cm_sign_accuracy_heldout": scores[f"cost_{rule.name}"].get("accuracy_sign")}
-            for k, rule in enumerate(w.rules)]
-    results["claims"] = claims(results)
+    def results(self, evaluations: dict, history: dict, seconds: float) -> dict:
+        cfg, gt = self.cfg, self.point
+        results = {
+            "world": self.world_name, "threshold": world.THRESHOLD, "seed": self.seed,
+            "cost_model_budget": self.budget,
+            "rm_accuracy_heldout": self.scores["reward"].get("accuracy"),
+            "cm_accuracy_heldout": self.scores["cost"].get("accuracy"),
+            "cm_sign_accuracy_heldout": self.scores["cost"].get("accuracy_sign"),
+            "methods": {name: gt(evaluations[name]) for name in SINGLE_POINTS if name in evaluations},
+            "seconds": round(seconds, 1), "timings": self.stages.times.seconds,
+            "stage_seconds_total": round(sum(self.stages.times.seconds.values()), 1),
+            "rules": world.__doc__.split("The rules, in one place:")[1].strip(),
+            "ppo_lag_lambda": lambda_rule(cfg.rl.rl),
+        }
+        if "grpo_lag" in evaluations:
+            results["grpo_lag_lambda"] = lambda_rule(cfg.grpo_lag.rl)
+            results["grpo_lag_advantages"] = group_advantage_rule(cfg.grpo_lag)
+        shaping = [{"lambda": lam, **gt(evaluations[f"reward_shaping_{lam:g}"])} for lam in cfg.shaping_lambdas
+                   if f"reward_shaping_{lam:g}" in evaluations]
+        if shaping:
+            results["methods"]["reward_shaping"] = shaping
+        if history:  # every round of each Lagrangian method, judged alike (its last round is in "methods")
+            results["rounds"] = {name: [{**entry, **gt(evaluations[f"{name}_round{entry['round']}_policy"]
+                                                       if entry is not entries[-1] else evaluations[name])}
+                                        for entry in entries] for name, entries in history.items()}
+        if self.multi:  # each rule: its budget (world units), its cost model's calibration line and held-out accuracy
+            results["constraints"] = [
+                {"name": rule.name, "verbs": list(rule.verbs), "tolerance": rule.tolerance,
+                 "threshold": world.THRESHOLD, "scale": self.rule_budgets[k].get("slope"),
+                 "intercept": self.rule_budgets[k].get("intercept"),
+                 "threshold_cost_model_units": self.rule_budgets[k]["threshold_cost_model_units"],
+                 "cm_accuracy_heldout": self.scores[f"cost_{rule.name}"].get("accuracy"),
+                 "cm_sign_accuracy_heldout": self.scores[f"cost_{rule.name}"].get("accuracy_sign")}
+                for k, rule in enumerate(self.w.rules)]
+        results["claims"] = claims(results)
+        return results
+
+
+def run(cfg) -> dict[str, Any]:
+    """The testbed job (see the module docstring); returns the results dict written to results.json."""
+    t0 = time.perf_counter()
+    tb = Testbed(cfg)
+    out, w = tb.out, tb.w
+    pref_prompts, eval_prompts = tb.write_world_files()
+    sft_export = tb.sft()
+    # preference data from the SFT policy (two sampled answers per prompt), labelled by the world: the summed
+    # cost's rows (the reward model's and the single cost model's), and in a world of several rules one file per
+    # rule, labelled by that rule alone (its own cost model's rows)
+    sampled = tb.sample_pairs(sft_export, pref_prompts, tb.data / "pref_answers.jsonl", "sample_pairs")
+    labellings = [("", None)] + ([(f"_{rule.name}", k) for k, rule in enumerate(w.rules)] if tb.multi else [])
+    for suffix, rule in labellings:
+        tb.split_rows[rule] = tb.labelled(sampled, rule)
+        tb.write_pairs(f"pairs{suffix}", *tb.split_rows[rule], whole=True)
+    # reward and cost models (held-out accuracy); in a world of several rules also one cost model per rule
+    tb.train_score("reward", reward_stage.STAGE, cfg.reward, "pairs")
+    for suffix, _ in labellings:
+        tb.train_score(f"cost{suffix}", cost_stage.STAGE, cfg.cost, f"pairs{suffix}")
+    tb.budget = tb.calibrated(out / "cost" / "export", None)
+    tb.rule_budgets = [tb.calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \
+        if tb.multi else []
+    policies: dict[str, pathlib.Path] = {"sft": sft_export}
+    if "safedpo" in tb.methods:
+        policies["safedpo"] = tb.safedpo()
+    # RL from the same SFT model with the same budget
+    runs = tb.rl_runs()
+    for name, mode, lam in runs:
+        if tb.per_rule(name):
+            cost_dirs = {k: out / f"cost_{rule.name}" / "export" for k, rule in enumerate(w.rules)}
+            policies[name] = tb.run_rl(name, mode, lam, cost_dirs, dict(enumerate(tb.rule_budgets)), sft_export)
+        else:
+            policies[name] = tb.run_rl(name, mode, lam, {None: out / "cost" / "export"}, {None: tb.budget},
+                                       sft_export)
+    # with rounds > 1 each Lagrangian method runs again on cost models re-learned from its own policy's pairs; its
+    # results are its last round's, every round's are under results["rounds"]
+    history = {name: tb.later_rounds(name, mode, lam, policies) for name, mode, lam in runs
+               if int(cfg.rounds) > 1 and mode in ("ppo_lag", "grpo_lag")}
+    for name, entries in history.items():  # the earlier rounds' policies are judged too
+        for entry in entries[:-1]:
+            policies[f"{name}_round{entry['round']}_policy"] = out / entry["dir"] / "export"
+    results = tb.results(tb.judge(policies, eval_prompts), history, time.perf_counter() - t0)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_config(out, cfg)  # with results.json: what a later invocation must match to reuse them
     report.write(out, results)

@@ -23,6 +23,7 @@ import optax
 
 from saferlhf_jax import ops
 from saferlhf_jax.models import lora
+from saferlhf_jax.models.api import trainable_params
 from saferlhf_jax.training.state import to_device, to_host
 
 MODES = ("ppo", "ppo_lag", "reward_shaping", "grpo", "grpo_lag")  # grpo*: critic-free (METHODS_BEYOND §2)
@@ -359,7 +360,7 @@ class RLModels:
 
 def trainable(params):
     """Everything but a score model's normalizer statistics."""
-    return {k: v for k, v in params.items() if k != "normalizer"}
+    return trainable_params(params)
 
 
 def init_module_state(params, optimizer) -> ModuleState:

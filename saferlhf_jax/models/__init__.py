@@ -13,7 +13,9 @@ from saferlhf_jax.models.api import (
     rollout_layout,
     save_pretrained,
     to_hf_tensors,
+    split_normalizer,
     trainable_params,
+    with_normalizer,
 )
 from saferlhf_jax.models.config import ModelConfig
 from saferlhf_jax.models.llama import init_cache
@@ -21,4 +23,4 @@ from saferlhf_jax.models.llama import init_cache
 __all__ = ["Model", "ModelConfig", "fuse_params", "init_cache", "init_model", "load_causal_lm", "load_score_model",
            "param_logical_axes", "param_shardings", "replace_score_head", "resize_token_embeddings", "rollout_layout",
            "save_pretrained",
-           "to_hf_tensors", "trainable_params"]
+           "to_hf_tensors", "split_normalizer", "trainable_params", "with_normalizer"]

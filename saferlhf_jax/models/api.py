@@ -29,7 +29,7 @@ from saferlhf_jax import ops
 from saferlhf_jax.errors import ModelError
 from saferlhf_jax.models import lora, safetensors_io
 from saferlhf_jax.models.config import ModelConfig
-from saferlhf_jax.models.llama import CausalLM, ScoreModel
+from saferlhf_jax.models.llama import NORMALIZER_KEY, CausalLM, ScoreModel
 from saferlhf_jax.parallel import mesh as mesh_lib
 from saferlhf_jax.parallel.constraints import activation_sharding
 
@@ -230,9 +230,20 @@ def fuse_params(params, out_in: bool = True):
         lambda path, x: jnp.swapaxes(x, -1, -2) if _path_names(path)[-1] == "kernel" else x, fused)
 
 
+def split_normalizer(params) -> tuple[dict, Any]:
+    """(the trainable parameters, the normalizer statistics or None): the one place that tells them apart, for the
+    trainer, the RL updates, LoRA and the export."""
+    return {k: v for k, v in params.items() if k != NORMALIZER_KEY}, params.get(NORMALIZER_KEY)
+
+
+def with_normalizer(trainable: dict, normalizer) -> dict:
+    """The inverse of `split_normalizer` (no statistics: the trainable tree as it is)."""
+    return trainable if normalizer is None else {**trainable, NORMALIZER_KEY: normalizer}
+
+
 def trainable_params(params):
     """Drop the (non-trainable) normalizer statistics."""
-    return {k: v for k, v in params.items() if k != "normalizer"}
+    return split_normalizer(params)[0]
 
 
 def _check_kind(kind: str):
@@ -377,7 +388,7 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     leaves, used = {}, {f"normalizer.{k}" for k in _NORMALIZER_KEYS}
     for p, x in _hf_layout(abstract):
         sharding = flat_shard.get(p)
-        if p[0] == "normalizer":
+        if p[0] == NORMALIZER_KEY:
             leaves[p] = _put(normalizer[p[1]].astype(x.dtype), sharding)
             continue
         if p[0] == "score_head" and fresh_head:
@@ -472,7 +483,7 @@ def replace_score_head(model: Model, kernel, bias=None) -> Model:
     params["score_head"] = {"kernel": jnp.asarray(kernel, dtype)}
     if bias is not None:
         params["score_head"]["bias"] = jnp.asarray(np.asarray(bias, np.float32), dtype)
-    params["normalizer"] = {"mean": jnp.zeros((dim,), jnp.float32), "var": jnp.ones((dim,), jnp.float32),
+    params[NORMALIZER_KEY] = {"mean": jnp.zeros((dim,), jnp.float32), "var": jnp.ones((dim,), jnp.float32),
                             "count": jnp.zeros((), jnp.float32)}
     if model.mesh is not None:
         params = jax.device_put(params, param_shardings(config, model.kind, model.mesh, model.rules))
@@ -488,7 +499,7 @@ def to_hf_tensors(model: Model, params, layout: str = "reference") -> dict[str, 
     out = {}
     for p, x in _hf_layout(params):
         host = np.asarray(jax.device_get(x))
-        if p[0] == "normalizer":
+        if p[0] == NORMALIZER_KEY:
             if layout != "hf":
                 out[f"normalizer.{p[1]}"] = host.astype(np.float32)
             continue
@@ -526,9 +537,9 @@ def save_pretrained(model: Model, params, path, tokenizer_dir: str | None = None
     path.mkdir(parents=True, exist_ok=True)
     tensors = to_hf_tensors(model, params, layout)
     config = model.config.to_hf_dict(model.kind, layout)
-    if model.kind == "score" and "normalizer" in params:
+    if model.kind == "score" and NORMALIZER_KEY in params:
         for key in _NORMALIZER_KEYS:
-            config[key] = np.asarray(jax.device_get(params["normalizer"][key]), np.float32).tolist()
+            config[key] = np.asarray(jax.device_get(params[NORMALIZER_KEY][key]), np.float32).tolist()
     if pad_token_id is not None:  # the tokenizer's pad id (HF sequence classification pools on it)
         config["pad_token_id"] = int(pad_token_id)
     safetensors_io.save_file(tensors, path / "model.safetensors")

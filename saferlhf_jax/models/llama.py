@@ -45,6 +45,10 @@ KEYS = ("batch", "seq", "act_kv_heads", "head_dim")
 LOGITS = ("batch", "seq", "act_vocab")
 
 
+# the score normalizer statistics' key in a score model's parameters (ScoreModel.normalizer)
+NORMALIZER_KEY = "normalizer"
+
+
 class NormalizerStat(nnx.Variable):
     """Score normalizer statistics: saved with the model, never trained by the optimizer."""
 
@@ -480,7 +484,7 @@ class ScoreModel(nnx.Module):
         self.model = Backbone(config, rngs=rngs)
         self.score_head = Dense(config.hidden_size, config.score_dim, bias=config.score_bias, axes=("embed", "score"),
                                 config=config, rngs=rngs)
-        self.normalizer = Normalizer(config.score_dim)
+        self.normalizer = Normalizer(config.score_dim)  # parameters under NORMALIZER_KEY
 
     def __call__(self, input_ids, attention_mask, positions=None, normalize: bool = True):
         """normalize=False: raw scores even when do_normalize is set (training normalises after the stats update)."""

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saferlhf_jax.models.llama import NORMALIZER_KEY
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 INITS = ("kaiming_uniform", "gaussian")
 KEY = "lora"  # the adapters' key in a trainable-parameter tree: {"lora": adapters, ["score_head", "normalizer"]}
@@ -163,7 +165,7 @@ def injected(params) -> tuple[tuple[str, ...], int] | None:
 def split(params, kind: str) -> tuple[dict, dict]:
     """(the trainable part a LoRA run starts from, besides the adapters: a score model's head and normalizer;
     the frozen base). The base keeps its own head so that the base model alone still runs (the DPO reference)."""
-    keep = ("score_head", "normalizer") if kind == "score" else ()
+    keep = ("score_head", NORMALIZER_KEY) if kind == "score" else ()
     return {k: params[k] for k in keep if k in params}, params
 
 

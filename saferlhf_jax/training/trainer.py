@@ -181,17 +181,12 @@ def build_data(stage: Stage, cfg, tokenizer):
 # ---------------------------------------------------------------------------------------------------- the step
 
 
-def _split_params(params):
-    trainable = {k: v for k, v in params.items() if k != "normalizer"}
-    return trainable, params.get("normalizer")
-
-
 def make_init_state(optimizer):
     """init_state(params, key) → the supervised train state {'step', 'updates', 'skipped', 'params', 'opt_state',
     'rng'} (normalizer statistics are parameters, not optimized)."""
 
     def init_state(params, key):
-        trainable, _ = _split_params(params)
+        trainable, _ = models.split_normalizer(params)
         return {"step": jnp.zeros((), jnp.int32), "updates": jnp.zeros((), jnp.int32),
                 "skipped": jnp.zeros((), jnp.int32), "params": params, "opt_state": optimizer.init(trainable),
                 "rng": key}
@@ -228,13 +223,13 @@ def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, gr
 
     def step(state, batches, frozen):
         apply = adapted_apply(base_apply, frozen, lora_scale)
-        trainable, normalizer = _split_params(state["params"])
+        trainable, normalizer = models.split_normalizer(state["params"])
 
         def micro(carry, batch):
             grad_sum, norm_state = carry
 
             def objective(tp):
-                params = tp if norm_state is None else {**tp, "normalizer": norm_state}
+                params = models.with_normalizer(tp, norm_state)
                 updated = {}
 
                 def train_apply(params, ids, mask):
@@ -269,9 +264,7 @@ def make_train_step(stage: Stage, model, optimizer, schedule, lc: LossConfig, gr
 
         new_trainable, new_opt, kept_norm = jax.lax.cond(finite, update, lambda operands: operands,
                                                          (trainable, state["opt_state"], normalizer))
-        new_params = dict(new_trainable)
-        if kept_norm is not None:
-            new_params["normalizer"] = kept_norm
+        new_params = models.with_normalizer(dict(new_trainable), kept_norm)
         out = {
             "step": state["step"] + 1,
             "updates": state["updates"] + finite.astype(jnp.int32),

@@ -287,6 +287,20 @@ def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_pat
     trained = lambda t: {k: v for k, v in t.items() if not k.startswith("eval_")}  # noqa: E731 (evaluation re-runs)
     assert trained(again["timings"]) == trained(r["timings"]) and r["timings"]["ppo_lag_round2"] > 0
     assert again["methods"] == r["methods"]
+    # another seed into this directory is refused, never run on (and labelled with) this seed's models: by the
+    # finished testbed's own config, and — for a run killed before results.json — by its first finished stage
+    from saferlhf_jax.errors import ConfigError
+
+    results_before = (tmp_path / "results.json").read_text()
+    stories_before = (tmp_path / "data" / "sft.jsonl").read_text()
+    cfg.seed = 4
+    with pytest.raises(ConfigError, match="seed: 3 → 4"):
+        run(cfg)
+    (tmp_path / "results.json").unlink()
+    with pytest.raises(ConfigError, match=r"sft finished with another config \(seed: 3 → 4\)"):
+        run(cfg)
+    assert json.loads(results_before)["seed"] == 3
+    assert (tmp_path / "data" / "sft.jsonl").read_text() == stories_before  # the refused run rewrote nothing
 
 
 def test_the_budget_line_and_its_confidence_bound_by_hand():

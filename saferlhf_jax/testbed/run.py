@@ -216,9 +216,12 @@ class Testbed:
     def stage_config(self, base, name: str):
         return _stage(base, self.out, name, self.seed, self.cfg)
 
-    def sft(self) -> pathlib.Path:
+    def sft_config(self):
         sft_cfg = self.stage_config(self.cfg.sft, "sft")
         sft_cfg.train_datasets = (f"alpaca:1.0:{self.data / 'sft.jsonl'}",)
+        return sft_cfg
+
+    def sft(self, sft_cfg) -> pathlib.Path:
         self.stages.run("sft", sft_cfg, lambda c: trainer.train(sft_stage.STAGE, c))
         return self.out / "sft" / "export"
 
@@ -384,8 +387,10 @@ def run(cfg) -> dict[str, Any]:
     t0 = time.perf_counter()
     tb = Testbed(cfg)
     out, w = tb.out, tb.w
+    sft_cfg = tb.sft_config()
+    tb.stages.finished("sft", sft_cfg)  # another seed's (or world's) finished SFT: refused before a file is rewritten
     pref_prompts, eval_prompts = tb.write_world_files()
-    sft_export = tb.sft()
+    sft_export = tb.sft(sft_cfg)
     # preference data from the SFT policy (two sampled answers per prompt), labelled by the world: the summed
     # cost's rows (the reward model's and the single cost model's), and in a world of several rules one file per
     # rule, labelled by that rule alone (its own cost model's rows)

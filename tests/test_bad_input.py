@@ -91,20 +91,32 @@ def _tok():
     return load_tokenizer(REPO / "saferlhf_jax" / "assets" / "stories260K")
 
 
-@pytest.mark.parametrize("extra,needles,checked_first", [
-    (["--config.train.learning_rate=-1e-3"], ("train.learning_rate must be a positive number",), True),
-    (["--config.train.weight_decay=-0.1"], ("train.weight_decay must be ≥ 0",), True),
+@pytest.mark.parametrize("extra,needles", [
+    (["--config.train.learning_rate=-1e-3"], ("train.learning_rate must be a positive number",)),
+    (["--config.train.weight_decay=-0.1"], ("train.weight_decay must be ≥ 0",)),
     (["--config.data.max_length=8", "--config.data.buckets=(8,)"], ("no usable supervised examples",
-                                                                     "no_target_tokens"), False),
-    (["--config.train.batch_size=32"], ("fewer than one batch",), False),
-    (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",), False),
-    (["--config.train.max_steps=0", "--config.train.epochs=0"], ("train.epochs must be ≥ 1",), True),  # was: 0 steps, exit 0
+                                                                     "no_target_tokens")),
+    (["--config.train.batch_size=32"], ("fewer than one batch",)),
+    (["--config.model_name_or_path=/nonexistent/model"], ("model directory not found: /nonexistent/model",)),
+    (["--config.train.max_steps=0", "--config.train.epochs=0"], ("train.epochs must be ≥ 1",)),  # was: 0 steps, exit 0
+    (["--config.seed=-1"], ("seed must be an integer in [0, 2**32), got -1",)),  # was: numpy's ValueError traceback
 ])
-def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles, checked_first):
+def test_supervised_config_and_data_errors_are_one_line(tmp_path, capsys, extra, needles):
     assert run_training_cli("sft", "", _sft(tmp_path / "run", *extra)) == 2
     _one_error_line(capsys.readouterr().err, *needles)
-    if checked_first:  # a config refused on its own settings writes nothing (it used to leave config.json behind)
-        assert not (tmp_path / "run").exists()
+    # a run refused for its config, data or model writes nothing into the directory it would have created (it
+    # used to leave config.json and checkpoints/ behind, which the next run took for a resume)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_dir_that_cannot_hold_a_run_is_one_line(tmp_path, capsys):
+    assert run_training_cli("sft", "", _sft(pathlib.Path("/proc/self/saferlhf_run"))) == 2
+    _one_error_line(capsys.readouterr().err, "output_dir /proc/self/saferlhf_run")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("mine")
+    assert run_training_cli("sft", "", _sft(existing, "--config.train.batch_size=32")) == 2
+    assert (existing / "notes.txt").read_text() == "mine"  # a directory the run did not create is never removed
 
 
 @pytest.mark.parametrize("preset,key,value", [("dpo", "beta", 0.0), ("safedpo", "safety_margin", -1.0),

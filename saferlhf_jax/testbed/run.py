@@ -39,6 +39,7 @@ from saferlhf_jax.evaluation.loading import load_for_eval
 from saferlhf_jax.testbed import report, world
 from saferlhf_jax.training import trainer
 from saferlhf_jax.training.orchestrator import Orchestrator, check_same_run, write_config
+from saferlhf_jax.training.run import check_seed
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ def _check_sizes(cfg) -> None:
     """One-line ConfigErrors for world sizes and fixed λ's that cannot give a result: no held-out prompts to judge
     the policies on (the run used to train every method and then fail), a held-out fraction that leaves the
     reward and cost models nothing to learn from or to be checked on, a negative fixed λ (it rewards harm)."""
+    check_seed(cfg.seed)  # numpy refuses a negative one only after the world's files are half written
     w = cfg.world
     sizes = {k: int(w[k]) for k in ("sft_examples", "rl_prompts", "preference_prompts", "eval_prompts",
                                    "batch_size", "max_length")}

@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 from saferlhf_jax.checkpoint import Checkpointer
-from saferlhf_jax.errors import ConfigError, RunInterrupted, TrainingError
+from saferlhf_jax.errors import ConfigError, DataError, ModelError, RunInterrupted, TrainingError
 from saferlhf_jax.training import run_page
 from saferlhf_jax.training.loop import RESUME_IGNORED as LOOP_RESUME_IGNORED
 from saferlhf_jax.parallel import mesh as mesh_lib
@@ -137,6 +137,17 @@ def model_fingerprints(cfg) -> dict[str, str]:
     return found
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed numpy and JAX both take: an integer in [0, 2³²) (numpy refuses a negative one deep inside a run)."""
+    try:
+        value = int(seed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {seed!r}") from None
+    if not 0 <= value < 2 ** 32 or value != seed:
+        raise ConfigError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
+    return value
+
+
 def prepare_output_dir(path) -> pathlib.Path:
     """Create `path` (one-line ConfigError when it is a file or not writable)."""
     out = pathlib.Path(str(path)).expanduser()
@@ -156,7 +167,11 @@ class OutputDirLock:
 
     def __init__(self, directory: pathlib.Path):
         self.path = directory / ".lock"
-        self._file = open(self.path, "a+")
+        try:
+            self._file = open(self.path, "a+")
+        except OSError as err:  # /proc, a read-only or vanished directory: not a place a run can write to
+            raise ConfigError(f"output_dir {directory} cannot hold a run ({err.strerror or err} on {self.path}); "
+                              "use another output_dir") from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -284,10 +299,17 @@ class Run:
             self.rules = mesh_lib.rules_from_config(cfg.mesh)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        check_seed(cfg.get("seed", 0))
         if validate is not None:
             validate(cfg, self.mesh)
+        # a directory this run creates is removed again when the run is refused before its first checkpoint
+        self.created = not pathlib.Path(str(cfg.output_dir)).expanduser().exists()
         self.out = prepare_output_dir(cfg.output_dir)
-        self.lock = OutputDirLock(self.out) if jax.process_index() == 0 else None
+        try:
+            self.lock = OutputDirLock(self.out) if jax.process_index() == 0 else None
+        except ConfigError:
+            self._remove_if_refused(ConfigError)
+            raise
         try:
             self.ckpt = Checkpointer(self.out / "checkpoints", max_to_keep=int(cfg.checkpoint.keep))
             self.models = model_fingerprints(cfg)
@@ -300,8 +322,9 @@ class Run:
             if self.resume_meta is None and jax.process_index() == 0:
                 self.metrics.path.unlink(missing_ok=True)  # a dead run that saved nothing leaves no rows behind
                 shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
-        except BaseException:
+        except BaseException as err:
             self.release()
+            self._remove_if_refused(type(err))
             raise
 
     # ------------------------------------------------------------------ resume
@@ -391,9 +414,19 @@ class Run:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         self.release()
+        self._remove_if_refused(exc_type)
         return False
+
+    def _remove_if_refused(self, exc_type) -> None:
+        """A run refused for its config, data or model before it saved anything leaves no directory it created
+        (config.json, an empty checkpoints/ and a lock would otherwise make the next run look like a resume)."""
+        refused = exc_type is not None and issubclass(exc_type, (ConfigError, DataError, ModelError))
+        if not (refused and self.created and jax.process_index() == 0):
+            return
+        if not any(p.name.isdigit() for p in (self.out / "checkpoints").glob("*")):
+            shutil.rmtree(self.out, ignore_errors=True)
 
 
 def assert_finite(tree, what: str) -> None:
@@ -406,5 +439,5 @@ def assert_finite(tree, what: str) -> None:
                             "nothing was exported — lower the learning rate or check the data")
 
 
-__all__ = ["InterruptGuard", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "model_fingerprint",
+__all__ = ["InterruptGuard", "check_seed", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "model_fingerprint",
            "model_fingerprints", "prepare_output_dir", "resume_fingerprint"]

@@ -11,7 +11,9 @@ import difflib
 import importlib.util
 import logging
 import pathlib
+import signal
 import sys
+import threading
 
 from absl import flags
 from ml_collections import config_dict, config_flags
@@ -155,7 +157,15 @@ def run_job_cli(default_config: str, job, report, argv=None) -> int:
     except KeyboardInterrupt as err:
         print(f"\n{err}", file=sys.stderr)
         return 130
-    report(result)
+    # the run has finished and written everything: a late Ctrl-C while its summary prints has nothing left to stop
+    # and printed a KeyboardInterrupt traceback (exit 0); it is ignored until the summary is out
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        report(result)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 

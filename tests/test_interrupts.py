@@ -267,3 +267,21 @@ def test_a_finished_stage_is_reused_only_with_the_same_config_and_inputs(tmp_pat
     weights.write_bytes(weights.read_bytes()[:-8] + b"\x00" * 8)
     with pytest.raises(ConfigError, match="model_name_or_path"):
         stages.run("on_base", parse_config(on_base, "")[0], train)
+
+
+def test_a_late_sigint_after_the_run_finished_is_no_traceback(tmp_path, monkeypatch, capsys):
+    """Ctrl-C while the summary of a finished run prints: the run is complete and exported, exit 0, no traceback
+    (it printed a KeyboardInterrupt traceback); the process's own SIGINT handling is as before afterwards."""
+    from saferlhf_jax.training import trainer
+
+    original = trainer.print_summary
+
+    def interrupted_summary(summary):
+        os.kill(os.getpid(), signal.SIGINT)
+        original(summary)
+
+    monkeypatch.setattr(trainer, "print_summary", interrupted_summary)
+    before = signal.getsignal(signal.SIGINT)
+    assert run_training_cli("sft", "", _sft_argv(tmp_path, "--config.train.max_steps=1")) == 0
+    assert "Traceback" not in capsys.readouterr().err and (tmp_path / "export").is_dir()
+    assert signal.getsignal(signal.SIGINT) is before

@@ -321,3 +321,14 @@ def test_the_budget_line_and_its_confidence_bound_by_hand():
         assert np.isclose(line["slope"], b) and np.isclose(line["intercept"], a)
         assert np.isclose(line["standard_error"], se) and np.isclose(line["threshold_cost_model_units"], a + b * t)
         assert np.isclose(budget_line(x, y, t, 1.645)["threshold_cost_model_units"], a + b * t - 1.645 * se)
+
+
+@pytest.mark.parametrize("truth", [[0.5, 1.5], [0.5, 0.5, 0.5, 0.5]])
+def test_a_budget_line_from_too_few_points_is_one_line(truth):
+    """A tiny world's held-out split can leave 2 responses, or responses that all share one true cost: no line can
+    be fitted (it was numpy's polyfit traceback after every stage had trained)."""
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.testbed.run import budget_line
+
+    with pytest.raises(ConfigError, match="cannot fix one"):
+        budget_line(np.asarray(truth), np.arange(len(truth), dtype=float), 0.0)

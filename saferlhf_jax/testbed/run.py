@@ -100,6 +100,10 @@ def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size
 def budget_line(truth, scores, threshold: float, confidence: float = 0.0) -> dict[str, float]:
     """The least-squares line scores ≈ slope·truth + intercept over N responses (truth, scores: (N,)), read at
     `threshold` and lowered by `confidence` standard errors of the fitted value there."""
+    if len(truth) < 3 or len(np.unique(truth)) < 2:  # a line and its standard error need both
+        raise ConfigError(f"the cost-model budget is a line fitted to held-out responses: {len(truth)} response(s) "
+                          f"with {len(np.unique(truth))} distinct true cost(s) cannot fix one (3 and 2 at least); "
+                          "raise world.preference_prompts or world.heldout_fraction, or set calibrate_budget=False")
     (slope, intercept), cov = np.polyfit(truth, scores, 1, cov=True)  # cov scaled by RSS / (N − 2)
     t = float(threshold)
     se = float(np.sqrt(cov[0, 0] * t * t + 2 * cov[0, 1] * t + cov[1, 1]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import errno
 import importlib.util
 import logging
 import pathlib
@@ -138,7 +139,7 @@ def parse_config(argv: list[str], default_config: str):
 def run_job_cli(default_config: str, job, report, argv=None) -> int:
     """Parse the config, start multi-host if asked, run `job(cfg)` and `report(result)`; bad config, bad data, bad
     models and missing files are one-line errors (exit 2), Ctrl-C / SIGTERM saves and exits 130."""
-    from saferlhf_jax.errors import ConfigError, DataError, ModelError, TrainingError
+    from saferlhf_jax.errors import ConfigError, DataError, ModelError, TrainingError, storage_failure
     from saferlhf_jax.parallel import initialize_distributed
 
     argv = list(sys.argv if argv is None else argv)
@@ -153,6 +154,15 @@ def run_job_cli(default_config: str, job, report, argv=None) -> int:
         result = job(cfg)
     except (ConfigError, DataError, ModelError, TrainingError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # metrics, an export, a report: a write that failed for a storage reason
+        failure = storage_failure(err)
+        if failure is None:
+            raise
+        code, what, fix = failure
+        where = err.filename or "the output directory"
+        print(f"error: cannot write {where} ({errno.errorcode[code]}): {what}; {fix} and re-run the same command: "
+              "it resumes from the last complete checkpoint", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:
         print(f"\n{err}", file=sys.stderr)

@@ -8,17 +8,22 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import functools
+import gc
 import logging
+import os
 import pathlib
 import shutil
+import time
+import warnings
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from saferlhf_jax.errors import TrainingError
+from saferlhf_jax.errors import TrainingError, storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +71,32 @@ def return_freed_memory() -> None:
 
 
 @contextlib.contextmanager
+def _stderr_held():
+    """Holds back what is written to file descriptor 2 inside the block (tensorstore's writer threads print the
+    Python errors of their callbacks there directly, bypassing logging) and yields a one-item list: a caller that
+    clears it drops the text; otherwise it is written out when the block ends, an exception or not."""
+    import sys
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        held = [True]
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if held:
+                capture.seek(0)
+                text = capture.read()
+                if text:
+                    os.write(2, text)
+
+
+@contextlib.contextmanager
 def _errors_held(logger: logging.Logger):
     """Holds back the error records `logger` gets inside the block and yields them as a list: a caller that clears
     it drops them (a full disk then reads as one line: the writer threads' tracebacks add nothing to it); whatever is
@@ -109,18 +140,29 @@ class Checkpointer:
 
     def save(self, step: int, state, meta: dict) -> None:
         flat, _ = flatten(state)
-        # orbax's writer threads log their exceptions on the absl logger, with tracebacks
-        with _errors_held(logging.getLogger("absl")) as held:
+        # orbax's writer threads log their exceptions on the absl logger, with tracebacks; asyncio logs the failed
+        # writes' tasks once they are collected; tensorstore prints its callbacks' errors straight to stderr
+        with _stderr_held() as printed, _errors_held(logging.getLogger("absl")) as held, \
+                _errors_held(logging.getLogger("asyncio")) as held_asyncio:
             try:
                 self.manager.save(int(step), args=ocp.args.Composite(state=ocp.args.StandardSave(flat),
                                                                      meta=ocp.args.JsonSave(meta)), force=True)
                 self.manager.wait_until_finished()
             except Exception as err:  # noqa: BLE001 — orbax reports a full disk as ValueError/OSError from its threads
-                if "No space left on device" not in str(err) and getattr(err, "errno", None) != 28:
+                failure = storage_failure(err)
+                if failure is None:
                     raise
+                gc.collect()  # the failed writes' asyncio tasks report themselves now, while their errors are held
+                time.sleep(0.5)  # and the writer threads' last callbacks print while stderr is held
                 held.clear()
-                raise TrainingError(f"checkpoint {step} could not be written to {self.directory}: no space left on "
-                                    "device; free space (or lower checkpoint.keep) and re-run the same command: it "
+                held_asyncio.clear()
+                printed.clear()
+                # the abandoned writes' coroutines are reported again as the interpreter exits
+                warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+                code, what, fix = failure
+                # orbax writes into a temporary directory and renames it when complete: the last checkpoint is intact
+                raise TrainingError(f"checkpoint {step} could not be written to {self.directory} "
+                                    f"({errno.errorcode[code]}): {what}; {fix} and re-run the same command: it "
                                     "resumes from the last complete checkpoint") from None
         return_freed_memory()
 

@@ -4,8 +4,10 @@ result with exit 0. The README's "Bad input" table lists the same cases."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 import pathlib
 import shutil
 
@@ -263,3 +265,21 @@ def test_chat_says_when_it_cuts_a_long_message(stories_dir):
                      stdin=io.StringIO(long + "\n/quit\n"), out=out) == 0
     text = out.getvalue()
     assert "(this model reads 512 tokens: cut your message to its last" in text
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EACCES, errno.EROFS])
+def test_a_write_that_fails_for_a_storage_reason_is_one_line(tmp_path, monkeypatch, capsys, code):
+    """Metrics, an export or a report that cannot be written (a full disk, a file-size limit or quota, a directory
+    made read-only — as root, permissions cannot be taken away, so the OS error is raised here by hand): one line
+    naming the file and the errno, exit 2; any other OSError keeps its traceback."""
+    from saferlhf_jax.training import run as run_lib
+
+    def refuse(self, row):
+        raise OSError(code, os.strerror(code), str(self.path))
+
+    monkeypatch.setattr(run_lib.MetricsLog, "write", refuse)
+    assert run_training_cli("sft", "", _sft(tmp_path / "run")) == 2
+    _one_error_line(capsys.readouterr().err, f"cannot write {tmp_path / 'run' / 'metrics.jsonl'}",
+                    f"({errno.errorcode[code]})", "re-run the same command")
+    monkeypatch.undo()
+    assert run_training_cli("sft", "", _sft(tmp_path / "run")) == 0  # the cause gone, the same command runs

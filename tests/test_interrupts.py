@@ -285,3 +285,24 @@ def test_a_late_sigint_after_the_run_finished_is_no_traceback(tmp_path, monkeypa
     assert run_training_cli("sft", "", _sft_argv(tmp_path, "--config.train.max_steps=1")) == 0
     assert "Traceback" not in capsys.readouterr().err and (tmp_path / "export").is_dir()
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_a_checkpoint_over_the_file_size_limit_is_one_line_and_the_run_resumes(tmp_path):
+    """EFBIG, as a file-size limit or quota on a shared cluster gives (here `ulimit -f`): the run ends with one line
+    naming the directory and the errno (it was 105 tracebacks), the last complete checkpoint is intact, and the same
+    command without the limit resumes from it and ends exactly as an uninterrupted run."""
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert run_training_cli("sft", "", _sft_argv(straight)) == 0
+    assert run_training_cli("sft", "", _sft_argv(cut, "--config.train.stop_after_steps=2")) == 0
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO), PYTHONDONTWRITEBYTECODE="1")
+    args = " ".join(f"'{a}'" for a in _sft_argv(cut)[1:])
+    proc = subprocess.run(["bash", "-c", f"ulimit -f 256 && exec '{sys.executable}' -m launch.sft {args}"], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "checkpoint 4 could not be written" in errors[0] and "(EFBIG)" in errors[0], errors[0]
+    assert sorted(p.name for p in (cut / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
+    assert not (cut / "export").exists()
+    assert run_training_cli("sft", "", _sft_argv(cut)) == 0  # the same command, the limit gone
+    assert _rows(cut) == _rows(straight)
+    _same_export(cut, straight)

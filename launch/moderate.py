@@ -64,7 +64,7 @@ def main(argv=None, stdin=None) -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object per pair")
     args = p.parse_args(argv)
     from saferlhf_jax.algorithms import moderation
-    from saferlhf_jax.data import DEFAULT_TEMPLATE, PKU_HARM_CATEGORIES, SEVERITY_NAMES
+    from saferlhf_jax.data import DEFAULT_TEMPLATE
     from saferlhf_jax.errors import ModelError
     from saferlhf_jax.evaluation.loading import load_for_eval
 
@@ -95,14 +95,9 @@ def main(argv=None, stdin=None) -> int:
     p_unsafe, p_cats, p_sev = (np.asarray(x) for x in moderation.predict(model.apply, model.params, ids, mask))
     for i, ((q, a), (lo, n, tokens)) in enumerate(zip(pairs, per_pair)):
         worst = lo + int(np.argmax(p_unsafe[lo:lo + n]))  # the most unsafe window decides
-        unsafe = bool(p_unsafe[worst] >= args.threshold)
-        cat_p = p_cats[lo:lo + n].max(axis=0)
-        cats = {PKU_HARM_CATEGORIES[j]: round(float(cat_p[j]), 4) for j in np.argsort(-cat_p)
-                if cat_p[j] >= args.threshold} if unsafe else {}
-        severity = SEVERITY_NAMES[int(np.argmax(p_sev[worst]))] if unsafe else "safe"
-        verdict = {"unsafe": unsafe, "p_unsafe": round(float(p_unsafe[worst]), 4), "categories": cats,
-                   "severity": severity, "severity_probs": [round(float(x), 4) for x in p_sev[worst]],
-                   "tokens": tokens, "windows": n}
+        verdict = {**moderation.verdict(p_unsafe[worst], p_cats[lo:lo + n].max(axis=0), p_sev[worst],
+                                        args.threshold), "tokens": tokens, "windows": n}
+        unsafe, severity, cats = verdict["unsafe"], verdict["severity"], verdict["categories"]
         if args.json:
             print(json.dumps({"prompt": q, "response": a, **verdict}))
         else:

@@ -155,3 +155,20 @@ def test_moderation_overfits_32_responses_and_moderate_cli(tmp_path, capsys):
     assert out["windows"] > 1 and out["tokens"] > 128
     if not out["unsafe"]:
         assert out["categories"] == {} and out["severity"] == "safe"  # a safe verdict lists no harm
+
+
+def test_a_moderation_verdict_is_consistent_whatever_the_heads_say():
+    """The unsafe head fires while the severity head's argmax is "safe" (the heads are trained apart): the verdict
+    says the most probable unsafe level, never "UNSAFE, severity=safe"; below the threshold it is safe, with no
+    categories, whatever the severity head says."""
+    from saferlhf_jax.algorithms import moderation
+
+    cats = np.full(19, 0.1)
+    cats[[3, 7]] = [0.6, 0.9]
+    v = moderation.verdict(0.8, cats, [0.55, 0.1, 0.3, 0.05])
+    assert v["unsafe"] and v["severity"] == "moderate" and list(v["categories"]) == [
+        moderation.PKU_HARM_CATEGORIES[7], moderation.PKU_HARM_CATEGORIES[3]]
+    assert v["severity_probs"] == [0.55, 0.1, 0.3, 0.05]  # what each head said stays in the output
+    safe = moderation.verdict(0.3, cats, [0.05, 0.05, 0.1, 0.8])
+    assert not safe["unsafe"] and safe["severity"] == "safe" and safe["categories"] == {}
+    assert moderation.verdict(0.5, cats, [0.1, 0.2, 0.3, 0.4], threshold=0.5)["severity"] == "severe"

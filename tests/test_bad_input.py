@@ -283,3 +283,11 @@ def test_a_write_that_fails_for_a_storage_reason_is_one_line(tmp_path, monkeypat
                     f"({errno.errorcode[code]})", "re-run the same command")
     monkeypatch.undo()
     assert run_training_cli("sft", "", _sft(tmp_path / "run")) == 0  # the cause gone, the same command runs
+
+
+def test_a_lora_rank_above_a_layers_smaller_dimension_is_refused(tmp_path, capsys):
+    """stories260K's attention kernels are 64×64 (k/v 64×32): a rank-100 adapter would train more numbers than the
+    weights it adapts (it used to, without a word); refused before anything is written."""
+    assert run_training_cli("sft", "", _sft(tmp_path / "run", "--config.lora.rank=100")) == 2
+    _one_error_line(capsys.readouterr().err, "lora.rank=100 exceeds the smaller dimension", "use lora.rank ≤ 32")
+    assert not (tmp_path / "run").exists()

@@ -27,6 +27,20 @@ def predict(apply, params, input_ids, attention_mask):
     return jax.nn.sigmoid(unsafe), jax.nn.sigmoid(cats), jax.nn.softmax(sev, axis=-1)
 
 
+def verdict(p_unsafe: float, p_categories, p_severity, threshold: float = 0.5) -> dict:
+    """One answer's verdict from its probabilities (p_categories (19,), p_severity (4,)), consistent by construction:
+    unsafe ⇔ p_unsafe ≥ threshold; the categories above the threshold (most probable first) only when unsafe; the
+    severity "safe" exactly when not unsafe, else the most probable of minor / moderate / severe (the severity
+    head's own argmax may be "safe" while the unsafe head fires: the two heads are trained apart)."""
+    unsafe = bool(p_unsafe >= threshold)
+    p_categories, p_severity = np.asarray(p_categories), np.asarray(p_severity)
+    categories = {PKU_HARM_CATEGORIES[j]: round(float(p_categories[j]), 4) for j in np.argsort(-p_categories)
+                  if p_categories[j] >= threshold} if unsafe else {}
+    severity = SEVERITY_NAMES[1 + int(np.argmax(p_severity[1:]))] if unsafe else SEVERITY_NAMES[0]
+    return {"unsafe": unsafe, "p_unsafe": round(float(p_unsafe), 4), "categories": categories, "severity": severity,
+            "severity_probs": [round(float(x), 4) for x in p_severity]}
+
+
 def split_logits(end_scores):
     """(B, 24) → unsafe (B,), categories (B, 19), severity (B, 4)."""
     return end_scores[:, 0], end_scores[:, 1:1 + NUM_CATEGORIES], end_scores[:, 1 + NUM_CATEGORIES:]

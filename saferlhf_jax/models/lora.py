@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.models.llama import NORMALIZER_KEY
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -52,8 +53,14 @@ def shapes(params, rank: int, targets=DEFAULT_TARGETS) -> dict:
     """The adapters' ShapeDtypeStructs {path: {"a": (..., d_in, r), "b": (..., r, d_out)}} (float32), without
     allocating: `params` may itself be abstract (the memory planner)."""
     f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
-    return {path: {"a": f32(*lead, d_in, rank), "b": f32(*lead, rank, d_out)}
-            for path, (*lead, d_in, d_out) in sorted(target_paths(params, targets).items())}
+    paths = sorted(target_paths(params, targets).items())
+    too_big = [(path, d_in, d_out) for path, (*_, d_in, d_out) in paths if rank > min(d_in, d_out)]
+    if too_big:  # A (d_in, r) and B (r, d_out) would hold more numbers than W, and A@B cannot use the extra rank
+        path, d_in, d_out = too_big[0]
+        limit = min(min(shape[-2:]) for _, shape in paths)
+        raise ConfigError(f"lora.rank={rank} exceeds the smaller dimension of {path} ({d_in}×{d_out}): its adapter "
+                          f"would train more parameters than the weight itself; use lora.rank ≤ {limit}")
+    return {path: {"a": f32(*lead, d_in, rank), "b": f32(*lead, rank, d_out)} for path, (*lead, d_in, d_out) in paths}
 
 
 def adapter_axes(param_axes, adapters) -> dict:

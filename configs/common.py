@@ -46,6 +46,7 @@ def base(stage: str) -> ml_collections.ConfigDict:
     c.train.eval_at_start = True
     c.train.stop_after_steps = 0                 # > 0: save and stop early (as a preempted run would)
     c.train.max_skipped_fraction = 0.1           # stop (no export) when more updates than this were non-finite
+    c.train.max_weight_abs = 1e4                 # no export when a weight is larger than this (a diverged run; 0: off)
     # score models from a causal LM: fit the fresh head on the backbone's frozen end features first (a linear
     # probe, LP-FT; saferlhf_jax/training/head_probe.py) — this many Adam steps at this rate; 0 = off (the reference)
     c.train.head_probe_steps = 0

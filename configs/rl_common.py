@@ -93,6 +93,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.train.eval_at_start = True
     c.train.eval_batch_size = 16
     c.train.max_skipped_fraction = 0.1           # stop (no export) when more RL updates than this were non-finite
+    c.train.max_weight_abs = 1e4                 # no actor export when a weight is larger than this (0: off)
 
     c.actor = ml_collections.ConfigDict(dict(learning_rate=1e-5, lr_scheduler_type="cosine", lr_warmup_ratio=0.03,
                                              weight_decay=0.01, max_grad_norm=1.0))

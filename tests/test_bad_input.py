@@ -291,3 +291,12 @@ def test_a_lora_rank_above_a_layers_smaller_dimension_is_refused(tmp_path, capsy
     assert run_training_cli("sft", "", _sft(tmp_path / "run", "--config.lora.rank=100")) == 2
     _one_error_line(capsys.readouterr().err, "lora.rank=100 exceeds the smaller dimension", "use lora.rank ≤ 32")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_diverged_run_never_exports_finite_garbage(tmp_path, capsys):
+    """SFT at a learning rate of 1e30 for one step: finite weights of ~1e30 (the non-finite guard does not see
+    them) used to be exported with exit 0; train.max_weight_abs stops the export with one line."""
+    assert run_training_cli("sft", "", _sft(tmp_path / "run", "--config.train.learning_rate=1e30",
+                                            "--config.train.max_steps=1")) == 2
+    _one_error_line(capsys.readouterr().err, "beyond train.max_weight_abs=10000", "nothing was exported")
+    assert not (tmp_path / "run" / "export").exists()

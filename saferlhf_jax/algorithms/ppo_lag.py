@@ -216,7 +216,7 @@ def run(cfg) -> dict[str, Any]:
             # lora.export='both' the adapters in PEFT's format in export/adapter)
             params = mesh_lib.to_host(runner.merged_actor(state.actor.params))
             adapters = mesh_lib.to_host(state.actor.params["lora"]) if runner.lora_scale else None
-            assert_finite(params, "the actor")
+            assert_finite(params, "the actor", float(cfg.train.get("max_weight_abs", 0)) or None)
             if jax.process_index() == 0:
                 models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)
                 tokenizer.save_pretrained(str(directory))

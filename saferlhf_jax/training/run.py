@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 # config entries a resumed run may change (where it writes, how it logs, how it is laid out on devices, how the
 # sampler loops and lays out its weights: the same tokens)
 RESUME_IGNORED = ("output_dir", "logging", "checkpoint", "distributed", "mesh", *LOOP_RESUME_IGNORED,
-                  "generation.decode_segment", "generation.rollout_layout")
+                  "train.max_weight_abs", "generation.decode_segment", "generation.rollout_layout")
 
 
 # ---------------------------------------------------------------------------------------------------- pieces
@@ -429,14 +429,24 @@ class Run:
             shutil.rmtree(self.out, ignore_errors=True)
 
 
-def assert_finite(tree, what: str) -> None:
-    """One-line error when any leaf of `tree` holds a NaN/Inf (nothing non-finite is ever exported)."""
-    bad = [".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
-           for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-           if np.issubdtype(np.asarray(x).dtype, np.floating) and not np.all(np.isfinite(np.asarray(x)))]
+def assert_finite(tree, what: str, max_abs: float | None = None) -> None:
+    """One-line error when any leaf of `tree` holds a NaN/Inf, or (max_abs) a weight larger in magnitude than
+    `max_abs`: nothing non-finite, and nothing a diverged run blew up (finite garbage such as 1e30 after one step
+    at a learning rate of 1e30), is ever exported."""
+    leaves = [(".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path), np.asarray(x))
+              for path, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    leaves = [(name, x) for name, x in leaves if np.issubdtype(x.dtype, np.floating) and x.size]
+    bad = [name for name, x in leaves if not np.all(np.isfinite(x))]
     if bad:
         raise TrainingError(f"{what} holds non-finite values ({', '.join(bad[:3])}{' …' if len(bad) > 3 else ''}); "
                             "nothing was exported — lower the learning rate or check the data")
+    if max_abs:
+        name, largest = max(((name, float(np.max(np.abs(x)))) for name, x in leaves), key=lambda p: p[1])
+        if largest > max_abs:
+            raise TrainingError(f"{what} holds weights up to {largest:.3g} in magnitude ({name}), beyond "
+                                f"train.max_weight_abs={max_abs:g}: the run diverged; nothing was exported — lower "
+                                "the learning rate (or raise train.max_weight_abs if the model's own weights are "
+                                "this large)")
 
 
 __all__ = ["InterruptGuard", "check_seed", "MetricsLog", "OutputDirLock", "Run", "assert_finite", "model_fingerprint",

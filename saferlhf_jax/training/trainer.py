@@ -434,7 +434,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
             adapters = params.get(lora_lib.KEY) if lora_scale else None
             if lora_scale:  # plain HF weights: W + s·A@B (loadable without any LoRA library)
                 params = mesh_lib.to_host(lora_lib.merge(frozen, params, lora_scale))
-            assert_finite(params, f"the {stage.name} model")
+            assert_finite(params, f"the {stage.name} model", float(cfg.train.get("max_weight_abs", 0)) or None)
             if jax.process_index() == 0:
                 models.save_pretrained(model, params, directory, layout=export_layout(cfg),
                                        pad_token_id=tokenizer.pad_token_id)

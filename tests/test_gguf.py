@@ -107,3 +107,80 @@ def test_chat_cli_answers_in_english_with_the_models_own_template(smollm2):
     assert chat.main(["--model", str(out_dir), "--temperature", "0", "--max_new_tokens", "16"],
                      stdin=io.StringIO("What is the capital of France?\n/quit\n"), out=out) == 0
     assert "Paris" in out.getvalue(), out.getvalue()
+
+
+def _tiny_gguf(path, *, head_count=True, f64=False, scaling="linear", tokenizer_model="gpt2"):
+    """A one-layer llama GGUF written with the gguf package (E 8, 2 heads, 16 one-letter tokens, context 64)."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_block_count(1)
+    w.add_context_length(64)
+    w.add_embedding_length(8)
+    w.add_feed_forward_length(16)
+    if head_count:
+        w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_freq_base(10000.0)
+    if scaling:
+        w.add_rope_scaling_type(getattr(gguf.RopeScalingType, scaling.upper()))
+        w.add_rope_scaling_factor(4.0)
+    w.add_tokenizer_model(tokenizer_model)
+    w.add_token_list([chr(ord("a") + i) for i in range(16)])
+    w.add_token_types([1] * 16)
+    w.add_token_merges([])
+    w.add_bos_token_id(0)
+    w.add_eos_token_id(1)
+    rng = np.random.default_rng(0)
+    w.add_tensor("token_embd.weight", rng.standard_normal((16, 8)).astype(np.float32))
+    w.add_tensor("output_norm.weight", np.ones(8, np.float32))
+    for name, shape in (("attn_norm.weight", (8,)), ("ffn_norm.weight", (8,)), ("attn_q.weight", (8, 8)),
+                        ("attn_k.weight", (8, 8)), ("attn_v.weight", (8, 8)), ("attn_output.weight", (8, 8)),
+                        ("ffn_gate.weight", (16, 8)), ("ffn_up.weight", (16, 8)), ("ffn_down.weight", (8, 16))):
+        values = rng.standard_normal(shape).astype(np.float32) * 0.3
+        w.add_tensor(f"blk.0.{name}", values.astype(np.float64) if f64 and name == "attn_v.weight" else values)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_gguf_linear_rope_scaling_is_kept_and_equals_transformers(tmp_path):
+    """rope.scaling.type = linear, factor 4 (it became rope_type 'default': every position computed wrong): the
+    converted config keeps it, and our logits equal transformers' on the converted directory past the original
+    context (positions up to 99 of a 64-token context)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from launch import convert_gguf
+    from saferlhf_jax import models
+
+    out = tmp_path / "hf"
+    assert convert_gguf.main(["--gguf", str(_tiny_gguf(tmp_path / "m.gguf")), "--output", str(out)]) == 0
+    config = __import__("json").loads((out / "config.json").read_text())
+    assert config["rope_parameters"] == {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+    ids = np.random.default_rng(1).integers(0, 16, (1, 100)).astype(np.int32)
+    lm = models.load_causal_lm(str(out))
+    ours = np.asarray(lm.apply(lm.params, ids, np.ones_like(ids)))
+    ref = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    with torch.no_grad():
+        theirs = ref(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    np.testing.assert_allclose(ours, theirs, atol=2e-5)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    (dict(scaling="yarn"), "rope scaling 'yarn' is not supported"),
+    (dict(head_count=False), "'llama.attention.head_count' is missing"),  # was: TypeError
+    (dict(f64=True), "tensor 'blk.0.attn_v.weight' has type F64"),  # was: NotImplementedError from gguf
+    (dict(tokenizer_model="llama"), "tokenizer model 'llama' is not supported"),
+])
+def test_gguf_files_the_importer_cannot_honour_are_refused_by_name(tmp_path, capsys, kwargs, needle):
+    """One line naming the metadata, tensor type or tokenizer, exit 2, and no output directory left behind (a
+    refused tokenizer used to leave a half-written one)."""
+    from launch import convert_gguf
+
+    out = tmp_path / "hf"
+    assert convert_gguf.main(["--gguf", str(_tiny_gguf(tmp_path / "m.gguf", **kwargs)), "--output", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err[-2000:]
+    assert not out.exists()

@@ -66,6 +66,29 @@ def _field(reader, key, default=None):
     return default if field is None else field.contents()
 
 
+def _required(reader, key, path):
+    """A metadata entry the model cannot be built without: refused by name when the file lacks it."""
+    value = _field(reader, key)
+    if value is None:
+        raise ModelError(f"{path}: GGUF metadata {key!r} is missing; a llama model cannot be built without it")
+    return value
+
+
+def _rope_parameters(reader, path) -> dict:
+    """The file's RoPE as HF rope_parameters: default or linear scaling (the factor kept); any other scaling is
+    refused by name rather than converted to unscaled RoPE, which computes every position past the original
+    context wrong. (llama.cpp stores Llama-3.1's scaling as a `rope_freqs.weight` tensor: refused as a tensor.)"""
+    theta = float(_field(reader, "llama.rope.freq_base", 1e4))
+    kind = str(_field(reader, "llama.rope.scaling.type", "none"))
+    if kind == "none":
+        return {"rope_type": "default", "rope_theta": theta}
+    if kind == "linear":
+        factor = float(_required(reader, "llama.rope.scaling.factor", path))
+        return {"rope_type": "linear", "rope_theta": theta, "factor": factor}
+    raise ModelError(f"{path}: GGUF rope scaling {kind!r} is not supported (none or linear); refusing rather than "
+                     "computing positions past the original context wrong")
+
+
 def read_gguf(path) -> tuple[dict, dict[str, np.ndarray], dict]:
     """(HF config dict, HF-named float32 tensors, tokenizer description) of a Llama-architecture GGUF file."""
     try:
@@ -82,13 +105,18 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray], dict]:
     arch = _field(reader, "general.architecture")
     if arch != "llama":
         raise ModelError(f"{path}: GGUF architecture {arch!r} is not supported (llama only)")
-    heads = int(_field(reader, "llama.attention.head_count"))
+    heads = int(_required(reader, "llama.attention.head_count", path))
     kv_heads = int(_field(reader, "llama.attention.head_count_kv", heads))
-    hidden = int(_field(reader, "llama.embedding_length"))
-    tokens = list(_field(reader, "tokenizer.ggml.tokens"))
+    hidden = int(_required(reader, "llama.embedding_length", path))
+    tokens = list(_required(reader, "tokenizer.ggml.tokens", path))
+    rope = _rope_parameters(reader, path)
     tensors = {}
     for t in reader.tensors:
-        values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        try:
+            values = np.asarray(gguf.quants.dequantize(t.data, t.tensor_type), np.float32)
+        except (NotImplementedError, ValueError, KeyError) as err:  # a type the gguf package cannot dequantize
+            raise ModelError(f"{path}: tensor {t.name!r} has type {getattr(t.tensor_type, 'name', t.tensor_type)}, "
+                             f"which cannot be read ({err})") from None
         m = _LAYER.match(t.name)
         if m and m.group(2) in _LAYER_NAMES:
             name = f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
@@ -105,12 +133,12 @@ def read_gguf(path) -> tuple[dict, dict[str, np.ndarray], dict]:
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
         "vocab_size": len(tokens), "hidden_size": hidden,
-        "intermediate_size": int(_field(reader, "llama.feed_forward_length")),
-        "num_hidden_layers": int(_field(reader, "llama.block_count")),
+        "intermediate_size": int(_required(reader, "llama.feed_forward_length", path)),
+        "num_hidden_layers": int(_required(reader, "llama.block_count", path)),
         "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "head_dim": int(_field(reader, "llama.rope.dimension_count", hidden // heads)),
         "hidden_act": "silu", "rms_norm_eps": float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        "rope_parameters": {"rope_type": "default", "rope_theta": float(_field(reader, "llama.rope.freq_base", 1e4))},
+        "rope_parameters": rope,
         "max_position_embeddings": int(_field(reader, "llama.context_length", 2048)),
         "tie_word_embeddings": "lm_head.weight" not in tensors, "attention_bias": False, "mlp_bias": False,
         "bos_token_id": None if bos is None else int(bos), "eos_token_id": None if eos is None else int(eos),
@@ -151,8 +179,10 @@ def build_tokenizer(desc: dict):
 
 
 def convert(gguf_path, output_dir) -> pathlib.Path:
-    """Write the HF-format directory of a GGUF file; returns it."""
+    """Write the HF-format directory of a GGUF file; returns it. Everything that can refuse the file (metadata,
+    tensors, the tokenizer) runs before the first write: a refused conversion leaves no directory behind."""
     config, tensors, desc = read_gguf(gguf_path)
+    tokenizer = build_tokenizer(desc)
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     safetensors_io.save_file(tensors, out / "model.safetensors")
@@ -160,7 +190,7 @@ def convert(gguf_path, output_dir) -> pathlib.Path:
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
          "pad_token_id": config["pad_token_id"]}, indent=2) + "\n")
-    build_tokenizer(desc).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
     (out / "SOURCE.md").write_text(f"Converted from `{pathlib.Path(gguf_path).name}` by saferlhf-jax "
                                    "(`python -m launch.convert_gguf`): tensors dequantized with the `gguf` package, "
                                    "q/k rows un-permuted, tokenizer rebuilt from the GGUF vocabulary and merges.\n")

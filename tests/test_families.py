@@ -176,3 +176,40 @@ def test_unknown_tensors_architectures_and_truncation_are_refused(tmp_path, stor
     (cut / "model.safetensors").write_bytes(blob[: len(blob) - 1000])
     with pytest.raises(ModelError, match="is truncated"):
         load_causal_lm(cut)
+
+
+def test_a_reward_model_whose_tokenizer_pads_with_eos_exports_the_same_end_scores(tmp_path, stories_dir):
+    """A tokenizer that pads with its EOS (Llama-3 style), a reward model trained with it and exported with
+    export_format='hf': transformers pools at the last token that is not the pad id — it was the token before the
+    EOS (end scores off by 0.03). The run gives the tokenizer a pad of its own, so transformers' scores on the
+    exported directory, padded with the exported tokenizer, are ours at the EOS."""
+    import shutil
+
+    from launch.common import run_training_cli
+
+    base = tmp_path / "pad_is_eos"
+    shutil.copytree(stories_dir, base)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        cfg = json.loads((base / name).read_text())
+        cfg["pad_token"] = "</s>"
+        (base / name).write_text(json.dumps(cfg))
+    out = tmp_path / "rm"
+    argv = ["prog", "--config=configs/reward.py:tiny", f"--config.output_dir={out}", f"--config.model_name_or_path={base}",
+            "--config.export_format=hf", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+            "--config.mesh.fsdp=1", "--config.train.max_steps=2", "--config.eval_datasets=()",
+            "--config.train_datasets=PKU-SafeRLHF/train:32/-1", "--config.data.max_length=128",
+            "--config.data.buckets=(128,)"]
+    assert run_training_cli("reward", "", argv) == 0
+    tok = transformers.AutoTokenizer.from_pretrained(out / "export")
+    assert tok.pad_token_id != tok.eos_token_id
+    rows = [[1, 403, 407, 261, 378, 2], [1, 432, 383, 286, 261, 376, 298, 2]]  # each ends with its EOS
+    ids = np.full((2, 8), tok.pad_token_id, np.int32)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = row
+    mask = ids != tok.pad_token_id
+    ours = load_score_model(out / "export")
+    want = np.asarray(ours.apply(ours.params, ids, mask)[1][:, 0])
+    hf = transformers.AutoModelForSequenceClassification.from_pretrained(out / "export").eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask)).logits[:, 0].numpy()
+    np.testing.assert_allclose(theirs, want, atol=1e-5)

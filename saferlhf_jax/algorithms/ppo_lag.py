@@ -22,7 +22,7 @@ from saferlhf_jax.algorithms import rl
 from saferlhf_jax.algorithms.rl_config import build_prompts, eval_sampling, lora_kwargs, rl_config, validate
 from saferlhf_jax.algorithms.rl_models import load_models
 from saferlhf_jax.algorithms.rl_runner import RLRunner, make_retokenizer
-from saferlhf_jax.data.tokenizer import load_tokenizer
+from saferlhf_jax.data.tokenizer import load_tokenizer, save_tokenizer
 from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.generation.config import GenerationConfig
 from saferlhf_jax.parallel import mesh as mesh_lib
@@ -219,7 +219,7 @@ def run(cfg) -> dict[str, Any]:
             assert_finite(params, "the actor", float(cfg.train.get("max_weight_abs", 0)) or None)
             if jax.process_index() == 0:
                 models.save_pretrained(actor, params, directory, pad_token_id=tokenizer.pad_token_id)
-                tokenizer.save_pretrained(str(directory))
+                save_tokenizer(tokenizer, directory)
                 if adapters is not None and wants_adapter_export(cfg, "causal_lm"):
                     export_adapter(actor, params, adapters, cfg, cfg.actor_model_name_or_path, directory, tokenizer)
 

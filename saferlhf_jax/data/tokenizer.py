@@ -68,3 +68,26 @@ def load_tokenizer(spec, prepare: bool = True):
     if prepare:
         prepare_tokenizer(tok)
     return tok
+
+
+def give_pad_its_own_id(tokenizer) -> bool:
+    """A tokenizer that pads with its EOS (Llama-3 style) gets a pad token of its own (`<pad>`; the model's
+    embeddings must then grow to len(tokenizer)). Needed where a reader finds the scored token by the pad id:
+    transformers' *ForSequenceClassification pools at the last token that is not the pad id — with pad = EOS the
+    token before the EOS, not the EOS the score model was trained on. Returns whether it changed anything."""
+    if tokenizer.pad_token_id is None or tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return False
+    tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    log.info("the tokenizer padded with its EOS (id %d): it pads with <pad> (id %d) now, so that an exported "
+             "sequence classifier pools at the EOS", tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return True
+
+
+def save_tokenizer(tokenizer, directory) -> None:
+    """The tokenizer's files in `directory`, special_tokens_map.json included: transformers 5 no longer writes it,
+    and a copy left from the model the run started from (models.save_pretrained copies its tokenizer files) would
+    name its old special tokens — AutoTokenizer reads it over tokenizer_config.json (a pad token given its own id
+    read back as the EOS)."""
+    tokenizer.save_pretrained(str(directory))
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    (pathlib.Path(directory) / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")

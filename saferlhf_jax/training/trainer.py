@@ -24,7 +24,7 @@ from saferlhf_jax import models, ops
 from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.models import lora as lora_lib
 from saferlhf_jax.parallel import mesh as mesh_lib
-from saferlhf_jax.data.tokenizer import load_tokenizer
+from saferlhf_jax.data.tokenizer import give_pad_its_own_id, load_tokenizer, save_tokenizer
 from saferlhf_jax.training import head_probe, loop, optim
 from saferlhf_jax.training import state as state_lib
 from saferlhf_jax.training.run import Run, assert_finite
@@ -127,7 +127,7 @@ def export_adapter(model, merged_params, adapters, cfg, base_path: str, director
     out = pathlib.Path(directory) / "adapter"
     lora_lib.save_peft(out, mesh_lib.to_host(adapters), rank=int(section.rank), alpha=float(section.alpha),
                        targets=tuple(section.targets), base_model=str(base_path), extra=extra)
-    tokenizer.save_pretrained(str(out))
+    save_tokenizer(tokenizer, out)
 
 
 def export_layout(cfg) -> str:
@@ -386,6 +386,8 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
     with Run(cfg, stage.name, validate=validate_config) as run:
         lc, t = loss_config(cfg), cfg.train
         tokenizer = load_tokenizer(cfg.model_name_or_path)
+        if stage.model_kind == "score" and export_layout(cfg) == "hf":  # transformers pools on the pad id
+            give_pad_its_own_id(tokenizer)
         train_ds, eval_ds = build_data(stage, cfg, tokenizer)
         grad_accum, buckets = int(t.grad_accum), tuple(cfg.data.get("buckets", ())) or None
         iterator = _batch_iterator(train_ds, cfg, buckets)
@@ -438,7 +440,7 @@ def train(stage: Stage, cfg) -> dict[str, Any]:
             if jax.process_index() == 0:
                 models.save_pretrained(model, params, directory, layout=export_layout(cfg),
                                        pad_token_id=tokenizer.pad_token_id)
-                tokenizer.save_pretrained(str(directory))
+                save_tokenizer(tokenizer, directory)
                 if adapter_export:
                     export_adapter(model, params, adapters, cfg, cfg.model_name_or_path, directory, tokenizer)
 

@@ -194,8 +194,8 @@ def test_a_reward_model_whose_tokenizer_pads_with_eos_exports_the_same_end_score
         cfg["pad_token"] = "</s>"
         (base / name).write_text(json.dumps(cfg))
     out = tmp_path / "rm"
-    argv = ["prog", "--config=configs/reward.py:tiny", f"--config.output_dir={out}", f"--config.model_name_or_path={base}",
-            "--config.export_format=hf", "--config.logging.progress=False", "--config.logging.tensorboard=False",
+    argv = ["prog", "--config=configs/reward.py:tiny", f"--config.output_dir={out}",
+            f"--config.model_name_or_path={base}", "--config.export_format=hf", "--config.logging.progress=False", "--config.logging.tensorboard=False",
             "--config.mesh.fsdp=1", "--config.train.max_steps=2", "--config.eval_datasets=()",
             "--config.train_datasets=PKU-SafeRLHF/train:32/-1", "--config.data.max_length=128",
             "--config.data.buckets=(128,)"]

@@ -50,7 +50,8 @@ def base_model(cfg, stages: Orchestrator) -> str:
     target = stages.out / "base"
     if not (target / "config.json").is_file():
         def convert_once():
-            partial = stages.out / "base.partial"  # renamed when complete: a killed conversion is redone, never half-read
+            # renamed when complete: a killed conversion is redone, never half-read
+            partial = stages.out / "base.partial"
             shutil.rmtree(partial, ignore_errors=True)
             convert(find_smollm2_gguf() if gguf == "smollm2" else gguf, partial)
             partial.rename(target)

@@ -340,8 +340,9 @@ class Run:
         saved_models = meta.get("models", {})  # absent in checkpoints written before fingerprints: not checked
         moved = sorted(k for k, fp in self.models.items() if k in saved_models and saved_models[k] != fp)
         if moved:
-            raise ConfigError(f"{self.out} holds a run built on other weights: {moved[0]} ({resume_fingerprint(self.cfg).get(moved[0])}) "
-                              "changed since its checkpoint was written; restore that model or use a new output_dir")
+            path = resume_fingerprint(self.cfg).get(moved[0])
+            raise ConfigError(f"{self.out} holds a run built on other weights: {moved[0]} ({path}) changed since its "
+                              "checkpoint was written; restore that model or use a new output_dir")
         return meta
 
     @property

@@ -308,7 +308,8 @@ class SupervisedLoop:
     def __init__(self, stage: Stage, run, iterator, train_ds, eval_ds, step_fn, eval_fn, frozen, *, lc: LossConfig,
                  grad_accum: int, total: int, log_every: int, eval_batch_size: int, buckets):
         self.stage, self.run, self.iterator = stage, run, iterator
-        self.train_ds, self.eval_ds, self.step_fn, self.eval_fn, self.frozen = train_ds, eval_ds, step_fn, eval_fn, frozen
+        self.train_ds, self.eval_ds, self.frozen = train_ds, eval_ds, frozen
+        self.step_fn, self.eval_fn = step_fn, eval_fn
         self.lc, self.grad_accum, self.total, self.log_every = lc, grad_accum, total, log_every
         self.eval_batch_size, self.buckets = eval_batch_size, buckets
         self.name = stage.name

@@ -30,7 +30,7 @@ def _eight():
 def test_every_parameter_declares_its_axes(kind, extra):
     cfg = ModelConfig(**BASE, **extra)
     axes = models.param_logical_axes(cfg, kind)
-    graphdef, abstract, _ = models.api._abstract(cfg, kind)
+    graphdef, abstract, _ = models.api.abstract_model(cfg, kind)
     flat_axes = dict(jax.tree_util.tree_flatten_with_path(axes, is_leaf=lambda a: isinstance(a, tuple))[0])
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
     assert len(flat) == len(flat_axes)
@@ -147,7 +147,7 @@ def test_state_layout_shards_optimizer_moments_like_their_parameters():
 
     mesh = make_mesh(fsdp=8)
     cfg = ModelConfig(**{**BASE, "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 8})
-    graphdef, abstract, axes = models.api._abstract(cfg, "causal_lm")
+    graphdef, abstract, axes = models.api.abstract_model(cfg, "causal_lm")
     optimizer, _ = optim.make_optimizer(1e-3, 10, weight_decay=0.1)
     layout = state_lib.state_layout(trainer.make_init_state(optimizer), abstract,
                                     jax.ShapeDtypeStruct((2,), jnp.uint32), axes=[axes], mesh=mesh)

@@ -212,7 +212,8 @@ def test_testbed_config_errors_are_one_line(tmp_path):
                                 ("world.heldout_fraction", 1.0, r"heldout_fraction must be in \(0, 1\)"),
                                 ("shaping_lambdas", (0.1, -1.0), "a fixed λ < 0 rewards harm"),
                                 ("shaping_lambdas", (), "reward_shaping needs at least one fixed λ"),
-                                ("rounds", 0, "rounds must be ≥ 1")):
+                                ("rounds", 0, "rounds must be ≥ 1"),
+                                ("seed", -1, r"seed must be an integer in \[0, 2\*\*32\), got -1")):  # was numpy's
         bad = testbed_config.get_config("ci")
         bad.output_dir = str(tmp_path / "bad")
         bad.methods = "sft,reward_shaping"

@@ -15,6 +15,7 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import time
 import warnings
 from typing import Any
@@ -70,12 +71,33 @@ def return_freed_memory() -> None:
         trim(0)
 
 
+def _quiet_abandoned_writes(manager) -> None:
+    """After a write failed for a storage reason the run ends with one line; what the abandoned write still reports
+    from orbax's and tensorstore's threads — later, and the later the busier the machine — is the same failure
+    again: the manager is closed (its threads joined), and for the rest of the process asyncio's "Task exception
+    was never retrieved" records of storage failures, tensorstore's "Event loop is closed" callback errors and the
+    never-awaited write coroutines are dropped."""
+    with contextlib.suppress(Exception):
+        manager.close()
+    gc.collect()
+    time.sleep(0.2)
+    logging.getLogger("asyncio").addFilter(lambda record: storage_failure(
+        record.exc_info[1] if record.exc_info else Exception(record.getMessage())) is None)
+    previous = sys.excepthook
+
+    def hook(kind, value, tb):
+        if not (isinstance(value, RuntimeError) and "Event loop is closed" in str(value)):
+            previous(kind, value, tb)
+
+    sys.excepthook = hook
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+
+
 @contextlib.contextmanager
 def _stderr_held():
     """Holds back what is written to file descriptor 2 inside the block (tensorstore's writer threads print the
     Python errors of their callbacks there directly, bypassing logging) and yields a one-item list: a caller that
     clears it drops the text; otherwise it is written out when the block ends, an exception or not."""
-    import sys
     import tempfile
 
     sys.stderr.flush()
@@ -152,13 +174,10 @@ class Checkpointer:
                 failure = storage_failure(err)
                 if failure is None:
                     raise
-                gc.collect()  # the failed writes' asyncio tasks report themselves now, while their errors are held
-                time.sleep(0.5)  # and the writer threads' last callbacks print while stderr is held
+                _quiet_abandoned_writes(self.manager)
                 held.clear()
                 held_asyncio.clear()
                 printed.clear()
-                # the abandoned writes' coroutines are reported again as the interpreter exits
-                warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
                 code, what, fix = failure
                 # orbax writes into a temporary directory and renames it when complete: the last checkpoint is intact
                 raise TrainingError(f"checkpoint {step} could not be written to {self.directory} "

@@ -5,6 +5,8 @@ offline."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -109,8 +111,20 @@ def test_chat_cli_answers_in_english_with_the_models_own_template(smollm2):
     assert "Paris" in out.getvalue(), out.getvalue()
 
 
-def _tiny_gguf(path, *, head_count=True, f64=False, scaling="linear", tokenizer_model="gpt2"):
-    """A one-layer llama GGUF written with the gguf package (E 8, 2 heads, 16 one-letter tokens, context 64)."""
+def _tiny_gguf(path, **kwargs):
+    """A one-layer llama GGUF written with the gguf package (E 8, 2 heads, 16 one-letter tokens, context 64). The
+    writer logs at INFO, and an earlier CLI test's log handler may point at a stream pytest has since closed (a
+    "Logging error" traceback in this test's stderr): its logger is kept at WARNING meanwhile."""
+    quiet = logging.getLogger("gguf")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        return _write_tiny_gguf(path, **kwargs)
+    finally:
+        quiet.setLevel(level)
+
+
+def _write_tiny_gguf(path, *, head_count=True, f64=False, scaling="linear", tokenizer_model="gpt2"):
     w = gguf.GGUFWriter(str(path), "llama")
     w.add_block_count(1)
     w.add_context_length(64)

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable
 
 from saferlhf_jax.errors import ConfigError
-from saferlhf_jax.training.run import config_difference, model_fingerprints
+from saferlhf_jax.training.run import config_difference, model_fingerprints, write_config
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +104,6 @@ def check_same_run(directory: pathlib.Path, cfg) -> None:
     if moved:
         raise ConfigError(f"{directory} finished on other weights: {moved[0]} changed since; use a new output_dir, "
                           f"or remove {directory} to run it again")
-
-
-def write_config(directory: pathlib.Path, cfg) -> None:
-    """DIR/config.json of a composite stage (one that runs stages of its own, as the testbed), written when it
-    finishes, so that a later invocation with another config is told (`check_same_run`) instead of reusing it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(cfg.to_json_best_effort(indent=2) + "\n")
-    tmp.replace(directory / "config.json")
 
 
 __all__ = ["Orchestrator", "StageTimes", "check_same_run", "finished_marker", "write_config"]

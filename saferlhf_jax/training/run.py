@@ -148,6 +148,15 @@ def check_seed(seed, name: str = "seed") -> int:
     return value
 
 
+def write_config(directory: pathlib.Path, cfg) -> None:
+    """DIR/config.json (written whole, then renamed): what a later resume or reuse of the run must match
+    (`Run._check_resume`; for a composite stage such as the testbed, written when it finishes:
+    `orchestrator.check_same_run`)."""
+    tmp = pathlib.Path(directory) / "config.json.tmp"
+    tmp.write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    tmp.replace(pathlib.Path(directory) / "config.json")
+
+
 def prepare_output_dir(path) -> pathlib.Path:
     """Create `path` (one-line ConfigError when it is a file or not writable)."""
     out = pathlib.Path(str(path)).expanduser()
@@ -315,9 +324,7 @@ class Run:
             self.models = model_fingerprints(cfg)
             self.resume_meta = self._check_resume()
             if jax.process_index() == 0:  # only after the resume check: a refused run leaves the directory as it was
-                tmp = self.out / "config.json.tmp"
-                tmp.write_text(cfg.to_json_best_effort(indent=2) + "\n")
-                tmp.replace(self.out / "config.json")
+                write_config(self.out, cfg)
             self.metrics = MetricsLog(self.out, bool(cfg.logging.get("tensorboard", True)))
             if self.resume_meta is None and jax.process_index() == 0:
                 self.metrics.path.unlink(missing_ok=True)  # a dead run that saved nothing leaves no rows behind

@@ -22,6 +22,12 @@ def critic_free(mode: str, preset: str):
     ))
     if mode == "grpo_lag":
         c.rl.lambda_max = 5.0
+    if c.recipe == "safe_rlhf_jax":  # the testbed's GRPO-Lag (spec §7.34; configs/testbed.py says why each)
+        g = int(c.generation.num_return_sequences)
+        # G λ updates per rollout batch (one per return group): PPO-Lag's k_p, 1.5× its k_i divided by G
+        c.rl.lambda_pid = (c.rl.lambda_pid[0], 1.5 * c.rl.lambda_pid[1] / g, 0.0)
+        c.grpo.kl_mode = "reward"                # PPO-Lag's objective: only the advantages differ
+        c.grpo.advantage = "dr_grpo"             # x − group mean, in the models' own units (METHODS_BEYOND §2.3)
     return c
 
 

@@ -1,4 +1,9 @@
-"""Shared config of the RL stages (PPO, PPO-Lag, reward shaping); spec §6 for the recipe values."""
+"""Shared config of the RL stages (PPO, PPO-Lag, reward shaping); spec §6 for the reference's values.
+
+PPO-Lag and GRPO-Lag presets carry the recipe the ground-truth testbed validates (`recipe`, docs/SAFE_RLHF_SPEC.md
+§7.34: the PID λ, KL 0.05, a missing-EOS penalty and a budget in label units calibrated on held-out rows); the
+`reference` presets (`:reference` at the tiny sizes, `:llama2_7b_reference`, `:llama3_8b_reference`) keep the
+reference's recipe exactly (log-λ SGD, KL 0.01, no penalty, threshold 0 in cost-model units)."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ from configs import common
 def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.mode = mode
+    c.recipe = "reference"                       # set by the preset: 'safe_rlhf_jax' (the testbed's) | 'reference'
     c.output_dir = f"runs/{mode}"
     c.seed = 42
     c.architecture = ""                          # base architecture (for launch.plan before the weights exist)
@@ -63,7 +69,12 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     c.rl.gamma = 1.0
     c.rl.gae_lambda = 0.95
     c.rl.ptx_coeff = 0.0
-    c.rl.threshold = 0.0
+    c.rl.threshold = 0.0                          # in cost-model units; replaced by rl.budget when it has a target
+    # the budget in the units of the rows' labels (algorithms/budget.py): target 'unsafe_rate' | 'mean_severity'
+    # ('' = rl.threshold as given), its value, optionally one PKU harm category, and the held-out labelled split the
+    # threshold is calibrated on (the cost model must never have trained on it); confidence z: the threshold is read
+    # z standard errors of the fitted line below it
+    c.rl.budget = ml_collections.ConfigDict(dict(target="", value=0.0, category="", datasets=(), confidence=0.0))
     c.rl.lambda_init = 1.0
     c.rl.lambda_lr = 0.1
     c.rl.lambda_max = 5.0 if mode == "ppo_lag" else 0.0   # 0 = no upper clamp
@@ -146,6 +157,28 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
     return c
 
 
+LAGRANGIAN = ("ppo_lag", "grpo_lag")
+SIZES = ("tiny", "llama2_7b", "llama3_8b")
+
+
+def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The Lagrangian recipe the ground-truth testbed validates, on a config built with the reference's values.
+    Each value and the evidence for it: docs/SAFE_RLHF_SPEC.md §7.34 (GRPO-Lag's own: configs/grpo_lag.py)."""
+    c.recipe = "safe_rlhf_jax"
+    c.rl.lambda_update = "pid"          # λ falls to 0 inside the budget and answers a rising cost at once (§7.27)
+    c.rl.lambda_pid = (1.0, 0.2, 0.0)
+    c.rl.kl_coeff = 0.05                # 5× the reference's: the learned models stay accurate near the SFT text
+    c.rl.missing_eos_penalty = 5.0      # reward-model units: cut-off answers fool the cost model (§7.29)
+    # the budget in the units of the rows' labels, calibrated on the held-out split (no cost model trains on the
+    # test split): at most one answer in ten unsafe
+    c.rl.budget.update(target="unsafe_rate", value=0.1, datasets=("PKU-SafeRLHF/test",))
+    return c
+
+
 def get(mode: str, preset: str):
-    preset = common.check_preset(preset, ("tiny", "llama2_7b", "llama3_8b"))
-    return base(mode, preset)
+    """`<size>` (the recipe for PPO-Lag / GRPO-Lag) or `<size>_reference` / `reference` (= tiny_reference)."""
+    known = SIZES + ("reference",) + tuple(f"{s}_reference" for s in SIZES if s != "tiny")
+    preset = common.check_preset(preset, known)
+    size = "tiny" if preset == "reference" else preset.removesuffix("_reference")
+    c = base(mode, size)
+    return recipe(c) if mode in LAGRANGIAN and not preset.endswith("reference") else c

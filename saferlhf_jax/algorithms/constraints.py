@@ -9,7 +9,8 @@ scores: `score` / `score:<d>` of a cost model (identity: > 0 unsafe), or a moder
                         {"name": "violence", "model": "moderation", "head": "category:6", "threshold": 0.02})
 
 lambda_init / lambda_lr / lambda_max default to c.rl.lambda_* when absent; an empty tuple keeps the single
-constraint of the base spec (c.cost_model_name_or_path, c.rl.threshold).
+constraint of the base spec (c.cost_model_name_or_path, c.rl.threshold). A score-head constraint may give its budget
+in label units instead of `threshold` (`budget`: {target, value, category, datasets, confidence}; algorithms/budget.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from saferlhf_jax import ops
+from saferlhf_jax.algorithms import budget as budget_lib
 from saferlhf_jax.errors import ConfigError
 
-FIELDS = ("name", "model", "head", "transform", "threshold", "lambda_init", "lambda_lr", "lambda_max")
+FIELDS = ("name", "model", "head", "transform", "threshold", "lambda_init", "lambda_lr", "lambda_max", "budget")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Constraint:
     lambda_init: float = 1.0
     lambda_lr: float = 0.1
     lambda_max: float | None = 5.0
+    budget: budget_lib.Budget = budget_lib.Budget()   # calibrated: replaces `threshold` (algorithms/budget.py)
 
     @property
     def is_score_head(self) -> bool:
@@ -68,8 +71,12 @@ def parse(rl_section) -> list[Constraint]:
                        threshold=float(entry.get("threshold", rl_section.threshold)),
                        lambda_init=float(entry.get("lambda_init", rl_section.lambda_init)),
                        lambda_lr=float(entry.get("lambda_lr", rl_section.lambda_lr)),
-                       lambda_max=None if lmax is None or float(lmax) <= 0 else float(lmax))
+                       lambda_max=None if lmax is None or float(lmax) <= 0 else float(lmax),
+                       budget=budget_lib.parse(entry.get("budget"), f"rl.constraints[{i}].budget"))
         _check_head(c, i)
+        if c.budget.calibrated and not c.is_score_head:
+            raise ConfigError(f"rl.constraints[{i}] ({c.name}): a budget in label units is calibrated on a cost "
+                              f"model's score head, not {c.head!r}; give this constraint a threshold")
         out.append(c)
     return out
 

@@ -9,6 +9,8 @@ Where the parts live: the config read into `rl.RLConfig` and its checks (`rl_con
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from typing import Any
 
@@ -17,6 +19,7 @@ import numpy as np
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax import models
+from saferlhf_jax.algorithms import budget as budget_lib
 from saferlhf_jax.algorithms import constraints as constraints_lib
 from saferlhf_jax.algorithms import rl
 from saferlhf_jax.algorithms.rl_config import build_prompts, eval_sampling, lora_kwargs, rl_config, validate
@@ -168,6 +171,54 @@ def _prompt_data(cfg, rl_cfg, tokenizer):
     return prompts, prompt_iter, eval_prompts, ptx_iter
 
 
+def budgets_of(cfg, rl_cfg) -> list[budget_lib.Budget]:
+    """The budget of each constraint (one for the single one), as configured; [] for a mode without a learned λ."""
+    if not rl_cfg.learns_lambda:
+        return []
+    several = constraints_lib.parse(cfg.rl)
+    return [c.budget for c in several] if several else [budget_lib.parse(cfg.rl.get("budget"), "rl.budget")]
+
+
+def calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, run_dir):
+    """(rl_cfg with every budget given in label units replaced by its calibrated threshold, the fits) — scored with
+    the loaded cost model(s) on each budget's held-out labelled split before the first iteration (spec §7.33); the
+    fits go to budget.json, the metrics and the summary."""
+    budgets = budgets_of(cfg, rl_cfg)
+    if not any(b.calibrated for b in budgets):
+        return rl_cfg, []
+    scorer_tokenizer = load_tokenizer(cfg.cost_model_name_or_path) if "cost" in retokenizers else tokenizer
+    template = data_lib.make_template(str(cfg.data.get("template", "pku")), scorer_tokenizer)
+    several = rl_cfg.num_constraints > 0
+
+    def scores_of(k, texts):
+        scores = budget_lib.score_responses(cost_fn, frozen["cost"], scorer_tokenizer, template, texts,
+                                            max_length=int(cfg.generation.max_length),
+                                            batch_size=int(cfg.train.eval_batch_size))
+        return scores[:, k] if several else scores
+
+    fits = budget_lib.calibrate(budgets, scores_of, cfg.data.get("source"))
+    if several:
+        thresholds = tuple(f["threshold_cost_model_units"] if f else t for f, t in zip(fits, rl_cfg.thresholds))
+        rl_cfg = dataclasses.replace(rl_cfg, thresholds=thresholds)
+        names = rl_cfg.constraints
+    else:
+        rl_cfg = dataclasses.replace(rl_cfg, threshold=fits[0]["threshold_cost_model_units"])
+        names = ("",)
+    row = {"step": 0}
+    for name, f in zip(names, fits):
+        if f:
+            log.info("budget%s (%s): threshold %.4g in cost-model units (line %.3g·label %+.3g over %d held-out "
+                     "responses, standard error %.3g)", f" {name}" if name else "", f["budget"],
+                     f["threshold_cost_model_units"], f["slope"], f["intercept"], f["responses"], f["standard_error"])
+            row.update({f"budget/{key}" + (f"/{name}" if name else ""): f[key] for key in
+                        ("threshold_cost_model_units", "slope", "intercept", "standard_error", "responses")})
+    if jax.process_index() == 0:
+        (run_dir.out / "budget.json").write_text(json.dumps(
+            {"constraints": list(names), "fits": fits}, indent=2) + "\n")
+    run_dir.log(row)
+    return rl_cfg, fits
+
+
 def run(cfg) -> dict[str, Any]:
     """Run (or resume) a PPO / PPO-Lag / reward-shaping / GRPO(-Lag) job from an ml_collections config."""
     rl_cfg = rl_config(cfg)
@@ -177,6 +228,7 @@ def run(cfg) -> dict[str, Any]:
         prompts, prompt_iter, eval_prompts, ptx_iter = _prompt_data(cfg, rl_cfg, tokenizer)
         actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = load_models(cfg, rl_cfg, tokenizer,
                                                                                      run_dir.mesh, run_dir.rules)
+        rl_cfg, fits = calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, run_dir)
         iterations = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * prompt_iter.batches_per_epoch
         micro_per_iter = int(t.prompt_batch_size) * int(cfg.generation.num_return_sequences) // int(t.train_batch_size)
         runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
@@ -208,6 +260,8 @@ def run(cfg) -> dict[str, Any]:
                    "eval": {k: v for k, v in (stage.eval_rows[-1] if stage.eval_rows else {}).items()
                             if k.startswith("eval/")},
                    "prompts": len(prompts), "prompt_counts": prompts.counts}
+        if fits:
+            summary["budget"] = fits
         if done.last_eval is not None and jax.process_index() == 0:
             summary["eval_samples"] = _eval_page(done.last_eval, tokenizer)
 

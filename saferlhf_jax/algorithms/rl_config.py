@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 
 from saferlhf_jax import data as data_lib
+from saferlhf_jax.algorithms import budget as budget_lib
 from saferlhf_jax.algorithms import constraints as constraints_lib
 from saferlhf_jax.algorithms import rl
 from saferlhf_jax.errors import ConfigError
@@ -79,6 +80,8 @@ def validate(cfg, mesh) -> None:
     if (float(g.temperature) < 0 or not 0 < float(g.top_p) <= 1 or int(g.top_k) < 0
             or not float(g.repetition_penalty) > 0):
         raise ConfigError("generation: temperature must be ≥ 0, top_p in (0, 1], top_k ≥ 0, repetition_penalty > 0")
+    if cfg.mode in ("ppo_lag", "grpo_lag"):  # a budget in label units: one line before any model loads
+        budget_lib.parse(cfg.rl.get("budget"), "rl.budget")
     eval_bs = int(t.eval_batch_size)
     if cfg.get("eval_datasets") and (eval_bs < 1 or eval_bs % div or eval_bs % hosts):
         raise ConfigError(f"train.eval_batch_size={eval_bs} must be a positive multiple of data×fsdp={div} and of "

@@ -9,13 +9,14 @@ import pathlib
 
 def points(results: dict) -> list[tuple[str, dict]]:
     m = results["methods"]
-    pts = [(name, m[name]) for name in ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")
-           if name in m]
+    pts = [(name, m[name]) for name in ("sft", "ppo", "ppo_lag", "ppo_lag_reference", "ppo_lag_summed", "grpo_lag",
+                                        "safedpo") if name in m]
     pts += [(f"shaping λ={s['lambda']:g}", s) for s in m.get("reward_shaping", [])]
     return pts
 
 
 COLORS = {"sft": "tab:gray", "ppo": "tab:red", "ppo_lag": "tab:green", "ppo_lag_summed": "tab:orange",
+          "ppo_lag_reference": "tab:cyan",
           "grpo_lag": "tab:olive", "safedpo": "tab:purple"}
 
 
@@ -90,7 +91,7 @@ def plot_lagrangian(run_dir: pathlib.Path, path: pathlib.Path, thresholds: dict[
         for i, (name, threshold) in enumerate(names.items()):
             color = f"C{i}"
             ax.plot(steps, [r[key + suffix(name)] for r in rows], color=color, label=name or None)
-            if key == "train/episode_cost":
+            if key == "train/episode_cost" and threshold is not None:
                 ax.axhline(threshold, color=color if name else "k", linestyle="--", linewidth=0.8)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("rl step")
@@ -102,43 +103,62 @@ def plot_lagrangian(run_dir: pathlib.Path, path: pathlib.Path, thresholds: dict[
     return True
 
 
+def _moved(before: float, after: float, what: str) -> str:
+    """"raised X from a to b" / "lowered X from a to b": the sentence follows the numbers."""
+    verb = "raised" if after > before else ("lowered" if after < before else "left")
+    return f"{verb} {what} from {before:.2f} to {after:.2f}" if verb != "left" else f"left {what} at {after:.2f}"
+
+
 def verdict(results: dict) -> str:
     """One paragraph in plain language: what the numbers show, and what they do not."""
     m, c = results["methods"], results.get("claims", {})
     if "ppo_lag" not in m or "sft" not in m:
         return "The testbed ran without PPO-Lag or SFT, so there is no verdict on Safe RLHF."
     sft, lag = m["sft"], m["ppo_lag"]
-    text = [f"Judged by the world's true rules on {sft['n']} held-out prompts, PPO-Lagrangian raised helpfulness "
-            f"from {sft['gt_reward']:.2f} to {lag['gt_reward']:.2f} while keeping the mean harm cost at "
-            f"{lag['gt_cost']:+.2f} against a budget of {results['threshold']:+.2f}"]
+    t = results["threshold"]
+    kept = "keeping" if lag["gt_cost"] <= t else "breaking"
+    text = [f"Judged by the world's true rules on {sft['n']} held-out prompts, PPO-Lagrangian "
+            f"{_moved(sft['gt_reward'], lag['gt_reward'], 'helpfulness')}, {kept} the mean harm cost at "
+            f"{lag['gt_cost']:+.2f} against a budget of {t:+.2f}"]
     if "ppo" in m:
         ppo = m["ppo"]
         text.append(f"; reward-only PPO reached {ppo['gt_reward']:.2f} but spent {ppo['gt_cost']:+.2f} "
                     f"(unsafe rate {ppo['gt_unsafe_rate']:.0%} vs {lag['gt_unsafe_rate']:.0%})")
+    if "ppo_lag_reference" in m:
+        ref = m["ppo_lag_reference"]
+        text.append(f"; the reference's recipe ended at {ref['gt_reward']:.2f} / {ref['gt_cost']:+.2f}")
     text.append(". ")
     rules = results.get("constraints") or []
     if rules:
         costs = lambda p: ", ".join(f"{r['name']} {v:+.2f}" for r, v in zip(rules, p["gt_costs"]))  # noqa: E731
-        tol = (c or {}).get("rule_budget_tolerances")
-        text.append(f"Each of the {len(rules)} harm rules has its own budget (mean C* ≤ "
-                    f"{rules[0]['threshold']:+.2f}" + (f", kept within {tol[0]:.2f}: 10% of PPO's rise in C*"
-                                                        if tol else "")
-                    + f"); PPO-Lag with one constraint per rule ended at {costs(lag)}")
+        text.append(f"Each of the {len(rules)} harm rules has its own budget (mean C* ≤ {rules[0]['threshold']:+.2f}"
+                    "); PPO-Lag with one constraint per rule ended at " + costs(lag))
         if "ppo_lag_summed" in m:
             text.append(f", PPO-Lag held only to the summed cost at {costs(m['ppo_lag_summed'])} (R* "
                         f"{m['ppo_lag_summed']['gt_reward']:.2f})")
         text.append(". ")
-    if c:
-        held = [k for k, v in c.items() if isinstance(v, bool) and v]
-        failed = [k for k, v in c.items() if isinstance(v, bool) and not v]
-        text.append("Claims that hold: " + (", ".join(held) or "none") + ". ")
-        if failed:
-            text.append("Claims that do NOT hold in this run: " + ", ".join(failed) + ". ")
+    for status, words in (("holds", "Claims that hold"), ("fails", "Claims that do NOT hold in this run"),
+                          ("untested", "Claims left untested (their premise is absent)")):
+        names = [f"{k} ({v['why']})" if status != "holds" else k for k, v in c.items() if v["status"] == status]
+        if names:
+            text.append(f"{words}: " + "; ".join(names) + ". ")
     text.append(f"The learned models it optimised were imperfect (held-out reward-model accuracy "
                 f"{results['rm_accuracy_heldout']:.2f}, cost-model sign accuracy "
                 f"{results['cm_sign_accuracy_heldout']:.2f}): the budget is enforced on the learned cost, and the "
                 "world's cost shows how well that transfers.")
     return "".join(text)
+
+
+def _row_statistics(stats: dict) -> list[str]:
+    """The world's rows next to the shipped PKU-SafeRLHF rows: pair kinds and severity levels."""
+    lines = ["| rows | pairs | both safe | both unsafe | mixed | severity 0 / 1 / 2 / 3 |", "|---|---|---|---|---|---|"]
+    for name, label in (("world", "this world (SFT answers, ties broken at random)"),
+                        ("pku_shipped", "PKU-SafeRLHF (500 shipped train rows)")):
+        if name in stats:
+            x = stats[name]
+            lines.append(f"| {label} | {x['pairs']} | {x['both_safe']:.2f} | {x['both_unsafe']:.2f} | {x['mixed']:.2f} "
+                         f"| {' / '.join(f'{v:.2f}' for v in x['severity_levels'])} |")
+    return lines
 
 
 def write(out: pathlib.Path, results: dict) -> pathlib.Path:
@@ -147,7 +167,7 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     calib = results.get("cost_model_budget", {})
     budget = calib.get("threshold_cost_model_units", results["threshold"])
     rules = results.get("constraints") or []
-    thresholds = {r["name"]: r["threshold_cost_model_units"] for r in rules} or {"": budget}
+    thresholds = {r["name"]: r.get("threshold_cost_model_units") for r in rules} or {"": budget}
     lag_rounds = results.get("rounds", {}).get("ppo_lag", [])
     if lag_rounds:  # the curves of PPO-Lag's last round, against that round's budgets
         thresholds = dict(zip(thresholds, (b["threshold_cost_model_units"] for b in lag_rounds[-1]["budgets"])))
@@ -171,18 +191,21 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
     else:
         whose = "PPO-Lag's threshold in the cost model's units"
     in_units = (f" {whose}: {budget:+.2f}"
-                + (f" (the line cost ≈ {calib['slope']:.2f}·C* {calib['intercept']:+.2f} fitted to "
-                   f"{calib['responses']} held-out responses, read at the budget"
-                   + (f", minus {calib['confidence_z']:g} standard errors of the line there "
-                      f"({calib['standard_error']:.2f})" if calib.get("confidence_z") else "") + ")."
-                   if "slope" in calib else "."))
+                + (f" ({calib.get('budget', 'the budget')} on the rows' labels: the line cost ≈ "
+                   f"{calib['slope']:.2f}·label {calib['intercept']:+.2f} fitted to {calib['responses']} held-out "
+                   f"labelled responses, read at {calib.get('target_value', 0):g}, standard error "
+                   f"{calib['standard_error']:.2f}"
+                   + (f", minus {calib['confidence_z']:g} standard errors" if calib.get("confidence_z") else "") + ")."
+                   if "slope" in calib else " (the raw threshold in cost-model units)."))
     lines += ["", f"Budget: mean C* ≤ {results['threshold']:+.2f}.{in_units} Held-out reward-model accuracy "
               f"{results['rm_accuracy_heldout']:.3f}; cost-model accuracy {results['cm_accuracy_heldout']:.3f}, "
               f"sign accuracy {results['cm_sign_accuracy_heldout']:.3f}.", ""]
     for r in rules:
+        units = r.get("threshold_cost_model_units")
         lines.append(f"- Rule {r['name']} ({', '.join(r['verbs'])}; C* = #verbs − {r['tolerance']:g}): budget mean "
-                     f"C* ≤ {r['threshold']:+.2f}, {r['threshold_cost_model_units']:+.2f} in its own cost model's "
-                     f"units; that model's held-out sign accuracy {r['cm_sign_accuracy_heldout']:.3f}.")
+                     f"C* ≤ {r['threshold']:+.2f} (mean severity ≤ {r['tolerance']:g} on its own rows)"
+                     + (f", {units:+.2f} in its own cost model's units" if units is not None else "")
+                     + f"; that model's held-out sign accuracy {r['cm_sign_accuracy_heldout']:.3f}.")
     if rules:
         lines.append("")
     if results.get("rounds"):
@@ -206,8 +229,21 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         advantages = results.get("grpo_lag_advantages")
         lines += [f"GRPO-Lag's λ update: {results['grpo_lag_lambda']} (the same threshold)"
                   + (f"; its advantages: {advantages}." if advantages else "."), ""]
-    lines += ["## The world's rules", "", results["rules"], "", "## Claims", "", "```json",
-              json.dumps(results.get("claims", {}), indent=2), "```", "",
+    if results.get("row_statistics"):
+        lines += ["## Rows", "", "What the reward and cost models learn from, next to annotators' rows:", "",
+                  *_row_statistics(results["row_statistics"]), ""]
+    recipe = results.get("rl_recipe") or {}
+    if recipe.get("world_overrides"):
+        lines += ["## RL settings", "", f"PPO-Lag and GRPO-Lag run the library's presets (recipe "
+                  f"'{recipe.get('ppo_lag')}'; ppo_lag_reference: '{recipe.get('ppo_lag_reference')}') with these "
+                  "world-specific settings:", "", "| stage | setting | preset | testbed | why |", "|---|---|---|---|---|"]
+        lines += [f"| {o['stage']} | {o['key']} | {o['preset']} | {o['testbed']} | {o['why']} |"
+                  for o in recipe["world_overrides"]]
+        lines.append("")
+    lines += ["## The world's rules", "", results["rules"], "", "## Claims", "",
+              "| claim | status | why |", "|---|---|---|",
+              *[f"| {k} | {v['status']} | {v['why']} |" for k, v in results.get("claims", {}).items()], "",
+              "```json", json.dumps(results.get("claims", {}), indent=2), "```", "",
               f"Wall time: {results['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in results['timings'].items())}).",
               ""]
     path = out / "report.md"

@@ -1,9 +1,11 @@
 """The ground-truth testbed: the whole Safe RLHF pipeline with *learned* models, judged by the world's true rules.
 
-    world data (SFT stories, prompts) → SFT → sample 2 answers per prompt → PKU-SafeRLHF-format rows labelled by R*
-    and C* → reward model, cost model (held-out accuracy) → the world's budget in the cost model's units (fitted on
-    the held-out pairs: PPO-Lag's threshold) → PPO, PPO-Lag, reward shaping with fixed λ's, each from the same SFT
-    model with the same RL budget → every policy answers held-out prompts → R*, C*, unsafe rate.
+    world data (SFT stories, prompts) → SFT → sample 2 answers per prompt → PKU-SafeRLHF-format rows labelled by the
+    world as an annotator (better, safer — ties broken at random —, is-safe, harm categories, severity) → reward
+    model, cost model (held-out accuracy) → PPO, PPO-Lag (its budget given as a mean severity and calibrated by the
+    stage itself on the held-out rows' labels: algorithms/budget.py), reward shaping with fixed λ's, each from the
+    same SFT model with the same RL budget → every policy answers held-out prompts → the world judges: R*, C*,
+    unsafe rate. The truth is read only then (`world.judging()`): no training stage, threshold or filter sees it.
 
 It is a pipeline like the main job (`saferlhf_jax.pipeline`): the world is its data source (it writes the SFT
 stories, the prompt files and PKU-SafeRLHF rows) and its judge (it scores held-out answers), and every stage is the
@@ -32,9 +34,10 @@ from saferlhf_jax.algorithms import ppo_lag
 from saferlhf_jax.algorithms import reward as reward_stage
 from saferlhf_jax.algorithms import safedpo as safedpo_stage
 from saferlhf_jax.algorithms import sft as sft_stage
-from saferlhf_jax.data.template import DEFAULT_TEMPLATE
+from saferlhf_jax.data import raw as raw_data
+from saferlhf_jax.data.registry import ASSETS
 from saferlhf_jax.errors import ConfigError
-from saferlhf_jax.evaluation.arena import generate_answers, score_texts
+from saferlhf_jax.evaluation.arena import generate_answers
 from saferlhf_jax.evaluation.loading import load_for_eval
 from saferlhf_jax.testbed import report, world
 from saferlhf_jax.training import trainer
@@ -43,9 +46,11 @@ from saferlhf_jax.training.run import check_seed
 
 log = logging.getLogger(__name__)
 
-METHODS = ("sft", "ppo", "ppo_lag", "reward_shaping", "grpo_lag", "safedpo", "ppo_lag_summed")
+METHODS = ("sft", "ppo", "ppo_lag", "ppo_lag_reference", "reward_shaping", "grpo_lag", "safedpo", "ppo_lag_summed")
 # In the two-rule world ppo_lag and grpo_lag hold one constraint per rule (a cost model each); ppo_lag_summed is
 # PPO-Lag held to one cost model of the summed cost (the single-constraint baseline of the multi preset).
+# ppo_lag_reference is PPO-Lag with the reference's recipe (configs/ppo_lag.py:reference: log-λ SGD, KL 0.01, no
+# missing-EOS penalty, threshold 0 in cost-model units) and the world's sizes.
 
 
 def _jsonl(path: pathlib.Path, rows) -> pathlib.Path:
@@ -70,46 +75,6 @@ def answers(model_dir, prompts: list[str], *, max_length: int, seed: int, batch_
     pairs = generate_answers(model, tok, prompts, max_length=max_length, batch_size=batch_size, seed=seed,
                              top_k=0)
     return [response for _, response in pairs]
-
-
-def cost_model_budget(cost_dir, rows: list[dict], *, max_length: int, batch_size: int,
-                      w: world.World = world.SINGLE, rule: int | None = None,
-                      confidence: float = 0.0) -> dict[str, float]:
-    """The world's budget (mean C* ≤ THRESHOLD) in the cost model's units, from held-out pairs it never trained on.
-
-    A cost model trained with the sign term is close to a safe/unsafe classifier (about −4.5 for every safe answer,
-    +4.4 for one harmful act or three), so "mean cost ≤ 0" would allow an unsafe rate near one half whatever the
-    harm per unsafe answer. The least-squares line cost ≈ a·C* + b over the held-out responses, read at the
-    threshold, is the budget a practitioner with a labelled calibration set would give PPO-Lag. With `rule`, the
-    truth is that rule's C*_k (and the cost model is that rule's own).
-
-    confidence = z > 0 reads the budget `z` standard errors of the fitted line below it (z = 1.645: the one-sided
-    95 % lower bound): ~100 held-out responses fix the line only to ~0.2 cost-model units at the threshold, and a
-    budget read too high by that much is broken by a policy that sits right at it."""
-    texts, truth = [], []
-    for r in rows:
-        for key in ("response_0", "response_1"):
-            texts.append(DEFAULT_TEMPLATE.format_prompt(r["prompt"]) + r[key])
-            score = world.ground_truth(r[key], w)
-            truth.append(score.cost if rule is None else score.costs[rule])
-    model, tok = load_for_eval(str(cost_dir), "score")
-    scores = score_texts(model, tok, texts, batch_size=batch_size, max_length=max_length)
-    return budget_line(np.asarray(truth), np.asarray(scores), world.THRESHOLD, confidence)
-
-
-def budget_line(truth, scores, threshold: float, confidence: float = 0.0) -> dict[str, float]:
-    """The least-squares line scores ≈ slope·truth + intercept over N responses (truth, scores: (N,)), read at
-    `threshold` and lowered by `confidence` standard errors of the fitted value there."""
-    if len(truth) < 3 or len(np.unique(truth)) < 2:  # a line and its standard error need both
-        raise ConfigError(f"the cost-model budget is a line fitted to held-out responses: {len(truth)} response(s) "
-                          f"with {len(np.unique(truth))} distinct true cost(s) cannot fix one (3 and 2 at least); "
-                          "raise world.preference_prompts or world.heldout_fraction, or set calibrate_budget=False")
-    (slope, intercept), cov = np.polyfit(truth, scores, 1, cov=True)  # cov scaled by RSS / (N − 2)
-    t = float(threshold)
-    se = float(np.sqrt(cov[0, 0] * t * t + 2 * cov[0, 1] * t + cov[1, 1]))
-    return {"slope": float(slope), "intercept": float(intercept), "responses": int(len(truth)),
-            "standard_error": se, "confidence_z": float(confidence),
-            "threshold_cost_model_units": float(slope * t + intercept - confidence * se)}
 
 
 def _check_sizes(cfg) -> None:
@@ -204,10 +169,10 @@ class Testbed:
         return [json.loads(line) for line in answers_file.read_text().splitlines()]
 
     def labelled(self, sampled, rule, source="testbed-sft") -> tuple[list, list]:
-        """The world's rows of a rule (None: the summed cost), ties dropped, split (train, held-out)."""
-        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], self.w, rule, source=source)
-                for a in sampled]
-        rows = [r for r in rows if world.distinct(r, self.w, rule)]
+        """The world's rows of a rule (None: the summed cost), every pair kept (a tie is broken at random, as an
+        annotator must pick one), split (train, held-out)."""
+        rows = [world.preference_row(a["prompt"], a["response_0"], a["response_1"], self.w, rule, source=source,
+                                     seed=self.seed) for a in sampled]
         cut = int(len(rows) * (1 - float(self.cfg.world.heldout_fraction)))
         return rows[:cut], rows[cut:]
 
@@ -241,14 +206,25 @@ class Testbed:
         self.scores[name] = json.loads((self.out / name / "summary.json").read_text())["eval"]
         return self.out / name / "export"
 
-    def calibrated(self, cost_dir, rule, heldout=None) -> dict:
-        """The budget in the cost model's units (calibrated on the held-out pairs, or the world's threshold as it
-        is)."""
+    def budget_spec(self, rule, heldout_file: pathlib.Path) -> dict:
+        """The budget as a user with these rows gives it (an RL stage's `rl.budget`): a mean severity of at most the
+        rule's allowance (the summed cost's: all of them), calibrated by the stage on the held-out rows' labels.
+        With calibrate_budget=False: none (the raw threshold, 0 in cost-model units, as the reference)."""
         if not self.cfg.calibrate_budget:
-            return {"threshold_cost_model_units": float(world.THRESHOLD)}
-        return cost_model_budget(cost_dir, self.split_rows[rule][1] if heldout is None else heldout,
-                                 max_length=self.length, batch_size=self.batch_size, w=self.w, rule=rule,
-                                 confidence=float(self.cfg.budget_confidence))
+            return {"target": ""}
+        allowance = sum(r.tolerance for r in self.w.rules) if rule is None else self.w.rules[rule].tolerance
+        return {"target": "mean_severity", "value": float(allowance), "category": "",
+                "datasets": (f"PKU-SafeRLHF/test:1.0:{heldout_file}",),
+                "confidence": float(self.cfg.budget_confidence)}
+
+    def fits(self, name: str) -> list[dict]:
+        """The budgets an RL stage calibrated (its summary's "budget": one per constraint), or the raw threshold."""
+        summary = json.loads((self.out / name / "summary.json").read_text())
+        if summary.get("budget"):
+            return summary["budget"]
+        config = json.loads((self.out / name / "config.json").read_text())["rl"]
+        return [{"threshold_cost_model_units": float(c.get("threshold", config["threshold"]))}
+                for c in config.get("constraints") or [{}]]
 
     def safedpo(self) -> pathlib.Path:
         """SafeDPO: offline, on the same labelled pairs (no reward or cost model: the safety labels decide)."""
@@ -262,7 +238,8 @@ class Testbed:
     def rl_runs(self) -> list[tuple[str, str, float | None]]:
         """(directory, mode, fixed λ) of every RL method, in the order they run."""
         runs = [(name, mode, None) for name, mode in (("ppo", "ppo"), ("ppo_lag", "ppo_lag"),
-                                                      ("ppo_lag_summed", "ppo_lag")) if name in self.methods]
+                                                      ("ppo_lag_reference", "ppo_lag"), ("ppo_lag_summed", "ppo_lag"))
+                if name in self.methods]
         if "reward_shaping" in self.methods:
             runs += [(f"reward_shaping_{lam:g}", "reward_shaping", float(lam)) for lam in self.cfg.shaping_lambdas]
         if "grpo_lag" in self.methods:
@@ -275,19 +252,22 @@ class Testbed:
 
     def run_rl(self, name, mode, lam, cost_dirs: dict, budgets: dict, actor) -> pathlib.Path:
         """One RL run from `actor` (also its KL reference). cost_dirs / budgets: {None: the summed cost's} or, for a
-        method with one constraint per rule, {k: rule k's} (its cost model's export, its calibrated budget)."""
-        rl_cfg = self.stage_config(self.cfg.grpo_lag if mode == "grpo_lag" else self.cfg.rl, name)
+        method with one constraint per rule, {k: rule k's} (its cost model's export, its budget: `budget_spec`)."""
+        base = {"grpo_lag": self.cfg.grpo_lag, "ppo_lag_reference": self.cfg.rl_reference}.get(
+            name if name == "ppo_lag_reference" else mode, self.cfg.rl)
+        rl_cfg = self.stage_config(base, name)
         rl_cfg.mode = mode
         rl_cfg.actor_model_name_or_path = str(actor)
         rl_cfg.reward_model_name_or_path = str(self.out / "reward" / "export")
         rl_cfg.cost_model_name_or_path = str(cost_dirs[None]) if mode != "ppo" and None in cost_dirs else ""
         rl_cfg.train_datasets = (f"PKU-SafeRLHF-prompt:1.0:{self.data / 'prompts_rl.jsonl'}",)
-        rl_cfg.rl.threshold = budgets.get(None, self.budget)["threshold_cost_model_units"]
+        if None in budgets and mode in ("ppo_lag", "grpo_lag"):
+            rl_cfg.rl.budget.update(budgets[None])
         if None not in cost_dirs:  # one constraint per rule, each on its own cost model
             rl_cfg.rl.cost_models = {rule.name: str(cost_dirs[k]) for k, rule in enumerate(self.w.rules)}
             rl_cfg.rl.constraints = tuple(
-                {"name": rule.name, "model": rule.name, "head": "score",
-                 "threshold": budgets[k]["threshold_cost_model_units"]} for k, rule in enumerate(self.w.rules))
+                {"name": rule.name, "model": rule.name, "head": "score", "budget": budgets[k]}
+                for k, rule in enumerate(self.w.rules))
         if mode == "ppo":
             rl_cfg.rl.lambda_max = 0.0
         if mode == "reward_shaping":
@@ -321,12 +301,12 @@ class Testbed:
                 self.write_pairs(prefix, rows[k][0], rows[k][1])
                 cost_dirs[k] = self.train_score(f"{tag}_cost" + (f"_{rule.name}" if rule else ""), cost_stage.STAGE,
                                                 self.cfg.cost, prefix)
-                budgets[k] = self.calibrated(cost_dirs[k], k, heldout=rows[k][1])
+                budgets[k] = self.budget_spec(k, self.data / f"{prefix}_test.jsonl")
             start = policies[name] if self.cfg.rounds_continue else self.out / "sft" / "export"
             policies[name] = self.run_rl(tag, mode, lam, cost_dirs, budgets, actor=start)
             history.append({"round": r, "dir": tag, "start": start.parent.name,
                             "cost_models": [d.parent.name for d in cost_dirs.values()],
-                            "pairs_added": len(sampled), "budgets": list(budgets.values())})
+                            "pairs_added": len(sampled), "budgets": self.fits(tag)})
         return history
 
     # ------------------------------------------------------------------ the world as the judge
@@ -337,10 +317,11 @@ class Testbed:
         for name, path in policies.items():
             responses = self.stages.timed(f"eval_{name}", lambda: answers(
                 path, eval_prompts, max_length=self.length, seed=self.seed + 1000, batch_size=self.batch_size))
-            evaluations[name] = world.evaluate(responses, self.w)
-            _jsonl(path.parent / "heldout_answers.jsonl", [
-                {"prompt": p, "answer": a, **world.ground_truth(a, self.w).__dict__}
-                for p, a in zip(eval_prompts, responses)])
+            with world.judging():  # the one place the truth is read
+                evaluations[name] = world.evaluate(responses, self.w)
+                judged = [world.ground_truth(a, self.w).__dict__ for a in responses]
+            _jsonl(path.parent / "heldout_answers.jsonl", [{"prompt": p, "answer": a, **truth}
+                                                            for p, a, truth in zip(eval_prompts, responses, judged)])
         return evaluations
 
     def point(self, e: world.Evaluation) -> dict:
@@ -378,12 +359,18 @@ class Testbed:
         if self.multi:  # each rule: its budget (world units), its cost model's calibration line and held-out accuracy
             results["constraints"] = [
                 {"name": rule.name, "verbs": list(rule.verbs), "tolerance": rule.tolerance,
-                 "threshold": world.THRESHOLD, "scale": self.rule_budgets[k].get("slope"),
-                 "intercept": self.rule_budgets[k].get("intercept"),
-                 "threshold_cost_model_units": self.rule_budgets[k]["threshold_cost_model_units"],
+                 "threshold": world.THRESHOLD, "allowance_mean_severity": rule.tolerance,
+                 **({"scale": fit.get("slope"), "intercept": fit.get("intercept"),
+                     "threshold_cost_model_units": fit.get("threshold_cost_model_units"),
+                     "standard_error": fit.get("standard_error")} if fit else {}),
                  "cm_accuracy_heldout": self.scores[f"cost_{rule.name}"].get("accuracy"),
                  "cm_sign_accuracy_heldout": self.scores[f"cost_{rule.name}"].get("accuracy_sign")}
-                for k, rule in enumerate(self.w.rules)]
+                for k, (rule, fit) in enumerate(zip(self.w.rules, self.rule_budgets or [{}] * len(self.w.rules)))]
+        results["rl_recipe"] = {"ppo_lag": str(cfg.rl.get("recipe", "")), "grpo_lag": str(cfg.grpo_lag.get("recipe", "")),
+                                "ppo_lag_reference": str(cfg.rl_reference.get("recipe", "")),
+                                "world_overrides": [dict(o) for o in cfg.get("rl_overrides", ())]}
+        results["row_statistics"] = {"world": world.row_statistics(self.split_rows[None][0] + self.split_rows[None][1]),
+                                     "pku_shipped": pku_row_statistics()}
         results["claims"] = claims(results)
         return results
 
@@ -409,25 +396,30 @@ def run(cfg) -> dict[str, Any]:
     tb.train_score("reward", reward_stage.STAGE, cfg.reward, "pairs")
     for suffix, _ in labellings:
         tb.train_score(f"cost{suffix}", cost_stage.STAGE, cfg.cost, f"pairs{suffix}")
-    tb.budget = tb.calibrated(out / "cost" / "export", None)
-    tb.rule_budgets = [tb.calibrated(out / f"cost_{rule.name}" / "export", k) for k, rule in enumerate(w.rules)] \
-        if tb.multi else []
     policies: dict[str, pathlib.Path] = {"sft": sft_export}
     if "safedpo" in tb.methods:
         policies["safedpo"] = tb.safedpo()
-    # RL from the same SFT model with the same budget
+    # RL from the same SFT model with the same budget, given in the rows' labels (each Lagrangian stage calibrates
+    # it on the held-out rows); the reference recipe takes its raw threshold as the reference does
+    summed = {None: tb.budget_spec(None, tb.data / "pairs_test.jsonl")}
+    per_rule = {k: tb.budget_spec(k, tb.data / f"pairs_{rule.name}_test.jsonl") for k, rule in enumerate(w.rules)}
     runs = tb.rl_runs()
     for name, mode, lam in runs:
         if tb.per_rule(name):
             cost_dirs = {k: out / f"cost_{rule.name}" / "export" for k, rule in enumerate(w.rules)}
-            policies[name] = tb.run_rl(name, mode, lam, cost_dirs, dict(enumerate(tb.rule_budgets)), sft_export)
+            policies[name] = tb.run_rl(name, mode, lam, cost_dirs, per_rule, sft_export)
         else:
-            policies[name] = tb.run_rl(name, mode, lam, {None: out / "cost" / "export"}, {None: tb.budget},
-                                       sft_export)
+            policies[name] = tb.run_rl(name, mode, lam, {None: out / "cost" / "export"},
+                                       {None: {"target": ""}} if name == "ppo_lag_reference" else summed, sft_export)
+    # the budgets as the Lagrangian stages calibrated them (round 1): the summed cost's and, with several rules, each
+    # rule's
+    lagrangian = [n for n, mode, _ in runs if mode in ("ppo_lag", "grpo_lag") and n != "ppo_lag_reference"]
+    tb.budget = next((tb.fits(n)[0] for n in lagrangian if not tb.per_rule(n)), {})
+    tb.rule_budgets = next((tb.fits(n) for n in lagrangian if tb.per_rule(n)), [])
     # with rounds > 1 each Lagrangian method runs again on cost models re-learned from its own policy's pairs; its
     # results are its last round's, every round's are under results["rounds"]
     history = {name: tb.later_rounds(name, mode, lam, policies) for name, mode, lam in runs
-               if int(cfg.rounds) > 1 and mode in ("ppo_lag", "grpo_lag")}
+               if int(cfg.rounds) > 1 and mode in ("ppo_lag", "grpo_lag") and name != "ppo_lag_reference"}
     for name, entries in history.items():  # the earlier rounds' policies are judged too
         for entry in entries[:-1]:
             policies[f"{name}_round{entry['round']}_policy"] = out / entry["dir"] / "export"
@@ -438,7 +430,15 @@ def run(cfg) -> dict[str, Any]:
     return results
 
 
-SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_summed", "grpo_lag", "safedpo")  # one point each on the plot
+SINGLE_POINTS = ("sft", "ppo", "ppo_lag", "ppo_lag_reference", "ppo_lag_summed", "grpo_lag", "safedpo")  # a point
+# each on the plot
+
+
+def pku_row_statistics() -> dict:
+    """`world.row_statistics` of the shipped PKU-SafeRLHF rows (saferlhf_jax/assets/data/pku_saferlhf, 500 train
+    rows of Alpaca-7B answers): what annotators' rows look like, next to the world's."""
+    return world.row_statistics([row for _, row in raw_data.read_rows(ASSETS / "pku_saferlhf" /
+                                                                       "train_first500.jsonl")])
 
 
 def lambda_rule(rl_section) -> str:
@@ -467,71 +467,133 @@ def budget_tolerance(methods: dict) -> float:
     return 0.1 * max(methods["ppo"]["gt_cost"] - methods["sft"]["gt_cost"], 0.0) if "ppo" in methods else 0.0
 
 
+HOLDS, FAILS, UNTESTED = "holds", "fails", "untested"
+
+
+def claim(status: str, why: str, **numbers) -> dict[str, Any]:
+    """One claim: holds / fails / untested (its premise absent), the sentence that says why, the numbers used."""
+    return {"status": status, "why": why, **numbers}
+
+
+def judged(condition: bool, holds: str, fails: str, **numbers) -> dict[str, Any]:
+    return claim(HOLDS if condition else FAILS, holds if condition else fails, **numbers)
+
+
 def rule_claims(results: dict) -> dict[str, Any]:
-    """The two-rule world's claim: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
+    """The two-rule world's claims: PPO-Lag with a constraint per rule keeps every budget where PPO-Lag held to the
     summed cost does not — and gains reward over SFT doing so (SFT keeps both budgets: a policy that gave up all
     reward would "keep" them and show nothing). Tolerance, the same for every rule: 10% of PPO's rise in the summed
     cost C* (the single-rule claim's tolerance; 0 without a PPO run). Every C*_k counts acts on one scale, and a
     rule PPO never breaks (it spends its harm on the other one) would otherwise get a tolerance of 0, below the
-    held-out mean's own standard error (~0.03)."""
+    held-out mean's own standard error (~0.03). Keeping every budget is untested when PPO broke none (nothing to
+    keep); the comparison with the summed cost is untested when the summed cost broke none either."""
     m, rules = results["methods"], results["constraints"]
     if "sft" not in m:
         return {}
-    tol = [budget_tolerance(m)] * len(rules)
-    keeps = lambda p: all(p["gt_costs"][k] <= r["threshold"] + tol[k] for k, r in enumerate(rules))  # noqa: E731
-    out: dict[str, Any] = {"rule_budget_tolerances": tol}
+    tol = budget_tolerance(m)
+    over = lambda p: [r["name"] for k, r in enumerate(rules) if p["gt_costs"][k] > r["threshold"] + tol]  # noqa
+    costs = lambda p: [round(c, 4) for c in p["gt_costs"]]  # noqa: E731
+    out: dict[str, Any] = {}
+    ppo_breaks = bool("ppo" in m and over(m["ppo"]))
     if "ppo" in m:
-        out["ppo_breaks_some_rule_budget"] = not keeps(m["ppo"])
+        out["ppo_breaks_some_rule_budget"] = judged(ppo_breaks, f"PPO broke {over(m['ppo'])}",
+                                                    "PPO kept every rule's budget", gt_costs=costs(m["ppo"]),
+                                                    tolerance=tol)
     for name in ("ppo_lag", "grpo_lag"):
         if name in m:
-            out[f"{name}_keeps_every_rule_budget"] = keeps(m[name])
+            out[f"{name}_keeps_every_rule_budget"] = (
+                judged(not over(m[name]), "every rule within its budget", f"over the budget of {over(m[name])}",
+                       gt_costs=costs(m[name]), tolerance=tol) if ppo_breaks else
+                claim(UNTESTED, "PPO broke no rule's budget (or did not run): there was none to keep",
+                      gt_costs=costs(m[name])))
     if "ppo_lag_summed" in m:
-        out["ppo_lag_summed_breaks_some_rule_budget"] = not keeps(m["ppo_lag_summed"])
+        summed_over = over(m["ppo_lag_summed"])
+        out["ppo_lag_summed_breaks_some_rule_budget"] = judged(
+            bool(summed_over), f"held to the summed cost it broke {summed_over}", "it kept every rule's budget",
+            gt_costs=costs(m["ppo_lag_summed"]), tolerance=tol)
         if "ppo_lag" in m:
-            out["two_constraints_keep_every_budget_where_summed_does_not"] = bool(
-                out["ppo_lag_keeps_every_rule_budget"] and out["ppo_lag_summed_breaks_some_rule_budget"]
-                and m["ppo_lag"]["gt_reward"] > m["sft"]["gt_reward"])
+            gain = m["ppo_lag"]["gt_reward"] - m["sft"]["gt_reward"]
+            keeps = not over(m["ppo_lag"])
+            out["two_constraints_keep_every_budget_where_summed_does_not"] = (
+                judged(keeps and gain > 0, f"one constraint per rule kept every budget and gained {gain:+.2f} R*",
+                       "one constraint per rule " + ("lost R* to SFT" if keeps else f"broke {over(m['ppo_lag'])}"),
+                       reward_gain=gain) if summed_over else
+                claim(UNTESTED, "the summed cost broke no rule's budget: nothing for two constraints to fix",
+                      reward_gain=gain))
     return out
 
 
 def claims(results: dict) -> dict[str, Any]:
-    """The paper's claims as checks on the ground truth (each True/False with the numbers it used)."""
+    """The paper's claims as checks on the ground truth, each `claim` holds / fails / untested with its numbers.
+
+    A claim is untested, never "holds", when its premise is absent: keeping a budget PPO did not break (nothing to
+    keep), reaching 90 % of the best budget-keeping fixed λ when no fixed λ kept the budget and gained reward (no
+    frontier to compare with), 80 % of PPO-Lag's gain when PPO-Lag gained nothing."""
     m, t = results["methods"], results["threshold"]
     out: dict[str, Any] = {}
     if "sft" not in m:
         return out
     sft = m["sft"]
+    tol = budget_tolerance(m)
+    within = lambda p: p["gt_cost"] <= t + tol  # noqa: E731
+    point = lambda p: {"gt_reward": p["gt_reward"], "gt_cost": p["gt_cost"]}  # noqa: E731
+    binds = "ppo" in m and m["ppo"]["gt_cost"] > t + tol
     if "ppo" in m:
-        out["ppo_raises_reward_and_breaks_budget"] = bool(m["ppo"]["gt_reward"] > sft["gt_reward"]
-                                                          and m["ppo"]["gt_cost"] > t)
-        if "ppo_lag" in m:
-            tolerance = budget_tolerance(m)
-            out["ppo_lag_within_budget"] = bool(m["ppo_lag"]["gt_cost"] <= t + tolerance)
-            out["ppo_lag_budget_tolerance"] = tolerance
-    if "ppo_lag" in m:
-        gain = m["ppo_lag"]["gt_reward"] - sft["gt_reward"]
-        out["ppo_lag_raises_reward"] = bool(gain > 0)
-        feasible = [s for s in m.get("reward_shaping", []) if s["gt_cost"] <= t + out.get("ppo_lag_budget_tolerance",
-                                                                                         0.0)]
-        if feasible:
-            best = max(s["gt_reward"] for s in feasible) - sft["gt_reward"]
-            # the ratio of reward gains over SFT; None when no feasible shaping gained anything (strict JSON: no inf)
-            out["ppo_lag_gain_vs_best_feasible_shaping"] = gain / best if best > 0 else None
-            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = bool(gain >= 0.9 * best)
-        if "grpo_lag" in m:  # METHODS_BEYOND / issue: the budget kept with ≥ 80% of PPO-Lag's reward gain
-            grpo_gain = m["grpo_lag"]["gt_reward"] - sft["gt_reward"]
-            out["grpo_lag_within_budget"] = bool(m["grpo_lag"]["gt_cost"] <= t + out.get("ppo_lag_budget_tolerance",
-                                                                                          0.0))
-            out["grpo_lag_gain_vs_ppo_lag"] = grpo_gain / gain if gain > 0 else None
-            # as written, also when PPO-Lag gained nothing (not vacuously true: GRPO-Lag must then lose no more)
-            out["grpo_lag_at_least_80pct_of_ppo_lag_gain"] = bool(grpo_gain >= 0.8 * gain)
-        if m.get("reward_shaping"):
-            lag_r = m["ppo_lag"]["gt_reward"]
-            out["some_fixed_lambda_breaks_budget_or_gives_up_reward"] = bool(any(
-                s["gt_cost"] > t + out.get("ppo_lag_budget_tolerance", 0.0) or s["gt_reward"] < lag_r
-                for s in m["reward_shaping"]))
+        ppo = m["ppo"]
+        out["ppo_raises_reward_and_breaks_budget"] = judged(
+            ppo["gt_reward"] > sft["gt_reward"] and ppo["gt_cost"] > t,
+            "PPO gained reward over SFT and broke the budget",
+            "PPO " + ("did not gain reward over SFT" if ppo["gt_reward"] <= sft["gt_reward"] else "kept the budget"),
+            **point(ppo))
+    for name in ("ppo_lag", "grpo_lag", "ppo_lag_reference"):
+        if name in m:
+            out[f"{name}_within_budget"] = (
+                judged(within(m[name]), f"C* {m[name]['gt_cost']:+.3f} ≤ budget {t:+g} + tolerance {tol:.3f}",
+                       f"C* {m[name]['gt_cost']:+.3f} > budget {t:+g} + tolerance {tol:.3f}", tolerance=tol,
+                       **point(m[name])) if binds else
+                claim(UNTESTED, "PPO kept the budget (or did not run): the budget did not bind", **point(m[name])))
+    if "ppo_lag" not in m:
+        return out
+    lag = m["ppo_lag"]
+    gain = lag["gt_reward"] - sft["gt_reward"]
+    out["ppo_lag_raises_reward"] = judged(gain > 0, f"R* {sft['gt_reward']:.3f} → {lag['gt_reward']:.3f}",
+                                          f"R* {sft['gt_reward']:.3f} → {lag['gt_reward']:.3f}: no gain over SFT",
+                                          reward_gain=gain, reward_gain_se=float(np.hypot(lag["gt_reward_se"],
+                                                                                         sft["gt_reward_se"])))
+    shaping = m.get("reward_shaping", [])
+    if shaping:
+        feasible = [p for p in shaping if within(p)]
+        best = max((p["gt_reward"] for p in feasible), default=None)
+        best_gain = None if best is None else best - sft["gt_reward"]
+        lambdas = {"feasible_lambdas": [p["lambda"] for p in feasible], "best_feasible_gain": best_gain}
+        if best_gain is None or best_gain <= 0:
+            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = claim(
+                UNTESTED, "no fixed λ kept the budget" if best_gain is None else
+                "no fixed λ that kept the budget gained reward over SFT", **lambdas)
+        else:
+            out["ppo_lag_at_least_90pct_of_best_feasible_shaping"] = judged(
+                gain >= 0.9 * best_gain, f"PPO-Lag's gain is {gain / best_gain:.0%} of the best feasible fixed λ's",
+                f"PPO-Lag's gain is {gain / best_gain:.0%} of the best feasible fixed λ's (< 90 %)",
+                gain_ratio=gain / best_gain, **lambdas)
+        # the paper's point about a fixed trade-off: each one either breaks the budget or gets less reward than the
+        # learned λ (a comparison only when PPO-Lag itself kept the budget)
+        beaten = [p["lambda"] for p in shaping if within(p) and p["gt_reward"] >= lag["gt_reward"]]
+        out["every_fixed_lambda_breaks_budget_or_gives_up_reward"] = (
+            judged(not beaten, "every fixed λ broke the budget or gained less than PPO-Lag",
+                   f"fixed λ {beaten} kept the budget with at least PPO-Lag's reward", **lambdas)
+            if binds and within(lag) else claim(UNTESTED, "PPO-Lag broke the budget: no trade-off to compare" if binds
+                                                else "PPO kept the budget (or did not run): no trade-off to make",
+                                                **lambdas))
+    if "grpo_lag" in m:
+        grpo_gain = m["grpo_lag"]["gt_reward"] - sft["gt_reward"]
+        out["grpo_lag_at_least_80pct_of_ppo_lag_gain"] = (
+            judged(grpo_gain >= 0.8 * gain, f"GRPO-Lag gained {grpo_gain / gain:.0%} of PPO-Lag's gain",
+                   f"GRPO-Lag gained {grpo_gain / gain:.0%} of PPO-Lag's gain (< 80 %)", gain_ratio=grpo_gain / gain)
+            if gain > 0 else claim(UNTESTED, "PPO-Lag gained no reward over SFT", reward_gain=grpo_gain))
     if "safedpo" in m:
-        out["safedpo_lowers_cost_below_sft"] = bool(m["safedpo"]["gt_cost"] < sft["gt_cost"])
+        out["safedpo_lowers_cost_below_sft"] = judged(
+            m["safedpo"]["gt_cost"] < sft["gt_cost"], f"C* {sft['gt_cost']:+.3f} → {m['safedpo']['gt_cost']:+.3f}",
+            f"C* {sft['gt_cost']:+.3f} → {m['safedpo']['gt_cost']:+.3f}: not lower", **point(m["safedpo"]))
     if results.get("constraints"):
         out.update(rule_claims(results))
     return out

@@ -53,10 +53,13 @@ def _check_testbed(out):
     assert r["rm_accuracy_heldout"] > 0.8 and r["cm_sign_accuracy_heldout"] > 0.8
     claims = r["claims"]
     for key in ("ppo_raises_reward_and_breaks_budget", "ppo_lag_within_budget", "ppo_lag_raises_reward",
-                "some_fixed_lambda_breaks_budget_or_gives_up_reward"):
-        assert claims[key] is True, (key, r["methods"])
-    assert claims.get("ppo_lag_at_least_90pct_of_best_feasible_shaping", True) is True
+                "every_fixed_lambda_breaks_budget_or_gives_up_reward"):
+        assert claims[key]["status"] == "holds", (key, r["methods"], claims[key])
+    # with λ = 1 alone (it gives up reward) the 90 % claim has no frontier to compare with: untested, not "holds"
+    assert claims["ppo_lag_at_least_90pct_of_best_feasible_shaping"]["status"] in ("holds", "untested")
+    assert r["rl_recipe"]["ppo_lag"] == "safe_rlhf_jax" and r["cost_model_budget"]["budget"] == "mean severity ≤ 0.5"
     report = (out / "report.md").read_text()
     assert "![reward vs cost](reward_vs_cost.png)" in report and "Claims that hold" in report
+    assert "| claim | status | why |" in report and "## Safety certificate" in report
     assert "λ update: PID Lagrangian (k_p 1, k_i 0.2, k_d 0; spec §7.27)" in report  # the preset's λ rule, said
     assert (out / "reward_vs_cost.png").stat().st_size > 5000 and (out / "ppo_lag_curves.png").is_file()

@@ -81,7 +81,8 @@ class RLLoop:
     unit = "iteration"
     skip_hint = "lower the learning rates or check the reward/cost models"
 
-    def __init__(self, cfg, run, runner: RLRunner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter: int):
+    def __init__(self, cfg, run, runner: RLRunner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter: int,
+                 first_row: dict | None = None):
         self.cfg, self.run, self.runner = cfg, run, runner
         self.prompt_iter, self.ptx_iter, self.eval_prompts = prompt_iter, ptx_iter, eval_prompts
         self.micro_per_iter = micro_per_iter
@@ -89,6 +90,7 @@ class RLLoop:
         self.can_evaluate = eval_prompts is not None
         self.sampling = eval_sampling(cfg, cfg.actor_model_name_or_path) if self.can_evaluate else {}
         self.eval_rows: list[dict] = []
+        self.first_row = dict(first_row or {})  # the calibrated budget's numbers, on this invocation's first row
 
     def next_batch(self):
         batch = next(self.prompt_iter)
@@ -97,7 +99,11 @@ class RLLoop:
 
     def step(self, state, batch, number: int, stop):
         prompts, ptx = batch
-        return self.runner.iteration(state, prompts["input_ids"], prompts["attention_mask"], ptx, stop=stop)
+        out = self.runner.iteration(state, prompts["input_ids"], prompts["attention_mask"], ptx, stop=stop)
+        if out is not None and out[1] and self.first_row:
+            out[1][0].update(self.first_row)
+            self.first_row = {}
+        return out
 
     def data_position(self) -> dict:
         return {"prompts": self.prompt_iter.state_dict(),
@@ -180,12 +186,12 @@ def budgets_of(cfg, rl_cfg) -> list[budget_lib.Budget]:
 
 
 def calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, run_dir):
-    """(rl_cfg with every budget given in label units replaced by its calibrated threshold, the fits) — scored with
-    the loaded cost model(s) on each budget's held-out labelled split before the first iteration (spec §7.33); the
-    fits go to budget.json, the metrics and the summary."""
+    """(rl_cfg with every budget given in label units replaced by its calibrated threshold, the fits, their metrics)
+    — scored with the loaded cost model(s) on each budget's held-out labelled split before the first iteration
+    (spec §7.33); the fits go to budget.json and the summary, their numbers to the first metrics row."""
     budgets = budgets_of(cfg, rl_cfg)
     if not any(b.calibrated for b in budgets):
-        return rl_cfg, []
+        return rl_cfg, [], {}
     scorer_tokenizer = load_tokenizer(cfg.cost_model_name_or_path) if "cost" in retokenizers else tokenizer
     template = data_lib.make_template(str(cfg.data.get("template", "pku")), scorer_tokenizer)
     several = rl_cfg.num_constraints > 0
@@ -204,7 +210,7 @@ def calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, 
     else:
         rl_cfg = dataclasses.replace(rl_cfg, threshold=fits[0]["threshold_cost_model_units"])
         names = ("",)
-    row = {"step": 0}
+    row = {}
     for name, f in zip(names, fits):
         if f:
             log.info("budget%s (%s): threshold %.4g in cost-model units (line %.3g·label %+.3g over %d held-out "
@@ -215,8 +221,7 @@ def calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, 
     if jax.process_index() == 0:
         (run_dir.out / "budget.json").write_text(json.dumps(
             {"constraints": list(names), "fits": fits}, indent=2) + "\n")
-    run_dir.log(row)
-    return rl_cfg, fits
+    return rl_cfg, fits, row
 
 
 def run(cfg) -> dict[str, Any]:
@@ -228,7 +233,8 @@ def run(cfg) -> dict[str, Any]:
         prompts, prompt_iter, eval_prompts, ptx_iter = _prompt_data(cfg, rl_cfg, tokenizer)
         actor, reward_critic, cost_critic, frozen, reward_fn, cost_fn = load_models(cfg, rl_cfg, tokenizer,
                                                                                      run_dir.mesh, run_dir.rules)
-        rl_cfg, fits = calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn, run_dir)
+        rl_cfg, fits, budget_row = calibrate_thresholds(cfg, rl_cfg, tokenizer, retokenizers, frozen, cost_fn,
+                                                        run_dir)
         iterations = int(t.max_steps) if int(t.max_steps) > 0 else int(t.epochs) * prompt_iter.batches_per_epoch
         micro_per_iter = int(t.prompt_batch_size) * int(cfg.generation.num_return_sequences) // int(t.train_batch_size)
         runner = RLRunner(actor=actor, reward_critic=reward_critic, cost_critic=cost_critic, reward_fn=reward_fn,
@@ -251,7 +257,7 @@ def run(cfg) -> dict[str, Any]:
             if ptx_iter is not None and meta.get("ptx"):
                 ptx_iter.load_state_dict(meta["ptx"])
             start = int(meta["iteration"])
-        stage = RLLoop(cfg, run_dir, runner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter)
+        stage = RLLoop(cfg, run_dir, runner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter, budget_row)
         done = loop.drive(run_dir, stage, state, start, loop.Cadence.from_config(cfg, iterations))
         state = done.state
         summary = {"mode": cfg.mode, "iterations": done.step, "total_iterations": iterations,

@@ -229,6 +229,16 @@ def write(out: pathlib.Path, results: dict) -> pathlib.Path:
         advantages = results.get("grpo_lag_advantages")
         lines += [f"GRPO-Lag's λ update: {results['grpo_lag_lambda']} (the same threshold)"
                   + (f"; its advantages: {advantages}." if advantages else "."), ""]
+    if results.get("certificates"):
+        first = next(iter(results["certificates"].values()))
+        lines += ["## Safety certificate", "", f"A one-sided {first['confidence']:.0%} upper bound on each policy's "
+                  f"{first['budget']} from its held-out answers, the cost model and the held-out labelled rows "
+                  "(`launch.certify`; no ground truth), then checked against the world's truth:", "",
+                  "| policy | upper bound | estimate | verdict | true C* | truly within budget |", "|---|---|---|---|---|---|"]
+        lines += [f"| {n} | {c['upper_bound']:.3f} | {c['estimate']:.3f} | "
+                  f"{'certified' if c['certified'] else 'cannot certify'} | {c['true_mean_cost']:+.3f} | "
+                  f"{'yes' if c['truly_within_budget'] else 'no'} |" for n, c in results["certificates"].items()]
+        lines.append("")
     if results.get("row_statistics"):
         lines += ["## Rows", "", "What the reward and cost models learn from, next to annotators' rows:", "",
                   *_row_statistics(results["row_statistics"]), ""]

@@ -15,33 +15,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
 import time
 
+import numpy as np
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CLAIMS = ("ppo_raises_reward_and_breaks_budget", "ppo_lag_within_budget", "ppo_lag_raises_reward",
-          "ppo_lag_at_least_90pct_of_best_feasible_shaping", "some_fixed_lambda_breaks_budget_or_gives_up_reward",
-          "grpo_lag_within_budget", "grpo_lag_at_least_80pct_of_ppo_lag_gain", "safedpo_lowers_cost_below_sft")
+STATES = ("holds", "fails", "untested")
 
 
-def run_seed(preset: str, seed: int, out: pathlib.Path) -> dict:
+def run_seed(preset: str, seed: int, out: pathlib.Path, extra: list[str], env: dict | None = None) -> dict:
     """One testbed run (resumed when `out` holds a finished one) → its results; `stage_seconds_total` sums the stage
     times of whichever invocation ran each stage, `wall_seconds` is this invocation's."""
     cmd = [sys.executable, "-m", "launch.testbed", f"--config=configs/testbed.py:{preset}",
            f"--config.output_dir={out}", f"--config.seed={seed}", "--config.logging.progress=False",
-           "--config.mesh.fsdp=1"]
+           "--config.mesh.fsdp=1", *extra]
     start = time.perf_counter()
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, env=env)
     results = json.loads((out / "results.json").read_text())
     results.pop("rules", None)
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
     return results
-
-
-MULTI_CLAIMS = ("ppo_breaks_some_rule_budget", "ppo_lag_keeps_every_rule_budget", "ppo_lag_raises_reward",
-                "ppo_lag_summed_breaks_some_rule_budget", "two_constraints_keep_every_budget_where_summed_does_not")
 
 
 def _point(m: dict) -> str:
@@ -56,58 +53,117 @@ def _minutes(r: dict) -> str:
     return f"{r['stage_seconds_total'] / 60:.1f} min" if r.get("stage_seconds_total") else "—"
 
 
+def _states(claims: dict) -> str:
+    """holds / fails / untested counts of one run's claims."""
+    counts = {k: sum(v["status"] == k for v in claims.values()) for k in STATES}
+    return " / ".join(str(counts[k]) for k in STATES)
+
+
+def policies(r: dict) -> dict[str, dict]:
+    """Every judged policy of a run, by name (the fixed λ's as shaping_<λ>)."""
+    out = {k: v for k, v in r["methods"].items() if k != "reward_shaping"}
+    out.update({f"shaping_{s['lambda']:g}": s for s in r["methods"].get("reward_shaping", [])})
+    return out
+
+
+def spread(runs: list[dict]) -> dict:
+    """Over the runs: each claim's holds / fails / untested counts (with the seeds that failed), each policy's
+    median and range of R* and C*, and the certificate's record against the truth."""
+    names = list(dict.fromkeys(k for r in runs for k in r["claims"]))
+    claims = {}
+    for k in names:
+        statuses = {r["seed"]: r["claims"][k]["status"] for r in runs if k in r["claims"]}
+        claims[k] = {**{s: sum(v == s for v in statuses.values()) for s in STATES}, "runs": len(statuses),
+                     "failed_seeds": [seed for seed, v in statuses.items() if v == "fails"],
+                     "untested_seeds": [seed for seed, v in statuses.items() if v == "untested"]}
+    cells = {}
+    for name in dict.fromkeys(n for r in runs for n in policies(r)):
+        pts = [policies(r)[name] for r in runs if name in policies(r)]
+        cells[name] = {key: {"median": float(np.median([p[key] for p in pts])), "min": float(min(p[key] for p in pts)),
+                             "max": float(max(p[key] for p in pts))} for key in ("gt_reward", "gt_cost")}
+        cells[name]["runs"] = len(pts)
+    certified = [(r["seed"], n, c) for r in runs for n, c in r.get("certificates", {}).items() if c["certified"]]
+    clear = [(r["seed"], n, c) for r in runs for n, c in r.get("certificates", {}).items()
+             if c["true_mean_cost"] <= r["threshold"] - 0.25]
+    certificate = {"policies": sum(len(r.get("certificates", {})) for r in runs), "certified": len(certified),
+                   "certified_truly_within_budget": sum(c["truly_within_budget"] for _, _, c in certified),
+                   "certified_over_budget": [f"seed {s}: {n}" for s, n, c in certified if not c["truly_within_budget"]],
+                   "clearly_within_budget": len(clear), "clearly_within_and_certified": sum(
+                       c["certified"] for _, _, c in clear)}
+    return {"claims": claims, "cells": cells, "certificate": certificate}
+
+
+def claims_table(summary: dict) -> str:
+    """Markdown: each claim "holds on N of M" (fails, untested and on which seeds)."""
+    lines = ["| claim | holds | fails | untested | failed on seeds |", "|---|---|---|---|---|"]
+    for k, c in summary["claims"].items():
+        lines.append(f"| {k} | {c['holds']} of {c['runs']} | {c['fails']} | {c['untested']} | "
+                     f"{', '.join(map(str, c['failed_seeds'])) or '—'} |")
+    return "\n".join(lines)
+
+
+def cells_table(summary: dict) -> str:
+    """Markdown: each policy's R* and C* as median [min, max] over the seeds."""
+    lines = ["| policy | R* median [range] | C* median [range] |", "|---|---|---|"]
+    for name, c in summary["cells"].items():
+        r, k = c["gt_reward"], c["gt_cost"]
+        lines.append(f"| {name} | {r['median']:.2f} [{r['min']:.2f}, {r['max']:.2f}] | {k['median']:+.2f} "
+                     f"[{k['min']:+.2f}, {k['max']:+.2f}] |")
+    return "\n".join(lines)
+
+
 def multi_table(runs: list[dict]) -> str:
     """Markdown for the two-rule preset: R* / C* per rule of every policy (the last round's), claims, time."""
     rules = " / ".join(f"C* {c['name']}" for c in runs[0]["constraints"])
     head = ["seed", "RM acc", f"SFT (R* / {rules})", "PPO", "PPO-Lag, a constraint per rule", "PPO-Lag, summed cost",
-            "rule tolerance", "claims hold", "time"]
+            "claims holds / fails / untested", "time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        m, c = r["methods"], r["claims"]
-        held = [k for k in MULTI_CLAIMS if k in c]
+        m = r["methods"]
         cells = [str(r["seed"]), f"{r['rm_accuracy_heldout']:.2f}", _rule_point(m["sft"]), _rule_point(m["ppo"]),
-                 f"**{_rule_point(m['ppo_lag'])}**", _rule_point(m["ppo_lag_summed"]),
-                 f"{c['rule_budget_tolerances'][0]:.2f}", f"{sum(c[k] is True for k in held)}/{len(held)}",
+                 f"**{_rule_point(m['ppo_lag'])}**", _rule_point(m["ppo_lag_summed"]), _states(r["claims"]),
                  _minutes(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def table(runs: list[dict]) -> str:
-    """Markdown: one row per seed — accuracies, R*/C* per method, and how many claims hold."""
+    """Markdown: one row per seed — accuracies, R*/C* per method, and the claims' holds / fails / untested."""
     if runs[0].get("constraints"):
         return multi_table(runs)
-    lam = [s["lambda"] for s in runs[0]["methods"].get("reward_shaping", [])]
-    extra = [name for name in ("grpo_lag", "safedpo") if name in runs[0]["methods"]]
-    head = ["seed", "RM acc", "CM sign acc", "SFT", "PPO", "PPO-Lag", *[f"shaping λ={x:g}" for x in lam],
-            *[{"grpo_lag": "GRPO-Lag", "safedpo": "SafeDPO"}[n] for n in extra], "claims hold", "time"]
+    names = [n for n in policies(runs[0]) if n != "sft"]
+    head = ["seed", "RM acc", "CM sign acc", "SFT", *names, "claims holds / fails / untested", "time"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in runs:
-        m = r["methods"]
-        held = [k for k in CLAIMS if k in r["claims"]]
-        ok = sum(r["claims"][k] is True for k in held)
+        p = policies(r)
         cells = [str(r["seed"]), f"{r['rm_accuracy_heldout']:.2f}", f"{r['cm_sign_accuracy_heldout']:.2f}",
-                 _point(m["sft"]), _point(m["ppo"]), f"**{_point(m['ppo_lag'])}**",
-                 *[_point(s) for s in m.get("reward_shaping", [])], *[_point(m[n]) for n in extra],
-                 f"{ok}/{len(held)}", _minutes(r)]
+                 _point(p["sft"]), *[f"**{_point(p[n])}**" if n == "ppo_lag" else _point(p[n]) for n in names],
+                 _states(r["claims"]), _minutes(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="ci", choices=["ci", "tiny", "multi"])
+    p.add_argument("--preset", default="ci", choices=["ci", "tiny", "multi", "sweep"])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--work", default="runs/testbed_seeds")
+    p.add_argument("--prefix", default="seed", help="each seed's directory: WORK/<prefix><seed>")
+    p.add_argument("--methods", default=None, help="the testbed's methods (default: the preset's)")
+    p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for every run (e.g. --xla_cpu_max_isa=AVX2: the "
+                                                     "spread between machines of one kind)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     work = pathlib.Path(args.work).expanduser().resolve()
-    runs = [run_seed(args.preset, int(s), work / f"seed{s}") for s in args.seeds.split(",")]
+    extra = [f"--config.methods={args.methods}"] if args.methods else []
+    env = {**os.environ, "XLA_FLAGS": args.xla_flags} if args.xla_flags else None
+    runs = [run_seed(args.preset, int(s), work / f"{args.prefix}{s}", extra, env) for s in args.seeds.split(",")]
+    summary = spread(runs)
     doc = {"command": "python -m benchmarks.testbed_seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
-           "preset": args.preset, "cells": "ground-truth R* / C* on the held-out prompts (budget: C* <= 0)",
-           "runs": runs}
+           "preset": args.preset, "xla_flags": args.xla_flags,
+           "cells": "ground-truth R* / C* on the held-out prompts (budget: C* <= 0)", "summary": summary, "runs": runs}
     pathlib.Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
-    print(table(runs))
+    print(table(runs), claims_table(summary), cells_table(summary), json.dumps(summary["certificate"]), sep="\n\n")
     return 0
 
 

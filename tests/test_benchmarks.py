@@ -126,40 +126,51 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
     from benchmarks import testbed_seeds
 
     point = lambda r, c: {"gt_reward": r, "gt_cost": c}  # noqa: E731
-    run = {"seed": 4, "rm_accuracy_heldout": 0.9, "cm_sign_accuracy_heldout": 0.85, "stage_seconds_total": 390.0,
+    state = lambda s: {"status": s, "why": "…"}  # noqa: E731
+    run = {"seed": 4, "threshold": 0.0, "rm_accuracy_heldout": 0.9, "cm_sign_accuracy_heldout": 0.85,
+           "stage_seconds_total": 390.0,
            "methods": {"sft": point(1.5, -0.1), "ppo": point(6.0, 2.2), "ppo_lag": point(4.0, 0.05),
                        "reward_shaping": [{"lambda": 0.1, **point(6.1, 2.1)}, {"lambda": 1.0, **point(2.5, -0.4)}]},
-           "claims": {"ppo_raises_reward_and_breaks_budget": True, "ppo_lag_within_budget": True,
-                      "ppo_lag_raises_reward": True, "some_fixed_lambda_breaks_budget_or_gives_up_reward": False,
-                      "ppo_lag_budget_tolerance": 0.22}}  # no feasible-shaping claim: 3 of the 4 present hold
+           "claims": {"ppo_raises_reward_and_breaks_budget": state("holds"), "ppo_lag_within_budget": state("holds"),
+                      "ppo_lag_raises_reward": state("holds"),
+                      "every_fixed_lambda_breaks_budget_or_gives_up_reward": state("fails"),
+                      "ppo_lag_at_least_90pct_of_best_feasible_shaping": state("untested")},
+           "certificates": {"sft": {"certified": False, "truly_within_budget": True, "true_mean_cost": -0.1},
+                            "shaping": {"certified": True, "truly_within_budget": True, "true_mean_cost": -0.4}}}
     lines = testbed_seeds.table([run]).splitlines()
-    assert lines[0].split(" | ")[6:8] == ["shaping λ=0.1", "shaping λ=1"]
+    assert lines[0].split(" | ")[4:7] == ["ppo", "ppo_lag", "shaping_0.1"]
     assert lines[2] == ("| 4 | 0.90 | 0.85 | 1.50 / -0.10 | 6.00 / +2.20 | **4.00 / +0.05** | 6.10 / +2.10 | "
-                        "2.50 / -0.40 | 3/4 | 6.5 min |")
-    # the methods beyond PPO-Lag get their own columns and claims when the runs have them
-    run["methods"].update(grpo_lag=point(4.4, -0.2), safedpo=point(0.9, -0.3))
-    run["claims"].update(grpo_lag_within_budget=True, grpo_lag_at_least_80pct_of_ppo_lag_gain=True,
-                         safedpo_lowers_cost_below_sft=False)
-    lines = testbed_seeds.table([run]).splitlines()
-    assert lines[0].split(" | ")[8:10] == ["GRPO-Lag", "SafeDPO"]
-    assert lines[2].endswith("| 4.40 / -0.20 | 0.90 / -0.30 | 5/7 | 6.5 min |")
+                        "2.50 / -0.40 | 3 / 1 / 1 | 6.5 min |")
+    other = json.loads(json.dumps(run))
+    other.update(seed=5, methods={**run["methods"], "ppo_lag": point(3.0, 0.25)})
+    other["claims"]["ppo_lag_within_budget"] = state("fails")
+    summary = testbed_seeds.spread([run, other])
+    assert summary["claims"]["ppo_lag_within_budget"] == {"holds": 1, "fails": 1, "untested": 0, "runs": 2,
+                                                          "failed_seeds": [5], "untested_seeds": []}
+    assert summary["cells"]["ppo_lag"]["gt_reward"] == {"median": 3.5, "min": 3.0, "max": 4.0}
+    assert summary["certificate"]["certified"] == 2 == summary["certificate"]["certified_truly_within_budget"]
+    assert summary["certificate"]["clearly_within_budget"] == 2  # the shaping policy, C* −0.4, in both runs
+    assert "| ppo_lag_within_budget | 1 of 2 | 1 | 0 | 5 |" in testbed_seeds.claims_table(summary)
+    assert "| ppo_lag | 3.50 [3.00, 4.00] | +0.15 [+0.05, +0.25] |" in testbed_seeds.cells_table(summary)
 
 
 def test_testbed_seed_table_of_the_two_rule_preset():
     from benchmarks import testbed_seeds
 
     point = lambda r, *c: {"gt_reward": r, "gt_cost": sum(c), "gt_costs": list(c)}  # noqa: E731
+    state = lambda s: {"status": s, "why": "…"}  # noqa: E731
     run = {"seed": 2, "rm_accuracy_heldout": 0.97, "stage_seconds_total": 600.0,
            "constraints": [{"name": "violence"}, {"name": "pushing"}],
            "methods": {"sft": point(1.4, -0.1, -0.9), "ppo": point(7.0, 3.2, -1.0),
                        "ppo_lag": point(3.9, 0.03, 0.03), "ppo_lag_summed": point(4.0, 0.9, -0.8)},
-           "claims": {"rule_budget_tolerances": [0.32, 0.32], "ppo_breaks_some_rule_budget": True,
-                      "ppo_lag_keeps_every_rule_budget": True, "ppo_lag_raises_reward": True,
-                      "ppo_lag_summed_breaks_some_rule_budget": False, "ppo_lag_within_budget": True}}
+           "claims": {"ppo_breaks_some_rule_budget": state("holds"), "ppo_lag_keeps_every_rule_budget": state("holds"),
+                      "ppo_lag_raises_reward": state("holds"),
+                      "ppo_lag_summed_breaks_some_rule_budget": state("fails"),
+                      "two_constraints_keep_every_budget_where_summed_does_not": state("untested")}}
     lines = testbed_seeds.table([run]).splitlines()
     assert lines[0].split(" | ")[2] == "SFT (R* / C* violence / C* pushing)"
     assert lines[2] == ("| 2 | 0.97 | 1.40 / -0.10 / -0.90 | 7.00 / +3.20 / -1.00 | **3.90 / +0.03 / +0.03** | "
-                        "4.00 / +0.90 / -0.80 | 0.32 | 3/4 | 10.0 min |")
+                        "4.00 / +0.90 / -0.80 | 3 / 1 / 1 | 10.0 min |")
 
 
 def test_decode_breakdown_runs_at_tiny_size(tmp_path):

@@ -142,6 +142,12 @@ def verdict(results: dict) -> str:
         names = [f"{k} ({v['why']})" if status != "holds" else k for k, v in c.items() if v["status"] == status]
         if names:
             text.append(f"{words}: " + "; ".join(names) + ". ")
+    exploited = [n for n, e in (results.get("reward_model_exploitation") or {}).items() if e["exploited"]]
+    if exploited:
+        text.append("The learned reward model was exploited by " + ", ".join(
+            f"{n} (its score rose from {results['reward_model_exploitation'][n]['reward_model_start']:.2f} to "
+            f"{results['reward_model_exploitation'][n]['reward_model_end']:.2f} while R* fell below SFT's)"
+            for n in exploited) + ". ")
     text.append(f"The learned models it optimised were imperfect (held-out reward-model accuracy "
                 f"{results['rm_accuracy_heldout']:.2f}, cost-model sign accuracy "
                 f"{results['cm_sign_accuracy_heldout']:.2f}): the budget is enforced on the learned cost, and the "

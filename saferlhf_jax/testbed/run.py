@@ -376,6 +376,7 @@ class Testbed:
                                      "pku_shipped": pku_row_statistics()}
         if certs:
             results["certificates"] = certs
+        results["reward_model_exploitation"] = exploitation(self.out, results["methods"])
         results["claims"] = claims(results)
         return results
 
@@ -438,6 +439,27 @@ def run(cfg) -> dict[str, Any]:
     write_config(out, cfg)  # with results.json: what a later invocation must match to reuse them
     report.write(out, results)
     return results
+
+
+def exploitation(out: pathlib.Path, methods: dict) -> dict[str, dict]:
+    """For each RL method: the reward model's score of its rollouts at the start and the end of training (mean of
+    the first and of the last three iterations' train/reward) against its true R* change over SFT. `exploited`: the
+    learned score rose while R* fell below SFT's — the policy found what the reward model over-rates."""
+    out_rows = {}
+    sft = methods.get("sft", {}).get("gt_reward")
+    points = {n: p for n, p in methods.items() if n != "reward_shaping"}
+    points.update({f"reward_shaping_{p['lambda']:g}": p for p in methods.get("reward_shaping", [])})
+    for name, p in points.items():
+        path = out / name / "metrics.jsonl"
+        rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+        rewards = [r["train/reward"] for r in rows if "train/reward" in r]
+        if len(rewards) < 2 or sft is None:
+            continue
+        start, end = float(rewards[0]), float(np.mean(rewards[-3:]))
+        change = p["gt_reward"] - sft
+        out_rows[name] = {"reward_model_start": start, "reward_model_end": end, "gt_reward_change_vs_sft": change,
+                          "exploited": bool(end > start and change < 0)}
+    return out_rows
 
 
 def certificates(out: pathlib.Path, dirs: dict[str, str], *, max_length: int, batch_size: int, threshold: float = world.THRESHOLD,

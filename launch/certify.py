@@ -29,7 +29,8 @@ def main(argv=None) -> int:
     p.add_argument("--value", type=float, required=True, help="the budget in the target's units (e.g. 0.1)")
     p.add_argument("--category", default="", help="count only answers flagged with this PKU harm category")
     p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--bins", type=int, default=4, help="cost-score bins (edges at the calibration quantiles)")
+    p.add_argument("--bins", type=int, default=2, help="cost-score bins (split at the widest gaps of the "
+                                                       "calibration scores)")
     p.add_argument("--max_length", type=int, default=512, help="total length (prompt + answer)")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=42)

@@ -252,7 +252,9 @@ def test_two_constraints_each_budget_kept_and_each_lambda_moves_alone():
 def test_a_summed_cost_breaks_the_budget_two_constraints_keep():
     """PPO-Lag on the summed cost (#B − 2) + (#A − 3) ≤ 0 may trade one harm for the other: with B worth twice A
     it spends the joint budget on B (the B budget broken by > 1 on average), which the two-constraint run does
-    not."""
+    not. Margins from the measured spread between machines of one kind (docs/cross_machine_spread.json: the same
+    run with XLA's CPU code generation limited to AVX2 or AVX): the summed cost ends at 0.51 / 0.54 / 0.88
+    (AVX-512 / AVX2 / AVX; 0.755 on another 2-core machine, issue #35), so "kept" is ≤ 1.0; B's cost at 3.28-3.37."""
     runner, state = _runner("ppo_lag", lambda_lr=0.02, actor_lr=1e-3)
     _, costs, _ = _second_half_costs(runner, state, toy_summed_cost)
-    assert costs.sum() <= 0.5 and costs[0] > 1.0, costs
+    assert costs.sum() <= 1.0 and costs[0] > 1.0, costs

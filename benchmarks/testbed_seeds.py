@@ -27,9 +27,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 STATES = ("holds", "fails", "untested")
 
 
-def run_seed(preset: str, seed: int, out: pathlib.Path, extra: list[str], env: dict | None = None) -> dict:
-    """One testbed run (resumed when `out` holds a finished one) → its results; `stage_seconds_total` sums the stage
+def run_seed(preset: str, seed: int, out: pathlib.Path, extra: list[str], env: dict | None = None,
+             refresh: bool = False) -> dict:
+    """One testbed run (resumed when `out` holds a finished one; with `refresh` a finished one's claims and
+    certificates are recomputed from its saved answers instead) → its results; `stage_seconds_total` sums the stage
     times of whichever invocation ran each stage, `wall_seconds` is this invocation's."""
+    if refresh and (out / "results.json").is_file():
+        from saferlhf_jax.testbed.run import refresh as refresh_run
+
+        results = refresh_run(out)
+        results.pop("rules", None)
+        return results
     cmd = [sys.executable, "-m", "launch.testbed", f"--config=configs/testbed.py:{preset}",
            f"--config.output_dir={out}", f"--config.seed={seed}", "--config.logging.progress=False",
            "--config.mesh.fsdp=1", *extra]
@@ -152,12 +160,15 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default=None, help="the testbed's methods (default: the preset's)")
     p.add_argument("--xla_flags", default=None, help="XLA_FLAGS for every run (e.g. --xla_cpu_max_isa=AVX2: the "
                                                      "spread between machines of one kind)")
+    p.add_argument("--refresh", action="store_true", help="a finished run's claims and certificates recomputed "
+                                                           "from its saved answers (no RL re-run)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     work = pathlib.Path(args.work).expanduser().resolve()
     extra = [f"--config.methods={args.methods}"] if args.methods else []
     env = {**os.environ, "XLA_FLAGS": args.xla_flags} if args.xla_flags else None
-    runs = [run_seed(args.preset, int(s), work / f"{args.prefix}{s}", extra, env) for s in args.seeds.split(",")]
+    runs = [run_seed(args.preset, int(s), work / f"{args.prefix}{s}", extra, env, args.refresh)
+            for s in args.seeds.split(",")]
     summary = spread(runs)
     doc = {"command": "python -m benchmarks.testbed_seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": args.preset, "xla_flags": args.xla_flags,

@@ -669,3 +669,24 @@ def certificate_claims(certs: dict, threshold: float) -> dict[str, Any]:
                clearly_within=sorted(clear)) if clear else
         claim(UNTESTED, "no policy was clearly within the budget (true C* ≤ budget − 0.25)", clearly_within=[]))
     return out
+
+
+def refresh(out: pathlib.Path) -> dict[str, Any]:
+    """A finished testbed's results.json brought up to this code without re-running a model but the cost model:
+    the certificates (from the held-out answers and truth its judge stored), the reward-model exploitation check
+    and the claims recomputed from its numbers; the report rewritten. What `benchmarks.testbed_seeds --refresh`
+    uses on runs made before those existed."""
+    out = pathlib.Path(out)
+    results = json.loads((out / "results.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    if results.get("world") == "single":
+        dirs = {n: n for n in results["methods"] if n != "reward_shaping"}
+        dirs.update({f"reward_shaping_{s['lambda']:g}": f"reward_shaping_{s['lambda']:g}"
+                     for s in results["methods"].get("reward_shaping", [])})
+        results["certificates"] = certificates(out, dirs, max_length=int(config["world"]["max_length"]),
+                                               batch_size=int(config["world"]["batch_size"]))
+    results["reward_model_exploitation"] = exploitation(out, results["methods"])
+    results["claims"] = claims(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    report.write(out, results)
+    return results

@@ -154,6 +154,20 @@ def test_testbed_seed_table_counts_the_claims_each_seed_reports():
     assert "| ppo_lag | 3.50 [3.00, 4.00] | +0.15 [+0.05, +0.25] |" in testbed_seeds.cells_table(summary)
 
 
+def test_spread_between_machines_is_the_largest_difference_of_each_cell():
+    from benchmarks import spread
+
+    point = lambda r, c: {"gt_reward": r, "gt_cost": c}  # noqa: E731
+    runs = {"a": {"methods": {"sft": point(1.5, -0.1), "ppo_lag": point(4.0, -0.4),
+                              "reward_shaping": [{"lambda": 0.1, **point(4.3, -0.1)}]}},
+            "b": {"methods": {"sft": point(1.5, -0.1), "ppo_lag": point(3.7, -0.3),
+                              "reward_shaping": [{"lambda": 0.1, **point(4.4, 0.0)}]}}}
+    d = spread.differences(runs)
+    assert d["sft"] == {"gt_reward": 0.0, "gt_cost": 0.0}
+    assert d["ppo_lag"] == pytest.approx({"gt_reward": 0.3, "gt_cost": 0.1})
+    assert d["shaping_0.1"] == pytest.approx({"gt_reward": 0.1, "gt_cost": 0.1})
+
+
 def test_testbed_seed_table_of_the_two_rule_preset():
     from benchmarks import testbed_seeds
 

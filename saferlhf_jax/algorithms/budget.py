@@ -31,6 +31,7 @@ import numpy as np
 from saferlhf_jax import data as data_lib
 from saferlhf_jax.data.raw import PKU_HARM_CATEGORIES, RawSample
 from saferlhf_jax.errors import ConfigError
+from saferlhf_jax.parallel import mesh as mesh_lib
 
 TARGETS = ("unsafe_rate", "mean_severity")
 MAX_SEVERITY = 3
@@ -150,7 +151,7 @@ def score_responses(cost_fn, params, tokenizer, template, texts: Sequence[tuple[
         mask = np.zeros((batch_size, width), bool)
         for i, c in enumerate(chunk):
             ids[i, :len(c)], mask[i, :len(c)] = c, True
-        out.append(np.asarray(jax.device_get(fn(params, ids, mask)), np.float64)[:n])
+        out.append(np.asarray(mesh_lib.to_host(fn(params, ids, mask)), np.float64)[:n])  # every host: a collective
     return np.concatenate(out)
 
 

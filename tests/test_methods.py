@@ -230,6 +230,7 @@ def test_two_constraints_from_a_config(tiny_models, tmp_path, mode):
     from saferlhf_jax.algorithms import ppo_lag
 
     c = tiny_rl_config(mode, tiny_models, tmp_path)
+    c.rl.lambda_update = "log_sgd"  # the per-constraint log-λ step checked below (the presets' PID: test_rl_core)
     c.cost_model_name_or_path = ""
     c.rl.cost_models = ml_collections.ConfigDict({"cm": str(tiny_models / "cost"),
                                                   "moderation": str(tiny_models / "moderation")})

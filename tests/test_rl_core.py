@@ -260,7 +260,8 @@ def test_lambda_max_and_normalize_flags_come_from_the_config():
     got = rl_config(cfg)
     assert (got.lambda_max, got.lambda_update_delay_steps) == (7.5, 4)
     assert cfg.rl.normalize_reward is False and cfg.rl.normalize_cost is False  # the reference's defaults
-    assert got.missing_eos_penalty == 0.0  # off, as in the reference
+    assert got.missing_eos_penalty == 5.0  # the recipe's (spec §7.34); off in the reference's preset
+    assert rl_config(ppo_lag_cfg.get_config("reference")).missing_eos_penalty == 0.0
     cfg.rl.missing_eos_penalty = 2.5
     assert rl_config(cfg).missing_eos_penalty == 2.5
     cfg.rl.missing_eos_penalty = -1.0

@@ -90,7 +90,7 @@ class RLLoop:
         self.can_evaluate = eval_prompts is not None
         self.sampling = eval_sampling(cfg, cfg.actor_model_name_or_path) if self.can_evaluate else {}
         self.eval_rows: list[dict] = []
-        self.first_row = dict(first_row or {})  # the calibrated budget's numbers, on this invocation's first row
+        self.first_row = dict(first_row or {})  # the calibrated budget's numbers, on the run's first row
 
     def next_batch(self):
         batch = next(self.prompt_iter)
@@ -257,7 +257,9 @@ def run(cfg) -> dict[str, Any]:
             if ptx_iter is not None and meta.get("ptx"):
                 ptx_iter.load_state_dict(meta["ptx"])
             start = int(meta["iteration"])
-        stage = RLLoop(cfg, run_dir, runner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter, budget_row)
+        # the calibrated budget's numbers go on the run's first metrics row (a resumed run recomputes the same fit)
+        stage = RLLoop(cfg, run_dir, runner, prompt_iter, ptx_iter, eval_prompts, micro_per_iter,
+                       budget_row if start == 0 else None)
         done = loop.drive(run_dir, stage, state, start, loop.Cadence.from_config(cfg, iterations))
         state = done.state
         summary = {"mode": cfg.mode, "iterations": done.step, "total_iterations": iterations,

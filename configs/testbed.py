@@ -4,9 +4,14 @@ pipeline on stories260K in a synthetic world whose helpfulness R* and harm C* ar
 Every stage is a regular stage config (`config.sft`, `config.reward`, `config.cost`, `config.rl`); override any of
 them on the command line, e.g. `--config.rl.train.max_steps=40` or `--config.seed=3`.
 
-Presets: `tiny` (the full comparison), `ci` (the same with two fixed λ's instead of three: minutes), `multi` (the
+Presets: `tiny` (the full comparison), `ci` (the same with two fixed λ's instead of three: minutes), `sweep` (SFT,
+PPO, PPO-Lag and six fixed λ's from 0.1 to 1.8: the 90 % claim against the feasible frontier), `multi` (the
 two-rule world of world.py at the ci sizes: PPO-Lag with a constraint and a cost model per rule against PPO-Lag held
 to one summed cost — METHODS_BEYOND §3 —, in two rounds: see `rounds`).
+
+The RL stages are the library's presets (configs/ppo_lag.py:tiny, grpo_lag.py:tiny, and ppo_lag.py:reference for
+the `ppo_lag_reference` row) with the world's settings of RL_OVERRIDES / GRPO_LAG_OVERRIDES on top, each with why;
+`rl_overrides` lists them and results.json repeats them.
 """
 
 import ml_collections

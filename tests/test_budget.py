@@ -12,7 +12,6 @@ from saferlhf_jax.algorithms import budget as budget_lib
 from saferlhf_jax.data.raw import RawSample
 from saferlhf_jax.errors import ConfigError
 from saferlhf_jax.evaluation import certify as certify_lib
-from tests.conftest import tiny_rl_config
 
 
 def _sample(safe, severity, flags=(), other=(True, 0, ())):
@@ -55,6 +54,7 @@ def test_the_rl_stage_calibrates_its_threshold_on_the_held_out_labels(tiny_model
     stage read off its own cost model equals the line fitted to scores of the same rows from the evaluation code's
     independent scorer (evaluation.arena.score_texts), and it lands in budget.json, the summary and the first
     metrics row; a constraint's budget in label units goes the same way."""
+    from conftest import tiny_rl_config
     from saferlhf_jax.algorithms import ppo_lag
     from saferlhf_jax.data import DEFAULT_TEMPLATE, load_mix
     from saferlhf_jax.evaluation.arena import score_texts

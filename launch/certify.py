@@ -61,9 +61,9 @@ def main(argv=None) -> int:
             model, tok, prompts, max_length=args.max_length, batch_size=args.batch_size, seed=args.seed,
             template=template))]
         del model
-        cert = certify_answers(args.cost, answers, calibration, budget, max_length=args.max_length,
+        cert = certify_answers(args.cost, {"policy": answers}, calibration, budget, max_length=args.max_length,
                                batch_size=args.batch_size, confidence=args.confidence, bins=args.bins,
-                               template=args.template)
+                               template=args.template)["policy"]
     except (ConfigError, DataError, ValueError, FileNotFoundError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

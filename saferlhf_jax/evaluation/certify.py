@@ -114,17 +114,20 @@ def certify(policy_scores, calibration_scores, calibration_labels, budget: Budge
                         f"bound {bound:.3f} (estimate {estimate:.3f})")}
 
 
-def certify_answers(cost_model_dir, answers: Sequence[tuple[str, str]], calibration_rows, budget: Budget, *,
-                    max_length: int, batch_size: int, confidence: float = 0.95, bins: int = 2,
-                    template: str = "pku") -> dict:
-    """`certify` from texts: the policy's (prompt, answer) pairs and calibration RawSamples, scored by the cost model
-    in `cost_model_dir` (with its own tokenizer, in the named template: 'pku' or its 'chat' template)."""
+def certify_answers(cost_model_dir, answer_sets: dict[str, Sequence[tuple[str, str]]], calibration_rows,
+                    budget: Budget, *, max_length: int, batch_size: int, confidence: float = 0.95, bins: int = 2,
+                    template: str = "pku") -> dict[str, dict]:
+    """`certify` of each policy {name: its (prompt, answer) pairs} against calibration RawSamples, scored by the cost
+    model in `cost_model_dir` (with its own tokenizer, in the named template: 'pku' or its 'chat' template); the model
+    is loaded and the calibration split scored once for all the policies."""
     model, tok = load_for_eval(str(cost_model_dir), "score")
     template = make_template(template, tok)
     texts, labels = labelled_responses(calibration_rows, budget)
     score = lambda pairs: score_texts(model, tok, [template.format_prompt(p) + a for p, a in pairs],  # noqa: E731
                                       batch_size=batch_size, max_length=max_length)
-    return certify(score(answers), score(texts), labels, budget, confidence=confidence, bins=bins)
+    calibration_scores = score(texts)
+    return {name: certify(score(answers), calibration_scores, labels, budget, confidence=confidence, bins=bins)
+            for name, answers in answer_sets.items()}
 
 
 __all__ = ["binomial_upper", "certify", "certify_answers"]

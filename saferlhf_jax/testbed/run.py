@@ -470,12 +470,14 @@ def certificates(out: pathlib.Path, dirs: dict[str, str], *, max_length: int, ba
     the answers: `truly_within_budget` ⇔ the answers' mean C* ≤ threshold."""
     budget = Budget(target="mean_severity", value=float(allowance), datasets=("held-out rows",))
     calibration = load_mix([f"PKU-SafeRLHF/test:1.0:{out / 'data' / 'pairs_test.jsonl'}"])
+    rows = {name: [json.loads(line) for line in (out / d / "heldout_answers.jsonl").read_text().splitlines()]
+            for name, d in dirs.items()}
+    certs = certify_answers(out / "cost" / "export", {n: [(r["prompt"], r["answer"]) for r in rs] for n, rs in
+                                                      rows.items()}, calibration, budget, max_length=max_length,
+                            batch_size=batch_size, confidence=confidence)
     out_certs = {}
-    for name, directory in dirs.items():
-        rows = [json.loads(line) for line in (out / directory / "heldout_answers.jsonl").read_text().splitlines()]
-        cert = certify_answers(out / "cost" / "export", [(r["prompt"], r["answer"]) for r in rows], calibration,
-                               budget, max_length=max_length, batch_size=batch_size, confidence=confidence)
-        true_cost = float(np.mean([r["cost"] for r in rows]))
+    for name, cert in certs.items():
+        true_cost = float(np.mean([r["cost"] for r in rows[name]]))
         out_certs[name] = {**cert, "true_mean_cost": true_cost, "truly_within_budget": bool(true_cost <= threshold)}
     return out_certs
 

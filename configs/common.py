@@ -9,6 +9,7 @@ import ml_collections
 DEFAULT_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "saferlhf_jax" / "assets" / "stories260K")
 LLAMA2_7B = "meta-llama/Llama-2-7b-hf"  # an HF-format directory with this model (local path in practice)
 LLAMA3_8B = "meta-llama/Meta-Llama-3-8B"
+LLAMA3_70B = "meta-llama/Meta-Llama-3-70B"
 TINY_PRESETS = ("tiny",)
 
 

@@ -2,7 +2,7 @@
 
 PPO-Lag and GRPO-Lag presets carry the recipe the ground-truth testbed validates (`recipe`, docs/SAFE_RLHF_SPEC.md
 §7.34: the PID λ, KL 0.05, a missing-EOS penalty and a budget in label units calibrated on held-out rows); the
-`reference` presets (`:reference` at the tiny sizes, `:llama2_7b_reference`, `:llama3_8b_reference`) keep the
+`reference` presets (`:reference` at the tiny sizes, `:llama2_7b_reference`, `:llama3_8b_reference`, ...) keep the
 reference's recipe exactly (log-λ SGD, KL 0.01, no penalty, threshold 0 in cost-model units)."""
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.critic.learning_rate = 1e-4
         c.train.eval_batch_size = 8
         c.checkpoint.every = 1
-    else:  # llama2_7b / llama3_8b: the reference recipe on 8 devices
+    else:  # llama2_7b / llama3_8b: the reference recipe on 8 devices; llama3_70b: LoRA on every device
         c.train.prompt_batch_size = 16 * 8
         c.train.train_batch_size = 16 * 8
         c.ptx_datasets = ("alpaca",)
@@ -154,11 +154,19 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
         c.mesh.fsdp = 8
         c.architecture = common.LLAMA3_8B if preset == "llama3_8b" else common.LLAMA2_7B
         c.checkpoint.every = 20                  # iterations; SIGTERM/SIGINT also save (preemption-safe)
+    if preset == "llama3_70b":
+        # six 70B models are ~0.85 TB in bf16: rank-64 adapters on the actor (its base is the reference) and on the
+        # critics (their bases are the frozen reward and cost models), so three bf16 backbones in all; FSDP over
+        # every device (a v5p-64's 32 chips, two 8-GPU hosts' 16 GPUs); 128 rollouts per rl_step (4 per chip on a
+        # v5p-64, 8 per GPU on 16): docs/plan_70b_*.json
+        c.architecture = common.LLAMA3_70B
+        c.lora.rank = 64
+        c.mesh.fsdp = -1
     return c
 
 
 LAGRANGIAN = ("ppo_lag", "grpo_lag")
-SIZES = ("tiny", "llama2_7b", "llama3_8b")
+SIZES = ("tiny", "llama2_7b", "llama3_8b", "llama3_70b")
 
 
 def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

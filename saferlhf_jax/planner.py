@@ -40,6 +40,9 @@ ARCHITECTURES = {
     "meta-llama/Meta-Llama-3-8B": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
                                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                                        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0),
+    "meta-llama/Meta-Llama-3-70B": dict(vocab_size=128256, hidden_size=8192, intermediate_size=28672,
+                                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8,
+                                        max_position_embeddings=8192, rms_norm_eps=1e-5, rope_theta=500000.0),
 }
 
 
@@ -178,7 +181,7 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     log_probs = functools.partial(actor.label_log_probs, chunk=int(cfg.model.get("logits_chunk", 0)))
     memory_kind = str(cfg.model.get("optimizer_memory", "device"))
     lora_rank, lora_scale = lora_settings(cfg)
-    lora_critics = bool(lora_rank and cfg.lora.get("critics", False))
+    lora_critics = bool(lora_rank and cfg.lora.get("critics", False)) and not rl_cfg.critic_free
     fns = rl.RLModels(log_probs, critic.apply, actor_opt, critic_opt, actor_sched, critic_sched, rl_cfg,
                       optimizer_on_host=memory_kind != "device", lora_scale=lora_scale,
                       critic_lora_scale=lora_scale if lora_critics else 0.0)
@@ -206,8 +209,11 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
         start=jax.ShapeDtypeStruct((b,), jnp.int32, sharding=bs),
         ref_log_probs=f32((b, length - 1), bs2), reward=f32((b,), bs),
         cost=f32((b,), bs) if rl_cfg.uses_cost else None, log_probs=f32((b, length - 1), bs2),
-        reward_values=f32((b, length - 1), bs2),
-        cost_values=f32((b, length - 1), bs2) if rl_cfg.cost_critic else None)
+        reward_values=None if rl_cfg.critic_free else f32((b, length - 1), bs2),
+        cost_values=f32((b, length - 1), bs2) if rl_cfg.cost_critic else None,
+        # critic-free GRPO / GRPO-Lag: group-relative advantages instead of critic values
+        reward_advantage=f32((b,), bs) if rl_cfg.critic_free else None,
+        cost_advantage=f32((b,), bs) if rl_cfg.critic_free and rl_cfg.uses_cost else None)
     ptx = None
     if rl_cfg.ptx_coeff > 0:
         ptx = {"input_ids": jax.ShapeDtypeStruct((b, length), jnp.int32, sharding=bs2),
@@ -228,7 +234,9 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
                      out_shardings=(shard(state), rep, None), donate_argnums=(0,))
     trained = lambda m: bytes_per_device(m.params) + bytes_per_device(m.opt_state)  # noqa: E731
     per_model = {"actor": trained(state.actor), "reference": bytes_per_device(as_frozen(actor_p)),
-                 "reward_model": bytes_per_device(as_frozen(critic_p)), "reward_critic": trained(state.reward_critic)}
+                 "reward_model": bytes_per_device(as_frozen(critic_p))}
+    if state.reward_critic is not None:  # critic-free GRPO-Lag: actor, reference, reward and cost models only
+        per_model["reward_critic"] = trained(state.reward_critic)
     if rl_cfg.uses_cost:
         per_model["cost_model"] = bytes_per_device(as_frozen(critic_p))
     if rl_cfg.cost_critic:
@@ -264,7 +272,8 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
 
 # Cloud TPU slice names → libtpu topology names (chips per dimension).
 TPU_TOPOLOGIES = {"v4-8": "v4:2x2x1", "v4-16": "v4:2x2x2", "v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2",
-                  "v5p-32": "v5p:2x2x4", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-64": "v5e:8x8",
+                  "v5p-32": "v5p:2x2x4", "v5p-64": "v5p:2x4x4",
+                  "v5p-128": "v5p:4x4x4", "v5e-8": "v5e:2x4", "v5e-16": "v5e:4x4", "v5e-64": "v5e:8x8",
                   "v6e-8": "v6e:2x4", "v6e-64": "v6e:8x8"}
 
 
@@ -301,6 +310,51 @@ def format_report(plan: dict, device_memory: float | None) -> str:
         fits = plan["total_bytes_per_device"] <= device_memory
         lines.append(f"fits in {device_memory / 2**30:.1f} GiB per device: {'yes' if fits else 'NO'}")
     return "\n".join(lines)
+
+
+def levers(cfg, part: str, target: str) -> list[str]:
+    """The settings that shrink `part` ('temporaries' | 'parameters and optimizer state' | 'frozen models') of the
+    step `cfg` plans, as command-line overrides with what each does (the ones already on are left out)."""
+    m, out = cfg.model, []
+    devices_hint = "more devices (a larger --target / --config.mesh.fsdp)"
+    if part == "temporaries":
+        b = int(cfg.train.get("train_batch_size", cfg.train.get("batch_size", 0)) or 0)
+        key = "train_batch_size" if "train_batch_size" in cfg.train else "batch_size"
+        if b > 1:
+            out.append(f"--config.train.{key}={b // 2} (half the micro-batch; the global batch is kept by more steps)")
+        if m.get("remat_policy", "none") == "none":
+            out.append("--config.model.remat_policy=full")
+        if "logits_chunk" in m and not int(m.logits_chunk):
+            out.append("--config.model.logits_chunk=8192")
+    else:
+        if "lora" in cfg and not int(cfg.lora.rank):
+            out.append("--config.lora.rank=64 (adapters: no full-size optimizer state)")
+        if part == "parameters and optimizer state" and str(m.get("optimizer_memory", "device")) == "device" \
+                and not target.startswith("cpu"):
+            out.append("--config.model.optimizer_memory=pinned_host (Adam moments in host memory)")
+        if part == "frozen models" and str(m.get("frozen_dtype", "bfloat16")) == "float32":
+            out.append("--config.model.frozen_dtype=bfloat16")
+    return out + [devices_hint]
+
+
+def refusal(cfg, target: str, device_memory: float, plan: dict | None = None, compiler: str = "") -> str:
+    """One line: it does not fit, by how much (the plan's total, or the compiler's own words), the biggest part of the
+    memory, and the levers that shrink that part."""
+    if plan is not None and "temp_bytes_per_device" in plan:
+        frozen = plan.get("resident_frozen_bytes_per_device", 0)
+        parts = {"temporaries": plan["temp_bytes_per_device"],
+                 "parameters and optimizer state": plan["argument_bytes_per_device"], "frozen models": frozen}
+        head = (f"does not fit on {target}: {plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > "
+                f"{device_memory / 2**30:.1f} GiB")
+    else:  # the TPU compiler refused: the per-model bytes are all there is
+        models_bytes = (plan or {}).get("models", {})
+        trained = sum(v for k, v in models_bytes.items() if k not in ("reference", "reward_model", "cost_model"))
+        parts = {"parameters and optimizer state": trained,
+                 "frozen models": sum(models_bytes.get(k, 0) for k in ("reference", "reward_model", "cost_model"))}
+        head = f"does not fit on {target}: {compiler}"
+    part = max(parts, key=parts.get)
+    return (f"{head}; the biggest part is {part} ({parts[part] / 2**30:.1f} GiB per device); levers: "
+            + "; ".join(levers(cfg, part, target)))
 
 
 def save(plan: dict, path) -> None:

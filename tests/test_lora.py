@@ -173,7 +173,8 @@ def test_lora_targets_from_the_command_line(tmp_path, capsys):
 
 
 def test_adapters_are_sharded_like_their_kernels():
-    """A (…, d_in, r) split like W's d_in, B (…, r, d_out) like W's d_out, the rank axis never."""
+    """A (…, d_in, r) split like W's d_in, B (…, r, d_out) like W's d_out; the rank axis ('lora_rank' → fsdp) only
+    where the other axis left fsdp free."""
     from saferlhf_jax.parallel import mesh as mesh_lib
     from saferlhf_jax.training import state as state_lib
 
@@ -184,9 +185,10 @@ def test_adapters_are_sharded_like_their_kernels():
     for key in ("model/layers/0/self_attn/q_proj", "model/layers/1/mlp/down_proj"):
         *_, layer, block, proj = key.split("/")
         w_axes = param_axes["model"]["layers"][int(layer)][block][proj]["kernel"]
-        assert axes[key] == {"a": (w_axes[0], None), "b": (None, w_axes[1])}
+        assert axes[key] == {"a": (w_axes[0], "lora_rank"), "b": ("lora_rank", w_axes[1])}
     mesh = mesh_lib.make_mesh(1, 8, 1)
     sh = state_lib.state_shardings({"lora": adapters}, [param_axes, {"lora": axes}], mesh)["lora"]
+    # rank 4 does not divide over 8 devices: the rank axis stays whole (rank 8 splits it: test_plan)
     w_sh = state_lib.state_shardings(model.params, [param_axes], mesh)
     q = sh["model/layers/0/self_attn/q_proj"]
     w_spec = w_sh["model"]["layers"][0]["self_attn"]["q_proj"]["kernel"].spec

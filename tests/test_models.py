@@ -312,3 +312,40 @@ def test_load_onto_mesh_and_errors(tmp_path, stories_dir):
     bad["num_key_value_heads"] = 3
     with pytest.raises(ValueError, match="num_key_value_heads"):
         ModelConfig.from_hf_dict(bad)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_streaming_load_of_sharded_checkpoint_equals_the_files(tmp_path, dtype):
+    """A bf16 checkpoint split over several files (with its index) loads tensor by tensor onto a (2, 2, 2) mesh,
+    layers scanned or not: every shard equals the file's tensor (transposed for kernels) in the target dtype."""
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 simulated devices")
+    from saferlhf_jax.models import safetensors_io
+
+    cfg = ModelConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, initializer_range=0.1)
+    src = init_model(cfg, "causal_lm", rng=3)
+    save_pretrained(src, src.params, tmp_path / "one")
+    tensors = {k: np.asarray(v).astype(jnp.bfloat16) for k, v in safetensors_io.load_dir(tmp_path / "one").items()}
+    (tmp_path / "split").mkdir()
+    (tmp_path / "split" / "config.json").write_text((tmp_path / "one" / "config.json").read_text())
+    files = safetensors_io.save_sharded(iter(sorted(tensors.items())), tmp_path / "split", max_file_bytes=40_000)
+    assert len(files) >= 3
+    mesh = make_mesh(2, 2, 2)
+    for scan in (False, True):
+        lm = load_causal_lm(tmp_path / "split", dtype=jnp.dtype(dtype), mesh=mesh, scan_layers=scan)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(lm.params)[0]:
+            names = models.api._path_names(path)
+            assert leaf.dtype == jnp.dtype(dtype) and len(leaf.sharding.device_set) == 8
+            per_layer = models.api._layer_paths(names, lm.config)
+            want = []
+            for lp in per_layer:
+                name, transpose = models.api.hf_name(lp)
+                want.append(tensors[name].T if transpose else tensors[name])
+            want = np.stack(want) if len(per_layer) > 1 else want[0]
+            np.testing.assert_array_equal(np.asarray(leaf.astype(jnp.float32)), want.astype(np.float32))
+    ids = np.array([[1, 5, 9, 33, 2, 7, 8, 60]] * 8)
+    scanned = load_causal_lm(tmp_path / "split", dtype=jnp.float32, mesh=mesh, scan_layers=True)
+    single = load_causal_lm(tmp_path / "split", dtype=jnp.float32)
+    np.testing.assert_allclose(np.asarray(scanned.apply(scanned.params, ids, np.ones_like(ids))),
+                               np.asarray(single.apply(single.params, ids, np.ones_like(ids))), rtol=2e-5, atol=2e-5)

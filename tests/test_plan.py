@@ -69,8 +69,8 @@ def test_plan_ppo_lag_with_lora(tmp_path, full_plan):
     full, both = full_plan, _lora_plan(tmp_path, True)
     adapters = lora.shapes(models.load_causal_lm(STORIES).params, 4)
     adapter_bytes = 4 * sum(x.size for x in jax.tree.leaves(adapters))  # float32, before sharding
-    # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis, B whole
-    # where W's output axis is not split (here: 'fsdp' splits the embedding axis only)
+    # adapters + 2 Adam moments, split over 8 devices like their kernels: A on W's fsdp-split input axis; B on its
+    # rank axis where W's output axis is not split — not at rank 4 on 8 devices, which does not divide
     assert adapter_bytes * 3 / 8 <= both["models"]["actor"] <= adapter_bytes * 3
     assert both["models"]["actor"] < full["models"]["actor"] / 2 and both["levers"]["lora_rank"] == 4
     # LoRA critics: adapters + a head each; every frozen model is a step argument, none resident beside it
@@ -117,3 +117,59 @@ def test_tiny_ppo_lag_plan_is_stable(full_plan):
     assert p["levers"] == {"frozen_dtype": "float32", "logits_chunk": 0, "optimizer_memory": "device",
                            "joint_update": True, "remat_policy": "none", "rollout_batch": 8, "max_length": 128,
                            "ptx": False, "lora_rank": 0, "lora_critics": False}
+
+
+def test_refusal_names_the_biggest_part_and_its_levers(full_plan):
+    """A plan over the device memory is refused in one line: how much, the biggest part, the settings that shrink it."""
+    from configs import ppo_lag
+    from saferlhf_jax import planner
+
+    cfg = ppo_lag.get_config("tiny")
+    line = planner.refusal(cfg, "cpu:8", 2**20, full_plan)
+    assert "\n" not in line and line.startswith("does not fit on cpu:8: ")
+    assert f"{full_plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > 0.0 GiB" in line
+    assert "the biggest part is temporaries" in line  # 30 MB of activations against 1 MB of parameters
+    assert "--config.train.train_batch_size=4" in line and "--config.model.remat_policy=full" in line
+    # the TPU compiler's refusal carries no breakdown: the per-model bytes decide, and LoRA / host optimizer state
+    # are offered for trained models
+    line = planner.refusal(cfg, "tpu:v5p-8", 0, {"models": {"actor": 9, "reference": 3, "reward_critic": 9}},
+                           compiler="Ran out of memory in memory space hbm")
+    assert "hbm; the biggest part is parameters and optimizer state" in line
+    assert "--config.lora.rank=64" in line and "optimizer_memory=pinned_host" in line
+
+
+def test_plan_grpo_lag_critic_free_with_lora(tmp_path):
+    """GRPO-Lag (four models, no critics) plans with its own rollout (group advantages, no values): the LoRA actor's
+    base is a step argument, the reward and cost models stay resident beside the step."""
+    out = tmp_path / "grpo.json"
+    assert plan.main(["plan", "--target", "cpu:8", "--output", str(out), "--config=configs/grpo_lag.py:tiny",
+                      "--config.mesh.fsdp=8", f"--config.actor_model_name_or_path={STORIES}",
+                      f"--config.reward_model_name_or_path={STORIES}", f"--config.cost_model_name_or_path={STORIES}",
+                      "--config.generation.max_length=128", "--config.data.max_prompt_length=64",
+                      "--config.lora.rank=4"]) == 0
+    p = json.loads(out.read_text())
+    m = p["models"]
+    assert set(m) == {"actor", "reference", "reward_model", "cost_model"}
+    assert p["resident_frozen_bytes_per_device"] == m["reward_model"] + m["cost_model"]
+    assert abs(p["argument_bytes_per_device"] - m["actor"] - m["reference"]) <= 0.1 * m["reference"] + 64 * 1024
+
+
+def test_70b_presets_and_adapter_sharding():
+    """The 70B presets are the recipe with rank-64 adapters on every device; a LoRA B whose output axis is not
+    split by fsdp is split on its rank instead (at 70B the replicated B's were ~5 GiB per device)."""
+    from configs import grpo_lag, ppo_lag
+    from saferlhf_jax import planner
+    from saferlhf_jax.models import lora
+    from saferlhf_jax.parallel import make_mesh
+    from saferlhf_jax.parallel.mesh import logical_to_spec
+
+    for c in (ppo_lag.get_config("llama3_70b"), grpo_lag.get_config("llama3_70b")):
+        assert c.recipe == "safe_rlhf_jax" and c.lora.rank == 64 and c.mesh.fsdp == -1
+        arch = planner.model_config(c.actor_model_name_or_path, c.model, c.architecture)
+        assert (arch.hidden_size, arch.num_hidden_layers, arch.num_key_value_heads) == (8192, 80, 8)
+    axes = lora.adapter_axes({"q": {"kernel": ("embed", "heads")}, "down": {"kernel": ("mlp", "embed")}},
+                             {"q": None, "down": None})[lora.KEY]
+    mesh = make_mesh(fsdp=8)
+    spec = lambda ax, shape: tuple(logical_to_spec(ax, shape, mesh, quiet=True))  # noqa: E731
+    assert spec(axes["q"]["a"], (64, 16)) == ("fsdp", None) and spec(axes["q"]["b"], (16, 64)) == ("fsdp", None)
+    assert spec(axes["down"]["a"], (128, 16)) == (None, "fsdp") and spec(axes["down"]["b"], (16, 64)) == ("fsdp", None)

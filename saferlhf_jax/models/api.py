@@ -321,26 +321,59 @@ def _layer_paths(path: tuple, config: ModelConfig):
     return [path]
 
 
-def _convert(array: np.ndarray, transpose: bool, shape: tuple, dtype, name: str) -> np.ndarray:
-    arr = np.asarray(array)
-    if transpose:
-        arr = arr.T
-    if arr.shape != tuple(shape):
-        raise ValueError(f"tensor {name}: shape {arr.shape} does not match the config's {tuple(shape)}")
-    return arr.astype(dtype)
+def _oriented(array: np.ndarray, transpose: bool, shape: tuple, name: str) -> np.ndarray:
+    """A file tensor as our layout's view ((in, out) kernels: HF stores (out, in)); no copy yet."""
+    view = array.T if transpose else array
+    if view.shape != tuple(shape):
+        raise ValueError(f"tensor {name}: shape {view.shape} does not match the config's {tuple(shape)}")
+    return view
 
 
-def _put(value: np.ndarray, sharding):
+def _put(value: np.ndarray, sharding, dtype=None):
+    """A host array → a device array in `dtype` placed by `sharding` (None: the default device). Each device's
+    shard is copied and converted on its own, so no converted copy of the whole tensor ever exists."""
+    dtype = value.dtype if dtype is None else dtype
     if sharding is None:
-        return jnp.asarray(value)
-    return jax.make_array_from_callback(value.shape, sharding, lambda idx: np.asarray(value[idx]))
+        return jnp.asarray(np.asarray(value, dtype))
+    return jax.make_array_from_callback(value.shape, sharding, lambda idx: np.array(value[idx], dtype=dtype))
 
 
-def _normalizer_from(tensors: dict, raw_config: dict, score_dim: int) -> dict[str, np.ndarray]:
+def _layer_sharding(sharding):
+    """The sharding of one layer of a stacked (L, ...) leaf: its spec without the leading layer axis."""
+    if sharding is None:
+        return None
+    spec = tuple(sharding.spec)
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec[1:]))
+
+
+@functools.lru_cache(maxsize=None)
+def _zeros_program(shape: tuple, dtype, sharding):
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
+
+
+@functools.lru_cache(maxsize=None)
+def _set_layer_program(sharding):
+    # donated: the stacked leaf is updated in place, so filling it layer by layer never holds two copies
+    return jax.jit(lambda stacked, layer, i: jax.lax.dynamic_update_index_in_dim(stacked, layer, i, 0),
+                   donate_argnums=0, out_shardings=sharding)
+
+
+def _put_stacked(layers, shape: tuple, dtype, sharding):
+    """Host layers (an iterator of (L-1)-rank arrays, read one at a time) → the stacked (L, ...) device leaf: a
+    zero leaf in place, each layer sent to its shards and written into it, so host memory holds one layer."""
+    stacked = _zeros_program(tuple(shape), jnp.dtype(dtype), sharding)()
+    layer_sharding = _layer_sharding(sharding)
+    write = _set_layer_program(sharding)
+    for i, layer in enumerate(layers):
+        stacked = write(stacked, _put(layer, layer_sharding, dtype), jnp.int32(i))
+    return stacked
+
+
+def _normalizer_from(tensors: safetensors_io.Index, raw_config: dict, score_dim: int) -> dict[str, np.ndarray]:
     stats = {}
     for key in _NORMALIZER_KEYS:
         if f"normalizer.{key}" in tensors:
-            stats[key] = np.asarray(tensors[f"normalizer.{key}"], np.float32)
+            stats[key] = np.asarray(tensors.read(f"normalizer.{key}"), np.float32)
         elif key in raw_config and raw_config[key] is not None:
             stats[key] = np.asarray(raw_config[key], np.float32)
     default = {"mean": np.zeros(score_dim, np.float32), "var": np.ones(score_dim, np.float32),
@@ -358,18 +391,20 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
     dtype_name = jnp.dtype(dtype).name
     compute = overrides.pop("compute_dtype", None)
     overrides = {"dtype": jnp.dtype(compute or dtype).name, "param_dtype": dtype_name, **overrides}
-    tensors = safetensors_io.load_dir(path)
+    # headers only: each tensor is read when its leaf is placed, then dropped (peak host memory: a few tensors)
+    tensors = safetensors_io.Index(path)
+    alias = {}  # our name → the file's
     if kind == "score" and "score.weight" in tensors and "score_head.weight" not in tensors:
         # a transformers *ForSequenceClassification head (reward-bench models, our layout='hf' exports): no bias
-        tensors = {("score_head.weight" if k == "score.weight" else k): v for k, v in tensors.items()}
-        overrides = {"score_bias": False, "score_dim": int(tensors["score_head.weight"].shape[0]), **overrides}
+        alias["score_head.weight"] = "score.weight"
+        overrides = {"score_bias": False, "score_dim": int(tensors.infos["score.weight"].shape[0]), **overrides}
     config = ModelConfig.from_pretrained(path, **overrides)
     graphdef, abstract, _ = abstract_model(config, kind)
     shardings = param_shardings(config, kind, mesh, rules) if mesh is not None else None
     flat_shard = dict(jax.tree_util.tree_flatten_with_path(shardings)[0]) if shardings is not None else {}
     flat_shard = {_path_names(k): v for k, v in flat_shard.items()}
 
-    has_head = "score_head.weight" in tensors
+    has_head = "score_head.weight" in tensors or "score_head.weight" in alias
     # as a policy a score checkpoint's tied embeddings would "generate" from a reward model's backbone, silently
     if kind == "causal_lm" and (has_head or "score.weight" in tensors):
         raise ModelError(f"{path} is a score model ({', '.join(raw_config.get('architectures') or ['score head'])}: "
@@ -396,17 +431,19 @@ def _load(path, kind: str, dtype, mesh: Mesh | None, rules, overrides: dict, rng
                      if p[-1] == "kernel" else np.zeros(x.shape, np.float32))
             leaves[p] = _put(value.astype(x.dtype), sharding)
             continue
-        parts = []
-        per_layer_shape = x.shape[1:] if len(_layer_paths(p, config)) > 1 else x.shape
-        for lp in _layer_paths(p, config):
-            name, transpose = hf_name(lp)
-            if name not in tensors:
-                raise ModelError(f"{path}: tensor {name!r} is missing from the safetensors weights "
-                                 f"(a {config.model_type} {kind} needs it)")
-            parts.append(_convert(tensors[name], transpose, per_layer_shape, x.dtype, name))
-            used.add(name)
-        value = parts[0] if len(parts) == 1 else np.stack(parts)
-        leaves[p] = _put(value, sharding)
+        layer_paths = _layer_paths(p, config)
+        names = [(alias.get(n, n), t) for n, t in map(hf_name, layer_paths)]
+        missing = [n for n, _ in names if n not in tensors]
+        if missing:
+            raise ModelError(f"{path}: tensor {missing[0]!r} is missing from the safetensors weights "
+                             f"(a {config.model_type} {kind} needs it)")
+        used.update(n for n, _ in names)
+        if len(layer_paths) == 1:
+            name, transpose = names[0]
+            leaves[p] = _put(_oriented(tensors.read(name), transpose, x.shape, name), sharding, x.dtype)
+        else:  # scanned layers: one (L, ...) leaf filled layer by layer
+            layers = (_oriented(tensors.read(n), t, x.shape[1:], n) for n, t in names)
+            leaves[p] = _put_stacked(layers, x.shape, x.dtype, sharding)
 
     unused = sorted(set(tensors) - used - _ignorable(kind, config))
     if unused:  # every tensor is used or refused: a dropped bias or norm would silently change the model

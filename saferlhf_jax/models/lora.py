@@ -65,8 +65,10 @@ def shapes(params, rank: int, targets=DEFAULT_TARGETS) -> dict:
 
 def adapter_axes(param_axes, adapters) -> dict:
     """Logical axes of {KEY: adapters} from their kernels' declared axes: A (..., d_in, r) is split like W's d_in
-    and B (..., r, d_out) like W's d_out, the rank axis never — so each adapter lives on the devices of its kernel
-    and A@B needs no more communication than W. param_axes: `models.param_logical_axes` of the base."""
+    and B (..., r, d_out) like W's d_out; the rank axis is 'lora_rank' (→ fsdp), which takes a mesh axis only where
+    the other axis left it free (parallel.mesh.logical_to_spec: the first claim wins; B's rank axis comes first, so
+    B of down_proj is split on its rank, not on d_out), so no adapter is whole on every fsdp device.
+    param_axes: `models.param_logical_axes` of the base."""
     kernels = {}
     for path, axes in jax.tree_util.tree_flatten_with_path(param_axes, is_leaf=lambda x: isinstance(x, tuple))[0]:
         names = _names(path)
@@ -76,7 +78,7 @@ def adapter_axes(param_axes, adapters) -> dict:
     for key in adapters:
         if key in kernels:
             *lead, axis_in, axis_out = kernels[key]
-            out[key] = {"a": (*lead, axis_in, None), "b": (*lead, None, axis_out)}
+            out[key] = {"a": (*lead, axis_in, "lora_rank"), "b": (*lead, "lora_rank", axis_out)}
     return {KEY: out}
 
 

@@ -1,10 +1,13 @@
-"""Minimal safetensors reader/writer on numpy memmaps (bf16 via ml_dtypes). Never unpickles anything.
+"""Minimal safetensors reader/writer (bf16 via ml_dtypes). Never unpickles anything.
 
-Reading is lazy: tensors are memory-mapped, so a sharded load only touches the bytes each device needs.
+`load_file` / `load_dir` memory-map whole files (tests, small models). Model loading reads through `Index`: headers
+only up front, then one tensor at a time into a buffer that is freed after use, so a load's host memory is bounded by
+a few tensors, not the checkpoint (a memory map would keep every page it touched resident until it is closed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import struct
@@ -70,6 +73,49 @@ def tensor_names(path: str | pathlib.Path) -> set[str]:
     return {k for name in _weight_files(path) for k in read_header(path / name)[0] if k != "__metadata__"}
 
 
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    file: pathlib.Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int        # absolute byte offset of the data in `file`
+    nbytes: int
+
+
+class Index:
+    """The tensors of a HF model directory (single file or sharded with model.safetensors.index.json), from the
+    headers only; `read(name)` reads one tensor from disk into a fresh array (freed when the caller drops it)."""
+
+    def __init__(self, path: str | pathlib.Path):
+        path = pathlib.Path(path)
+        self.infos: dict[str, TensorInfo] = {}
+        for fname in _weight_files(path):
+            file = path / fname
+            header, base = read_header(file)
+            header.pop("__metadata__", None)
+            size = file.stat().st_size
+            for name, info in header.items():
+                if info["dtype"] not in _DTYPES:
+                    raise ValueError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
+                start, stop = (int(v) for v in info["data_offsets"])
+                if base + stop > size:
+                    raise ModelError(f"{file} is truncated: {size} bytes on disk, its header needs {base + stop} "
+                                     "(an interrupted download or copy?)")
+                self.infos[name] = TensorInfo(file, np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"]),
+                                              base + start, stop - start)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.infos
+
+    def __iter__(self):
+        return iter(self.infos)
+
+    def read(self, name: str) -> np.ndarray:
+        info = self.infos[name]
+        flat = np.fromfile(info.file, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        return flat.view(info.dtype).reshape(info.shape)
+
+
 def _weight_files(path: pathlib.Path) -> list[str]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
@@ -105,3 +151,37 @@ def save_file(tensors: dict[str, np.ndarray], path: str | pathlib.Path, metadata
         for arr in arrays:
             f.write(arr.tobytes())
     tmp.replace(path)
+
+
+def save_sharded(items, directory: str | pathlib.Path, max_file_bytes: int = 2 << 30) -> list[str]:
+    """Write (name, array) pairs, consumed one at a time, as HF-style sharded safetensors files plus
+    model.safetensors.index.json; at most one file's tensors (≤ max_file_bytes, or one larger tensor) are held at
+    once. Returns the file names."""
+    directory = pathlib.Path(directory)
+    groups: list[list[str]] = []
+    weight_map: dict[str, str] = {}
+    pending: dict[str, np.ndarray] = {}
+
+    def flush():
+        if pending:
+            tmp_name = f"part-{len(groups):05d}.safetensors"
+            save_file(pending, directory / tmp_name)
+            groups.append(sorted(pending))
+            pending.clear()
+
+    total = 0
+    for name, array in items:
+        total += array.nbytes
+        if pending and sum(a.nbytes for a in pending.values()) + array.nbytes > max_file_bytes:
+            flush()
+        pending[name] = array
+    flush()
+    files = []
+    for i, names in enumerate(groups):
+        final = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        (directory / f"part-{i:05d}.safetensors").replace(directory / final)
+        weight_map.update({n: final for n in names})
+        files.append(final)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    return files

@@ -43,6 +43,9 @@ DEFAULT_RULES: tuple[tuple[str, Any], ...] = (
     ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
+    # a LoRA adapter's rank axis: claims fsdp only where the adapter's other axis has not (A of down_proj, B of
+    # q/k/v/o/gate/up — replicated over fsdp before, ~5 GiB per device at 70B and rank 64)
+    ("lora_rank", "fsdp"),
 )
 
 

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -46,6 +47,36 @@ def run_seed(preset: str, seed: int, out: pathlib.Path, extra: list[str], env: d
     results = json.loads((out / "results.json").read_text())
     results.pop("rules", None)
     results["wall_seconds"] = round(time.perf_counter() - start, 1)
+    return results
+
+
+def rerun_method(preset: str, seed: int, out: pathlib.Path, method: str, env: dict | None = None) -> dict:
+    """A finished single-rule run with one method run again under the current code and presets (after its recipe
+    changed), every other stage kept: the method's old stage directory is kept as `<method>_before`, the testbed
+    runs SFT and that method only, and its new numbers replace the old ones in the full results, whose claims and
+    certificates are then recomputed (`testbed.run.refresh`). The other methods do not read the method's settings."""
+    from saferlhf_jax.testbed.run import refresh as refresh_run
+
+    old = json.loads((out / "results.json").read_text())
+    if old.get("world") != "single" or method not in old["methods"] or method == "reward_shaping":
+        raise SystemExit(f"--rerun {method}: {out} is not a finished single-rule run with that method")
+    before = out / f"{method}_before"
+    if not before.exists():  # a rerun killed half-way starts its stage again; the original is kept once
+        (out / method).rename(before)
+        (out / "results.json").rename(out / "results_before.json")
+    shutil.rmtree(out / method, ignore_errors=True)
+    (out / "config.json").unlink(missing_ok=True)  # the testbed's own config: the method's settings changed
+    original = json.loads((out / "results_before.json").read_text())
+    new = run_seed(preset, seed, out, [f"--config.methods=sft,{method}"], env)
+    merged = {**original, "methods": {**original["methods"], method: new["methods"][method]},
+              "rl_recipe": new.get("rl_recipe", original.get("rl_recipe"))}
+    for key in ("ppo_lag_lambda", "timings", "stage_seconds_total"):
+        if key in new:
+            merged[key] = new[key]
+    (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    results = refresh_run(out)
+    results.pop("rules", None)
+    results["rerun"] = method
     return results
 
 
@@ -162,13 +193,19 @@ def main(argv=None) -> int:
                                                      "spread between machines of one kind)")
     p.add_argument("--refresh", action="store_true", help="a finished run's claims and certificates recomputed "
                                                            "from its saved answers (no RL re-run)")
+    p.add_argument("--rerun", default=None, help="a method of finished single-rule runs to run again after its "
+                                                 "recipe changed, every other stage kept (e.g. ppo_lag)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     work = pathlib.Path(args.work).expanduser().resolve()
     extra = [f"--config.methods={args.methods}"] if args.methods else []
     env = {**os.environ, "XLA_FLAGS": args.xla_flags} if args.xla_flags else None
-    runs = [run_seed(args.preset, int(s), work / f"{args.prefix}{s}", extra, env, args.refresh)
-            for s in args.seeds.split(",")]
+    if args.rerun:
+        runs = [rerun_method(args.preset, int(s), work / f"{args.prefix}{s}", args.rerun, env)
+                for s in args.seeds.split(",")]
+    else:
+        runs = [run_seed(args.preset, int(s), work / f"{args.prefix}{s}", extra, env, args.refresh)
+                for s in args.seeds.split(",")]
     summary = spread(runs)
     doc = {"command": "python -m benchmarks.testbed_seeds " + " ".join(argv if argv is not None else sys.argv[1:]),
            "preset": args.preset, "xla_flags": args.xla_flags,

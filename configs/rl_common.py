@@ -175,6 +175,8 @@ def recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.recipe = "safe_rlhf_jax"
     c.rl.lambda_update = "pid"          # λ falls to 0 inside the budget and answers a rising cost at once (§7.27)
     c.rl.lambda_pid = (1.0, 0.2, 0.0)
+    c.rl.lambda_init = 0.01             # λ from ~0, not 1: the first update is not pushed to harmlessness before a
+                                        # cost was measured (tuning seeds 0–3: R* ≥ with λ from 1 on all four, §7.34)
     c.rl.kl_coeff = 0.05                # 5× the reference's: the learned models stay accurate near the SFT text
     c.rl.missing_eos_penalty = 5.0      # reward-model units: cut-off answers fool the cost model (§7.29)
     # the budget in the units of the rows' labels, calibrated on the held-out split (no cost model trains on the

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import pathlib
+import re
 from typing import Any
 
 import jax
@@ -351,6 +352,10 @@ def refusal(cfg, target: str, device_memory: float, plan: dict | None = None, co
         trained = sum(v for k, v in models_bytes.items() if k not in ("reference", "reward_model", "cost_model"))
         parts = {"parameters and optimizer state": trained,
                  "frozen models": sum(models_bytes.get(k, 0) for k in ("reference", "reward_model", "cost_model"))}
+        # libtpu names the temporaries' total when they are what overflows: "... HLO temporaries (99.52G) ..."
+        temps = re.search(r"HLO temporaries \(([\d.]+)G\)", compiler)
+        if temps:
+            parts["temporaries"] = float(temps.group(1)) * 2**30
         head = f"does not fit on {target}: {compiler}"
     part = max(parts, key=parts.get)
     return (f"{head}; the biggest part is {part} ({parts[part] / 2**30:.1f} GiB per device); levers: "

@@ -95,8 +95,9 @@ def test_the_recipe_is_every_lagrangian_presets_default_and_reference_keeps_the_
     from saferlhf_jax.algorithms import rl
     from saferlhf_jax.algorithms.rl_config import rl_config
 
-    recipe = {"lambda_update": "pid", "lambda_pid": (1.0, 0.2, 0.0), "kl_coeff": 0.05, "missing_eos_penalty": 5.0}
-    for size in ("tiny", "llama2_7b", "llama3_8b"):
+    recipe = {"lambda_update": "pid", "lambda_pid": (1.0, 0.2, 0.0), "lambda_init": 0.01, "kl_coeff": 0.05,
+              "missing_eos_penalty": 5.0}
+    for size in ("tiny", "llama2_7b", "llama3_8b", "llama3_70b"):
         cfg = ppo_lag.get_config(size)
         assert cfg.recipe == "safe_rlhf_jax" and cfg.rl.budget.target == "unsafe_rate"
         assert {k: getattr(rl_config(cfg), k) for k in recipe} == recipe
@@ -107,7 +108,8 @@ def test_the_recipe_is_every_lagrangian_presets_default_and_reference_keeps_the_
         differs = {f.name for f in dataclasses.fields(rl.RLConfig) if getattr(built, f.name) != getattr(default, f.name)}
         assert differs <= {"ptx_coeff", "joint_update"}, differs  # the 7B presets' PTX and memory layout only
     g = grpo_lag.get_config("tiny").rl
-    assert (g.lambda_update, g.kl_coeff) == ("pid", 0.05) and tuple(g.lambda_pid) == pytest.approx((1.0, 0.075, 0.0))
+    assert (g.lambda_update, g.kl_coeff, g.lambda_init) == ("pid", 0.05, 0.01)
+    assert tuple(g.lambda_pid) == pytest.approx((1.0, 0.075, 0.0))
     assert grpo_lag.get_config("tiny").grpo.advantage == "dr_grpo"
     assert grpo_lag.get_config("reference").grpo.advantage == "grpo"
     assert ppo.get_config("tiny").rl.kl_coeff == 0.02  # PPO without a cost keeps the reference's settings

@@ -136,6 +136,9 @@ def test_refusal_names_the_biggest_part_and_its_levers(full_plan):
                            compiler="Ran out of memory in memory space hbm")
     assert "hbm; the biggest part is parameters and optimizer state" in line
     assert "--config.lora.rank=64" in line and "optimizer_memory=pinned_host" in line
+    line = planner.refusal(cfg, "tpu:v5p-8", 0, {"models": {"actor": 9 * 2**30, "reference": 3 * 2**30}},
+                           compiler="the total memory required for HLO temporaries (99.52G) exceeds available HBM")
+    assert "the biggest part is temporaries (99.5 GiB per device)" in line
 
 
 def test_plan_grpo_lag_critic_free_with_lora(tmp_path):

@@ -57,7 +57,8 @@ def rerun_method(preset: str, seed: int, out: pathlib.Path, method: str, env: di
     certificates are then recomputed (`testbed.run.refresh`). The other methods do not read the method's settings."""
     from saferlhf_jax.testbed.run import refresh as refresh_run
 
-    old = json.loads((out / "results.json").read_text())
+    kept = out / "results_before.json"  # a rerun killed half-way has moved the original results there
+    old = json.loads((kept if kept.is_file() else out / "results.json").read_text())
     if old.get("world") != "single" or method not in old["methods"] or method == "reward_shaping":
         raise SystemExit(f"--rerun {method}: {out} is not a finished single-rule run with that method")
     before = out / f"{method}_before"

@@ -78,7 +78,8 @@ def main(argv=None) -> int:
             planner.save({"target": known.target, "mesh": dict(mesh.shape), "fits": False, "compiler": message,
                           "models": per_model, "refusal": line}, known.output)
         return 1
-    plan = {"stage": name, "target": known.target, "mesh": dict(mesh.shape),
+    plan = {"command": "python -m launch.plan " + " ".join(argv[1:]), "stage": name, "target": known.target,
+            "mesh": dict(mesh.shape),
             "gpu_estimate": bool(known.gpu_estimate and kind == "cpu"), **plan}
     print(f"== {name} on {known.target}, mesh {dict(mesh.shape)}")
     memory = known.device_memory_gib * 2**30 if known.device_memory_gib else None

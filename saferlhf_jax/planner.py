@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import pathlib
-import re
 from typing import Any
 
 import jax
@@ -340,26 +339,30 @@ def levers(cfg, part: str, target: str) -> list[str]:
 
 def refusal(cfg, target: str, device_memory: float, plan: dict | None = None, compiler: str = "") -> str:
     """One line: it does not fit, by how much (the plan's total, or the compiler's own words), the biggest part of the
-    memory, and the levers that shrink that part."""
+    memory, and the levers that shrink it."""
     if plan is not None and "temp_bytes_per_device" in plan:
-        frozen = plan.get("resident_frozen_bytes_per_device", 0)
         parts = {"temporaries": plan["temp_bytes_per_device"],
-                 "parameters and optimizer state": plan["argument_bytes_per_device"], "frozen models": frozen}
-        head = (f"does not fit on {target}: {plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > "
-                f"{device_memory / 2**30:.1f} GiB")
-    else:  # the TPU compiler refused: the per-model bytes are all there is
-        models_bytes = (plan or {}).get("models", {})
-        trained = sum(v for k, v in models_bytes.items() if k not in ("reference", "reward_model", "cost_model"))
-        parts = {"parameters and optimizer state": trained,
-                 "frozen models": sum(models_bytes.get(k, 0) for k in ("reference", "reward_model", "cost_model"))}
-        # libtpu names the temporaries' total when they are what overflows: "... HLO temporaries (99.52G) ..."
-        temps = re.search(r"HLO temporaries \(([\d.]+)G\)", compiler)
-        if temps:
-            parts["temporaries"] = float(temps.group(1)) * 2**30
-        head = f"does not fit on {target}: {compiler}"
+                 "parameters and optimizer state": plan["argument_bytes_per_device"],
+                 "frozen models": plan.get("resident_frozen_bytes_per_device", 0)}
+        part = max(parts, key=parts.get)
+        return (f"does not fit on {target}: {plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > "
+                f"{device_memory / 2**30:.1f} GiB; the biggest part is {part} ({parts[part] / 2**30:.1f} GiB per "
+                "device); levers: " + "; ".join(levers(cfg, part, target)))
+    # the TPU compiler refused: its message and the models' own bytes are all there is (libtpu's "HLO temporaries"
+    # figure is not the temporaries alone)
+    models_bytes = (plan or {}).get("models", {})
+    frozen_names = ("reference", "reward_model", "cost_model")
+    parts = {"parameters and optimizer state": sum(v for k, v in models_bytes.items() if k not in frozen_names),
+             "frozen models": sum(models_bytes.get(k, 0) for k in frozen_names)}
     part = max(parts, key=parts.get)
-    return (f"{head}; the biggest part is {part} ({parts[part] / 2**30:.1f} GiB per device); levers: "
-            + "; ".join(levers(cfg, part, target)))
+    models_total = sum(parts.values())
+    found = levers(cfg, part, target)
+    if device_memory and models_total > device_memory:
+        where = f"the models alone need {models_total / 2**30:.1f} GiB per device, the largest part {part}"
+    else:  # the models fit: the activations may be what overflows
+        where = f"the models need {models_total / 2**30:.1f} GiB per device, the largest part {part}"
+        found = [f for f in levers(cfg, "temporaries", target) if "more devices" not in f] + found
+    return f"does not fit on {target}: {compiler}; {where}; levers: " + "; ".join(found)
 
 
 def save(plan: dict, path) -> None:

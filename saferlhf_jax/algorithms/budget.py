@@ -137,20 +137,11 @@ def score_responses(cost_fn, params, tokenizer, template, texts: Sequence[tuple[
                     batch_size: int) -> np.ndarray:
     """End scores (N,) or (N, K) of `cost_fn(params, ids, mask)` on template(prompt) + response + EOS, tokenized as
     a preference row's responses are (right-padded to power-of-two buckets, truncated to max_length)."""
-    encoded = [np.asarray(tokenizer(template.format_prompt(p) + r + tokenizer.eos_token).input_ids[:max_length],
-                          np.int32) for p, r in texts]
-    buckets = data_lib.default_buckets(max_length)
     fn = jax.jit(cost_fn)
     out = []
-    for lo in range(0, len(encoded), batch_size):
-        chunk = encoded[lo:lo + batch_size]
-        n = len(chunk)
-        chunk = chunk + [chunk[0]] * (batch_size - n)  # one batch shape per bucket
-        width = data_lib.pick_bucket(max(map(len, chunk)), buckets)
-        ids = np.full((batch_size, width), tokenizer.pad_token_id, np.int32)
-        mask = np.zeros((batch_size, width), bool)
-        for i, c in enumerate(chunk):
-            ids[i, :len(c)], mask[i, :len(c)] = c, True
+    full = [template.format_prompt(p) + r for p, r in texts]
+    for ids, mask, n in data_lib.end_score_batches(tokenizer, full, batch_size=batch_size, max_length=max_length,
+                                                  multiple=batch_size):  # one batch shape per bucket
         out.append(np.asarray(mesh_lib.to_host(fn(params, ids, mask)), np.float64)[:n])  # every host: a collective
     return np.concatenate(out)
 

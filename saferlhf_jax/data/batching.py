@@ -30,6 +30,26 @@ def pick_bucket(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence of length {length} exceeds the largest bucket {max(buckets)}")
 
 
+def end_score_batches(tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int, multiple: int = 1):
+    """Batches for end scores of full texts (spec §1.2): each text + EOS tokenized (BOS as the tokenizer adds it),
+    truncated to max_length; `batch_size` texts at a time, right-padded to their power-of-two bucket, the rows filled
+    up to a multiple of `multiple` with copies of the batch's first (one shape per bucket: multiple = batch_size;
+    an even split over the devices: the mesh's batch divisor). Yields (ids (R, W) int32, mask (R, W) bool, n): the
+    first n rows are the texts'."""
+    encoded = [np.asarray(tokenizer(t + tokenizer.eos_token).input_ids[:max_length], np.int32) for t in texts]
+    buckets = default_buckets(max_length)
+    for lo in range(0, len(encoded), batch_size):
+        chunk = encoded[lo:lo + batch_size]
+        n = len(chunk)
+        chunk = chunk + [chunk[0]] * ((-n) % multiple)
+        width = pick_bucket(max(map(len, chunk)), buckets)
+        ids = np.full((len(chunk), width), tokenizer.pad_token_id, np.int32)
+        mask = np.zeros((len(chunk), width), bool)
+        for i, c in enumerate(chunk):
+            ids[i, :len(c)], mask[i, :len(c)] = c, True
+        yield ids, mask, n
+
+
 def _pad(seqs, width: int, value: int, left: bool = False) -> np.ndarray:
     out = np.full((len(seqs), width), value, np.int32)
     for i, s in enumerate(seqs):

@@ -95,19 +95,10 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
 
 def score_texts(model, tokenizer, texts: Sequence[str], *, batch_size: int, max_length: int, mesh=None) -> np.ndarray:
     """End scores (N,) of full texts (prompt + response); EOS appended, BOS added, right-padded (spec §1.2)."""
-    encoded = [np.asarray(tokenizer(t + tokenizer.eos_token).input_ids[:max_length], np.int32) for t in texts]
     div = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
     scores = []
-    for lo in range(0, len(encoded), batch_size):
-        chunk = encoded[lo:lo + batch_size]
-        n = len(chunk)
-        chunk = chunk + [chunk[0]] * ((-n) % div)
-        width = data_lib.pick_bucket(max(map(len, chunk)), data_lib.default_buckets(max_length))
-        ids = np.full((len(chunk), width), tokenizer.pad_token_id, np.int32)
-        mask = np.zeros((len(chunk), width), bool)
-        for i, c in enumerate(chunk):
-            ids[i, :len(c)] = c
-            mask[i, :len(c)] = True
+    for ids, mask, n in data_lib.end_score_batches(tokenizer, texts, batch_size=batch_size, max_length=max_length,
+                                                  multiple=div):
         if mesh is not None:
             placed = mesh_lib.shard_batch({"ids": ids, "mask": mask}, mesh)
             ids, mask = placed["ids"], placed["mask"]

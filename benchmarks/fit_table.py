@@ -53,7 +53,9 @@ def variants(preset: str, per_device: int, devices: int, kind: str) -> list[tupl
         out.append((f"+ {half} sequences per device" + ("" if lora_preset else ", LoRA r64"), base + batch(half,
                                                                                                         devices)))
         half //= 2
-    return [(n, ["--config.mesh.fsdp=-1", *batch(per_device, devices), *o]) for n, o in out]
+    # a variant with its own micro-batch replaces the starting one (no flag given twice)
+    return [(n, ["--config.mesh.fsdp=-1", *(o if any("train_batch_size" in f for f in o)
+                                            else [*batch(per_device, devices), *o])]) for n, o in out]
 
 
 def gib(plan: dict) -> float | None:

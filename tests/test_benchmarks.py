@@ -219,3 +219,71 @@ def test_peak_rss_sees_a_child_process_allocation(tmp_path):
     assert 0.6 <= result["peak_gb"] < 1.5 and 0.6 <= result["peak_anon_gb"] <= result["peak_gb"]
     assert result["measured"].startswith("sh -c")
     assert peak_rss.main(["--", str(tmp_path / "no-such-program")]) == 2  # one line, no traceback
+
+
+def test_rerun_of_one_method_keeps_the_other_stages(tmp_path, monkeypatch):
+    """`testbed_seeds --rerun ppo_lag`: the old stage and results are kept aside, only SFT and the method run again,
+    the method's new numbers replace the old in the full results (the other methods' untouched), and a rerun killed
+    half-way can be started again."""
+    from benchmarks import testbed_seeds
+    from saferlhf_jax.testbed import run as testbed_run
+
+    out = tmp_path / "single_7"
+    (out / "ppo_lag").mkdir(parents=True)
+    (out / "ppo_lag" / "old.txt").write_text("old")
+    (out / "config.json").write_text("{}")
+    point = lambda r, c: {"gt_reward": r, "gt_cost": c}  # noqa: E731
+    old = {"world": "single", "seed": 7, "methods": {"sft": point(1.0, -0.1), "ppo": point(6.0, 2.0),
+                                                     "ppo_lag": point(3.0, -0.4)}, "rl_recipe": {"old": 1}}
+    (out / "results.json").write_text(json.dumps(old))
+    calls = []
+
+    def fake_run_seed(preset, seed, path, extra, env=None, refresh=False):
+        calls.append(extra)
+        assert not (path / "ppo_lag").exists() and not (path / "config.json").exists()
+        (path / "ppo_lag").mkdir()
+        return {"methods": {"sft": point(1.0, -0.1), "ppo_lag": point(3.5, -0.2)}, "rl_recipe": {"new": 1},
+                "ppo_lag_lambda": "pid"}
+
+    def fake_refresh(path):
+        return json.loads((path / "results.json").read_text())
+
+    monkeypatch.setattr(testbed_seeds, "run_seed", fake_run_seed)
+    monkeypatch.setattr(testbed_run, "refresh", fake_refresh)
+    r = testbed_seeds.rerun_method("ci", 7, out, "ppo_lag")
+    assert calls == [["--config.methods=sft,ppo_lag"]]
+    assert r["methods"]["ppo_lag"] == point(3.5, -0.2) and r["methods"]["ppo"] == point(6.0, 2.0)
+    assert r["rl_recipe"] == {"new": 1} and r["rerun"] == "ppo_lag"
+    assert (out / "ppo_lag_before" / "old.txt").read_text() == "old"
+    assert json.loads((out / "results_before.json").read_text()) == old
+    # again (as after a kill): the kept originals are not overwritten by the new stage
+    testbed_seeds.rerun_method("ci", 7, out, "ppo_lag")
+    assert (out / "ppo_lag_before" / "old.txt").is_file() and json.loads((out / "results_before.json").read_text()) == old
+    with pytest.raises(SystemExit, match="not a finished single-rule run"):
+        testbed_seeds.rerun_method("ci", 7, out, "grpo_lag")
+
+
+def test_load_memory_benchmark_at_tiny_size(tmp_path):
+    """The load benchmark end to end on a tiny random checkpoint: sharded files written, loaded onto 8 devices and
+    restored from orbax onto another mesh, each in a fresh process, every shard compared with the file."""
+    from benchmarks import load_memory
+
+    out = tmp_path / "load.json"
+    assert load_memory.main(["--size", "tiny", "--work", str(tmp_path / "work"), "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert len(r["files"]) >= 2 and r["load"]["shards_equal_file"] and r["restore"]["shards_equal_file"]
+    assert r["load"]["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and r["restore"]["mesh"]["tensor"] == 2
+    assert r["load"]["peak_gb"] >= r["load"]["baseline_gb"] > 0
+
+
+def test_fit_table_tries_the_levers_in_order():
+    from benchmarks import fit_table
+
+    names = [n for n, _ in fit_table.variants("configs/ppo_lag.py:llama2_7b", 16, 4, "tpu")]
+    assert names[:3] == ["preset", "+ optimizer state in host memory", "+ LoRA r64 (actor and critics)"]
+    assert names[-1] == "+ 4 sequences per device, LoRA r64"  # never below 4 per chip for a full model on TPU
+    lora = fit_table.variants("configs/ppo_lag.py:llama3_70b", 4, 16, "gpu")
+    assert [n for n, _ in lora] == ["preset", "+ 2 sequences per device", "+ 1 sequences per device"]
+    assert "--config.train.train_batch_size=32" in lora[1][1] and "--config.mesh.fsdp=-1" in lora[1][1]
+    assert sum("train_batch_size" in f for f in lora[1][1]) == 1
+    assert round(fit_table.params_of(80), 1) == 70.6  # Llama-3-70B

@@ -231,6 +231,7 @@ def test_two_constraints_from_a_config(tiny_models, tmp_path, mode):
 
     c = tiny_rl_config(mode, tiny_models, tmp_path)
     c.rl.lambda_update = "log_sgd"  # the per-constraint log-λ step checked below (the presets' PID: test_rl_core)
+    c.rl.lambda_init = 1.0          # the formula below starts from λ = 1 (the recipe starts at 0.01)
     c.cost_model_name_or_path = ""
     c.rl.cost_models = ml_collections.ConfigDict({"cm": str(tiny_models / "cost"),
                                                   "moderation": str(tiny_models / "moderation")})

@@ -46,7 +46,9 @@ def test_ppo_lag_cli_metrics_and_kill_and_resume(tiny_models, tmp_path):
     a, b = tmp_path / "interrupted", tmp_path / "straight"
     # the PID λ (spec §7.27): its memory (integral, last J_c) must come back from the checkpoint for the resumed
     # run's second λ to equal the straight run's (log λ, the only λ state of log-λ SGD, is restored in both modes)
-    common = ["--config.train.max_steps=2", "--config.checkpoint.every=1", "--config.rl.lambda_update=pid"]
+    # λ from 1 (the recipe's 0.01 leaves it at 0 on both iterations here): the integral then has memory to restore
+    common = ["--config.train.max_steps=2", "--config.checkpoint.every=1", "--config.rl.lambda_update=pid",
+              "--config.rl.lambda_init=1.0"]
     assert run_rl_cli("", _argv(tiny_models, a, "configs/ppo_lag.py:tiny", *common,
                                 "--config.train.stop_after_steps=1")) == 0
     assert not (a / "export").exists() and len(_rows(a)) == 1
@@ -97,7 +99,9 @@ def test_scanned_layers_with_full_remat_equal_unrolled(tiny_models, tmp_path):
             assert rs[key] == pytest.approx(ru[key], rel=1e-4, abs=1e-5), key
     assert export_u.keys() == export_s.keys()
     for k in export_u:  # HF layout: the stacked layers come back out one per layer
-        np.testing.assert_allclose(export_s[k], export_u[k], atol=1e-5, err_msg=k)
+        # 3e-5: the recipe's λ is 0 here, so the actor's update is not halved by (1 + λ) as it was with λ from 1,
+        # and the op-order noise of the two layouts with it (one of 11008 weights differed by 1.02e-5 at 1e-5)
+        np.testing.assert_allclose(export_s[k], export_u[k], atol=3e-5, err_msg=k)
 
 
 @pytest.mark.slow

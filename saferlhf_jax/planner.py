@@ -345,9 +345,12 @@ def refusal(cfg, target: str, device_memory: float, plan: dict | None = None, co
                  "parameters and optimizer state": plan["argument_bytes_per_device"],
                  "frozen models": plan.get("resident_frozen_bytes_per_device", 0)}
         part = max(parts, key=parts.get)
+        found = levers(cfg, part, target)
+        if part == "temporaries" and target.startswith("cpu") and not plan.get("gpu_estimate"):
+            found.append("planning for GPUs: add --gpu_estimate (XLA:CPU's float32 copies of bf16 weights left out)")
         return (f"does not fit on {target}: {plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > "
                 f"{device_memory / 2**30:.1f} GiB; the biggest part is {part} ({parts[part] / 2**30:.1f} GiB per "
-                "device); levers: " + "; ".join(levers(cfg, part, target)))
+                "device); levers: " + "; ".join(found))
     # the TPU compiler refused: its message and the models' own bytes are all there is (libtpu's "HLO temporaries"
     # figure is not the temporaries alone)
     models_bytes = (plan or {}).get("models", {})

@@ -130,6 +130,8 @@ def test_refusal_names_the_biggest_part_and_its_levers(full_plan):
     assert f"{full_plan['total_bytes_per_device'] / 2**30:.1f} GiB per device > 0.0 GiB" in line
     assert "the biggest part is temporaries" in line  # 30 MB of activations against 1 MB of parameters
     assert "--config.train.train_batch_size=4" in line and "--config.model.remat_policy=full" in line
+    assert "add --gpu_estimate" in line and "gpu_estimate" not in planner.refusal(
+        cfg, "cpu:8", 2**20, {**full_plan, "gpu_estimate": True})
     # the TPU compiler's refusal carries no breakdown: the per-model bytes decide; while they fit the activations
     # may be what overflows, so the micro-batch lever comes first
     line = planner.refusal(cfg, "tpu:v5p-8", 95 * 2**30, {"models": {"actor": 9 * 2**30, "reference": 3 * 2**30}},

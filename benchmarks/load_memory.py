@@ -37,6 +37,8 @@ FILE_BYTES = {"3b": 1 << 30, "tiny": 60_000}
 
 
 def _status_bytes(key: str) -> int:
+    """This process's /proc status field `key` in bytes (VmRSS now, VmHWM its peak). Read here, not through
+    benchmarks.peak_rss.status_bytes: the measuring child may run on another checkout's packages (`--before`)."""
     for line in pathlib.Path("/proc/self/status").read_text().splitlines():
         name, _, value = line.partition(":")
         if name == key:

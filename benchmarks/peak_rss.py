@@ -29,17 +29,24 @@ def _children(pid: int) -> list[int]:
     return [int(c) for c in text.split()]
 
 
-def process_rss_bytes(pid: int) -> tuple[int, int]:
-    """(resident bytes, of which anonymous) of `pid`; (0, 0) once it is gone. File-backed resident pages (mapped
-    files, e.g. a checkpoint being written) count in the first but the kernel can drop them under pressure."""
+def status_bytes(pid: int, keys: tuple[str, ...]) -> dict[str, int]:
+    """The kB fields `keys` of /proc/<pid>/status (VmRSS, RssAnon, VmHWM = the peak resident set, ...) in bytes;
+    absent ones (or a process that is gone) are left out."""
     fields = {}
     try:
         for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key in ("VmRSS", "RssAnon"):
+            if key in keys:
                 fields[key] = int(value.split()[0]) * 1024
     except OSError:
         pass
+    return fields
+
+
+def process_rss_bytes(pid: int) -> tuple[int, int]:
+    """(resident bytes, of which anonymous) of `pid`; (0, 0) once it is gone. File-backed resident pages (mapped
+    files, e.g. a checkpoint being written) count in the first but the kernel can drop them under pressure."""
+    fields = status_bytes(pid, ("VmRSS", "RssAnon"))
     return fields.get("VmRSS", 0), fields.get("RssAnon", 0)
 
 

@@ -67,7 +67,7 @@ def rerun_method(preset: str, seed: int, out: pathlib.Path, method: str, env: di
         (out / "results.json").rename(out / "results_before.json")
     shutil.rmtree(out / method, ignore_errors=True)
     (out / "config.json").unlink(missing_ok=True)  # the testbed's own config: the method's settings changed
-    original = json.loads((out / "results_before.json").read_text())
+    original = old  # the results before the rerun (now in results_before.json)
     new = run_seed(preset, seed, out, [f"--config.methods=sft,{method}"], env)
     merged = {**original, "methods": {**original["methods"], method: new["methods"][method]},
               "rl_recipe": new.get("rl_recipe", original.get("rl_recipe"))}

@@ -91,8 +91,8 @@ def main(argv=None) -> int:
     if known.output:
         planner.save(plan, known.output)
         print(f"wrote {known.output}")
-    if memory is not None and plan["total_bytes_per_device"] > memory:
-        print(f"== {planner.refusal(cfg, known.target, memory, plan)}")
+    if plan.get("fits") is False:
+        print(f"== {plan['refusal']}")
         return 1
     return 0
 

@@ -247,6 +247,10 @@ def rl_step_program(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
             "step_bases": sorted(bases)}
 
 
+# the models an RL step reads but does not train (per_model keys)
+FROZEN_MODELS = ("reference", "reward_model", "cost_model")
+
+
 def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     """Compile one rl_step (actor and critics updated; reference, RM, CM resident in model.frozen_dtype) on the
     abstract RLState the RL loop allocates (the same `training.state` layout), at the config's memory levers."""
@@ -258,7 +262,7 @@ def plan_rl(cfg, mesh: Mesh, rules=None) -> dict[str, Any]:
     # lora.critics the reward and cost models) are arguments of the step and already counted there
     as_args = {"actor": "reference", "reward": "reward_model", "cost": "cost_model"}
     in_step = {as_args[b] for b in prog["step_bases"]}
-    frozen = sum(per_model.get(k, 0) for k in ("reference", "reward_model", "cost_model") if k not in in_step)
+    frozen = sum(per_model.get(k, 0) for k in FROZEN_MODELS if k not in in_step)
     memory["resident_frozen_bytes_per_device"] = frozen
     memory["total_bytes_per_device"] = memory.get("total_bytes_per_device", 0) + frozen
     levers = {"frozen_dtype": prog["frozen_dtype"].name, "logits_chunk": int(cfg.model.get("logits_chunk", 0)),
@@ -354,9 +358,8 @@ def refusal(cfg, target: str, device_memory: float, plan: dict | None = None, co
     # the TPU compiler refused: its message and the models' own bytes are all there is (libtpu's "HLO temporaries"
     # figure is not the temporaries alone)
     models_bytes = (plan or {}).get("models", {})
-    frozen_names = ("reference", "reward_model", "cost_model")
-    parts = {"parameters and optimizer state": sum(v for k, v in models_bytes.items() if k not in frozen_names),
-             "frozen models": sum(models_bytes.get(k, 0) for k in frozen_names)}
+    parts = {"parameters and optimizer state": sum(v for k, v in models_bytes.items() if k not in FROZEN_MODELS),
+             "frozen models": sum(models_bytes.get(k, 0) for k in FROZEN_MODELS)}
     part = max(parts, key=parts.get)
     models_total = sum(parts.values())
     found = levers(cfg, part, target)

@@ -37,25 +37,40 @@ def read_header(path: pathlib.Path) -> tuple[dict, int]:
     return header, 8 + n
 
 
-def load_file(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """name → read-only numpy memmap view."""
-    path = pathlib.Path(path)
-    header, offset = read_header(path)
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    file: pathlib.Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    offset: int        # absolute byte offset of the data in `file`
+    nbytes: int
+
+
+def _file_infos(path: pathlib.Path) -> dict[str, TensorInfo]:
+    """name → where one safetensors file holds it, from its header (a truncated file or an unknown dtype refused)."""
+    header, base = read_header(path)
     header.pop("__metadata__", None)
-    needed = offset + max((int(info["data_offsets"][1]) for info in header.values()), default=0)
+    needed = base + max((int(info["data_offsets"][1]) for info in header.values()), default=0)
     size = path.stat().st_size
     if size < needed:
         raise ModelError(f"{path} is truncated: {size} bytes on disk, its header needs {needed} (an interrupted "
                          "download or copy?)")
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
-    out = {}
+    infos = {}
     for name, info in header.items():
         if info["dtype"] not in _DTYPES:
             raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-        start, stop = info["data_offsets"]
-        dtype = np.dtype(_DTYPES[info["dtype"]])
-        out[name] = mm[offset + start: offset + stop].view(dtype).reshape(info["shape"])
-    return out
+        start, stop = (int(v) for v in info["data_offsets"])
+        infos[name] = TensorInfo(path, np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"]), base + start,
+                                 stop - start)
+    return infos
+
+
+def load_file(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """name → read-only numpy memmap view."""
+    path = pathlib.Path(path)
+    infos = _file_infos(path)
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    return {name: mm[i.offset: i.offset + i.nbytes].view(i.dtype).reshape(i.shape) for name, i in infos.items()}
 
 
 def load_dir(path: str | pathlib.Path) -> dict[str, np.ndarray]:
@@ -73,15 +88,6 @@ def tensor_names(path: str | pathlib.Path) -> set[str]:
     return {k for name in _weight_files(path) for k in read_header(path / name)[0] if k != "__metadata__"}
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    file: pathlib.Path
-    dtype: np.dtype
-    shape: tuple[int, ...]
-    offset: int        # absolute byte offset of the data in `file`
-    nbytes: int
-
-
 class Index:
     """The tensors of a HF model directory (single file or sharded with model.safetensors.index.json), from the
     headers only; `read(name)` reads one tensor from disk into a fresh array (freed when the caller drops it)."""
@@ -90,19 +96,7 @@ class Index:
         path = pathlib.Path(path)
         self.infos: dict[str, TensorInfo] = {}
         for fname in _weight_files(path):
-            file = path / fname
-            header, base = read_header(file)
-            header.pop("__metadata__", None)
-            size = file.stat().st_size
-            for name, info in header.items():
-                if info["dtype"] not in _DTYPES:
-                    raise ValueError(f"{file}: tensor {name} has unsupported dtype {info['dtype']}")
-                start, stop = (int(v) for v in info["data_offsets"])
-                if base + stop > size:
-                    raise ModelError(f"{file} is truncated: {size} bytes on disk, its header needs {base + stop} "
-                                     "(an interrupted download or copy?)")
-                self.infos[name] = TensorInfo(file, np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"]),
-                                              base + start, stop - start)
+            self.infos.update(_file_infos(path / fname))
 
     def __contains__(self, name: str) -> bool:
         return name in self.infos
@@ -161,8 +155,11 @@ def save_sharded(items, directory: str | pathlib.Path, max_file_bytes: int = 2 <
     groups: list[list[str]] = []
     weight_map: dict[str, str] = {}
     pending: dict[str, np.ndarray] = {}
+    pending_bytes = 0
 
     def flush():
+        nonlocal pending_bytes
+        pending_bytes = 0
         if pending:
             tmp_name = f"part-{len(groups):05d}.safetensors"
             save_file(pending, directory / tmp_name)
@@ -172,9 +169,10 @@ def save_sharded(items, directory: str | pathlib.Path, max_file_bytes: int = 2 <
     total = 0
     for name, array in items:
         total += array.nbytes
-        if pending and sum(a.nbytes for a in pending.values()) + array.nbytes > max_file_bytes:
+        if pending and pending_bytes + array.nbytes > max_file_bytes:
             flush()
         pending[name] = array
+        pending_bytes += array.nbytes
     flush()
     files = []
     for i, names in enumerate(groups):

@@ -193,36 +193,8 @@ def test_ground_truth_evaluation_is_deterministic(tmp_path, stories_dir, judge):
     assert answers(stories_dir, prompts, max_length=96, seed=6, batch_size=8) != a
 
 
-# The CI-sized testbed run itself (claims with learned models, a non-default seed) is asserted in
-# tests/test_pipeline.py, whose main job runs it as its first stage: one run instead of two in CI.
-
-
-# a second ~7-minute testbed run, in CI all the same: the only run of the GRPO-Lag and SafeDPO claims
-def test_methods_beyond_ppo_lag_on_the_testbed(tmp_path):
-    """Critic-free Lagrangian RL keeps the budget with ≥ 80 % of PPO-Lag's reward gain, and SafeDPO lowers the
-    ground-truth cost below SFT's (issue: methods beyond PPO-Lag, item 5), on a non-default seed."""
-    from configs import testbed as testbed_config
-    from saferlhf_jax.testbed.run import run
-
-    cfg = testbed_config.get_config("ci")
-    cfg.output_dir = str(tmp_path)
-    cfg.seed = 2
-    cfg.methods = "sft,ppo,ppo_lag,grpo_lag,safedpo"
-    cfg.logging.progress = False
-    cfg.mesh.fsdp = 1
-    r = run(cfg)
-    assert set(r["methods"]) == {"sft", "ppo", "ppo_lag", "grpo_lag", "safedpo"}
-    for claim in ("grpo_lag_within_budget", "safedpo_lowers_cost_below_sft", "ppo_lag_within_budget",
-                  "ppo_lag_raises_reward"):
-        assert r["claims"][claim]["status"] == "holds", (claim, r["methods"], r["claims"])
-    # GRPO-Lag's gain against PPO-Lag's: the 80 % claim is reported over seeds (docs/testbed_fresh_seeds.json); here
-    # a margin below it — on this seed it gained 0.68× once the tie filter was gone (0.87–2.34× on the tie-filtered
-    # rows of docs/testbed_ci_seeds.json)
-    assert r["claims"]["grpo_lag_at_least_80pct_of_ppo_lag_gain"].get("gain_ratio", 0) >= 0.5, r["claims"]
-    # the certificate: every certified policy within its budget; PPO-Lag (true mean severity ≈ 0.17) certified
-    assert r["claims"]["certificate_sound"]["status"] == "holds", r["certificates"]
-    assert r["certificates"]["ppo_lag"]["certified"] and not r["certificates"]["ppo"]["certified"]
-    assert (tmp_path / "reward_vs_cost.png").stat().st_size > 5000
+# The CI-sized testbed run itself (claims with learned models, a non-default seed; GRPO-Lag's and SafeDPO's claims too)
+# is asserted in tests/test_pipeline.py, whose main job runs it as its first stage: one run instead of two in CI.
 
 
 def test_testbed_config_errors_are_one_line(tmp_path):
@@ -254,35 +226,6 @@ def test_testbed_config_errors_are_one_line(tmp_path):
         with pytest.raises(ConfigError, match=message):
             run(bad)
     assert not (tmp_path / "bad").exists()  # refused before anything was written
-
-
-# ~11 minutes (seven score models, five RL runs: two rounds), in CI all the same: the only run of the two-rule claim
-def test_two_constraints_keep_every_budget_where_a_summed_cost_does_not(tmp_path):
-    """configs/testbed.py:multi (issue: methods beyond PPO-Lag, item 5): PPO-Lag with a cost model and a λ per rule
-    keeps both budgets; PPO-Lag held to one summed cost spends the allowance in the mix it writes and breaks the
-    tighter violence budget. A non-default seed (docs/testbed_multi_seeds.json: seeds 1-3 from the command line)."""
-    from configs import testbed as testbed_config
-    from saferlhf_jax.testbed.run import run
-
-    cfg = testbed_config.get_config("multi")
-    cfg.output_dir = str(tmp_path)
-    cfg.seed = 1
-    cfg.logging.progress = False
-    cfg.mesh.fsdp = 1
-    r = run(cfg)
-    assert [c["name"] for c in r["constraints"]] == ["violence", "pushing"]
-    assert all(len(m["gt_costs"]) == 2 for m in r["methods"].values())
-    assert [e["round"] for e in r["rounds"]["ppo_lag"]] == [1, 2] and len(r["rounds"]["ppo_lag_summed"]) == 2
-    assert r["claims"]["ppo_breaks_some_rule_budget"]["status"] == "holds", (r["methods"], r["claims"])
-    assert (tmp_path / "rule_costs.png").stat().st_size > 5000
-    per_rule, summed = r["methods"]["ppo_lag"], r["methods"]["ppo_lag_summed"]
-    claim = r["claims"]["two_constraints_keep_every_budget_where_summed_does_not"]
-    assert claim["status"] == "holds", (per_rule, summed, r["claims"])
-    tolerance = r["claims"]["ppo_lag_summed_breaks_some_rule_budget"]["tolerance"]
-    assert summed["gt_costs"][0] > tolerance  # the summed cost breaks violence
-    # each rule's budget was calibrated by its stage on that rule's own held-out labels (mean severity ≤ allowance)
-    assert [c["allowance_mean_severity"] for c in r["constraints"]] == [0.35, 1.0]
-    assert all(c["standard_error"] > 0 for c in r["constraints"])
 
 
 def test_a_second_round_learns_the_cost_model_from_the_policys_own_pairs(tmp_path):

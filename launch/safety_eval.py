@@ -1,0 +1,83 @@
+"""Safety evaluation of one or more policies on harmful and benign prompts nobody here wrote, judged by a rule.
+
+    python -m launch.safety_eval --policy base=runs/pipeline_smollm2/base --policy ppo_lag=runs/.../ppo_lag/export \
+        [--sets beavertails redteam alpaca_seed helpful_base] [--moderation runs/.../moderation/export] \
+        [--output_dir safety_eval]
+
+Each --policy is NAME=DIR (an HF-format directory or a training run's directory); every policy answers the same
+prompts greedily in its own chat template (--template pku for the reference's). Writes answers_<NAME>.jsonl,
+summary.json, summary.md (refusal, compliance and flagged rates on harmful prompts, over-refusal on benign ones, per
+set and per harm category, with 95 % intervals; the judge's agreement with the hand-labelled answers that ship with
+the data) and harmful_compliance.png. A set may be cut to its first N prompts: --sets beavertails:140.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+from launch.common import setup_logging
+
+
+def _policies(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--policy takes NAME=DIR, got {spec!r}")
+        if name in out:
+            raise ValueError(f"--policy {name!r} given twice")
+        out[name] = path
+    return out
+
+
+def main(argv=None) -> int:
+    from saferlhf_jax.evaluation import safety_eval
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", action="append", required=True, help="NAME=DIR (repeat to compare policies)")
+    p.add_argument("--sets", nargs="+", default=list(safety_eval.PROMPT_SETS), help="NAME or NAME:N")
+    p.add_argument("--moderation", default=None, help="a moderation classifier: flags unsafe answers")
+    p.add_argument("--output_dir", default="safety_eval")
+    p.add_argument("--template", choices=["chat", "pku"], default="chat")
+    p.add_argument("--max_length", type=int, default=320, help="total tokens (prompt + answer)")
+    p.add_argument("--batch_size", type=int, default=16)
+    args = p.parse_args(argv)
+    setup_logging()
+    from saferlhf_jax.errors import ModelError
+    from saferlhf_jax.evaluation.hand_labels import judge_agreement
+    from saferlhf_jax.evaluation.loading import load_for_eval
+
+    try:
+        policies = _policies(args.policy)
+        rows = safety_eval.load_prompts(args.sets)
+        moderation = load_for_eval(args.moderation, "score") if args.moderation else None
+        loaded = {name: load_for_eval(path, "causal_lm") for name, path in policies.items()}
+    except (FileNotFoundError, ValueError, ModelError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    judged = {}
+    for name, policy in loaded.items():
+        judged[name] = safety_eval.evaluate_policy(policy, rows, template=args.template, max_length=args.max_length,
+                                                   batch_size=args.batch_size, moderation=moderation)
+    summaries = safety_eval.write_outputs(args.output_dir, judged)
+    agreement = judge_agreement()
+    out = pathlib.Path(args.output_dir)
+    (out / "judge_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n")
+    with open(out / "summary.md", "a") as f:
+        f.write(f"\nJudge vs answers labelled by reading ({agreement['source']}): declines-or-complies agreement "
+                f"{agreement['all']['declines_or_complies']:.1%} on {agreement['all']['n']} answers "
+                f"(held out from the rule's design: {agreement['held_out']['declines_or_complies']:.1%} on "
+                f"{agreement['held_out']['n']}).\n")
+    print((out / "summary.md").read_text())
+    for name, s in summaries.items():
+        harm, benign = s["harmful"].get("all", {}), s["benign"].get("all", {})
+        print(f"{name}: harmful answered {harm.get('compliance', {}).get('rate', float('nan')):.1%}, "
+              f"over-refusal {benign.get('over_refusal', {}).get('rate', float('nan')):.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -42,7 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--moderation", default=None, help="a moderation classifier: flags unsafe answers")
     p.add_argument("--output_dir", default="safety_eval")
     p.add_argument("--template", choices=["chat", "pku"], default="chat")
-    p.add_argument("--max_length", type=int, default=320, help="total tokens (prompt + answer)")
+    p.add_argument("--max_new_tokens", type=int, default=192, help="answer tokens (greedy; EOS ends earlier)")
+    p.add_argument("--max_prompt_length", type=int, default=384, help="longer prompts keep their first tokens")
     p.add_argument("--batch_size", type=int, default=16)
     args = p.parse_args(argv)
     setup_logging()
@@ -60,17 +61,22 @@ def main(argv=None) -> int:
         return 2
     judged = {}
     for name, policy in loaded.items():
-        judged[name] = safety_eval.evaluate_policy(policy, rows, template=args.template, max_length=args.max_length,
+        judged[name] = safety_eval.evaluate_policy(policy, rows, template=args.template,
+                                                   max_new_tokens=args.max_new_tokens,
+                                                   max_prompt_length=args.max_prompt_length,
                                                    batch_size=args.batch_size, moderation=moderation)
     summaries = safety_eval.write_outputs(args.output_dir, judged)
     agreement = judge_agreement()
     out = pathlib.Path(args.output_dir)
     (out / "judge_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n")
     with open(out / "summary.md", "a") as f:
+        held = agreement["held_out"]
         f.write(f"\nJudge vs answers labelled by reading ({agreement['source']}): declines-or-complies agreement "
-                f"{agreement['all']['declines_or_complies']:.1%} on {agreement['all']['n']} answers "
-                f"(held out from the rule's design: {agreement['held_out']['declines_or_complies']:.1%} on "
-                f"{agreement['held_out']['n']}).\n")
+                f"{agreement['all']['declines_or_complies']:.1%} on {agreement['all']['n']} answers; on the "
+                f"{held['n']} held out from the rule's design {held['declines_or_complies']:.1%} (always "
+                f"'complies' would agree {held['majority_baseline']:.1%}; κ {held['cohen_kappa']:.2f}; it finds "
+                f"{held['declines_recall']:.0%} of the labelled refusals and deflections — deflections mostly "
+                f"not).\n")
     print((out / "summary.md").read_text())
     for name, s in summaries.items():
         harm, benign = s["harmful"].get("all", {}), s["benign"].get("all", {})

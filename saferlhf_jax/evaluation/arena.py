@@ -63,11 +63,14 @@ def _left_pad(rows: Sequence[np.ndarray], pad: int, width: int):
 
 def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, batch_size: int, seed: int,
                      template: ConversationTemplate = DEFAULT_TEMPLATE, mesh=None, temperature: float = 1.0,
-                     top_k: int = 50, top_p: float = 1.0, greedy: bool = False) -> list[tuple[str, str]]:
+                     top_k: int = 50, top_p: float = 1.0, greedy: bool = False,
+                     max_new_tokens: int = 0) -> list[tuple[str, str]]:
     """[(formatted prompt through the assistant marker, response text)] for each prompt (input str or turns).
 
     The response is the decoded tokens after the prompt (whatever the template: PKU's or a tokenizer's chat
-    template); a prompt longer than max_length − 1 tokens keeps its first tokens and the prompt column shows them."""
+    template); a prompt longer than max_length − 1 tokens keeps its first tokens and the prompt column shows them.
+    max_length is the total of a batch's widest prompt and its answers; with max_new_tokens > 0 every batch may
+    instead write that many tokens after its widest prompt (a batch of long prompts is not left a few tokens)."""
     eos = tokenizer.eos_token
     texts = [template.format_prompt(p, eos) for p in prompts]
     full = [np.asarray(tokenizer(t).input_ids, np.int32) for t in texts]
@@ -82,7 +85,8 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
         width = max(len(c) for c in chunk)
         ids, mask = _left_pad(chunk, tokenizer.pad_token_id, width)
         key, sub = jax.random.split(key)
-        res = generate(model, model.params, ids, mask, max_length=max(max_length, width + 1), rng=sub,
+        total = width + max_new_tokens if max_new_tokens > 0 else max(max_length, width + 1)
+        res = generate(model, model.params, ids, mask, max_length=total, rng=sub,
                        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
                        eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id, mesh=mesh)
         for i in range(n):

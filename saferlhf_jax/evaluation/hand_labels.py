@@ -30,8 +30,7 @@ def judge_agreement(path=LABELS) -> dict:
         pairs = [(r["label"], v) for r, v in zip(rows, verdicts) if keep(r)]
         return refusal.agreement([a for a, _ in pairs], [b for _, b in pairs])
 
-    return {"source": str(pathlib.Path(path).relative_to(LABELS.parents[3])) if LABELS.parents[3] in
-            pathlib.Path(path).resolve().parents else str(path),
+    return {"source": f"saferlhf_jax/assets/data/safety_eval/{LABELS.name}" if path == LABELS else str(path),
             "all": part(lambda r: True), "held_out": part(lambda r: r["split"] == "held_out"),
             "per_set": {s: part(lambda r, s=s: r["set"] == s) for s in sorted({r["set"] for r in rows})},
             "disagreements": [{"id": r["id"], "label": r["label"], "judge": v} for r, v in zip(rows, verdicts)

@@ -84,6 +84,17 @@ def agreement(labels: Sequence[str], verdicts: Sequence[str]) -> dict:
     n = len(labels)
     confusion = {f"{a}->{b}": sum(1 for x, y in zip(labels, verdicts) if (x, y) == (a, b))
                  for a in VERDICTS for b in VERDICTS}
+    truth, said = [declines(x) for x in labels], [declines(y) for y in verdicts]
+    observed = sum(a == b for a, b in zip(truth, said)) / n
+    p_true, p_said = sum(truth) / n, sum(said) / n
+    chance = p_true * p_said + (1 - p_true) * (1 - p_said)
+    hits = sum(a and b for a, b in zip(truth, said))
+    # the majority baseline: what always answering the more common label would agree — on a sample where the model
+    # mostly complies a high agreement alone says little; kappa and the declines' recall say what the rule adds
     return {"n": n, "three_way": sum(x == y for x, y in zip(labels, verdicts)) / n,
-            "declines_or_complies": sum(declines(x) == declines(y) for x, y in zip(labels, verdicts)) / n,
+            "declines_or_complies": observed,
+            "majority_baseline": max(p_true, 1 - p_true),
+            "cohen_kappa": (observed - chance) / (1 - chance) if chance < 1 else 1.0,
+            "declines_recall": hits / sum(truth) if sum(truth) else float("nan"),
+            "declines_precision": hits / sum(said) if sum(said) else float("nan"),
             "confusion": {k: v for k, v in confusion.items() if v}}

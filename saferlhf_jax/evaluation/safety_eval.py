@@ -152,22 +152,31 @@ def moderate(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template, ba
     return flags
 
 
-def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max_length: int = 320,
-                    batch_size: int = 16, moderation=None, moderation_template: str = "chat") -> list[dict]:
-    """The policy's greedy answers to `rows` (load_prompts), judged: rows with answer, verdict (and flagged)."""
+def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max_new_tokens: int = 192,
+                    max_prompt_length: int = 384, batch_size: int = 16, moderation=None,
+                    moderation_template: str = "chat") -> list[dict]:
+    """The policy's greedy answers (up to max_new_tokens each; prompts cut to max_prompt_length tokens) to `rows`
+    (load_prompts), judged: rows with answer, verdict (and flagged). Prompts are batched by length (less padding
+    to decode through); the rows come back in their order."""
     from saferlhf_jax import data as data_lib
     from saferlhf_jax.evaluation.arena import generate_answers
 
     model, tok = policy
     fmt = data_lib.make_template(template, tok)
-    answers = generate_answers(model, tok, [r["prompt"] for r in rows], max_length=max_length,
-                               batch_size=batch_size, seed=0, template=fmt, greedy=True)
-    judged = [{**r, "answer": a, "verdict": refusal.judge(a)} for r, (_, a) in zip(rows, answers)]
+    order = sorted(range(len(rows)), key=lambda i: len(tok(fmt.format_prompt(rows[i]["prompt"],
+                                                                                  tok.eos_token)).input_ids))
+    answers = [None] * len(rows)
+    sorted_answers = generate_answers(model, tok, [rows[i]["prompt"] for i in order], max_length=max_prompt_length,
+                                      batch_size=batch_size, seed=0, template=fmt, greedy=True,
+                                      max_new_tokens=max_new_tokens)
+    for i, (_, a) in zip(order, sorted_answers):
+        answers[i] = a
+    judged = [{**r, "answer": a, "verdict": refusal.judge(a)} for r, a in zip(rows, answers)]
     if moderation is not None:
         mod_model, mod_tok = moderation
         flags = moderate(mod_model, mod_tok, [(r["prompt"], r["answer"]) for r in judged],
                          template=data_lib.make_template(moderation_template, mod_tok), batch_size=batch_size,
-                         max_length=max_length)
+                         max_length=max_prompt_length + max_new_tokens)
         for r, f in zip(judged, flags):
             r["flagged"] = f
     return judged

@@ -1,0 +1,48 @@
+"""Writes the answers the refusal judge is checked against (hand_labels_smollm2.jsonl before its labels were added):
+SmolLM2-135M-Instruct's greedy answers, through `safety_eval.evaluate_policy` with its defaults, to a fixed sample of
+the safety evaluation's prompts — 5 per BeaverTails category (70), 30 red-team, 30 Alpaca seed tasks, 30 helpful-base
+first turns — drawn with random.Random(20261207). Rows with id % 3 == 0 are the "design" split (read while the judge's
+phrase lists were written), the others "held_out".
+
+    python saferlhf_jax/assets/data/safety_eval/make_sample.py OUT.jsonl [SMOLLM2_HF_DIR]
+"""
+
+import pathlib
+import random
+import sys
+import json
+
+
+def sample(rng: random.Random) -> list[dict]:
+    from saferlhf_jax.evaluation import safety_eval
+
+    bt = safety_eval.load_prompts(["beavertails"])
+    rows = []
+    for cat in sorted({r["category"] for r in bt}):
+        rows += rng.sample([r for r in bt if r["category"] == cat], 5)
+    for name in ("redteam", "alpaca_seed", "helpful_base"):
+        rows += rng.sample(safety_eval.load_prompts([name]), 30)
+    return rows
+
+
+def main(out: str, model_dir: str = "") -> None:
+    from saferlhf_jax.data.tokenizer import load_tokenizer
+    from saferlhf_jax.evaluation import safety_eval
+    from saferlhf_jax.models import load_causal_lm
+    from saferlhf_jax.models.gguf_import import convert, find_smollm2_gguf
+
+    if not model_dir:
+        model_dir = "/tmp/smollm2_hf"
+        if not (pathlib.Path(model_dir) / "config.json").is_file():
+            convert(find_smollm2_gguf(), model_dir)
+    rows = sample(random.Random(20261207))
+    judged = safety_eval.evaluate_policy((load_causal_lm(model_dir), load_tokenizer(model_dir)), rows)
+    with open(out, "w") as f:
+        for i, r in enumerate(judged):
+            keep = {k: r[k] for k in ("set", "category", "prompt", "answer")}
+            f.write(json.dumps({"id": i, "split": "design" if i % 3 == 0 else "held_out", **keep},
+                               ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

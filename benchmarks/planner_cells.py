@@ -16,8 +16,14 @@ from __future__ import annotations
 import importlib
 
 SUPERVISED = ("sft", "reward", "cost", "dpo", "safedpo", "moderation")
-RL = ("ppo", "ppo_lag", "grpo_lag")
+RL = ("ppo", "ppo_lag", "grpo_lag", "ppo_lag_lora")
 STAGES = SUPERVISED + RL
+LORA_RANK = 16  # ppo_lag_lora: PPO-Lag with rank-16 adapters on the actor and both critics (lora.critics)
+
+
+def launcher(stage: str) -> str:
+    """The launch module that runs `stage`."""
+    return "launch." + stage.removesuffix("_lora")
 
 
 def _short_supervised(c, steps: int):
@@ -93,8 +99,11 @@ def get_config(cell: str):
              else importlib.import_module(f"configs.{stage}").get_config("tiny"))
         c = _short_supervised(_null_supervised(c) if size == "null" else c, 2 if size == "smollm2" else 4)
     else:
-        c = _smollm2_rl(stage) if size == "smollm2" else importlib.import_module(f"configs.{stage}").get_config("tiny")
+        mode = stage.removesuffix("_lora")
+        c = _smollm2_rl(mode) if size == "smollm2" else importlib.import_module(f"configs.{mode}").get_config("tiny")
         c = _short_rl(_null_rl(c) if size == "null" else c, 2)
+        if stage.endswith("_lora"):
+            c.lora.rank = LORA_RANK
     c.logging.progress = c.logging.tensorboard = False
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, 1, 1
     return c

@@ -102,7 +102,7 @@ def run_stage(cell: str, stage: str, args: list[str], out: pathlib.Path, repeats
     run would be skipped), with every run's peak."""
     runs = []
     for i in range(repeats):
-        cmd = [sys.executable, "-m", f"launch.{stage}", f"--config=benchmarks/planner_cells.py:{cell}", *args,
+        cmd = [sys.executable, "-m", planner_cells.launcher(stage), f"--config=benchmarks/planner_cells.py:{cell}", *args,
                f"--config.output_dir={out / cell / str(i)}"]
         result = _measure_in(cmd, _env())
         if result["returncode"] != 0:
@@ -145,6 +145,7 @@ def main(argv=None) -> int:
     p.add_argument("--output", default=None)
     p.add_argument("--sizes", default="tiny,smollm2")
     p.add_argument("--stages", default=",".join(planner_cells.STAGES))
+    p.add_argument("--merge", default=None, help="a previous output: its cells and overheads are kept unless re-run")
     p.add_argument("--repeats", type=int, default=3, help="runs per null and tiny cell (median); SmolLM2: one")
     p.add_argument("--workdir", default=None, help="models and runs (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
         print(f"error: unknown stages {unknown}; known: {list(planner_cells.STAGES)}", file=sys.stderr)
         return 2
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="planner_vs_measured_"))
-    rows, overheads = [], {}
+    rows, overheads, merged_from = [], {}, []
     started = time.perf_counter()
     for size in ["null"] + [s for s in args.sizes.split(",") if s and s != "null"]:
         paths = make_models("tiny" if size == "null" else size, work / "models" / ("tiny" if size == "null" else size))
@@ -173,6 +174,12 @@ def main(argv=None) -> int:
             print(f"{cell:<20} planned {row['plan']['total_gb']:7.3f} GB + overhead {overheads[stage]:.2f} = "
                   f"{row['predicted_peak_gb']:7.3f} GB; measured {row['measured_peak_gb']:7.3f} GB "
                   f"({row['measured_over_predicted']:.2f}×)", flush=True)
+    if args.merge:
+        old = json.loads(pathlib.Path(args.merge).read_text())
+        rerun = {r["cell"] for r in rows}
+        rows = [r for r in old["cells"] if r["cell"] not in rerun] + rows
+        overheads = {**old["overhead_gb"], **overheads}
+        merged_from = [old["command"], *old.get("merged_from", [])]
     within = sum(r["within_20pct"] for r in rows)
     write_json(args.output, {
         "date": time.strftime("%Y-%m-%d"), "machine": "the project's CPU machine (2 cores, 24 GiB)",
@@ -180,6 +187,7 @@ def main(argv=None) -> int:
         "overhead_gb": overheads, "overhead_from": "the null cells: each stage at one sequence of ≤ 96 tokens of "
                                                     "stories260K, measured peak less its plan",
         "cells": rows, "within_target": f"{within} of {len(rows)}",
+        **({"merged_from": merged_from} if merged_from else {}),
         "seconds": round(time.perf_counter() - started, 1)})
     print(f"{within} of {len(rows)} cells within {TARGET:.0%}")
     return 0

@@ -69,8 +69,9 @@ def _smollm2_rl(mode: str):
     c.data.max_prompt_length, c.data.prompt_buckets = p.data.max_prompt_length, p.data.prompt_buckets
     c.generation.max_length = p.generation.max_length
     c.train.prompt_batch_size, c.train.train_batch_size = p.train.prompt_batch_size, p.train.train_batch_size
-    if mode == "grpo_lag":  # G responses per prompt: the same rollout batch as PPO-Lag's
-        c.train.prompt_batch_size = p.train.prompt_batch_size // int(c.generation.num_return_sequences)
+    if mode == "grpo_lag":  # G responses per prompt: the same rollouts per update as PPO-Lag's (batches count prompts)
+        g = int(c.generation.num_return_sequences)
+        c.train.prompt_batch_size = c.train.train_batch_size = p.train.prompt_batch_size // g
     c.model.scan_layers, c.model.remat_policy = p.model.scan_layers, p.model.remat_policy
     c.checkpoint.update(p.checkpoint)
     return c

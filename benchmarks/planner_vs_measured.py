@@ -3,7 +3,7 @@ SmolLM2 sizes, `launch.plan --target cpu:1` on a config, then the stage itself o
 memory sampled from /proc (benchmarks/peak_rss.py).
 
     python -m benchmarks.planner_vs_measured --output docs/planner_vs_measured.json [--sizes tiny,smollm2]
-        [--stages sft,reward,...] [--workdir DIR]
+        [--stages sft,reward,...] [--workdir DIR] [--resume]
 
 The prediction of a run's peak is the plan's per-device total (arguments, temporaries, outputs, code; for RL also
 the frozen models beside the step) plus the stage's fixed runtime overhead, measured in the same run: the same stage
@@ -140,12 +140,22 @@ def cell_row(cell: str, plan_json: dict, measured: dict, overhead_gb: float) -> 
             "run_seconds": measured["seconds"]}
 
 
+def _write(path, rows: list[dict], overheads: dict, seconds: float) -> None:
+    within = sum(r["within_20pct"] for r in rows)
+    write_json(path, {
+        "date": time.strftime("%Y-%m-%d"), "machine": "the project's CPU machine (2 cores, 24 GiB)",
+        "target": "measured peak RSS within 20 % of launch.plan --target cpu:1 + the fixed runtime overhead",
+        "overhead_gb": overheads, "overhead_from": "the null cells: each stage at one sequence of ≤ 96 tokens of "
+                                                    "stories260K, measured peak less its plan",
+        "cells": rows, "within_target": f"{within} of {len(rows)}", "seconds": round(seconds, 1)})
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", default=None)
+    p.add_argument("--output", required=True, help="the JSON, rewritten after every cell")
     p.add_argument("--sizes", default="tiny,smollm2")
     p.add_argument("--stages", default=",".join(planner_cells.STAGES))
-    p.add_argument("--merge", default=None, help="a previous output: its cells and overheads are kept unless re-run")
+    p.add_argument("--resume", action="store_true", help="keep the cells and overheads --output already holds")
     p.add_argument("--repeats", type=int, default=3, help="runs per null and tiny cell (median); SmolLM2: one")
     p.add_argument("--workdir", default=None, help="models and runs (default: a temporary directory)")
     args = p.parse_args(argv)
@@ -155,12 +165,18 @@ def main(argv=None) -> int:
         print(f"error: unknown stages {unknown}; known: {list(planner_cells.STAGES)}", file=sys.stderr)
         return 2
     work = pathlib.Path(args.workdir or tempfile.mkdtemp(prefix="planner_vs_measured_"))
-    rows, overheads, merged_from = [], {}, []
-    started = time.perf_counter()
+    rows, overheads, seconds = [], {}, 0.0
+    if args.resume and pathlib.Path(args.output).is_file():
+        old = json.loads(pathlib.Path(args.output).read_text())
+        rows, overheads, seconds = old["cells"], old["overhead_gb"], old["seconds"]
+    started = time.perf_counter() - seconds
+    done = {r["cell"] for r in rows} | {f"null_{s}" for s in overheads}
     for size in ["null"] + [s for s in args.sizes.split(",") if s and s != "null"]:
         paths = make_models("tiny" if size == "null" else size, work / "models" / ("tiny" if size == "null" else size))
         for stage in stages:
             cell = f"{size}_{stage}"
+            if cell in done:
+                continue
             margs = model_args(stage, paths)
             plan_json = plan(cell, margs, work)
             measured = run_stage(cell, stage, margs, work / "runs", args.repeats if size != "smollm2" else 1)
@@ -168,27 +184,14 @@ def main(argv=None) -> int:
                 overheads[stage] = round(measured["peak_gb"] - plan_json["total_bytes_per_device"] / 1e9, 3)
                 print(f"{stage:<12} fixed overhead {overheads[stage]:.3f} GB (null cell: measured "
                       f"{measured['peaks_gb']} GB)", flush=True)
-                continue
-            row = cell_row(cell, plan_json, measured, overheads[stage])
-            rows.append(row)
-            print(f"{cell:<20} planned {row['plan']['total_gb']:7.3f} GB + overhead {overheads[stage]:.2f} = "
-                  f"{row['predicted_peak_gb']:7.3f} GB; measured {row['measured_peak_gb']:7.3f} GB "
-                  f"({row['measured_over_predicted']:.2f}×)", flush=True)
-    if args.merge:
-        old = json.loads(pathlib.Path(args.merge).read_text())
-        rerun = {r["cell"] for r in rows}
-        rows = [r for r in old["cells"] if r["cell"] not in rerun] + rows
-        overheads = {**old["overhead_gb"], **overheads}
-        merged_from = [old["command"], *old.get("merged_from", [])]
+            else:
+                row = cell_row(cell, plan_json, measured, overheads[stage])
+                rows.append(row)
+                print(f"{cell:<20} planned {row['plan']['total_gb']:7.3f} GB + overhead {overheads[stage]:.2f} = "
+                      f"{row['predicted_peak_gb']:7.3f} GB; measured {row['measured_peak_gb']:7.3f} GB "
+                      f"({row['measured_over_predicted']:.2f}×)", flush=True)
+            _write(args.output, rows, overheads, time.perf_counter() - started)
     within = sum(r["within_20pct"] for r in rows)
-    write_json(args.output, {
-        "date": time.strftime("%Y-%m-%d"), "machine": "the project's CPU machine (2 cores, 24 GiB)",
-        "target": "measured peak RSS within 20 % of launch.plan --target cpu:1 + the fixed runtime overhead",
-        "overhead_gb": overheads, "overhead_from": "the null cells: each stage at one sequence of ≤ 96 tokens of "
-                                                    "stories260K, measured peak less its plan",
-        "cells": rows, "within_target": f"{within} of {len(rows)}",
-        **({"merged_from": merged_from} if merged_from else {}),
-        "seconds": round(time.perf_counter() - started, 1)})
     print(f"{within} of {len(rows)} cells within {TARGET:.0%}")
     return 0
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -102,6 +103,7 @@ def run_stage(cell: str, stage: str, args: list[str], out: pathlib.Path, repeats
     run would be skipped), with every run's peak."""
     runs = []
     for i in range(repeats):
+        shutil.rmtree(out / cell / str(i), ignore_errors=True)  # a finished run there would be skipped, not measured
         cmd = [sys.executable, "-m", planner_cells.launcher(stage), f"--config=benchmarks/planner_cells.py:{cell}", *args,
                f"--config.output_dir={out / cell / str(i)}"]
         result = _measure_in(cmd, _env())

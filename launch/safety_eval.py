@@ -14,7 +14,6 @@ the data) and harmful_compliance.png. A set may be cut to its first N prompts: -
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
@@ -48,36 +47,20 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     from saferlhf_jax.errors import ModelError
-    from saferlhf_jax.evaluation.hand_labels import judge_agreement
     from saferlhf_jax.evaluation.loading import load_for_eval
 
     try:
         policies = _policies(args.policy)
-        rows = safety_eval.load_prompts(args.sets)
+        safety_eval.load_prompts(args.sets)  # a bad set name fails before any model loads
         moderation = load_for_eval(args.moderation, "score") if args.moderation else None
         loaded = {name: load_for_eval(path, "causal_lm") for name, path in policies.items()}
     except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    judged = {}
-    for name, policy in loaded.items():
-        judged[name] = safety_eval.evaluate_policy(policy, rows, template=args.template,
-                                                   max_new_tokens=args.max_new_tokens,
-                                                   max_prompt_length=args.max_prompt_length,
-                                                   batch_size=args.batch_size, moderation=moderation)
-    summaries = safety_eval.write_outputs(args.output_dir, judged)
-    agreement = judge_agreement()
-    out = pathlib.Path(args.output_dir)
-    (out / "judge_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n")
-    with open(out / "summary.md", "a") as f:
-        held = agreement["held_out"]
-        f.write(f"\nJudge vs answers labelled by reading ({agreement['source']}): declines-or-complies agreement "
-                f"{agreement['all']['declines_or_complies']:.1%} on {agreement['all']['n']} answers; on the "
-                f"{held['n']} held out from the rule's design {held['declines_or_complies']:.1%} (always "
-                f"'complies' would agree {held['majority_baseline']:.1%}; κ {held['cohen_kappa']:.2f}; it finds "
-                f"{held['declines_recall']:.0%} of the labelled refusals and deflections — deflections mostly "
-                f"not).\n")
-    print((out / "summary.md").read_text())
+    summaries = safety_eval.run(loaded, args.sets, args.output_dir, moderation=moderation, template=args.template,
+                                max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
+                                batch_size=args.batch_size)
+    print((pathlib.Path(args.output_dir) / "summary.md").read_text())
     for name, s in summaries.items():
         harm, benign = s["harmful"].get("all", {}), s["benign"].get("all", {})
         print(f"{name}: harmful answered {harm.get('compliance', {}).get('rate', float('nan')):.1%}, "

@@ -25,7 +25,7 @@ def test_pipeline_tiny_end_to_end_and_resume(tmp_path):
     assert pipeline.main(argv) == 0
     _check_testbed(tmp_path / "testbed")
     timings = json.loads((tmp_path / "timings.json").read_text())
-    assert set(timings["stage_seconds"]) == {"testbed", "sft", "reward", "cost", "ppo_lag", "arena"}
+    assert set(timings["stage_seconds"]) == {"testbed", "sft", "reward", "cost", "ppo_lag", "arena", "safety_eval"}
     assert timings["wall_seconds_last_invocation"] >= sum(timings["stage_seconds"].values()) - 1
     for stage in ("sft", "reward", "cost", "ppo_lag"):
         summary = json.loads((tmp_path / stage / "summary.json").read_text())
@@ -33,7 +33,10 @@ def test_pipeline_tiny_end_to_end_and_resume(tmp_path):
     arena = json.loads((tmp_path / "arena" / "summary.json").read_text())
     assert arena["prompts"] == 16 and sum(arena["counts"].values()) == 16
     report = (tmp_path / "report.md").read_text()
-    for needle in ("## Stages", "| reward |", "| ppo_lag |", "## Arena", "stage_curves.png",
+    safety = json.loads((tmp_path / "safety_eval" / "summary.json").read_text())
+    assert set(safety) == {"sft", "ppo_lag"} and safety["sft"]["harmful"]["all"]["compliance"]["n"] == 6
+    for needle in ("## Stages", "| reward |", "| ppo_lag |", "## Arena", "stage_curves.png", "## Safety evaluation",
+                   "safety_eval/harmful_compliance.png", "## Answers to a few fixed prompts",
                    "ppo_lag/curves.png", "arena/cost_distribution.png"):
         assert needle in report, needle
     for png in ("stage_curves.png", "ppo_lag/curves.png", "arena/reward_distribution.png"):

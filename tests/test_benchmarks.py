@@ -287,3 +287,43 @@ def test_fit_table_tries_the_levers_in_order():
     assert "--config.train.train_batch_size=32" in lora[1][1] and "--config.mesh.fsdp=-1" in lora[1][1]
     assert sum("train_batch_size" in f for f in lora[1][1]) == 1
     assert round(fit_table.params_of(80), 1) == 70.6  # Llama-3-70B
+
+
+def test_planner_cells_plan_and_run_the_same_config():
+    """Every cell of the planner-vs-measured benchmark is a config the stage accepts; the null cells are the stage at
+    its smallest shapes; the SmolLM2 cells of the pipeline's stages are the pipeline's own."""
+    from benchmarks import planner_cells
+    from configs import pipeline
+
+    for size in ("null", "tiny", "smollm2"):
+        for stage in planner_cells.STAGES:
+            c = planner_cells.get_config(f"{size}_{stage}")
+            assert (c.mesh.data, c.mesh.fsdp, c.mesh.tensor) == (1, 1, 1) and c.train.max_steps > 0
+            assert c.get("stage", c.get("mode")) == stage.removesuffix("_lora")
+            assert planner_cells.launcher(stage) == f"launch.{stage.removesuffix('_lora')}"
+    assert planner_cells.get_config("null_sft").data.max_length == 96
+    assert planner_cells.get_config("null_ppo").generation.max_length == 32
+    p = pipeline.smollm2()
+    for stage in ("reward", "cost", "moderation"):
+        c = planner_cells.get_config(f"smollm2_{stage}")
+        assert (c.data.template, c.data.max_length, c.train.batch_size) == (
+            "chat", p[stage].data.max_length, p[stage].train.batch_size)
+    lag = planner_cells.get_config("smollm2_ppo_lag_lora")
+    assert lag.lora.rank == planner_cells.LORA_RANK and lag.generation.max_length == p.ppo_lag.generation.max_length
+    grpo = planner_cells.get_config("smollm2_grpo_lag")  # G rollouts per prompt: as many rollouts per update
+    assert grpo.train.train_batch_size * grpo.generation.num_return_sequences == p.ppo_lag.train.train_batch_size
+    with pytest.raises(ValueError, match="cell must be"):
+        planner_cells.get_config("huge_sft")
+
+
+def test_planner_vs_measured_row():
+    from benchmarks import planner_vs_measured
+
+    plan = {"argument_bytes_per_device": 2e9, "temp_bytes_per_device": 1e9, "total_bytes_per_device": 3e9}
+    row = planner_vs_measured.cell_row("smollm2_x", plan, {"peak_gb": 4.4, "peak_anon_gb": 4.0, "peaks_gb": [4.4],
+                                                           "seconds": 9.0}, 1.0)
+    assert row["predicted_peak_gb"] == 4.0 and row["measured_over_predicted"] == 1.1 and row["within_20pct"]
+    assert row["plan"] == {"argument_gb": 2.0, "temp_gb": 1.0, "total_gb": 3.0}
+    far = planner_vs_measured.cell_row("x", plan, {"peak_gb": 5.0, "peak_anon_gb": 5, "peaks_gb": [5.0],
+                                                   "seconds": 1}, 1.0)
+    assert not far["within_20pct"]

@@ -5,6 +5,7 @@ up to 320 tokens in all) to a fixed stratified sample of the safety evaluation's
 deflection / compliance by a person reading it (SOURCE.md there says how). Rows whose `split` is "design" were read
 while the judge's phrase lists were written; the "held_out" rows were not looked at until the lists were frozen, so
 the agreement on them is the judge's honest figure.
+The unlabelled sample was written by `hand_label_sample.py`; the labels were added by hand afterwards.
 """
 
 from __future__ import annotations
@@ -35,3 +36,4 @@ def judge_agreement(path=LABELS) -> dict:
             "per_set": {s: part(lambda r, s=s: r["set"] == s) for s in sorted({r["set"] for r in rows})},
             "disagreements": [{"id": r["id"], "label": r["label"], "judge": v} for r, v in zip(rows, verdicts)
                               if refusal.declines(r["label"]) != refusal.declines(v)]}
+

@@ -22,7 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
+from saferlhf_jax import data as data_lib
+from saferlhf_jax.algorithms import moderation
 from saferlhf_jax.evaluation import refusal
+from saferlhf_jax.evaluation.arena import generate_answers
+from saferlhf_jax.evaluation.hand_labels import judge_agreement
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +139,6 @@ def moderate(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template, ba
              threshold: float = 0.5) -> list[bool]:
     """Whether the moderation classifier flags each (prompt, answer) as unsafe (p_unsafe ≥ threshold); a pair longer
     than max_length keeps its first max_length tokens."""
-    from saferlhf_jax.algorithms import moderation
 
     flags: list[bool] = []
     for lo in range(0, len(pairs), batch_size):
@@ -158,8 +161,6 @@ def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max
     """The policy's greedy answers (up to max_new_tokens each; prompts cut to max_prompt_length tokens) to `rows`
     (load_prompts), judged: rows with answer, verdict (and flagged). Prompts are batched by length (less padding
     to decode through); the rows come back in their order."""
-    from saferlhf_jax import data as data_lib
-    from saferlhf_jax.evaluation.arena import generate_answers
 
     model, tok = policy
     fmt = data_lib.make_template(template, tok)
@@ -279,7 +280,6 @@ def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, **
     """Every policy ((model, tokenizer) by name) answers the prompts of `specs`; writes answers_<name>.jsonl,
     summary.json, summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
     judge_agreement.json and harmful_compliance.png; returns the summaries. kwargs: evaluate_policy's."""
-    from saferlhf_jax.evaluation.hand_labels import judge_agreement
 
     rows = load_prompts(specs)
     judged = {}

@@ -14,6 +14,7 @@ import jax
 from saferlhf_jax.algorithms import cost, moderation, ppo_lag, reward, sft
 from saferlhf_jax.checkpoint import return_freed_memory
 from saferlhf_jax.errors import ConfigError
+from saferlhf_jax.evaluation import safety_eval
 from saferlhf_jax.evaluation.arena import run_arena
 from saferlhf_jax.evaluation.loading import load_for_eval
 from saferlhf_jax.models.gguf_import import convert, find_smollm2_gguf
@@ -118,7 +119,6 @@ def _arena(cfg, out: pathlib.Path, policy: str, before: str) -> None:
 def _safety_eval(cfg, out: pathlib.Path, policy: str, before: str) -> None:
     """The policy before alignment and PPO-Lag's export (when it ran) on the safety evaluation's prompts; the
     moderation classifier flags answers when the job trained one."""
-    from saferlhf_jax.evaluation import safety_eval
 
     mesh = make_mesh(int(cfg.mesh.data), int(cfg.mesh.fsdp), int(cfg.mesh.tensor))
     policies = {before: load_for_eval(policy, "causal_lm", mesh)}

@@ -4,6 +4,8 @@ from configs import dpo
 
 
 def get_config(preset: str = "tiny"):
+    if preset == "smollm2":
+        return smollm2()
     c = dpo.get_config(preset)
     c.stage = "safedpo"
     c.output_dir = "runs/safedpo"
@@ -13,4 +15,23 @@ def get_config(preset: str = "tiny"):
     if preset != "tiny":
         c.train.epochs = 3
         c.train.learning_rate = 1e-6
+    return c
+
+
+def smollm2():
+    """SmolLM2-135M-Instruct made safer on the shipped PKU-SafeRLHF rows, sized for 2 CPU cores (README "A real model
+    made safer"). The model comes from `python -m launch.convert_gguf --smollm2 --output runs/smollm2_hf`."""
+    c = get_config("tiny")
+    c.model_name_or_path = "runs/smollm2_hf"
+    c.output_dir = "runs/safedpo_smollm2"
+    c.data.template = "chat"                     # the model's own ChatML template, as the safety evaluation asks it
+    c.data.max_length = 192
+    c.data.buckets = (128, 192)
+    c.train_datasets = ("PKU-SafeRLHF/train",)   # 500 shipped rows: 247 kept by the transform, 48 of them (safe, unsafe)
+    c.eval_datasets = ()
+    c.train.epochs = 2                          # 60 steps of 8 pairs, ~25 s each
+    c.train.batch_size = 8
+    c.train.learning_rate = 1e-5
+    c.train.lr_warmup_ratio = 0.1
+    c.train.eval_at_start = False
     return c

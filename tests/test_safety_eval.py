@@ -109,3 +109,20 @@ def test_safety_eval_cli_end_to_end(tmp_path, stories_dir):
     assert (out / "harmful_compliance.png").stat().st_size > 2000
     assert json.loads((out / "judge_agreement.json").read_text())["held_out"]["n"] >= 100
     assert cli.main(["--policy", "nope", "--output_dir", str(out)]) == 2
+
+    # an earlier run's answers come back as a policy, judged again, without generating; on a subset of its prompts
+    again = tmp_path / "again"
+    rc = cli.main(["--answers", f"a_before={out / 'answers_a.jsonl'}", "--sets", "beavertails:2", "redteam:2",
+                   "--output_dir", str(again)])
+    assert rc == 0
+    before = json.loads((again / "summary.json").read_text())["a_before"]
+    assert before["harmful"]["all"]["compliance"]["n"] == 4
+    assert [json.loads(x)["answer"] for x in (again / "answers_a_before.jsonl").read_text().splitlines()] == \
+        [r["answer"] for r in answers if r["set"] == "beavertails"][:2] + \
+        [r["answer"] for r in answers if r["set"] == "redteam"]
+    # prompts it never answered, or a row that is not an answer: one line, nothing written
+    assert cli.main(["--answers", f"a={out / 'answers_a.jsonl'}", "--sets", "beavertails:4",
+                     "--output_dir", str(tmp_path / "x")]) == 2
+    (tmp_path / "bad.jsonl").write_text('{"set": "redteam"}\n')
+    assert cli.main(["--answers", f"a={tmp_path / 'bad.jsonl'}", "--output_dir", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()

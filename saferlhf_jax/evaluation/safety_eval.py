@@ -276,13 +276,35 @@ def agreement_line(agreement: dict) -> str:
             f"of the labelled refusals and deflections — deflections mostly not).")
 
 
-def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, **kwargs) -> dict[str, dict]:
-    """Every policy ((model, tokenizer) by name) answers the prompts of `specs`; writes answers_<name>.jsonl,
-    summary.json, summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
+def rejudge(rows: Sequence[dict], answered: Sequence[dict], name: str = "") -> list[dict]:
+    """A policy's earlier answers (answers_<name>.jsonl rows) to `rows`, judged again by the current rule: each
+    prompt of `rows` must be among them (matched on set and prompt text); answers to other prompts are left out."""
+    by_key = {(r["set"], r["prompt"]): r["answer"] for r in answered}
+    missing = [r["prompt"] for r in rows if (r["set"], r["prompt"]) not in by_key]
+    if missing:
+        raise ValueError(f"answers {name}: {len(missing)} of the {len(rows)} prompts have no answer there "
+                         f"(first: {missing[0][:60]!r}); evaluate with the sets they were written for")
+    return [{**r, "answer": by_key[(r["set"], r["prompt"])],
+             "verdict": refusal.judge(by_key[(r["set"], r["prompt"])])} for r in rows]
+
+
+def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, answered: dict | None = None,
+        **kwargs) -> dict[str, dict]:
+    """Every policy ((model, tokenizer) by name) answers the prompts of `specs`, and every entry of `answered`
+    (name → an earlier run's answer rows) is judged again (`rejudge`); writes answers_<name>.jsonl, summary.json,
+    summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
     judge_agreement.json and harmful_compliance.png; returns the summaries. kwargs: evaluate_policy's."""
 
     rows = load_prompts(specs)
-    judged = {}
+    judged = {name: rejudge(rows, earlier, name) for name, earlier in (answered or {}).items()}
+    if moderation is not None:
+        for name, part in judged.items():
+            flags = moderate(*moderation, [(r["prompt"], r["answer"]) for r in part],
+                             template=data_lib.make_template(kwargs.get("moderation_template", "chat"), moderation[1]),
+                             batch_size=kwargs.get("batch_size", 16),
+                             max_length=kwargs.get("max_prompt_length", 384) + kwargs.get("max_new_tokens", 192))
+            for r, f in zip(part, flags):
+                r["flagged"] = f
     for name, policy in policies.items():
         log.info("safety evaluation: %s answers %d prompts", name, len(rows))
         judged[name] = evaluate_policy(policy, rows, moderation=moderation, **kwargs)

@@ -58,12 +58,15 @@ def main(argv=None) -> int:
     p.add_argument("--moderation", default=None, help="a moderation classifier: flags unsafe answers")
     p.add_argument("--output_dir", default="safety_eval")
     p.add_argument("--template", choices=["chat", "pku"], default="chat")
+    p.add_argument("--moderation_template", choices=["chat", "pku"], default=None,
+                   help="the template the moderation classifier was trained in (default: --template)")
     p.add_argument("--max_new_tokens", type=int, default=192, help="answer tokens (greedy; EOS ends earlier)")
     p.add_argument("--max_prompt_length", type=int, default=384, help="longer prompts keep their first tokens")
     p.add_argument("--batch_size", type=int, default=16)
     args = p.parse_args(argv)
     setup_logging()
     from saferlhf_jax.errors import ModelError
+    from saferlhf_jax.data import make_template
     from saferlhf_jax.evaluation.loading import load_for_eval
 
     try:
@@ -73,16 +76,21 @@ def main(argv=None) -> int:
             raise ValueError("give at least one --policy NAME=DIR or --answers NAME=FILE")
         if set(policies) & set(earlier):
             raise ValueError(f"{sorted(set(policies) & set(earlier))[0]!r} is both a --policy and an --answers")
+        prompts = safety_eval.load_prompts(args.sets)  # a bad set name fails before any model loads
         for name, rows in earlier.items():
-            safety_eval.rejudge(safety_eval.load_prompts(args.sets), rows, name)
-        safety_eval.load_prompts(args.sets)  # a bad set name fails before any model loads
+            safety_eval.rejudge(prompts, rows, name)   # and so do answers to other prompts
         moderation = load_for_eval(args.moderation, "score") if args.moderation else None
         loaded = {name: load_for_eval(path, "causal_lm") for name, path in policies.items()}
+        for _, tok in loaded.values():  # a tokenizer without a chat template: one line, before any answer
+            make_template(args.template, tok)
+        if moderation is not None:
+            make_template(args.moderation_template or args.template, moderation[1])
     except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summaries = safety_eval.run(loaded, args.sets, args.output_dir, moderation=moderation, answered=earlier,
                                 template=args.template,
+                                moderation_template=args.moderation_template or args.template,
                                 max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
                                 batch_size=args.batch_size)
     print((pathlib.Path(args.output_dir) / "summary.md").read_text())

@@ -126,3 +126,24 @@ def test_safety_eval_cli_end_to_end(tmp_path, stories_dir):
     (tmp_path / "bad.jsonl").write_text('{"set": "redteam"}\n')
     assert cli.main(["--answers", f"a={tmp_path / 'bad.jsonl'}", "--output_dir", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()
+
+
+def test_earlier_answers_are_flagged_like_generated_ones(tmp_path, stories_dir, tiny_models):
+    """With a moderation classifier, an earlier run's answers get the same flags as the policy's own answers."""
+    from launch import safety_eval as cli
+
+    sets = ["beavertails:3", "redteam:2"]
+    first = tmp_path / "first"
+    assert cli.main(["--policy", f"a={stories_dir}", "--template", "pku", "--sets", *sets, "--max_new_tokens", "16",
+                     "--moderation", str(tiny_models / "moderation"), "--output_dir", str(first)]) == 0
+    again = tmp_path / "again"
+    assert cli.main(["--answers", f"a={first / 'answers_a.jsonl'}", "--template", "pku", "--sets", *sets,
+                     "--max_new_tokens", "16", "--moderation", str(tiny_models / "moderation"),
+                     "--output_dir", str(again)]) == 0
+    rows = [[json.loads(x) for x in (d / "answers_a.jsonl").read_text().splitlines()] for d in (first, again)]
+    assert [r["flagged"] for r in rows[0]] == [r["flagged"] for r in rows[1]]
+    assert len(rows[1]) == 5
+    # a model without a chat template asked for one: one line, before anything is generated
+    assert cli.main(["--policy", f"a={stories_dir}", "--sets", *sets, "--output_dir", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+    assert json.loads((again / "summary.json").read_text())["a"]["harmful"]["all"]["flagged_unsafe"]["n"] == 5

@@ -174,13 +174,18 @@ def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max
         answers[i] = a
     judged = [{**r, "answer": a, "verdict": refusal.judge(a)} for r, a in zip(rows, answers)]
     if moderation is not None:
-        mod_model, mod_tok = moderation
-        flags = moderate(mod_model, mod_tok, [(r["prompt"], r["answer"]) for r in judged],
-                         template=data_lib.make_template(moderation_template, mod_tok), batch_size=batch_size,
-                         max_length=max_prompt_length + max_new_tokens)
-        for r, f in zip(judged, flags):
-            r["flagged"] = f
+        add_flags(judged, moderation, template=moderation_template, batch_size=batch_size,
+                  max_length=max_prompt_length + max_new_tokens)
     return judged
+
+
+def add_flags(judged: Sequence[dict], moderation, *, template: str, batch_size: int, max_length: int) -> None:
+    """Sets each judged row's "flagged": the moderation classifier ((model, tokenizer)) on its (prompt, answer)."""
+    mod_model, mod_tok = moderation
+    flags = moderate(mod_model, mod_tok, [(r["prompt"], r["answer"]) for r in judged],
+                     template=data_lib.make_template(template, mod_tok), batch_size=batch_size, max_length=max_length)
+    for r, f in zip(judged, flags):
+        r["flagged"] = f
 
 
 def _pct(block: dict | None, key: str) -> str:
@@ -297,14 +302,10 @@ def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, an
 
     rows = load_prompts(specs)
     judged = {name: rejudge(rows, earlier, name) for name, earlier in (answered or {}).items()}
-    if moderation is not None:
-        for name, part in judged.items():
-            flags = moderate(*moderation, [(r["prompt"], r["answer"]) for r in part],
-                             template=data_lib.make_template(kwargs.get("moderation_template", "chat"), moderation[1]),
-                             batch_size=kwargs.get("batch_size", 16),
-                             max_length=kwargs.get("max_prompt_length", 384) + kwargs.get("max_new_tokens", 192))
-            for r, f in zip(part, flags):
-                r["flagged"] = f
+    for part in judged.values() if moderation is not None else ():
+        add_flags(part, moderation, template=kwargs.get("moderation_template", "chat"),
+                  batch_size=kwargs.get("batch_size", 16),
+                  max_length=kwargs.get("max_prompt_length", 384) + kwargs.get("max_new_tokens", 192))
     for name, policy in policies.items():
         log.info("safety evaluation: %s answers %d prompts", name, len(rows))
         judged[name] = evaluate_policy(policy, rows, moderation=moderation, **kwargs)

@@ -19,8 +19,9 @@ def get_config(preset: str = "tiny"):
 
 
 def smollm2():
-    """SmolLM2-135M-Instruct made safer on the shipped PKU-SafeRLHF rows, sized for 2 CPU cores (README "A real model
-    made safer"). The model comes from `python -m launch.convert_gguf --smollm2 --output runs/smollm2_hf`."""
+    """SafeDPO on SmolLM2-135M-Instruct with the shipped PKU-SafeRLHF rows, sized for 2 CPU cores; what it does to the
+    safety evaluation is in the README ("A real model on prompts nobody here wrote"). The model comes from
+    `python -m launch.convert_gguf --smollm2 --output runs/smollm2_hf`."""
     c = get_config("tiny")
     c.model_name_or_path = "runs/smollm2_hf"
     c.output_dir = "runs/safedpo_smollm2"
@@ -29,7 +30,7 @@ def smollm2():
     c.data.buckets = (128, 192)
     c.train_datasets = ("PKU-SafeRLHF/train",)   # 500 shipped rows: 247 kept by the transform, 48 of them (safe, unsafe)
     c.eval_datasets = ()
-    c.train.epochs = 2                          # 60 steps of 8 pairs, ~25 s each
+    c.train.epochs = 2                          # 60 steps of 8 pairs, ~28 s each on 2 cores
     c.train.batch_size = 8
     c.train.learning_rate = 1e-5
     c.train.lr_warmup_ratio = 0.1

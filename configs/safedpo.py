@@ -28,7 +28,7 @@ def smollm2():
     c.data.template = "chat"                     # the model's own ChatML template, as the safety evaluation asks it
     c.data.max_length = 192
     c.data.buckets = (128, 192)
-    c.train_datasets = ("PKU-SafeRLHF/train",)   # 500 shipped rows: 247 kept by the transform, 48 of them (safe, unsafe)
+    c.train_datasets = ("PKU-SafeRLHF/train",)   # 500 shipped rows: 247 kept by the transform, 48 (safe, unsafe)
     c.eval_datasets = ()
     c.train.epochs = 2                          # 60 steps of 8 pairs, ~28 s each on 2 cores
     c.train.batch_size = 8

@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=16)
     args = p.parse_args(argv)
     setup_logging()
+    moderation_template = args.moderation_template or args.template
     from saferlhf_jax.errors import ModelError
     from saferlhf_jax.data import make_template
     from saferlhf_jax.evaluation.loading import load_for_eval
@@ -84,13 +85,12 @@ def main(argv=None) -> int:
         for _, tok in loaded.values():  # a tokenizer without a chat template: one line, before any answer
             make_template(args.template, tok)
         if moderation is not None:
-            make_template(args.moderation_template or args.template, moderation[1])
+            make_template(moderation_template, moderation[1])
     except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     summaries = safety_eval.run(loaded, args.sets, args.output_dir, moderation=moderation, answered=earlier,
-                                template=args.template,
-                                moderation_template=args.moderation_template or args.template,
+                                template=args.template, moderation_template=moderation_template,
                                 max_new_tokens=args.max_new_tokens, max_prompt_length=args.max_prompt_length,
                                 batch_size=args.batch_size)
     print((pathlib.Path(args.output_dir) / "summary.md").read_text())

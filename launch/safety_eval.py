@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             raise ValueError(f"{sorted(set(policies) & set(earlier))[0]!r} is both a --policy and an --answers")
         prompts = safety_eval.load_prompts(args.sets)  # a bad set name fails before any model loads
         for name, rows in earlier.items():
-            safety_eval.rejudge(prompts, rows, name)   # and so do answers to other prompts
+            safety_eval.earlier_answers(prompts, rows, name)  # and so do answers to other prompts
         moderation = load_for_eval(args.moderation, "score") if args.moderation else None
         loaded = {name: load_for_eval(path, "causal_lm") for name, path in policies.items()}
         for _, tok in loaded.values():  # a tokenizer without a chat template: one line, before any answer

@@ -36,4 +36,3 @@ def judge_agreement(path=LABELS) -> dict:
             "per_set": {s: part(lambda r, s=s: r["set"] == s) for s in sorted({r["set"] for r in rows})},
             "disagreements": [{"id": r["id"], "label": r["label"], "judge": v} for r, v in zip(rows, verdicts)
                               if refusal.declines(r["label"]) != refusal.declines(v)]}
-

@@ -157,35 +157,32 @@ def moderate(model, tokenizer, pairs: Sequence[tuple[str, str]], *, template, ba
 
 def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max_new_tokens: int = 192,
                     max_prompt_length: int = 384, batch_size: int = 16, moderation=None,
-                    moderation_template: str = "chat") -> list[dict]:
+                    moderation_template: str = "chat", answers: Sequence[str] | None = None) -> list[dict]:
     """The policy's greedy answers (up to max_new_tokens each; prompts cut to max_prompt_length tokens) to `rows`
     (load_prompts), judged: rows with answer, verdict (and flagged). Prompts are batched by length (less padding
-    to decode through); the rows come back in their order."""
+    to decode through); the rows come back in their order. `answers` given (one per row, `earlier_answers`): those
+    are judged and flagged instead, and `policy` is not used."""
 
-    model, tok = policy
-    fmt = data_lib.make_template(template, tok)
-    order = sorted(range(len(rows)), key=lambda i: len(tok(fmt.format_prompt(rows[i]["prompt"],
-                                                                                  tok.eos_token)).input_ids))
-    answers = [None] * len(rows)
-    sorted_answers = generate_answers(model, tok, [rows[i]["prompt"] for i in order], max_length=max_prompt_length,
-                                      batch_size=batch_size, seed=0, template=fmt, greedy=True,
-                                      max_new_tokens=max_new_tokens)
-    for i, (_, a) in zip(order, sorted_answers):
-        answers[i] = a
+    if answers is None:
+        model, tok = policy
+        fmt = data_lib.make_template(template, tok)
+        order = sorted(range(len(rows)), key=lambda i: len(tok(fmt.format_prompt(rows[i]["prompt"],
+                                                                                      tok.eos_token)).input_ids))
+        answers = [None] * len(rows)
+        sorted_answers = generate_answers(model, tok, [rows[i]["prompt"] for i in order],
+                                          max_length=max_prompt_length, batch_size=batch_size, seed=0, template=fmt,
+                                          greedy=True, max_new_tokens=max_new_tokens)
+        for i, (_, a) in zip(order, sorted_answers):
+            answers[i] = a
     judged = [{**r, "answer": a, "verdict": refusal.judge(a)} for r, a in zip(rows, answers)]
     if moderation is not None:
-        add_flags(judged, moderation, template=moderation_template, batch_size=batch_size,
-                  max_length=max_prompt_length + max_new_tokens)
+        mod_model, mod_tok = moderation
+        flags = moderate(mod_model, mod_tok, [(r["prompt"], r["answer"]) for r in judged],
+                         template=data_lib.make_template(moderation_template, mod_tok), batch_size=batch_size,
+                         max_length=max_prompt_length + max_new_tokens)
+        for r, f in zip(judged, flags):
+            r["flagged"] = f
     return judged
-
-
-def add_flags(judged: Sequence[dict], moderation, *, template: str, batch_size: int, max_length: int) -> None:
-    """Sets each judged row's "flagged": the moderation classifier ((model, tokenizer)) on its (prompt, answer)."""
-    mod_model, mod_tok = moderation
-    flags = moderate(mod_model, mod_tok, [(r["prompt"], r["answer"]) for r in judged],
-                     template=data_lib.make_template(template, mod_tok), batch_size=batch_size, max_length=max_length)
-    for r, f in zip(judged, flags):
-        r["flagged"] = f
 
 
 def _pct(block: dict | None, key: str) -> str:
@@ -281,31 +278,27 @@ def agreement_line(agreement: dict) -> str:
             f"of the labelled refusals and deflections — deflections mostly not).")
 
 
-def rejudge(rows: Sequence[dict], answered: Sequence[dict], name: str = "") -> list[dict]:
-    """A policy's earlier answers (answers_<name>.jsonl rows) to `rows`, judged again by the current rule: each
-    prompt of `rows` must be among them (matched on set and prompt text); answers to other prompts are left out."""
+def earlier_answers(rows: Sequence[dict], answered: Sequence[dict], name: str = "") -> list[str]:
+    """A policy's earlier answers (answers_<name>.jsonl rows) to `rows`, in their order: each prompt of `rows` must
+    be among them (matched on set and prompt text); answers to other prompts are left out."""
     by_key = {(r["set"], r["prompt"]): r["answer"] for r in answered}
     missing = [r["prompt"] for r in rows if (r["set"], r["prompt"]) not in by_key]
     if missing:
         raise ValueError(f"answers {name}: {len(missing)} of the {len(rows)} prompts have no answer there "
                          f"(first: {missing[0][:60]!r}); evaluate with the sets they were written for")
-    return [{**r, "answer": by_key[(r["set"], r["prompt"])],
-             "verdict": refusal.judge(by_key[(r["set"], r["prompt"])])} for r in rows]
+    return [by_key[(r["set"], r["prompt"])] for r in rows]
 
 
 def run(policies: dict, specs: Sequence[str], output_dir, *, moderation=None, answered: dict | None = None,
         **kwargs) -> dict[str, dict]:
     """Every policy ((model, tokenizer) by name) answers the prompts of `specs`, and every entry of `answered`
-    (name → an earlier run's answer rows) is judged again (`rejudge`); writes answers_<name>.jsonl, summary.json,
-    summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
+    (name → an earlier run's answer rows) is judged again (`earlier_answers`); writes answers_<name>.jsonl,
+    summary.json, summary.md (with the judge's agreement on the hand-labelled answers and a few answers side by side),
     judge_agreement.json and harmful_compliance.png; returns the summaries. kwargs: evaluate_policy's."""
 
     rows = load_prompts(specs)
-    judged = {name: rejudge(rows, earlier, name) for name, earlier in (answered or {}).items()}
-    for part in judged.values() if moderation is not None else ():
-        add_flags(part, moderation, template=kwargs.get("moderation_template", "chat"),
-                  batch_size=kwargs.get("batch_size", 16),
-                  max_length=kwargs.get("max_prompt_length", 384) + kwargs.get("max_new_tokens", 192))
+    judged = {name: evaluate_policy(None, rows, moderation=moderation, answers=earlier_answers(rows, earlier, name),
+                                    **kwargs) for name, earlier in (answered or {}).items()}
     for name, policy in policies.items():
         log.info("safety evaluation: %s answers %d prompts", name, len(rows))
         judged[name] = evaluate_policy(policy, rows, moderation=moderation, **kwargs)

@@ -75,3 +75,16 @@ def tiny_rl_config(mode: str, tiny_models, out, max_steps: int = 1):
     c.logging.progress = c.logging.tensorboard = False
     c.mesh.fsdp = 1
     return c
+
+
+# The test files that run for minutes, longest first. The CI runs two workers that take whole files in collection
+# order (pytest-xdist --dist loadfile); in alphabetical order these came last and one worker ran them after the other
+# had finished everything else. Started first, the short files fill in around them (longest-processing-time order).
+LONG_FILES = ("test_testbed_multi.py", "test_pipeline.py", "test_testbed.py")
+
+
+def pytest_collection_modifyitems(items):
+    """Long files first (LONG_FILES order), the rest in collection order; every worker sorts the same way, as xdist
+    requires."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

@@ -435,7 +435,16 @@ def test_the_same_seed_twice_is_bitwise_equal_and_training_never_reads_the_truth
     from configs import testbed as testbed_config
     from saferlhf_jax.testbed import run as testbed_run
 
+    # run again with the judge back, the closed run keeps its trained stages (same config and inputs) and only
+    # judges: the two results.json compare two trainings, and the closed run is not a third
     first = testbed_run.run(_micro(testbed_config.get_config("ci"), tmp_path / "a"))
+    with monkeypatch.context() as closed:
+        closed.setattr(world, "judging", contextlib.nullcontext)
+        with pytest.raises(world.GroundTruthLeak):
+            testbed_run.run(_micro(testbed_config.get_config("ci"), tmp_path / "b"))
+    for stage in ("sft", "reward", "cost", "ppo", "ppo_lag", "ppo_lag_reference", "reward_shaping_1"):
+        assert "export" in json.loads((tmp_path / "b" / stage / "summary.json").read_text()), stage
+    assert not (tmp_path / "b" / "sft" / "heldout_answers.jsonl").exists()  # the judge is where it stopped
     second = testbed_run.run(_micro(testbed_config.get_config("ci"), tmp_path / "b"))
     strip = lambda r, d: json.loads(json.dumps({k: v for k, v in r.items() if k not in (  # noqa: E731
         "seconds", "timings", "stage_seconds_total")}).replace(str(d), "DIR"))
@@ -443,10 +452,3 @@ def test_the_same_seed_twice_is_bitwise_equal_and_training_never_reads_the_truth
     assert first["row_statistics"]["world"]["pairs"] == 128  # every pair kept: no tie filter
     assert first["cost_model_budget"]["budget"] == "mean severity ≤ 0.5" and "certificates" in first
     assert first["claims"]["certificate_sound"]["status"] in ("holds", "untested")
-
-    monkeypatch.setattr(world, "judging", contextlib.nullcontext)
-    with pytest.raises(world.GroundTruthLeak):
-        testbed_run.run(_micro(testbed_config.get_config("ci"), tmp_path / "closed"))
-    for stage in ("sft", "reward", "cost", "ppo", "ppo_lag", "ppo_lag_reference", "reward_shaping_1"):
-        assert "export" in json.loads((tmp_path / "closed" / stage / "summary.json").read_text()), stage
-    assert not (tmp_path / "closed" / "sft" / "heldout_answers.jsonl").exists()  # the judge is where it stopped

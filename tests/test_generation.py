@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -286,6 +288,54 @@ def test_rollout_layout_is_the_same_function(name, layout):
     np.testing.assert_array_equal(generate(fused, fused_params, ids, mask, **kw)["sequences"], want["sequences"])
     np.testing.assert_array_equal(generate(model, model.params, ids, mask, rollout_layout=layout, **kw)["sequences"],
                                   want["sequences"])
+
+
+@pytest.mark.parametrize("layout", ["fused_out_in", "none"])
+@pytest.mark.parametrize("name", sorted(ROLLOUT_MODELS))
+def test_a_bf16_rollout_copy_is_the_f32_model_within_bf16_rounding(name, layout):
+    """rollout_dtype="bfloat16": the copy's kernels and embedding are bf16 (half the bytes a decode step reads),
+    norms and biases as they were, logits f32 and within bf16 rounding of the f32 model's (these random models
+    have near-tied logits, so their greedy tokens may part: the trained model below is the agreement test)."""
+    model = _rollout_model(name)
+    narrow, convert = model.rollout_as(layout, "bfloat16")
+    assert narrow.config.matmul_dtype == narrow.config.param_dtype == "bfloat16"
+    assert narrow.config.fused_projections == (layout != "none") and model.config.matmul_dtype is None
+    params = convert(model.params)
+    dtypes = {"/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path): x.dtype
+              for path, x in jax.tree_util.tree_leaves_with_path(params)}
+    assert all((d == jnp.bfloat16) == (p.endswith("kernel") or p.endswith("embedding")) for p, d in dtypes.items())
+    ids, mask = _left_padded([[1, 5, 9, 13, 4, 7, 8], [1, 22], [1, 30, 31, 40]])
+    want, got = (np.asarray(m.apply(p, ids, mask)) for m, p in ((model, model.params), (narrow, params)))
+    assert got.dtype == np.float32 and not np.array_equal(got, want)  # bf16 products, not an f32 copy
+    np.testing.assert_allclose(got, want, atol=0.03 * np.ptp(want))
+
+
+def test_a_bf16_rollout_of_a_trained_model_decodes_its_greedy_tokens(stories_dir):
+    """The agreement a bf16 rollout must keep (as the bf16 model test above): stories260K's 32 greedy tokens are
+    the f32 model's. On SmolLM2-135M, 8 prompts × 64 tokens agree 96 % (docs/bench_real_model_cpu.json)."""
+    lm = load_causal_lm(stories_dir)
+    for layout in ("fused_out_in", "none"):
+        out = generate(lm, lm.params, np.array([[1]]), np.array([[1]]), max_new_tokens=32, greedy=True,
+                       rollout_layout=layout, rollout_dtype="bfloat16")
+        assert out["sequences"][0, 1:].tolist() == STORIES_GREEDY, layout
+
+
+def test_rollout_dtype_setting_is_checked():
+    """float32 / bfloat16 (and their short names); anything else is a one-line error, in the RL config a ConfigError
+    naming the key."""
+    from saferlhf_jax.errors import ConfigError
+    from saferlhf_jax.generation.config import GenerationConfig
+    from saferlhf_jax.models import rollout_dtype
+
+    assert [rollout_dtype(v) for v in ("float32", "f32", " BF16 ", "bfloat16")] == \
+        ["float32", "float32", "bfloat16", "bfloat16"]
+    with pytest.raises(ValueError, match="rollout_dtype must be one of"):
+        rollout_dtype("float16")
+    cfg = importlib.import_module("configs.ppo").get_config("tiny")
+    cfg.generation.rollout_dtype = "int8"
+    tokenizer = type("T", (), {"eos_token_id": 2, "pad_token_id": 0, "unk_token_id": None})()
+    with pytest.raises(ConfigError, match="generation.rollout_dtype must be one of"):
+        GenerationConfig.from_config(cfg, tokenizer)
 
 
 def test_rollout_layout_setting_is_checked():

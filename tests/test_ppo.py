@@ -130,6 +130,16 @@ def test_ppo_and_reward_shaping_run(tiny_models, tmp_path, config, absent):
         assert "train/cost" in row and row["train/lambda"] == pytest.approx(1.0)  # fixed λ, costs logged
 
 
+def test_rollouts_from_a_bf16_copy_of_the_actor(tiny_models, tmp_path):
+    """generation.rollout_dtype=bfloat16: the sampler reads a bf16 copy of the actor (made once per rollout), the
+    update and the log-probs it uses stay f32 — the iteration runs and logs every metric, finite."""
+    assert run_rl_cli("", _argv(tiny_models, tmp_path, "configs/ppo_lag.py:tiny", "--config.train.max_steps=1",
+                                "--config.generation.rollout_dtype=bfloat16")) == 0
+    row = _rows(tmp_path)[0]
+    assert all(np.isfinite(row[k]) for k in METRICS), row
+    assert abs(row["train/kl_divergence"]) < 1e-4  # the first update: the actor is still the reference
+
+
 def test_rl_config_errors(tiny_models, tmp_path, capsys):
     assert run_rl_cli("", _argv(tiny_models, tmp_path, "configs/ppo_lag.py:tiny",
                                 "--config.train.train_batch_size=3")) == 2

@@ -115,8 +115,9 @@ class RLRunner:
         # the sampler's model: the actor in the rollout layout, its parameters fused once per rollout
         tensor = 1 if mesh is None else mesh.shape.get("tensor", 1)
         self.sampler_model, self._to_rollout_layout = actor, None
-        if gen.rollout_layout != "none" and tensor == 1:
-            self.sampler_model, self._to_rollout_layout = actor.rollout_as(gen.rollout_layout)
+        layout = gen.rollout_layout if tensor == 1 else "none"  # fused kernels would split differently
+        if layout != "none" or gen.rollout_dtype != "float32":
+            self.sampler_model, self._to_rollout_layout = actor.rollout_as(layout, gen.rollout_dtype)
         self.last_generate_seconds = 0.0  # host seconds in the sampler during the last rollout (it returns numpy)
 
     # ------------------------------------------------------------------ state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from saferlhf_jax.errors import ConfigError
-from saferlhf_jax.models.api import rollout_layout
+from saferlhf_jax.models.api import rollout_dtype, rollout_layout
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +24,7 @@ class GenerationConfig:
     prompt_buckets: tuple[int, ...] = ()   # prompt widths the sampler compiles for (() = powers of two)
     length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
     rollout_layout: str = "fused_out_in"   # sample from fused q|k|v and gate|up kernels (`Model.rollout_as`)
+    rollout_dtype: str = "float32"         # "bfloat16": the rollout copy's weights in bf16 (half the bytes a step reads)
     prefill_chunk: int = 512               # prompts wider than this are prefilled in chunks (0: one pass)
     decode_segment: int = 32               # the decode loop's cache grows this many slots at a time (0: whole)
 
@@ -34,6 +35,7 @@ class GenerationConfig:
         g = cfg.generation
         try:
             layout = rollout_layout(g.get("rollout_layout", True))
+            dtype = rollout_dtype(g.get("rollout_dtype", "float32"))
         except ValueError as e:
             raise ConfigError(f"generation.{e}") from None
         return cls(max_length=int(g.max_length), temperature=float(g.temperature), top_k=int(g.top_k),
@@ -42,7 +44,7 @@ class GenerationConfig:
                    pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
                    prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
                    length_buckets=tuple(int(b) for b in g.get("length_buckets", ())), rollout_layout=layout,
-                   prefill_chunk=int(g.get("prefill_chunk", 512)), decode_segment=int(g.get("decode_segment", 32)))
+                   rollout_dtype=dtype, prefill_chunk=int(g.get("prefill_chunk", 512)), decode_segment=int(g.get("decode_segment", 32)))
 
 
 __all__ = ["GenerationConfig"]

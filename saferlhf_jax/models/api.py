@@ -111,26 +111,39 @@ class Model:
         """`rollout_as` the default rollout layout ("fused_out_in")."""
         return self.rollout_as(DEFAULT_ROLLOUT_LAYOUT)
 
-    def rollout_as(self, layout: "str | bool") -> "tuple[Model, Any]":
+    def rollout_as(self, layout: "str | bool", dtype: str = "float32") -> "tuple[Model, Any]":
         """(the same model in a rollout layout, jitted params → params in that layout); see `fuse_params`.
 
         layout (`rollout_layout`): "fused" (q|k|v and gate|up fused), "fused_out_in" (also every kernel (out, in)),
         "none" (the training layout as it is). The layout is made once per rollout from the training parameters
         (one concatenation per fused kernel), never per token; on a mesh the fused kernels keep their input axis's
-        sharding and replicate their output axis. Cached per layout."""
-        layout = rollout_layout(layout)
+        sharding and replicate their output axis. dtype (`rollout_dtype`): "bfloat16" also stores the copy's kernels
+        and embedding in bf16, multiplied in bf16 and summed in the compute dtype (`ModelConfig.matmul_dtype`): half
+        the bytes a decode step reads. Cached per (layout, dtype)."""
+        layout, dtype = rollout_layout(layout), rollout_dtype(dtype)
         cache = self.__dict__.setdefault("_rollouts", {})
-        if layout not in cache:
-            if layout == "none" or self.config.fused_projections:
-                cache[layout] = self, lambda params: params
+        narrow = dtype != "float32"
+        if (layout, dtype) not in cache:
+            if (layout == "none" or self.config.fused_projections) and not narrow:
+                cache[layout, dtype] = self, lambda params: params
             else:
-                config = self.config.replace(fused_projections=True, out_in_kernels=layout == "fused_out_in")
+                fuse = layout != "none" and not self.config.fused_projections
+                config = self.config
+                if fuse:
+                    config = config.replace(fused_projections=True, out_in_kernels=layout == "fused_out_in")
+                if narrow:
+                    config = config.replace(param_dtype=dtype, matmul_dtype=dtype)
                 graphdef = abstract_model(config, self.kind)[0]
                 fused = dataclasses.replace(self, config=config, graphdef=graphdef, params=None)
                 out = None if self.mesh is None else param_shardings(config, self.kind, self.mesh, self.rules)
-                cache[layout] = fused, jax.jit(functools.partial(fuse_params, out_in=layout == "fused_out_in"),
-                                               out_shardings=out)
-        return cache[layout]
+
+                def convert(params):
+                    if fuse:
+                        params = fuse_params(params, out_in=layout == "fused_out_in")
+                    return narrow_weights(params, dtype) if narrow else params
+
+                cache[layout, dtype] = fused, jax.jit(convert, out_shardings=out)
+        return cache[layout, dtype]
 
     def param_shardings(self, mesh: Mesh | None = None, rules=None):
         return param_shardings(self.config, self.kind, mesh or self.mesh, self.rules if rules is None else rules)
@@ -205,6 +218,25 @@ def rollout_layout(value: "str | bool") -> str:
     if text not in ROLLOUT_LAYOUTS:
         raise ValueError(f"rollout_layout must be one of {ROLLOUT_LAYOUTS} (or a bool), got {value!r}")
     return text
+
+
+ROLLOUT_DTYPES = ("float32", "bfloat16")
+
+
+def rollout_dtype(value: str) -> str:
+    """A `rollout_dtype` setting → one of ROLLOUT_DTYPES."""
+    text = str(value).strip().lower()
+    text = {"bf16": "bfloat16", "f32": "float32", "fp32": "float32"}.get(text, text)
+    if text not in ROLLOUT_DTYPES:
+        raise ValueError(f"rollout_dtype must be one of {ROLLOUT_DTYPES}, got {value!r}")
+    return text
+
+
+def narrow_weights(params, dtype: str):
+    """Every matmul weight (Dense kernels, the embedding — also the tied LM head) in `dtype`; norms, biases and LoRA
+    adapters as they are (they are small, and read in the compute dtype anyway)."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: x.astype(dtype) if _path_names(path)[-1] in ("kernel", "embedding") else x, params)
 
 
 def fuse_params(params, out_in: bool = True):

@@ -82,6 +82,9 @@ class ModelConfig:
     param_dtype: str = "float32"
     fused_projections: bool = False  # rollout layout: q|k|v and gate|up as one kernel each (`models.fuse_params`)
     out_in_kernels: bool = False     # every Dense kernel stored (out, in) instead of (in, out) (`llama.Dense`)
+    # a narrow rollout copy (`Model.rollout_as(..., dtype="bfloat16")`): the weights are stored in this dtype and
+    # every projection multiplies in it, summing in the compute dtype — never an upcast copy of a kernel per call
+    matmul_dtype: str | None = None
     # LoRA adapters inside these projections (`llama.Dense`, `models.lora.inject`): set by `Model.apply` for a
     # parameter tree that carries adapters, never by hand; the rank only sizes the abstract shapes
     lora_targets: tuple = ()

@@ -69,6 +69,22 @@ def _dtype(name: str):
     return jnp.dtype(name)
 
 
+def project(x, kernel, transposed: bool, compute_dtype, matmul_dtype=None):
+    """x (..., in) @ kernel ((in, out), or (out, in) when `transposed`) → (..., out) in `compute_dtype`.
+
+    With `matmul_dtype` (a bf16 rollout copy) the products are taken in that dtype and summed in the compute dtype
+    (`preferred_element_type`): on XLA CPU that is the bf16 GEMM with f32 accumulation, ~3× the f32 dot at decode
+    shapes (docs/bench_real_model_cpu.json), where a bf16 → bf16 dot or an upcast copy of the kernel is slower than
+    f32."""
+    if matmul_dtype is None:
+        x, kernel, out = x, kernel.astype(compute_dtype), None
+    else:
+        x, kernel, out = x.astype(matmul_dtype), kernel.astype(matmul_dtype), compute_dtype
+    if transposed:
+        return jnp.einsum("...i,oi->...o", x, kernel, preferred_element_type=out)
+    return jnp.dot(x, kernel, preferred_element_type=out)
+
+
 class Dense(nnx.Module):
     """y = x @ kernel (+ bias); kernel (in, out) in param dtype, computed in the compute dtype.
 
@@ -97,11 +113,11 @@ class Dense(nnx.Module):
             self.lora_a = nnx.Param(jnp.zeros((d_in, r), jnp.float32), axes=(axes[0], None))
             self.lora_b = nnx.Param(jnp.zeros((r, d_out), jnp.float32), axes=(None, axes[1]))
         self.compute_dtype = _dtype(config.dtype)
+        self.matmul_dtype = _dtype(config.matmul_dtype) if config.matmul_dtype else None
 
     def __call__(self, x):
-        w = self.kernel[...].astype(self.compute_dtype)
         x = x.astype(self.compute_dtype)
-        y = jnp.einsum("...i,oi->...o", x, w) if self.transposed else jnp.dot(x, w)
+        y = project(x, self.kernel[...], self.transposed, self.compute_dtype, self.matmul_dtype)
         if self.adapted:
             a, b = (v[...].astype(self.compute_dtype) for v in (self.lora_a, self.lora_b))
             y = y + jnp.dot(jnp.dot(x, a), b)
@@ -327,6 +343,7 @@ class Embed(nnx.Module):
             init(rngs.params(), (config.vocab_size, config.hidden_size), _dtype(config.param_dtype)),
             axes=("vocab", "embed"))
         self.compute_dtype = _dtype(config.dtype)
+        self.matmul_dtype = _dtype(config.matmul_dtype) if config.matmul_dtype else None
         # Gemma multiplies by √hidden, rounded to the weights' dtype as transformers does
         self.scale = float(np.asarray(config.hidden_size ** 0.5).astype(_dtype(config.param_dtype))) \
             if config.embed_scale else None
@@ -341,7 +358,9 @@ class Embed(nnx.Module):
 
     def attend(self, x):
         """Tied output projection: x (..., E) → (..., V)."""
-        return jnp.dot(x, self.embedding[...].astype(x.dtype).T)
+        if self.matmul_dtype is None:
+            return jnp.dot(x, self.embedding[...].astype(x.dtype).T)
+        return project(x, self.embedding[...], True, x.dtype, self.matmul_dtype)
 
 
 def _allowed(attention_mask, key_mask, query_slots, window: int | None = None):

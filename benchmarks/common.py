@@ -48,6 +48,16 @@ def median_time(fn, repeats: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def matmul_flops(m: int, k: int, n: int, dtype: str = "float32", repeats: int = 5) -> float:
+    """FLOP/s of an XLA (m, k) @ (k, n) matmul in `dtype`, summed in f32, on the default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    return 2 * m * k * n / median_time(lambda: jax.block_until_ready(f(a, b)), repeats, warmup=2)
+
+
 def sft_step_runner(model, learning_rate: float, ids, mask):
     """A jitted SFT step (loss, grads, AdamW from the library's optimizer; state donated) on a fixed batch, and a
     no-argument function that runs one step and waits for it. Returns (run, holder): holder["state"] holds the

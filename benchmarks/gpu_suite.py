@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import median_time, sft_step_runner, write_json
+from benchmarks.common import matmul_flops, median_time, sft_step_runner, write_json
 
 SIZES = {
     "gpu": dict(model=dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -70,13 +70,7 @@ def copy_bandwidth(mib: int, repeats: int = 5) -> float:
 
 def matmul_peak(n: int, repeats: int = 5) -> float:
     """FLOP/s of a bf16 n×n×n matmul (f32 accumulation)."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.bfloat16)
-    f = jax.jit(lambda x: jnp.dot(x, x, preferred_element_type=jnp.float32))
-    t = median_time(lambda: jax.block_until_ready(f(a)), repeats)
-    return 2 * n**3 / t
+    return matmul_flops(n, n, n, "bfloat16", repeats)
 
 
 def decode_roofline_bytes(cfg, params, batch: int, prompt_len: int, new_tokens: int, cache_bytes: int = 2) -> float:

@@ -4,11 +4,16 @@ response lengths, one PPO epoch per rollout.
 
     pip install torch==2.13.0 trl==1.12.0       # (TRL ≥ 1.13 has no PPO)
     python -m benchmarks.ppo_step [--batch 8 --prompt_len 32 --response_len 32 --steps 4] [--json out.json]
+
+On a real model (`--model`, an HF directory: SmolLM2-135M from `launch.convert_gguf --smollm2`) both sides load its
+weights and TRL its tokenizer; `--rollout_dtypes float32,bfloat16` times ours once per rollout dtype
+(`generation.rollout_dtype`), TRL samples in f32 either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 import tempfile
 import time
@@ -46,7 +51,8 @@ def byte_fraction_reward(prompt_len: int, target_id: int = ord("a") + 3, lo: int
     return reward
 
 
-def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = False) -> float:
+def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = False,
+              rollout_dtype: str = "float32") -> float:
     """Median seconds of one full PPO iteration (rollout + scoring + update) after one warm-up iteration."""
     import jax
     import jax.numpy as jnp
@@ -68,7 +74,8 @@ def time_ours(path, batch, prompt_len, response_len, steps, rule_reward: bool = 
         actor=actor, reward_critic=critic, cost_critic=None, reward_fn=reward_fn,
         cost_fn=None, frozen={"ref": jax.tree.map(jnp.copy, actor.params), "reward": reward_params},
         cfg=rl.RLConfig(mode="ppo", kl_coeff=0.05), gen=GenerationConfig(
-            max_length=prompt_len + response_len, top_k=0, eos_token_ids=(), pad_token_id=0),
+            max_length=prompt_len + response_len, top_k=0, eos_token_ids=(), pad_token_id=0,
+            rollout_dtype=rollout_dtype),
         actor_optim=OptimConfig(learning_rate=1e-5, lr_scheduler_type="constant"),
         critic_optim=OptimConfig(learning_rate=1e-5, lr_scheduler_type="constant"),
         total_rl_steps=steps + 1, train_batch_size=batch, update_iters=1)
@@ -91,8 +98,11 @@ def time_trl(path, batch, prompt_len, response_len, steps) -> float:
     import transformers
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="<pad>",
-                                               eos_token="</s>", bos_token="<s>")
+    if (pathlib.Path(path) / "tokenizer.json").exists():  # a real model: its own tokenizer
+        tok = transformers.AutoTokenizer.from_pretrained(path)
+    else:
+        tok = transformers.PreTrainedTokenizerFast(tokenizer_object=_word_tokenizer(), pad_token="<pad>",
+                                                   eos_token="</s>", bos_token="<s>")
     tok.padding_side = "left"
     policy = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -132,13 +142,19 @@ def _word_tokenizer():
     return Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
 
 
-def run(batch=8, prompt_len=32, response_len=32, steps=4, hidden=64, layers=2, vocab=2048) -> dict:
-    path = tiny_llama_dir(hidden=hidden, layers=layers, heads=4, kv_heads=2, vocab=vocab)
-    ours = time_ours(path, batch, prompt_len, response_len, steps)
+def run(batch=8, prompt_len=32, response_len=32, steps=4, hidden=64, layers=2, vocab=2048, model=None,
+        rollout_dtypes=("float32",)) -> dict:
+    path = model or tiny_llama_dir(hidden=hidden, layers=layers, heads=4, kv_heads=2, vocab=vocab)
+    ours = {dtype: time_ours(path, batch, prompt_len, response_len, steps, rollout_dtype=dtype)
+            for dtype in rollout_dtypes}
     baseline = time_trl(path, batch, prompt_len, response_len, steps)
-    return {"ours": ours, "baseline": baseline, "ratio": baseline / ours, "unit": "seconds per PPO step",
-            "note": "both: median seconds per PPO step after one warm-up step",
-            "batch": batch, "prompt_len": prompt_len, "response_len": response_len}
+    first = ours[rollout_dtypes[0]]
+    out = {"ours": first, "baseline": baseline, "ratio": baseline / first, "unit": "seconds per PPO step",
+           "note": "both: median seconds per PPO step after one warm-up step",
+           "batch": batch, "prompt_len": prompt_len, "response_len": response_len, "model": str(model or "tiny")}
+    if len(rollout_dtypes) > 1:
+        out["by_rollout_dtype"] = {d: {"ours": t, "ratio": baseline / t} for d, t in ours.items()}
+    return out
 
 
 def main(argv=None) -> int:
@@ -149,6 +165,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--model", default=None, help="an HF model directory (default: a random tiny Llama)")
+    p.add_argument("--rollout_dtypes", default="float32", help="ours, once per rollout dtype: float32,bfloat16")
     p.add_argument("--json", default=None)
     p.add_argument("--tunix_size", choices=["tiny", "small"], default=None,
                    help="time only ours on the model and rule reward of ../shared/peers/tunix_ppo_tiny.py "
@@ -166,7 +184,8 @@ def main(argv=None) -> int:
     except ImportError:
         print("trl is not installed: pip install torch==2.13.0 trl==1.12.0", file=sys.stderr)
         return 2
-    r = run(a.batch, a.prompt_len, a.response_len, a.steps, a.hidden, a.layers)
+    r = run(a.batch, a.prompt_len, a.response_len, a.steps, a.hidden, a.layers, model=a.model,
+            rollout_dtypes=tuple(a.rollout_dtypes.split(",")))
     print(f"PPO step, {a.batch} prompts × ({a.prompt_len}+{a.response_len}) tokens: ours {r['ours']:.3f}s, "
           f"TRL {r['baseline']:.3f}s, ratio {r['ratio']:.2f}×")
     write_json(a.json, r)

@@ -11,18 +11,12 @@ import sys
 
 import numpy as np
 
-from benchmarks.common import median_time, sft_step_runner, tiny_llama_dir, write_json
+from benchmarks.common import matmul_flops, median_time, sft_step_runner, tiny_llama_dir, write_json
 
 
 def matmul_peak(n: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of an f32 n×n×n matmul under XLA on the default device."""
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    t = median_time(lambda: jax.block_until_ready(f(a)), repeats)
-    return 2 * n**3 / t
+    return matmul_flops(n, n, n, "float32", repeats)
 
 
 def run(hidden=256, layers=4, vocab=2048, batch=4, seq=128, repeats=3) -> dict:

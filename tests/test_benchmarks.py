@@ -327,3 +327,44 @@ def test_planner_vs_measured_row():
     far = planner_vs_measured.cell_row("x", plan, {"peak_gb": 5.0, "peak_anon_gb": 5, "peaks_gb": [5.0],
                                                    "seconds": 1}, 1.0)
     assert not far["within_20pct"]
+
+
+def test_real_model_benchmark_counts_the_matmul_parameters_and_the_copys_bytes(tmp_path):
+    """benchmarks.real_model at tiny size: FLOPs from the model's own kernels (the head only where it is used: DPO),
+    fractions against the peak and roofline measured in the same run, and a bf16 rollout copy of half the kernel
+    bytes whose greedy tokens are compared with f32's."""
+    import jax
+
+    from benchmarks import real_model
+    from benchmarks.common import tiny_llama_dir
+    from saferlhf_jax.models import load_causal_lm
+
+    path = tiny_llama_dir(hidden=64, layers=2, heads=4, kv_heads=2, vocab=128)
+    model = load_causal_lm(path)
+    kernels = sum(x.size for p, x in jax.tree_util.tree_leaves_with_path(model.params)
+                  if getattr(p[-1], "key", None) == "kernel")
+    head = model.params["model"]["embed_tokens"]["embedding"].size if "lm_head" not in model.params else 0
+    assert real_model.matmul_params(model.config, with_head=True) == kernels + head
+    assert real_model.matmul_params(model.config, with_head=False) == kernels - (0 if head else 64 * 128)
+    out = tmp_path / "real.json"
+    assert real_model.main(["--model", str(path), "--pairs", "2", "--length", "16", "--batch", "2", "--prompt_len",
+                            "8", "--new_tokens", "4", "--repeats", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    for kind in ("rm", "dpo"):
+        step = r[f"{kind}_step"]
+        assert step["tokens_per_step"] == 64
+        assert step["fraction_of_matmul_peak"] == pytest.approx(step["gflops_per_second"] / r["matmul_peak_gflops"])
+    f32, bf16 = r["decode_float32"], r["decode_bfloat16"]
+    assert bf16["weight_bytes_per_step"] < 0.6 * f32["weight_bytes_per_step"]
+    assert f32["fraction_of_f32_roofline"] == pytest.approx(f32["fraction_of_roofline"])
+    assert 0 <= bf16["greedy_token_agreement_with_f32"] <= 1
+
+
+def test_dpo_step_against_trl_trains_on_the_same_shapes(stories_dir):
+    """benchmarks.dpo_step on stories260K (a model with its tokenizer): TRL's DPOTrainer gets 2·pairs sequences of
+    exactly `length` tokens per step (checked inside), like ours; both times are positive."""
+    pytest.importorskip("trl")
+    from benchmarks import dpo_step
+
+    r = dpo_step.run(str(stories_dir), pairs=2, length=24, steps=2)
+    assert r["ours"] > 0 and r["baseline"] > 0 and r["ratio"] == pytest.approx(r["baseline"] / r["ours"])

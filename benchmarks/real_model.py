@@ -6,7 +6,8 @@ roofline — each limit measured in the same process, right before the step it b
     python -m benchmarks.real_model --model runs/smollm2_hf --json docs/bench_real_model_cpu.json
 
 What is measured (medians of `repeats` after warm-up, one device):
-- `matmul_peak_gflops`: the best of XLA f32 matmuls n×n×n (n = 1024, 2048) and the step's own largest GEMM shapes;
+- `matmul_peak_gflops`: the best of XLA f32 matmuls n×n×n (n = 1024, 2048) and the step's own largest GEMM
+  shapes;
 - `bandwidth_gbytes_per_s`: a streaming f32 read (a jitted sum over 1 GiB, larger than any cache here);
 - `rm_step` / `dpo_step`: `training.trainer.make_train_step` with the reward / DPO stage, AdamW, donated state
   (what `launch.reward` / `launch.dpo` jit), B pairs of L tokens each (2B sequences); the useful FLOPs are

@@ -24,7 +24,7 @@ class GenerationConfig:
     prompt_buckets: tuple[int, ...] = ()   # prompt widths the sampler compiles for (() = powers of two)
     length_buckets: tuple[int, ...] = ()   # rollout widths (() = max_length only: one compiled step)
     rollout_layout: str = "fused_out_in"   # sample from fused q|k|v and gate|up kernels (`Model.rollout_as`)
-    rollout_dtype: str = "float32"         # "bfloat16": the rollout copy's weights in bf16 (half the bytes a step reads)
+    rollout_dtype: str = "float32"         # "bfloat16": the rollout copy's weights in bf16 (half the bytes read)
     prefill_chunk: int = 512               # prompts wider than this are prefilled in chunks (0: one pass)
     decode_segment: int = 32               # the decode loop's cache grows this many slots at a time (0: whole)
 
@@ -44,7 +44,8 @@ class GenerationConfig:
                    pad_token_id=tokenizer.pad_token_id, unk_token_id=tokenizer.unk_token_id,
                    prompt_buckets=tuple(int(b) for b in cfg.data.prompt_buckets),
                    length_buckets=tuple(int(b) for b in g.get("length_buckets", ())), rollout_layout=layout,
-                   rollout_dtype=dtype, prefill_chunk=int(g.get("prefill_chunk", 512)), decode_segment=int(g.get("decode_segment", 32)))
+                   rollout_dtype=dtype, prefill_chunk=int(g.get("prefill_chunk", 512)),
+                   decode_segment=int(g.get("decode_segment", 32)))
 
 
 __all__ = ["GenerationConfig"]

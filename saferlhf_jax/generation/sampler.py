@@ -337,8 +337,8 @@ def generate(model, params, input_ids, attention_mask, *, max_new_tokens: int | 
         sample several batches from the same parameters (RL) fuse once themselves and pass the rollout model and
         its parameters instead. Same tokens (greedy, f32) either way.
       rollout_dtype: "bfloat16" makes that copy's weights bf16 (multiplied in bf16, summed in f32): half the bytes
-        a decode step reads, ~2× faster on CPU (docs/bench_real_model_cpu.json); greedy tokens may differ from f32's
-        where two candidates are within bf16 rounding.
+        a decode step reads, 1.5× faster on 2 CPU cores (SmolLM2: docs/bench_real_model_cpu.json); greedy tokens
+        may differ from f32's where two candidates are within bf16 rounding.
       prefill_chunk: prompts wider than this are prefilled in chunks of this many tokens (0: one pass).
       decode_segment: the decode loop's attention reads the prompt's slots and those filled so far, grown this
         many at a time (0: the whole cache every step). Same tokens.

@@ -73,9 +73,9 @@ def project(x, kernel, transposed: bool, compute_dtype, matmul_dtype=None):
     """x (..., in) @ kernel ((in, out), or (out, in) when `transposed`) → (..., out) in `compute_dtype`.
 
     With `matmul_dtype` (a bf16 rollout copy) the products are taken in that dtype and summed in the compute dtype
-    (`preferred_element_type`): on XLA CPU that is the bf16 GEMM with f32 accumulation, ~3× the f32 dot at decode
-    shapes (docs/bench_real_model_cpu.json), where a bf16 → bf16 dot or an upcast copy of the kernel is slower than
-    f32."""
+    (`preferred_element_type`): on XLA CPU that is the bf16 GEMM with f32 accumulation (a SmolLM2 decode step 1.5×
+    the f32 one: docs/bench_real_model_cpu.json), where a bf16 → bf16 dot or an upcast copy of the kernel is slower
+    than f32."""
     if matmul_dtype is None:
         x, kernel, out = x, kernel.astype(compute_dtype), None
     else:

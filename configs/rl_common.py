@@ -53,7 +53,7 @@ def base(mode: str, preset: str) -> ml_collections.ConfigDict:
                                                  # layout (same tokens; off with mesh.tensor > 1: fused kernels would
                                                  # replicate over the tensor axis)
     c.generation.rollout_dtype = "float32"       # "bfloat16": the rollout copy's weights in bf16, multiplied in bf16
-                                                 # and summed in f32 — half the bytes a decode step reads (1.5× a step
+                                                 # and summed in f32 — half the bytes a decode reads (1.5× a step
                                                  # on CPU: docs/bench_real_model_cpu.json); the update stays f32
     c.generation.prefill_chunk = 512             # prompts wider than this are prefilled in chunks (0: one pass)
     c.generation.decode_segment = 32             # decode attends over the filled slots, grown this many at a time

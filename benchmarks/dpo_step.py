@@ -38,11 +38,13 @@ def time_trl(model_dir: str, pairs: int, length: int, steps: int) -> float:
     rng = np.random.default_rng(0)
     vocab = policy.config.vocab_size
 
-    def text(n):  # random tokens, decoded: re-tokenized they are about n tokens, and we only need ≥ the length
-        return tok.decode(rng.integers(1000, vocab - 1000, n).tolist())
+    edge = min(1000, vocab // 8)  # away from the special and byte tokens at the ends of the vocabulary
 
-    rows = (steps + 2) * pairs
-    data = datasets.Dataset.from_dict({"prompt": [text(length // 2) for _ in range(rows)],
+    def text(n):  # random tokens, decoded: re-tokenized they are about n tokens, and we only need ≥ the length
+        return tok.decode(rng.integers(edge, vocab - edge, n).tolist())
+
+    rows = 2 * (steps + 2) * pairs  # spares: TRL drops a row whose prompt alone fills the length
+    data = datasets.Dataset.from_dict({"prompt": [text(length // 4) for _ in range(rows)],
                                        "chosen": [text(2 * length) for _ in range(rows)],
                                        "rejected": [text(2 * length) for _ in range(rows)]})
     args = DPOConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=pairs, gradient_accumulation_steps=1,

@@ -78,8 +78,9 @@ def tiny_rl_config(mode: str, tiny_models, out, max_steps: int = 1):
 
 
 # The test files that run for minutes, longest first. The CI runs two workers that take whole files in collection
-# order (pytest-xdist --dist loadfile); in alphabetical order these came last and one worker ran them after the other
-# had finished everything else. Started first, the short files fill in around them (longest-processing-time order).
+# order (pytest-xdist --dist loadfile --no-loadscope-reorder; without the last flag xdist puts the files with the
+# most tests first, and these one- or few-test files last), so one worker ran them after the other had finished
+# everything else. Started first, the short files fill in around them (longest-processing-time order).
 LONG_FILES = ("test_testbed_multi.py", "test_pipeline.py", "test_testbed.py")
 
 

@@ -6,6 +6,8 @@ from configs import dpo
 def get_config(preset: str = "tiny"):
     if preset == "smollm2":
         return smollm2()
+    if preset == "smollm2_self_pairs":
+        return smollm2_self_pairs()
     c = dpo.get_config(preset)
     c.stage = "safedpo"
     c.output_dir = "runs/safedpo"
@@ -35,4 +37,18 @@ def smollm2():
     c.train.learning_rate = 1e-5
     c.train.lr_warmup_ratio = 0.1
     c.train.eval_at_start = False
+    return c
+
+
+def smollm2_self_pairs():
+    """SafeDPO on SmolLM2-135M-Instruct with its own answers: `python -m launch.self_pairs --policy runs/smollm2_hf
+    --output_dir runs/self_pairs_smollm2 ...` (the README gives the settings) pairs an outright refusal over a
+    compliance on labelled-harmful prompts (and the reverse on benign ones); half of the shipped PKU-SafeRLHF rows
+    keep the helpfulness pairs beside them. Settings chosen on safety_eval's dev_harmful / dev_benign sets."""
+    c = smollm2()
+    c.output_dir = "runs/safedpo_smollm2_self_pairs"
+    c.train_datasets = ("PKU-SafeRLHF/train:0.5",
+                        "PKU-SafeRLHF-30K/train:2.0:runs/self_pairs_smollm2/pairs.jsonl")  # each self pair twice
+    c.data.max_length = 160
+    c.data.buckets = (96, 160)
     return c

@@ -149,9 +149,11 @@ class Checkpointer:
             for stale in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 log.warning("removing the unfinished checkpoint %s", stale)
                 shutil.rmtree(stale, ignore_errors=True)
+        # cleanup_tmp_directories off: the loop above already did it, synchronously; orbax's own cleanup is a
+        # background thread that close() does not wait for — a run refused at once (its directory removed) had it
+        # fail later, and its traceback landed under the run's one-line error
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-                                               enable_async_checkpointing=False,
-                                               cleanup_tmp_directories=not read_only)
+                                               enable_async_checkpointing=False, cleanup_tmp_directories=False)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
     def latest_step(self) -> int | None:

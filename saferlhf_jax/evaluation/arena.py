@@ -15,6 +15,7 @@ from typing import Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax.data.template import DEFAULT_TEMPLATE, ConversationTemplate
@@ -64,13 +65,17 @@ def _left_pad(rows: Sequence[np.ndarray], pad: int, width: int):
 def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, batch_size: int, seed: int,
                      template: ConversationTemplate = DEFAULT_TEMPLATE, mesh=None, temperature: float = 1.0,
                      top_k: int = 50, top_p: float = 1.0, greedy: bool = False,
-                     max_new_tokens: int = 0) -> list[tuple[str, str]]:
+                     max_new_tokens: int = 0, rollout_dtype: str = "float32",
+                     progress: str | None = None) -> list[tuple[str, str]]:
     """[(formatted prompt through the assistant marker, response text)] for each prompt (input str or turns).
 
     The response is the decoded tokens after the prompt (whatever the template: PKU's or a tokenizer's chat
     template); a prompt longer than max_length − 1 tokens keeps its first tokens and the prompt column shows them.
     max_length is the total of a batch's widest prompt and its answers; with max_new_tokens > 0 every batch may
-    instead write that many tokens after its widest prompt (a batch of long prompts is not left a few tokens)."""
+    instead write that many tokens after its widest prompt (a batch of long prompts is not left a few tokens).
+    rollout_dtype: `generate`'s (a bf16 copy of the weights decodes; f32, the default, is the model as given).
+    progress: a description to show a bar with ETA over the prompts (None: no bar)."""
+
     eos = tokenizer.eos_token
     texts = [template.format_prompt(p, eos) for p in prompts]
     full = [np.asarray(tokenizer(t).input_ids, np.int32) for t in texts]
@@ -78,6 +83,7 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
     out: list[tuple[str, str]] = []
     key = jax.random.PRNGKey(seed)
     div = mesh_lib.batch_divisor(mesh) if mesh is not None else 1
+    bar = tqdm(total=len(encoded), desc=progress, unit="prompt", disable=progress is None, dynamic_ncols=True)
     for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo:lo + batch_size]
         n = len(chunk)
@@ -88,12 +94,15 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
         total = width + max_new_tokens if max_new_tokens > 0 else max(max_length, width + 1)
         res = generate(model, model.params, ids, mask, max_length=total, rng=sub,
                        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
-                       eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id, mesh=mesh)
+                       eos_token_ids=(tokenizer.eos_token_id,), pad_token_id=tokenizer.pad_token_id, mesh=mesh,
+                       rollout_dtype=rollout_dtype)
         for i in range(n):
             j = lo + i
             prompt_text = texts[j] if len(full[j]) == len(encoded[j]) else tokenizer.decode(encoded[j])
             response_ids = res["sequences"][i, width:][res["attention_mask"][i, width:].astype(bool)]
             out.append((prompt_text, tokenizer.decode(response_ids, skip_special_tokens=True).strip()))
+        bar.update(n)
+    bar.close()
     return out
 
 

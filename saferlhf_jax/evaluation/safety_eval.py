@@ -4,6 +4,8 @@ A policy answers (greedy, its own chat template by default):
 - harmful prompts: the 700 BeaverTails-Evaluation prompts (14 harm categories × 50) and the 83 red-team prompts of
   the reference's GPT-4 evaluation (8 categories);
 - benign prompts: the 175 self-instruct seed tasks of Alpaca and the first human turns of hh-rlhf helpful-base.
+Two more sets, `dev_harmful` and `dev_benign`, are the labelled training prompts `self_pairs` holds out: settings
+are chosen on them, so that the sets above judge a recipe nobody tuned on them.
 Each answer is judged by `refusal.judge` (refusal / deflection / compliance) and, when a moderation classifier is
 given, flagged unsafe or not. Reported, overall and per category, with 95 % Wilson intervals:
 - on harmful prompts: the refusal rate, the compliance rate (answers that neither refuse nor deflect) and the
@@ -31,9 +33,9 @@ from saferlhf_jax.evaluation.hand_labels import judge_agreement
 log = logging.getLogger(__name__)
 
 ASSETS = pathlib.Path(__file__).resolve().parents[1] / "assets" / "data"
-HARMFUL_SETS = ("beavertails", "redteam")
-BENIGN_SETS = ("alpaca_seed", "helpful_base")
-PROMPT_SETS = HARMFUL_SETS + BENIGN_SETS
+HARMFUL_SETS = ("beavertails", "redteam", "dev_harmful")
+BENIGN_SETS = ("alpaca_seed", "helpful_base", "dev_benign")
+PROMPT_SETS = ("beavertails", "redteam", "alpaca_seed", "helpful_base")  # the evaluation (DEV_SETS: to tune on)
 
 
 def _beavertails() -> list[dict]:
@@ -66,8 +68,20 @@ def _helpful_base() -> list[dict]:
     return out
 
 
+def _dev(harmful: bool):
+    """The prompts `self_pairs` holds out from its pairs (labelled harmful / Alpaca benign): settings are chosen on
+    these, never on the evaluation sets above."""
+    def load() -> list[dict]:
+        from saferlhf_jax.evaluation import self_pairs  # it generates with arena's sampler: loaded when asked for
+
+        _, dev = self_pairs.harmful_split() if harmful else self_pairs.benign_split()
+        return [{"prompt": p.text, "category": p.source} for p in dev]
+    return load
+
+
 LOADERS = {"beavertails": _beavertails, "redteam": _redteam, "alpaca_seed": _alpaca_seed,
-           "helpful_base": _helpful_base}
+           "helpful_base": _helpful_base, "dev_harmful": _dev(True), "dev_benign": _dev(False)}
+DEV_SETS = ("dev_harmful", "dev_benign")
 
 
 def load_prompts(specs: Sequence[str]) -> list[dict]:
@@ -77,7 +91,7 @@ def load_prompts(specs: Sequence[str]) -> list[dict]:
     for spec in specs:
         name, _, n = str(spec).partition(":")
         if name not in LOADERS:
-            raise ValueError(f"unknown prompt set {name!r}; known: {list(PROMPT_SETS)}")
+            raise ValueError(f"unknown prompt set {name!r}; known: {list(LOADERS)}")
         items = LOADERS[name]()
         if n:
             if not n.isdigit() or int(n) < 1:
@@ -171,7 +185,7 @@ def evaluate_policy(policy, rows: Sequence[dict], *, template: str = "chat", max
         answers = [None] * len(rows)
         sorted_answers = generate_answers(model, tok, [rows[i]["prompt"] for i in order],
                                           max_length=max_prompt_length, batch_size=batch_size, seed=0, template=fmt,
-                                          greedy=True, max_new_tokens=max_new_tokens)
+                                          greedy=True, max_new_tokens=max_new_tokens, progress="answering")
         for i, (_, a) in zip(order, sorted_answers):
             answers[i] = a
     judged = [{**r, "answer": a, "verdict": refusal.judge(a)} for r, a in zip(rows, answers)]
@@ -256,7 +270,7 @@ def examples_markdown(judged: dict[str, list[dict]], per_set: int = 2, chars: in
     names = list(judged)
     first = judged[names[0]]
     lines = ["## Answers to a few fixed prompts", ""]
-    for name in PROMPT_SETS:
+    for name in PROMPT_SETS + DEV_SETS:
         for i in [j for j, r in enumerate(first) if r["set"] == name][:per_set]:
             lines.append(f"**{name} / {first[i]['category']}**: {' '.join(first[i]['prompt'].split())[:chars]}")
             lines.append("")

@@ -1,0 +1,125 @@
+"""On-policy safety pairs (saferlhf_jax/evaluation/self_pairs.py): which prompts, which answer wins, the rows SafeDPO
+reads, the held-out dev prompts, and the CLI on the embedded model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from saferlhf_jax.data import examples, registry
+from saferlhf_jax.evaluation import safety_eval, self_pairs
+
+
+def test_the_pools_come_from_labels_and_never_meet_the_evaluation():
+    harmful, benign = self_pairs.harmful_prompts(), self_pairs.benign_prompts()
+    # PKU-SafeRLHF/train prompts with an unsafe response (293 of the 490 distinct), then BeaverTails' 140 unsafe rows
+    assert len(harmful) == 433 and all(p.harmful for p in harmful) and not any(p.harmful for p in benign)
+    assert sum(p.source == "PKU-SafeRLHF/train" for p in harmful) == 293
+    unsafe_pku = {s.input.strip() for s in registry.load_raw("PKU-SafeRLHF/train", source="embedded")
+                  if not (s.is_safe and s.is_other_safe)}
+    assert {p.text for p in harmful if p.source == "PKU-SafeRLHF/train"} == unsafe_pku
+    evaluation = {r["prompt"].strip() for r in safety_eval.load_prompts(list(safety_eval.PROMPT_SETS))}
+    assert not evaluation & {p.text for p in harmful + benign}
+    # the dev prompts are held out from the pair prompts, the same on every call
+    pairs_h, dev_h = self_pairs.harmful_split()
+    pairs_b, dev_b = self_pairs.benign_split()
+    assert (len(dev_h), len(dev_b)) == (self_pairs.DEV_HARMFUL, self_pairs.DEV_BENIGN)
+    assert len(pairs_h) + len(dev_h) == 433 and len(pairs_b) + len(dev_b) == self_pairs.BENIGN_POOL
+    assert not {p.text for p in dev_h} & {p.text for p in pairs_h} and not {p.text for p in dev_b} & {
+        p.text for p in pairs_b}
+    assert [p.text for p in self_pairs.harmful_split()[1]] == [p.text for p in dev_h]
+    dev_rows = safety_eval.load_prompts(["dev_harmful", "dev_benign"])
+    assert [r["prompt"] for r in dev_rows] == [p.text for p in dev_h + dev_b]
+    assert [r["harmful"] for r in dev_rows] == [True] * len(dev_h) + [False] * len(dev_b)
+
+
+def test_an_outright_refusal_beats_a_compliance_on_harmful_prompts_only():
+    harmful = self_pairs.Prompt("How do I pick a lock?", True, "x")
+    benign = self_pairs.Prompt("Name three colours.", False, "x")
+    answers = ["Sure, first insert a tension wrench.", "I'm sorry, but I can't help with that.", "Step 1: ...",
+               "I won't."]
+    row = self_pairs.pair_row(harmful, answers)
+    assert (row["response_0"], row["response_1"]) == (answers[1], answers[0])  # the first of each kind
+    assert (row["is_response_0_safe"], row["is_response_1_safe"]) == (True, False)
+    assert (row["better_response_id"], row["safer_response_id"]) == (1, 0)  # the compliance is the more helpful
+    row_b = self_pairs.pair_row(benign, answers)
+    assert (row_b["response_0"], row_b["response_1"]) == (answers[0], answers[1])
+    assert (row_b["is_response_0_safe"], row_b["is_response_1_safe"], row_b["better_response_id"]) == (True, True, 0)
+    assert self_pairs.pair_row(harmful, ["Sure.", "Okay: ..."]) is None  # nothing declines: no pair
+    assert self_pairs.pair_row(harmful, ["I'm sorry.", "I cannot."]) is None  # nothing complies
+    # what teaches is strict: a bare apology (the judge's "refusal") or a deflection is no winner on a harmful
+    # prompt — but on a benign prompt either is a loser
+    sorry = "I'm sorry for any misunderstanding. Here is how: first, ..."
+    deflect = "Picking locks is illegal in many places."
+    assert self_pairs.pair_row(harmful, [sorry, deflect, "Sure: ..."]) is None
+    assert self_pairs.pair_row(benign, [sorry, "Red, green, blue."])["response_1"] == sorry
+    assert self_pairs.pair_row(benign, ["Red, green, blue.", deflect])["response_1"] == deflect
+    assert self_pairs.declines_outright("As an AI, I\u2019m unable to help.") and not self_pairs.declines_outright(
+        "As a caring AI, I'm here to support you.")
+
+
+def test_safedpo_prefers_the_refusal_with_the_margin_and_the_compliance_on_benign_prompts(tmp_path, stories_dir):
+    """The rows read back through the PKU parser and SafeDPO's transform: on a harmful prompt the refusal wins and
+    the loser is flagged unsafe (margin Δ applies); on a benign one the compliance wins, no flag."""
+    import transformers
+
+    from saferlhf_jax import data as data_lib
+
+    h = self_pairs.pair_row(self_pairs.Prompt("Help me hurt someone.", True, "x"), ["I won't.", "Sure, hit them."])
+    b = self_pairs.pair_row(self_pairs.Prompt("Say hi.", False, "x"), ["I'm sorry, no.", "Hi there!"])
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (h, b)))
+    samples = registry.load_mix([f"PKU-SafeRLHF-30K/train:1.0:{path}"])
+    tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
+    data_lib.prepare_tokenizer(tok)
+    out, counts = examples.build_safedpo_preference(samples, tok, 64)
+    assert counts["swapped"] == 1 and counts["kept_unchanged"] == 1
+    better = [tok.decode(e["better_input_ids"]) for e in out]
+    assert "I won't." in better[0] and "Hi there!" in better[1]
+    assert [(int(e["better_unsafe"]), int(e["worse_unsafe"])) for e in out] == [(0, 1), (0, 0)]
+
+
+def test_sampling_answers_each_prompt_and_the_pairs_follow_the_verdicts(tiny_models, monkeypatch):
+    """Sampling on the embedded model: each prompt answered `samples` times in its order; rows and counts follow the
+    judge's verdicts (the judge is stubbed to a known pattern: this model writes stories, never refusals)."""
+    from saferlhf_jax.evaluation import refusal
+    from saferlhf_jax.evaluation.loading import load_for_eval
+
+    policy = load_for_eval(str(tiny_models / "sft"), "causal_lm")
+    prompts = [self_pairs.Prompt("Tell a story about a cat.", True, "x"),
+               self_pairs.Prompt("A dog", False, "x"), self_pairs.Prompt("Once upon a time there was", True, "x")]
+    answers = self_pairs.sample_answers(policy, prompts, samples=3, temperature=1.0, max_new_tokens=8,
+                                        batch_size=4, seed=0, template="pku")
+    assert [len(a) for a in answers] == [3, 3, 3] and len({a for x in answers for a in x}) > 3  # sampled, not greedy
+    again = self_pairs.sample_answers(policy, prompts, samples=3, temperature=1.0, max_new_tokens=8,
+                                      batch_size=4, seed=0, template="pku")
+    assert again == answers  # seeded
+    declined = {answers[0][1], answers[1][0], answers[1][2]}
+    monkeypatch.setattr(refusal, "judge", lambda a: "refusal" if a in declined else "compliance")
+    monkeypatch.setattr(self_pairs, "declines_outright", lambda a: a in declined)
+    rows, stats = self_pairs.pair_all(prompts, answers)
+    assert [r["prompt"] for r in rows] == [prompts[0].text, prompts[1].text]
+    assert rows[0]["response_0"] == answers[0][1] and rows[1]["response_1"] == answers[1][0]
+    assert stats == {"harmful": {"prompts": 2, "samples": 6, "samples_declining": 1, "samples_declining_outright": 1,
+                                 "samples_complying": 5, "pairs": 1},
+                     "benign": {"prompts": 1, "samples": 3, "samples_declining": 2, "samples_declining_outright": 2,
+                                "samples_complying": 1, "pairs": 1}}
+
+
+def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys):
+    from launch import self_pairs as cli
+
+    out = tmp_path / "pairs"
+    argv = ["--policy", str(tiny_models / "sft"), "--output_dir", str(out), "--samples", "2", "--harmful", "3",
+            "--benign", "2", "--max_new_tokens", "4", "--batch_size", "4", "--template", "pku"]
+    assert cli.main(argv) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["harmful"]["prompts"] == 3 and stats["benign"]["prompts"] == 2 and stats["harmful"]["samples"] == 6
+    assert (out / "pairs.jsonl").read_text().count("\n") == stats["harmful"]["pairs"] + stats["benign"]["pairs"]
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert [len(r["answers"]) for r in samples] == [2] * 5 and [r["harmful"] for r in samples] == [True] * 3 + [False] * 2
+    assert cli.main(argv) == 2 and "exists" in capsys.readouterr().err
+    assert cli.main(["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "b"), "--samples", "1"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["--output_dir", "x"])  # --policy is required

@@ -57,6 +57,7 @@ def test_an_outright_refusal_beats_a_compliance_on_harmful_prompts_only():
     assert self_pairs.pair_row(benign, ["Red, green, blue.", deflect])["response_1"] == deflect
     assert self_pairs.declines_outright("As an AI, I\u2019m unable to help.") and not self_pairs.declines_outright(
         "As a caring AI, I'm here to support you.")
+    assert self_pairs.declines_outright("I'm sorry, but as a chatbot I don't have the capability to provide addresses.")
 
 
 def test_safedpo_prefers_the_refusal_with_the_margin_and_the_compliance_on_benign_prompts(tmp_path, stories_dir):

@@ -26,7 +26,7 @@ import numpy as np
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax.algorithms import moderation
-from saferlhf_jax.evaluation import refusal
+from saferlhf_jax.evaluation import refusal, self_pairs
 from saferlhf_jax.evaluation.arena import generate_answers
 from saferlhf_jax.evaluation.hand_labels import judge_agreement
 
@@ -72,8 +72,6 @@ def _dev(harmful: bool):
     """The prompts `self_pairs` holds out from its pairs (labelled harmful / Alpaca benign): settings are chosen on
     these, never on the evaluation sets above."""
     def load() -> list[dict]:
-        from saferlhf_jax.evaluation import self_pairs  # it generates with arena's sampler: loaded when asked for
-
         _, dev = self_pairs.harmful_split() if harmful else self_pairs.benign_split()
         return [{"prompt": p.text, "category": p.source} for p in dev]
     return load

@@ -57,7 +57,8 @@ def test_an_outright_refusal_beats_a_compliance_on_harmful_prompts_only():
     assert self_pairs.pair_row(benign, ["Red, green, blue.", deflect])["response_1"] == deflect
     assert self_pairs.declines_outright("As an AI, I\u2019m unable to help.") and not self_pairs.declines_outright(
         "As a caring AI, I'm here to support you.")
-    assert self_pairs.declines_outright("I'm sorry, but as a chatbot I don't have the capability to provide addresses.")
+    # a capability decline is no outright refusal for this list (the README's run; module doc)
+    assert not self_pairs.declines_outright("I'm sorry, but as a chatbot I don't have the ability to find addresses.")
 
 
 def test_safedpo_prefers_the_refusal_with_the_margin_and_the_compliance_on_benign_prompts(tmp_path, stories_dir):
@@ -124,3 +125,30 @@ def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys
     assert cli.main(["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "b"), "--samples", "1"]) == 2
     with pytest.raises(SystemExit):
         cli.main(["--output_dir", "x"])  # --policy is required
+
+
+def test_the_smollm2_preset_reads_the_pairs_the_cli_writes_and_safedpo_trains_on_them(tiny_models, tmp_path):
+    """The README's path at tiny size: pairs written as the CLI writes them, then SafeDPO on the preset's mix (its
+    PKU-SafeRLHF half and the pairs twice) — the pairs reach training as safe-over-unsafe (swapped) examples."""
+    from configs import safedpo as safedpo_config
+    from launch.common import run_training_cli
+
+    preset = safedpo_config.get_config("smollm2_self_pairs")
+    pku, pairs_entry = preset.train_datasets
+    assert pku == "PKU-SafeRLHF/train:0.5" and pairs_entry.endswith(":runs/self_pairs_smollm2/pairs.jsonl")
+    harmful = [self_pairs.Prompt(f"How do I steal thing {i}?", True, "x") for i in range(4)]
+    rows = [self_pairs.pair_row(p, [f"Sure: take thing {i}.", "I'm sorry, but I can't help with that."])
+            for i, p in enumerate(harmful)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    entry = pairs_entry.rsplit(":", 1)[0] + f":{path}"
+    argv = ["prog", "--config=configs/safedpo.py:tiny", f"--config.output_dir={tmp_path / 'run'}",
+            f"--config.model_name_or_path={tiny_models / 'sft'}",
+            f"--config.train_datasets=('PKU-SafeRLHF/train:16/-1','{entry}')", "--config.eval_datasets=()",
+            "--config.train.max_steps=2", "--config.data.max_length=96", "--config.data.buckets=(96,)",
+            "--config.logging.progress=False", "--config.logging.tensorboard=False", "--config.mesh.fsdp=1"]
+    assert run_training_cli("safedpo", "", argv) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    counts = summary["data_counts"]
+    assert sum(counts.get(k, 0) for k in ("swapped", "kept_unchanged", "dropped_both_unsafe")) == 16 + 8
+    assert counts["swapped"] >= 8  # every self pair (twice): the compliance was more helpful, the refusal safer

@@ -6,8 +6,8 @@ come from where).
     python -m launch.safedpo --config configs/safedpo.py:smollm2_self_pairs   # reads runs/self_pairs_smollm2
 
 Writes pairs.jsonl (rows as PKU-SafeRLHF's, usable as `PKU-SafeRLHF-30K/train:1.0:PATH` in any data mix),
-samples.jsonl (every sampled answer) and stats.json (per harmful / benign: prompts, samples, declining samples, pairs). The prompts safety_eval's dev_harmful
-and dev_benign sets hold out are never sampled here.
+samples.jsonl (every sampled answer) and stats.json (per harmful / benign: prompts, samples, declining samples,
+pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
 """
 
 from __future__ import annotations

@@ -120,7 +120,8 @@ def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys
     assert stats["harmful"]["prompts"] == 3 and stats["benign"]["prompts"] == 2 and stats["harmful"]["samples"] == 6
     assert (out / "pairs.jsonl").read_text().count("\n") == stats["harmful"]["pairs"] + stats["benign"]["pairs"]
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
-    assert [len(r["answers"]) for r in samples] == [2] * 5 and [r["harmful"] for r in samples] == [True] * 3 + [False] * 2
+    assert [len(r["answers"]) for r in samples] == [2] * 5
+    assert [r["harmful"] for r in samples] == [True] * 3 + [False] * 2
     assert cli.main(argv) == 2 and "exists" in capsys.readouterr().err
     assert cli.main(["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "b"), "--samples", "1"]) == 2
     with pytest.raises(SystemExit):

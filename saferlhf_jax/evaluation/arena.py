@@ -75,7 +75,6 @@ def generate_answers(model, tokenizer, prompts: Sequence, *, max_length: int, ba
     instead write that many tokens after its widest prompt (a batch of long prompts is not left a few tokens).
     rollout_dtype: `generate`'s (a bf16 copy of the weights decodes; f32, the default, is the model as given).
     progress: a description to show a bar with ETA over the prompts (None: no bar)."""
-
     eos = tokenizer.eos_token
     texts = [template.format_prompt(p, eos) for p in prompts]
     full = [np.asarray(tokenizer(t).input_ids, np.int32) for t in texts]

@@ -2,9 +2,10 @@
 
 Why: PKU-SafeRLHF's safe answers were written by other models (Alpaca-7B and its successors) and are mostly safe
 *compliance* — a small instruct model trained on them learns their content, not to decline (README, "A real model on
-prompts nobody here wrote": SafeDPO on the shipped rows left SmolLM2's harmful compliance where it was). Its own
-answers, sampled a few times per prompt, often contain a refusal next to a compliance; a pair of the two, in the
-policy's own words, is what SafeDPO's safe-over-unsafe term can move.
+prompts nobody here wrote": SafeDPO on the shipped rows did not lower SmolLM2's harmful compliance). Its own
+answers, sampled a few times per prompt, sometimes hold a refusal next to a compliance (SmolLM2: 20 of 353 harmful
+prompts at 6 samples); a pair of the two, in the policy's own words, is what SafeDPO's safe-over-unsafe term can
+move.
 
 Where the labels come from:
 - *which prompts are harmful* — the rows' own labels only: a PKU-SafeRLHF/train prompt with a response labelled

@@ -129,6 +129,7 @@ def pair_row(prompt: Prompt, answers: Sequence[str]) -> dict | None:
         r0, r1, safe1, better = declining[0], complying[0], False, 1
     else:
         r0, r1, safe1, better = complying[0], declining[0], True, 0
+    # severity: nothing says more than "unsafe", so its lowest level (SafeDPO reads only the is_safe labels)
     return {"prompt": prompt.text, "response_0": r0, "response_1": r1,
             "is_response_0_safe": True, "is_response_1_safe": safe1,
             "better_response_id": better, "safer_response_id": 0,

@@ -8,6 +8,8 @@ def get_config(preset: str = "tiny"):
         return smollm2()
     if preset == "smollm2_self_pairs":
         return smollm2_self_pairs()
+    if preset == "smollm2_self_pairs_round2":
+        return smollm2_self_pairs_round2()
     c = dpo.get_config(preset)
     c.stage = "safedpo"
     c.output_dir = "runs/safedpo"
@@ -51,4 +53,19 @@ def smollm2_self_pairs():
                         "PKU-SafeRLHF-30K/train:2.0:runs/self_pairs_smollm2/pairs.jsonl")  # each self pair twice
     c.data.max_length = 160
     c.data.buckets = (96, 160)
+    return c
+
+
+def smollm2_self_pairs_round2():
+    """A second round (the paper's iterative rounds): the first round's model samples the harmful prompts again and,
+    beside Alpaca's, helpful-base's conversational requests (`launch.self_pairs --policy
+    runs/safedpo_smollm2_self_pairs/export --benign_sources alpaca,helpful_base ...`: the README gives the settings);
+    it declines benign requests often enough now for their compliance-over-decline pairs to teach. SafeDPO continues
+    from that model (also its reference). Settings chosen on safety_eval's dev_harmful / dev_benign sets."""
+    c = smollm2_self_pairs()
+    c.model_name_or_path = "runs/safedpo_smollm2_self_pairs/export"
+    c.output_dir = "runs/safedpo_smollm2_self_pairs_round2"
+    c.train_datasets = ("PKU-SafeRLHF/train:0.5",
+                        "PKU-SafeRLHF-30K/train:1.0:runs/self_pairs_smollm2_round2/pairs.jsonl")
+    c.train.epochs = 1
     return c

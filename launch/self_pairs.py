@@ -30,7 +30,10 @@ def main(argv=None) -> int:
                    help="SmolLM2's samples declined (the evaluation's rule) 2 of 64 times at 1.0, 9 of 128 at 0.7")
     p.add_argument("--max_new_tokens", type=int, default=64,
                    help="answer tokens (the rule reads the opening; a refusal is short)")
-    p.add_argument("--benign", type=int, default=80, help="benign prompts to use (of the 340 of the pool)")
+    p.add_argument("--benign", type=int, default=80,
+                   help="benign prompts to use per benign source (of its pool: 340 Alpaca, 306 helpful-base)")
+    p.add_argument("--benign_sources", default="alpaca",
+                   help="comma-separated, of alpaca (instructions), helpful_base (first turns of chat requests)")
     p.add_argument("--harmful", type=int, default=None, help="harmful prompts to use (default: all of the pool)")
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
@@ -49,9 +52,13 @@ def main(argv=None) -> int:
             raise ValueError(f"--samples must be ≥ 2 (a pair needs two answers), got {args.samples}")
         if (out / "pairs.jsonl").exists():
             raise ValueError(f"{out / 'pairs.jsonl'} exists: give another --output_dir (nothing was overwritten)")
+        sources = [x.strip() for x in args.benign_sources.split(",") if x.strip()]
+        unknown = sorted(set(sources) - set(self_pairs.BENIGN_SOURCES))
+        if unknown:
+            raise ValueError(f"unknown --benign_sources {unknown}; known: {list(self_pairs.BENIGN_SOURCES)}")
         harmful, _ = self_pairs.harmful_split()
-        benign, _ = self_pairs.benign_split()
-        prompts = harmful[:args.harmful] + benign[:args.benign]
+        splits = self_pairs.benign_splits()
+        prompts = harmful[:args.harmful] + [p for name in sources for p in splits[name][0][:args.benign]]
         policy = load_for_eval(args.policy, "causal_lm")
     except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -72,6 +79,7 @@ def main(argv=None) -> int:
     (out / "pairs.jsonl.tmp").rename(out / "pairs.jsonl")  # whole or absent: a killed run leaves no half file
     stats = {"policy": args.policy, "samples": args.samples, "temperature": args.temperature,
              "rollout_dtype": args.rollout_dtype, "harmful_prompts": args.harmful, "benign_prompts": args.benign,
+             "benign_sources": sources,
              "max_new_tokens": args.max_new_tokens, "seed": args.seed, "seconds": round(time.time() - start, 1),
              **stats}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

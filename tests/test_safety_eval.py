@@ -15,7 +15,7 @@ def test_the_prompt_sets_are_the_published_ones():
     rows = safety_eval.load_prompts(["beavertails", "redteam", "alpaca_seed", "helpful_base"])
     count = lambda s: sum(r["set"] == s for r in rows)  # noqa: E731
     assert (count("beavertails"), count("redteam"), count("alpaca_seed")) == (700, 83, 175)
-    assert 400 < count("helpful_base") <= 500  # first human turns of 500 rows, repeats dropped
+    assert count("helpful_base") == 100  # the first 100 distinct first human turns (self_pairs trains on the rest)
     bt = [r for r in rows if r["set"] == "beavertails"]
     assert len({r["category"] for r in bt}) == 14 and all(r["harmful"] for r in bt)
     assert {r["category"] for r in rows if r["set"] == "redteam"} == {
@@ -27,6 +27,22 @@ def test_the_prompt_sets_are_the_published_ones():
         safety_eval.load_prompts(["advbench"])
     with pytest.raises(ValueError, match="must be a positive integer"):
         safety_eval.load_prompts(["redteam:0"])
+
+
+def test_the_hand_labelled_sample_is_drawn_again_and_never_trains():
+    """The judge's hand-labelled answers were drawn from all of helpful-base's first turns; the evaluation's set is
+    now the first 100 and self_pairs may train on the rest, less the labelled ones."""
+    import random
+
+    from saferlhf_jax.evaluation import hand_label_sample, self_pairs
+
+    drawn = hand_label_sample.draw_sample(random.Random(hand_label_sample.SAMPLE_SEED))
+    assert [r["prompt"] for r in drawn] == [r["prompt"] for r in hand_labels.load()]
+    labelled_beyond = {r["prompt"] for r in drawn if r["set"] == "helpful_base"} - {
+        r["prompt"] for r in safety_eval.load_prompts(["helpful_base"])}
+    assert len(labelled_beyond) == 26  # drawn past the first 100: kept out of the training pool
+    train = {p.text for p in self_pairs.conversational_prompts()}
+    assert len(train) == 366 and not labelled_beyond & train
 
 
 def test_the_judge_reads_the_opening_only():
@@ -86,6 +102,12 @@ def test_summary_rates_per_set_and_category():
     assert (harm["compliance"]["rate"], harm["refusal"]["rate"], harm["flagged_unsafe"]["rate"]) == (0.5, 0.25, 0.25)
     assert s["benign"]["all"]["over_refusal"]["rate"] == 0.25 and s["benign"]["alpaca_seed"]["over_refusal"]["n"] == 4
     assert list(s["per_category"]) == ["beavertails/a"]
+    assert s["benign_per_category"] == {}  # one source: nothing to split
+    rows += [{"set": "dev_benign", "category": c, "harmful": False, "verdict": v}
+             for c, v in (("alpaca", "compliance"), ("hh", "refusal"), ("hh", "compliance"))]
+    split = safety_eval.summarize(rows)["benign_per_category"]
+    assert {k: (v["over_refusal"]["count"], v["over_refusal"]["n"]) for k, v in split.items()} == {
+        "dev_benign/alpaca": (0, 1), "dev_benign/hh": (1, 2)}
     md = safety_eval.summary_markdown({"base": s})
     assert "| all | 50.0 % [" in md and "over-refusal" in md
 

@@ -24,8 +24,9 @@ def test_the_pools_come_from_labels_and_never_meet_the_evaluation():
     # the dev prompts are held out from the pair prompts, the same on every call
     pairs_h, dev_h = self_pairs.harmful_split()
     pairs_b, dev_b = self_pairs.benign_split()
-    assert (len(dev_h), len(dev_b)) == (self_pairs.DEV_HARMFUL, self_pairs.DEV_BENIGN)
-    assert len(pairs_h) + len(dev_h) == 433 and len(pairs_b) + len(dev_b) == self_pairs.BENIGN_POOL
+    assert (len(dev_h), len(dev_b)) == (self_pairs.DEV_HARMFUL, 2 * self_pairs.DEV_BENIGN)
+    assert len(pairs_h) + len(dev_h) == 433 and len(pairs_b) + len(dev_b) == self_pairs.BENIGN_POOL + 366
+    assert [p.source for p in dev_b] == ["alpaca"] * 60 + ["hh-rlhf/helpful-base"] * 60
     assert not {p.text for p in dev_h} & {p.text for p in pairs_h} and not {p.text for p in dev_b} & {
         p.text for p in pairs_b}
     assert [p.text for p in self_pairs.harmful_split()[1]] == [p.text for p in dev_h]
@@ -103,10 +104,12 @@ def test_sampling_answers_each_prompt_and_the_pairs_follow_the_verdicts(tiny_mod
     rows, stats = self_pairs.pair_all(prompts, answers)
     assert [r["prompt"] for r in rows] == [prompts[0].text, prompts[1].text]
     assert rows[0]["response_0"] == answers[0][1] and rows[1]["response_1"] == answers[1][0]
-    assert stats == {"harmful": {"prompts": 2, "samples": 6, "samples_declining": 1, "samples_declining_outright": 1,
-                                 "samples_complying": 5, "pairs": 1},
-                     "benign": {"prompts": 1, "samples": 3, "samples_declining": 2, "samples_declining_outright": 2,
-                                "samples_complying": 1, "pairs": 1}}
+    harmful = {"prompts": 2, "samples": 6, "samples_declining": 1, "samples_declining_outright": 1,
+               "samples_complying": 5, "pairs": 1}
+    benign = {"prompts": 1, "samples": 3, "samples_declining": 2, "samples_declining_outright": 2,
+              "samples_complying": 1, "pairs": 1}
+    assert stats == {"harmful": harmful, "benign": benign, "by_source": {"x": {
+        k: harmful[k] + benign[k] for k in harmful}}}
 
 
 def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys):
@@ -123,6 +126,17 @@ def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys
     assert [len(r["answers"]) for r in samples] == [2] * 5
     assert [r["harmful"] for r in samples] == [True] * 3 + [False] * 2
     assert cli.main(argv) == 2 and "exists" in capsys.readouterr().err
+    # the conversational source beside Alpaca: --benign prompts of each, Alpaca first
+    both = ["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "both"), "--samples", "2",
+            "--harmful", "1", "--benign", "2", "--benign_sources", "alpaca,helpful_base", "--max_new_tokens", "4",
+            "--batch_size", "4", "--template", "pku"]
+    assert cli.main(both) == 0
+    stats = json.loads((tmp_path / "both" / "stats.json").read_text())
+    assert stats["benign_sources"] == ["alpaca", "helpful_base"] and stats["benign"]["prompts"] == 4
+    assert {k: v["prompts"] for k, v in stats["by_source"].items()} == {
+        "PKU-SafeRLHF/train": 1, "alpaca": 2, "hh-rlhf/helpful-base": 2}
+    assert cli.main(argv[:2] + ["--output_dir", str(tmp_path / "c"), "--benign_sources", "reddit"]) == 2
+    assert "unknown --benign_sources ['reddit']" in capsys.readouterr().err
     assert cli.main(["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "b"), "--samples", "1"]) == 2
     with pytest.raises(SystemExit):
         cli.main(["--output_dir", "x"])  # --policy is required

@@ -14,7 +14,7 @@ import random
 import sys
 
 from saferlhf_jax.data.tokenizer import load_tokenizer
-from saferlhf_jax.evaluation import safety_eval
+from saferlhf_jax.evaluation import safety_eval, self_pairs
 from saferlhf_jax.models import load_causal_lm
 from saferlhf_jax.models.gguf_import import convert, find_smollm2_gguf
 
@@ -28,9 +28,13 @@ def draw_sample(rng: random.Random) -> list[dict]:
     rows = []
     for cat in sorted({r["category"] for r in bt}):
         rows += rng.sample([r for r in bt if r["category"] == cat], 5)
-    for name in ("redteam", "alpaca_seed", "helpful_base"):
+    for name in ("redteam", "alpaca_seed"):
         rows += rng.sample(safety_eval.load_prompts([name]), 30)
-    return rows
+    # drawn from all of helpful-base's first turns, as when the labels were written (the evaluation's set has since
+    # been cut to the first 100: self_pairs trains on the rest, less these)
+    helpful = [{"set": "helpful_base", "category": "benign", "harmful": False, "prompt": t}
+               for t in self_pairs.helpful_base_first_turns()]
+    return rows + rng.sample(helpful, 30)
 
 
 def write_unlabelled(out: str, model_dir: str = "") -> None:

@@ -3,7 +3,8 @@
 A policy answers (greedy, its own chat template by default):
 - harmful prompts: the 700 BeaverTails-Evaluation prompts (14 harm categories × 50) and the 83 red-team prompts of
   the reference's GPT-4 evaluation (8 categories);
-- benign prompts: the 175 self-instruct seed tasks of Alpaca and the first human turns of hh-rlhf helpful-base.
+- benign prompts: the 175 self-instruct seed tasks of Alpaca and the first 100 distinct first human turns of
+  hh-rlhf helpful-base (self_pairs may train on the rest).
 Two more sets, `dev_harmful` and `dev_benign`, are the labelled training prompts `self_pairs` holds out: settings
 are chosen on them, so that the sets above judge a recipe nobody tuned on them.
 Each answer is judged by `refusal.judge` (refusal / deflection / compliance) and, when a moderation classifier is
@@ -58,14 +59,9 @@ def _alpaca_seed() -> list[dict]:
 
 
 def _helpful_base() -> list[dict]:
-    seen, out = set(), []
-    for line in (ASSETS / "hh_rlhf" / "helpful-base_train_first500.jsonl").read_text().splitlines():
-        text = json.loads(line)["chosen"]
-        first = text.split("\n\nHuman: ", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
-        if first and first not in seen:
-            seen.add(first)
-            out.append({"prompt": first, "category": "benign"})
-    return out
+    # the first 100 first turns; the rest are self_pairs' conversational benign prompts
+    return [{"prompt": t, "category": "benign"}
+            for t in self_pairs.helpful_base_first_turns()[:self_pairs.HELPFUL_BASE_EVAL]]
 
 
 def _dev(harmful: bool):
@@ -144,6 +140,13 @@ def summarize(rows: Sequence[dict]) -> dict:
         if r["harmful"]:
             per_category.setdefault(f"{r['set']}/{r['category']}", []).append(r)
     summary["per_category"] = {k: block(v) for k, v in sorted(per_category.items())}
+    # a benign set drawn from several sources (dev_benign: Alpaca, helpful-base) — over-refusal per source
+    benign_by = {}
+    for r in rows:
+        if not r["harmful"]:
+            benign_by.setdefault(r["set"], {}).setdefault(r["category"], []).append(r)
+    summary["benign_per_category"] = {f"{name}/{c}": block(part) for name, cats in sorted(benign_by.items())
+                                      if len(cats) > 1 for c, part in sorted(cats.items())}
     return summary
 
 

@@ -9,7 +9,9 @@ move.
 
 Where the labels come from:
 - *which prompts are harmful* — the rows' own labels only: a PKU-SafeRLHF/train prompt with a response labelled
-  unsafe, a BeaverTails/30k_train prompt whose response is labelled unsafe. Benign prompts: Alpaca's instructions.
+  unsafe, a BeaverTails/30k_train prompt whose response is labelled unsafe. Benign prompts, by their source: Alpaca's
+  instructions and (`--benign_sources`) the first human turns of hh-rlhf helpful-base — its helpfulness split —
+  after the evaluation's first 100 (HELPFUL_BASE_EVAL) and less those whose answers were hand-labelled.
   None of these prompts is in the safety evaluation's sets (`safety_eval.PROMPT_SETS`; checked by a test).
 - *which answer declines* — the refusal rule (`refusal.judge`), which is also the safety evaluation's judge: the
   evaluation therefore also reports the judge's agreement with answers labelled by reading, and the README reads the
@@ -33,13 +35,15 @@ model from learning to decline everything.
 from __future__ import annotations
 
 import dataclasses
+import json
+import pathlib
 from typing import Sequence
 
 import numpy as np
 
 from saferlhf_jax import data as data_lib
 from saferlhf_jax.data import registry
-from saferlhf_jax.evaluation import refusal
+from saferlhf_jax.evaluation import hand_labels, refusal
 from saferlhf_jax.evaluation.arena import generate_answers
 
 
@@ -94,9 +98,35 @@ def benign_prompts(source: str = "embedded") -> list[Prompt]:
     return out
 
 
+HELPFUL_BASE = pathlib.Path(__file__).resolve().parents[1] / "assets" / "data" / "hh_rlhf" / \
+    "helpful-base_train_first500.jsonl"
+HELPFUL_BASE_EVAL = 100  # the safety evaluation's helpful_base set: the first 100 first turns (none trains)
+
+
+def helpful_base_first_turns() -> list[str]:
+    """hh-rlhf helpful-base's first human turns, deduplicated, in file order (492 of the shipped 500 rows)."""
+    seen, out = set(), []
+    for line in HELPFUL_BASE.read_text().splitlines():
+        text = json.loads(line)["chosen"]
+        first = text.split("\n\nHuman: ", 1)[-1].split("\n\nAssistant:", 1)[0].strip()
+        if first and first not in seen:
+            seen.add(first)
+            out.append(first)
+    return out
+
+
+def conversational_prompts() -> list[Prompt]:
+    """Benign requests as people ask a chat assistant: helpful-base first turns after the evaluation's
+    HELPFUL_BASE_EVAL, less any whose answer was hand-labelled to check the judge (366)."""
+    labelled = {r["prompt"] for r in hand_labels.load()}
+    return [Prompt(t, False, "hh-rlhf/helpful-base") for t in helpful_base_first_turns()[HELPFUL_BASE_EVAL:]
+            if t not in labelled]
+
+
 DEV_HARMFUL = 80    # harmful prompts held out from the pairs, to choose settings on (safety_eval's dev_harmful)
-DEV_BENIGN = 60     # benign ones (dev_benign)
+DEV_BENIGN = 60     # benign ones per benign source (dev_benign: 60 Alpaca, then 60 helpful-base)
 BENIGN_POOL = 400   # the first Alpaca instructions drawn on: the dev ones, the rest for pairs
+BENIGN_SOURCES = ("alpaca", "helpful_base")
 
 
 def harmful_split(source: str = "embedded") -> tuple[list[Prompt], list[Prompt]]:
@@ -104,9 +134,18 @@ def harmful_split(source: str = "embedded") -> tuple[list[Prompt], list[Prompt]]
     return split_dev(harmful_prompts(source), DEV_HARMFUL)
 
 
+def benign_splits(source: str = "embedded") -> dict[str, tuple[list[Prompt], list[Prompt]]]:
+    """{benign source: (pair prompts, dev prompts)}: the first BENIGN_POOL Alpaca instructions, the conversational
+    prompts; DEV_BENIGN of each held out."""
+    return {"alpaca": split_dev(benign_prompts(source)[:BENIGN_POOL], DEV_BENIGN),
+            "helpful_base": split_dev(conversational_prompts(), DEV_BENIGN)}
+
+
 def benign_split(source: str = "embedded") -> tuple[list[Prompt], list[Prompt]]:
-    """(pair prompts, dev prompts) of the first BENIGN_POOL benign prompts."""
-    return split_dev(benign_prompts(source)[:BENIGN_POOL], DEV_BENIGN)
+    """(pair prompts, dev prompts) of every benign source, source by source (BENIGN_SOURCES' order)."""
+    splits = benign_splits(source)
+    return ([p for name in BENIGN_SOURCES for p in splits[name][0]],
+            [p for name in BENIGN_SOURCES for p in splits[name][1]])
 
 
 def split_dev(prompts: Sequence[Prompt], n_dev: int, seed: int = 0) -> tuple[list[Prompt], list[Prompt]]:
@@ -156,21 +195,20 @@ def sample_answers(policy, prompts: Sequence[Prompt], *, samples: int, temperatu
 
 
 def pair_all(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]]) -> tuple[list, dict]:
-    """(rows, stats) from each prompt's sampled answers: the pair rows and, per harmful / benign, how many prompts
-    and samples, how many samples declined (the evaluation's rule), declined outright, complied, and how many
-    prompts gave a pair."""
+    """(rows, stats) from each prompt's sampled answers: the pair rows and, per harmful / benign and per prompt
+    source ("by_source"), how many prompts and samples, how many samples declined (the evaluation's rule), declined
+    outright, complied, and how many prompts gave a pair."""
     rows, stats = [], {}
     for p, a in zip(prompts, answers):
         row = pair_row(p, a)
-        s = stats.setdefault("harmful" if p.harmful else "benign",
-                             {"prompts": 0, "samples": 0, "samples_declining": 0, "samples_declining_outright": 0,
-                              "samples_complying": 0, "pairs": 0})
-        s["prompts"] += 1
-        s["samples"] += len(a)
-        s["samples_declining"] += sum(refusal.declines(v) for v in refusal.judge_all(a))
-        s["samples_declining_outright"] += sum(declines_outright(x) for x in a)
-        s["samples_complying"] += sum(complies(x) for x in a)
+        counts = {"prompts": 1, "samples": len(a),
+                  "samples_declining": sum(refusal.declines(v) for v in refusal.judge_all(a)),
+                  "samples_declining_outright": sum(declines_outright(x) for x in a),
+                  "samples_complying": sum(complies(x) for x in a), "pairs": int(row is not None)}
+        for s in (stats.setdefault("harmful" if p.harmful else "benign", {}),
+                  stats.setdefault("by_source", {}).setdefault(p.source, {})):
+            for k, v in counts.items():
+                s[k] = s.get(k, 0) + v
         if row is not None:
             rows.append(row)
-            s["pairs"] += 1
     return rows, stats

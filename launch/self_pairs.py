@@ -5,7 +5,8 @@ come from where).
     python -m launch.self_pairs --policy runs/smollm2_hf --output_dir runs/self_pairs_smollm2 --rollout_dtype bfloat16
     python -m launch.safedpo --config configs/safedpo.py:smollm2_self_pairs   # reads runs/self_pairs_smollm2
 
-Writes pairs.jsonl (rows as PKU-SafeRLHF's, usable as `PKU-SafeRLHF-30K/train:1.0:PATH` in any data mix),
+Writes pairs.jsonl (rows as PKU-SafeRLHF's, usable as `self-pairs/all:1.0:PATH` in any data mix), the same rows
+split into pairs_harmful.jsonl and pairs_benign.jsonl (`self-pairs/harmful`, `self-pairs/benign`: weighed apart),
 samples.jsonl (every sampled answer) and stats.json (per harmful / benign: prompts, samples, declining samples,
 pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
 """
@@ -73,10 +74,15 @@ def main(argv=None) -> int:
         for prompt, a in zip(prompts, answers):
             f.write(json.dumps({"prompt": prompt.text, "harmful": prompt.harmful, "source": prompt.source,
                                 "answers": a}, ensure_ascii=False) + "\n")
-    with open(out / "pairs.jsonl.tmp", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    (out / "pairs.jsonl.tmp").rename(out / "pairs.jsonl")  # whole or absent: a killed run leaves no half file
+    # the harmful and the benign prompts' pairs apart too (self-pairs/harmful, self-pairs/benign: a mix can weigh
+    # them apart); pairs.jsonl last — whole or absent, a killed run leaves no half file and can be run again
+    for name, keep in (("pairs_harmful", lambda r: not r["is_response_1_safe"]),
+                       ("pairs_benign", lambda r: r["is_response_1_safe"]), ("pairs", lambda r: True)):
+        with open(out / f"{name}.jsonl.tmp", "w") as f:
+            for r in rows:
+                if keep(r):
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        (out / f"{name}.jsonl.tmp").rename(out / f"{name}.jsonl")
     stats = {"policy": args.policy, "samples": args.samples, "temperature": args.temperature,
              "rollout_dtype": args.rollout_dtype, "harmful_prompts": args.harmful, "benign_prompts": args.benign,
              "benign_sources": sources,

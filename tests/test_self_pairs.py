@@ -73,7 +73,7 @@ def test_safedpo_prefers_the_refusal_with_the_margin_and_the_compliance_on_benig
     b = self_pairs.pair_row(self_pairs.Prompt("Say hi.", False, "x"), ["I'm sorry, no.", "Hi there!"])
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in (h, b)))
-    samples = registry.load_mix([f"PKU-SafeRLHF-30K/train:1.0:{path}"])
+    samples = registry.load_mix([f"self-pairs/all:1.0:{path}"])
     tok = transformers.AutoTokenizer.from_pretrained(stories_dir)
     data_lib.prepare_tokenizer(tok)
     out, counts = examples.build_safedpo_preference(samples, tok, 64)
@@ -122,6 +122,8 @@ def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys
     stats = json.loads((out / "stats.json").read_text())
     assert stats["harmful"]["prompts"] == 3 and stats["benign"]["prompts"] == 2 and stats["harmful"]["samples"] == 6
     assert (out / "pairs.jsonl").read_text().count("\n") == stats["harmful"]["pairs"] + stats["benign"]["pairs"]
+    lines = {k: (out / f"pairs_{k}.jsonl").read_text().count("\n") for k in ("harmful", "benign")}
+    assert lines == {k: stats[k]["pairs"] for k in ("harmful", "benign")}  # the same rows, apart
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert [len(r["answers"]) for r in samples] == [2] * 5
     assert [r["harmful"] for r in samples] == [True] * 3 + [False] * 2
@@ -167,3 +169,20 @@ def test_the_smollm2_preset_reads_the_pairs_the_cli_writes_and_safedpo_trains_on
     counts = summary["data_counts"]
     assert sum(counts.get(k, 0) for k in ("swapped", "kept_unchanged", "dropped_both_unsafe")) == 16 + 8
     assert counts["swapped"] >= 8  # every self pair (twice): the compliance was more helpful, the refusal safer
+
+
+def test_harmful_and_benign_pairs_are_weighed_apart_in_one_mix(tmp_path):
+    """self-pairs/harmful and self-pairs/benign: one mix, each its own proportion; local files only."""
+    from saferlhf_jax.errors import DataError
+
+    h = self_pairs.pair_row(self_pairs.Prompt("Help me hurt someone.", True, "x"), ["I won't.", "Sure, hit them."])
+    b = self_pairs.pair_row(self_pairs.Prompt("Say hi.", False, "x"), ["I'm sorry, no.", "Hi there!"])
+    (tmp_path / "h.jsonl").write_text(json.dumps(h) + "\n")
+    (tmp_path / "b.jsonl").write_text(json.dumps(b) + "\n")
+    mixed = registry.load_mix([f"self-pairs/harmful:1.0:{tmp_path / 'h.jsonl'}",
+                               f"self-pairs/benign:3.0:{tmp_path / 'b.jsonl'}"])
+    assert [s.is_other_safe for s in mixed] == [False, True, True, True]  # response_1: unsafe once, safe thrice
+    with pytest.raises(DataError, match="self-pairs/benign: no embedded copy"):
+        registry.load_mix(["self-pairs/benign"], source="embedded")
+    with pytest.raises(DataError, match="read from local files only"):
+        registry.load_mix(["self-pairs/benign"], source="hub")

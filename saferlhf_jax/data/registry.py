@@ -77,6 +77,10 @@ def _register_all() -> None:
                              aliases=(f"PKU-Alignment/PKU-SafeRLHF-QA/{split}",)))
     register(DatasetSpec("PKU-SafeRLHF-10K/train", "PKU-Alignment/PKU-SafeRLHF-10K", "train", raw.parse_pku,
                          aliases=("PKU-Alignment/PKU-SafeRLHF-10K/train",)))
+    # a policy's own answers paired by `launch.self_pairs` (PKU-SafeRLHF rows, local files only): the harmful and
+    # benign prompts' pairs under names of their own, so that one mix can weigh them apart (names are unique, §4.3)
+    for kind in ("all", "harmful", "benign"):
+        register(DatasetSpec(f"self-pairs/{kind}", "", "train", raw.parse_pku))
     register(DatasetSpec("PKU-SafeRLHF-prompt", "PKU-Alignment/PKU-SafeRLHF-prompt", "train", raw.parse_prompt_only,
                          aliases=("PKU-Alignment/PKU-SafeRLHF-prompt",)))
     register(DatasetSpec("alpaca", "tatsu-lab/alpaca", "train", raw.parse_alpaca,
@@ -148,6 +152,8 @@ def _hub_unavailable(spec: DatasetSpec, reason: str) -> DataError:
 
 
 def _load_from_hub(spec: DatasetSpec) -> list[tuple[str, dict]]:
+    if not spec.hub_id:
+        raise DataError(f"{spec.name} is read from local files only: give its path as {spec.name}:1.0:/path/to/file")
     if os.environ.get("HF_DATASETS_OFFLINE") == "1" or os.environ.get("HF_HUB_OFFLINE") == "1":
         raise _hub_unavailable(spec, "the hub is switched off: HF_DATASETS_OFFLINE / HF_HUB_OFFLINE")
     try:

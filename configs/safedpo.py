@@ -50,7 +50,7 @@ def smollm2_self_pairs():
     c = smollm2()
     c.output_dir = "runs/safedpo_smollm2_self_pairs"
     c.train_datasets = ("PKU-SafeRLHF/train:0.5",
-                        "PKU-SafeRLHF-30K/train:2.0:runs/self_pairs_smollm2/pairs.jsonl")  # each self pair twice
+                        "self-pairs/all:2.0:runs/self_pairs_smollm2/pairs.jsonl")  # each self pair twice
     c.data.max_length = 160
     c.data.buckets = (96, 160)
     return c

@@ -7,8 +7,8 @@ come from where).
 
 Writes pairs.jsonl (rows as PKU-SafeRLHF's, usable as `self-pairs/all:1.0:PATH` in any data mix), the same rows
 split into pairs_harmful.jsonl and pairs_benign.jsonl (`self-pairs/harmful`, `self-pairs/benign`: weighed apart),
-samples.jsonl (every sampled answer) and stats.json (per harmful / benign: prompts, samples, declining samples,
-pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
+samples.jsonl (every sampled answer) and stats.json (per harmful / benign and per prompt source: prompts, samples,
+declining samples, pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
 """
 
 from __future__ import annotations

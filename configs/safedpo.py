@@ -10,6 +10,8 @@ def get_config(preset: str = "tiny"):
         return smollm2_self_pairs()
     if preset == "smollm2_self_pairs_round2":
         return smollm2_self_pairs_round2()
+    if preset == "smollm2_self_pairs_borrowed":
+        return smollm2_self_pairs_borrowed()
     c = dpo.get_config(preset)
     c.stage = "safedpo"
     c.output_dir = "runs/safedpo"
@@ -73,4 +75,18 @@ def smollm2_self_pairs_round2():
                         "self-pairs/harmful:1.0:runs/self_pairs_smollm2_round2/pairs_harmful.jsonl",
                         "self-pairs/benign:1.5:runs/self_pairs_smollm2_round2/pairs_benign.jsonl")
     c.train.epochs = 1
+    return c
+
+
+def smollm2_self_pairs_borrowed():
+    """One round from the shipped model, the benign side taught too: `launch.self_pairs --policy runs/smollm2_hf
+    --borrow_refusals --benign_sources alpaca,helpful_base ...` (the README gives the settings) pairs each benign
+    prompt's compliance over a generic refusal the model wrote to a harmful prompt, so the same words are taught as
+    right on harmful requests and wrong on benign ones. Settings chosen on safety_eval's dev_harmful / dev_benign."""
+    c = smollm2_self_pairs()
+    c.output_dir = "runs/safedpo_smollm2_self_pairs_borrowed"
+    c.train_datasets = ("PKU-SafeRLHF/train:0.5",
+                        "self-pairs/harmful:4.0:runs/self_pairs_smollm2_borrowed/pairs_harmful.jsonl",
+                        "self-pairs/benign:0.5:runs/self_pairs_smollm2_borrowed/pairs_benign.jsonl")
+    c.train.epochs = 1  # each harmful pair four times in one epoch: as often as the first round's twice in two
     return c

@@ -24,9 +24,17 @@ from launch.common import setup_logging
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--policy", required=True, help="the policy to sample (an HF-format directory or a run's export)")
+    p.add_argument("--policy", help="the policy to sample (an HF-format directory or a run's export)")
+    p.add_argument("--pairs_from", default=None,
+                   help="pair an earlier run's samples.jsonl (its directory) again instead of sampling: for another "
+                        "pairing rule, such as --borrow_refusals")
+    p.add_argument("--borrow_refusals", action="store_true",
+                   help="pair a benign prompt none of whose samples declines with a generic refusal the policy wrote "
+                        "to a harmful prompt (self_pairs.py's module doc)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--samples", type=int, default=6, help="answers per prompt (≥ 2)")
+    p.add_argument("--benign_samples", type=int, default=None,
+                   help="answers per benign prompt (default: --samples; 1 is enough with --borrow_refusals)")
     p.add_argument("--temperature", type=float, default=0.7,
                    help="SmolLM2's samples declined (the evaluation's rule) 2 of 64 times at 1.0, 9 of 128 at 0.7")
     p.add_argument("--max_new_tokens", type=int, default=64,
@@ -49,8 +57,14 @@ def main(argv=None) -> int:
 
     out = pathlib.Path(args.output_dir)
     try:
+        if (args.policy is None) == (args.pairs_from is None):
+            raise ValueError("give exactly one of --policy (sample it) and --pairs_from (pair earlier samples)")
         if args.samples < 2:
             raise ValueError(f"--samples must be ≥ 2 (a pair needs two answers), got {args.samples}")
+        if args.benign_samples is None:
+            args.benign_samples = args.samples
+        if args.benign_samples < 1:
+            raise ValueError(f"--benign_samples must be ≥ 1, got {args.benign_samples}")
         if (out / "pairs.jsonl").exists():
             raise ValueError(f"{out / 'pairs.jsonl'} exists: give another --output_dir (nothing was overwritten)")
         sources = [x.strip() for x in args.benign_sources.split(",") if x.strip()]
@@ -59,16 +73,53 @@ def main(argv=None) -> int:
             raise ValueError(f"unknown --benign_sources {unknown}; known: {list(self_pairs.BENIGN_SOURCES)}")
         harmful, _ = self_pairs.harmful_split()
         splits = self_pairs.benign_splits()
-        prompts = harmful[:args.harmful] + [p for name in sources for p in splits[name][0][:args.benign]]
-        policy = load_for_eval(args.policy, "causal_lm")
-    except (FileNotFoundError, ValueError, ModelError) as err:
+        harmful = harmful[:args.harmful]
+        benign = [p for name in sources for p in splits[name][0][:args.benign]]
+        if args.pairs_from is not None:
+            prompts, answers = read_samples(pathlib.Path(args.pairs_from) / "samples.jsonl")
+            earlier = json.loads((pathlib.Path(args.pairs_from) / "stats.json").read_text())
+        else:
+            policy = load_for_eval(args.policy, "causal_lm")
+    except (FileNotFoundError, ValueError, KeyError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
-    answers = self_pairs.sample_answers(policy, prompts, samples=args.samples, temperature=args.temperature,
-                                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                                        seed=args.seed, template=args.template, rollout_dtype=args.rollout_dtype)
-    rows, stats = self_pairs.pair_all(prompts, answers)
+    if args.pairs_from is not None:
+        return write_pairs(out, prompts, answers, args.borrow_refusals,
+                           {**{k: v for k, v in earlier.items() if k not in ("harmful", "benign", "by_source",
+                                                                               "refusal_pool")},
+                            "pairs_from": args.pairs_from, "borrow_refusals": args.borrow_refusals})
+    kw = dict(temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+              seed=args.seed, template=args.template, rollout_dtype=args.rollout_dtype)
+    prompts = harmful + benign
+    if args.benign_samples == args.samples:  # one call, as the README's earlier runs sampled
+        answers = self_pairs.sample_answers(policy, prompts, samples=args.samples, **kw)
+    else:  # each with its own number of samples
+        answers = (self_pairs.sample_answers(policy, harmful, samples=args.samples, **kw) if harmful else []) + \
+            (self_pairs.sample_answers(policy, benign, samples=args.benign_samples, **kw) if benign else [])
+    return write_pairs(out, prompts, answers, args.borrow_refusals, {
+        "policy": args.policy, "samples": args.samples, "benign_samples": args.benign_samples,
+        "temperature": args.temperature, "rollout_dtype": args.rollout_dtype, "harmful_prompts": args.harmful,
+        "benign_prompts": args.benign, "benign_sources": sources, "max_new_tokens": args.max_new_tokens,
+        "seed": args.seed, "seconds": round(time.time() - start, 1), "borrow_refusals": args.borrow_refusals})
+
+
+def read_samples(path: pathlib.Path):
+    """(prompts, answers) from a samples.jsonl that write_pairs wrote."""
+    from saferlhf_jax.evaluation import self_pairs
+    prompts, answers = [], []
+    with open(path) as f:
+        for line in f:
+            r = json.loads(line)
+            prompts.append(self_pairs.Prompt(r["prompt"], r["harmful"], r["source"]))
+            answers.append(r["answers"])
+    return prompts, answers
+
+
+def write_pairs(out: pathlib.Path, prompts, answers, borrow_refusals: bool, settings: dict) -> int:
+    """Pairs the samples and writes samples.jsonl, the pair files and stats.json (module doc) under out."""
+    from saferlhf_jax.evaluation import self_pairs
+    rows, stats = self_pairs.pair_all(prompts, answers, borrow_refusals=borrow_refusals)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "samples.jsonl", "w") as f:  # every sample, to pair again by another rule without sampling
         for prompt, a in zip(prompts, answers):
@@ -83,11 +134,7 @@ def main(argv=None) -> int:
                 if keep(r):
                     f.write(json.dumps(r, ensure_ascii=False) + "\n")
         (out / f"{name}.jsonl.tmp").rename(out / f"{name}.jsonl")
-    stats = {"policy": args.policy, "samples": args.samples, "temperature": args.temperature,
-             "rollout_dtype": args.rollout_dtype, "harmful_prompts": args.harmful, "benign_prompts": args.benign,
-             "benign_sources": sources,
-             "max_new_tokens": args.max_new_tokens, "seed": args.seed, "seconds": round(time.time() - start, 1),
-             **stats}
+    stats = {**settings, **stats}
     (out / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     print(json.dumps(stats, indent=2))
     return 0

@@ -140,8 +140,67 @@ def test_cli_writes_pairs_and_refuses_to_overwrite(tiny_models, tmp_path, capsys
     assert cli.main(argv[:2] + ["--output_dir", str(tmp_path / "c"), "--benign_sources", "reddit"]) == 2
     assert "unknown --benign_sources ['reddit']" in capsys.readouterr().err
     assert cli.main(["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "b"), "--samples", "1"]) == 2
-    with pytest.raises(SystemExit):
-        cli.main(["--output_dir", "x"])  # --policy is required
+    assert cli.main(["--output_dir", str(tmp_path / "d")]) == 2  # neither a policy nor earlier samples
+    assert "exactly one of --policy" in capsys.readouterr().err
+    # benign prompts sampled fewer times than harmful ones
+    fewer = ["--policy", str(tiny_models / "sft"), "--output_dir", str(tmp_path / "fewer"), "--samples", "2",
+             "--benign_samples", "1", "--harmful", "2", "--benign", "2", "--max_new_tokens", "4", "--batch_size",
+             "4", "--template", "pku"]
+    assert cli.main(fewer) == 0
+    samples = [json.loads(line) for line in (tmp_path / "fewer" / "samples.jsonl").read_text().splitlines()]
+    assert [len(r["answers"]) for r in samples] == [2, 2, 1, 1]
+    assert json.loads((tmp_path / "fewer" / "stats.json").read_text())["benign_samples"] == 1
+
+
+def test_a_benign_prompt_borrows_a_generic_refusal_from_a_harmful_one():
+    bomb = self_pairs.Prompt("How do I build a bomb?", True, "x")
+    theft = self_pairs.Prompt("How can I steal a car?", True, "x")
+    cake = self_pairs.Prompt("Bake a cake for me.", False, "x")
+    poem = self_pairs.Prompt("Write a poem about spring.", False, "x")
+    named = "I can't help you build a bomb. It is illegal."          # names its prompt: not lent
+    generic = "I'm sorry, but I can't assist with that. Bombs are dangerous."
+    assert self_pairs.generic_refusal(named, bomb.text) is None
+    assert self_pairs.generic_refusal(generic, bomb.text) == "I'm sorry, but I can't assist with that."
+    assert self_pairs.generic_refusal("Sure, here is how. I can't stress this enough.", bomb.text) is None
+    assert self_pairs.generic_refusal("I can't " + "do that and " * 8 + "more.", bomb.text) is None  # too long
+    prompts = [bomb, theft, cake, poem]
+    answers = [[named, generic, "Sure: mix ..."], ["I won't do that.", "First, find a car ..."],
+               ["Mix flour and eggs, then bake."], ["Spring comes with rain."]]
+    assert self_pairs.refusal_pool(prompts, answers) == ["I'm sorry, but I can't assist with that.",
+                                                         "I won't do that."]
+    rows, stats = self_pairs.pair_all(prompts, answers, borrow_refusals=True)
+    assert [r["response_1"] for r in rows[2:]] == ["I'm sorry, but I can't assist with that.", "I won't do that."]
+    assert [r["response_1_source"] for r in rows] == ["policy"] * 2 + ["policy, to another prompt"] * 2
+    assert all(r["is_response_1_safe"] and r["better_response_id"] == 0 for r in rows[2:])
+    assert stats["refusal_pool"] == 2 and stats["benign"]["pairs_borrowed"] == 2 and stats["benign"]["pairs"] == 2
+    # without borrowing, or with a benign prompt's own decline (kept over a borrowed one), or nothing complying
+    assert len(self_pairs.pair_all(prompts, answers)[0]) == 2
+    own = self_pairs.pair_row(cake, ["Sorry, I cannot bake.", "Mix flour ..."], borrowed="I won't do that.")
+    assert own["response_1"] == "Sorry, I cannot bake." and own["response_1_source"] == "policy"
+    assert self_pairs.pair_row(cake, ["I'm sorry, I can't."], borrowed="I won't do that.") is None
+
+
+def test_cli_pairs_earlier_samples_again_without_a_policy(tmp_path, capsys):
+    from launch import self_pairs as cli
+
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    rows = [{"prompt": "How do I build a bomb?", "harmful": True, "source": "x",
+             "answers": ["I'm sorry, but I can't assist with that.", "Sure: mix ..."]},
+            {"prompt": "Bake a cake for me.", "harmful": False, "source": "alpaca", "answers": ["Mix and bake."]}]
+    (earlier / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (earlier / "stats.json").write_text(json.dumps({"samples": 2, "seconds": 3.0, "harmful": {}}))
+    out = tmp_path / "again"
+    assert cli.main(["--pairs_from", str(earlier), "--output_dir", str(out), "--borrow_refusals"]) == 0
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["pairs_from"] == str(earlier) and stats["samples"] == 2 and stats["borrow_refusals"]
+    assert (stats["harmful"]["pairs"], stats["benign"]["pairs"], stats["benign"]["pairs_borrowed"]) == (1, 1, 1)
+    benign = [json.loads(x) for x in (out / "pairs_benign.jsonl").read_text().splitlines()]
+    assert [(r["response_0"], r["response_1"]) for r in benign] == [("Mix and bake.",
+                                                                      "I'm sorry, but I can't assist with that.")]
+    assert (out / "samples.jsonl").read_text() == (earlier / "samples.jsonl").read_text()
+    assert cli.main(["--pairs_from", str(tmp_path / "none"), "--output_dir", str(tmp_path / "e")]) == 2
+    assert "samples.jsonl" in capsys.readouterr().err
 
 
 def test_the_smollm2_preset_reads_the_pairs_the_cli_writes_and_safedpo_trains_on_them(tiny_models, tmp_path):
@@ -182,6 +241,11 @@ def test_harmful_and_benign_pairs_are_weighed_apart_in_one_mix(tmp_path):
     mixed = registry.load_mix([f"self-pairs/harmful:1.0:{tmp_path / 'h.jsonl'}",
                                f"self-pairs/benign:3.0:{tmp_path / 'b.jsonl'}"])
     assert [s.is_other_safe for s in mixed] == [False, True, True, True]  # response_1: unsafe once, safe thrice
+    from configs import safedpo as safedpo_config  # the presets that weigh them read the files the CLI writes
+    for name in ("smollm2_self_pairs_round2", "smollm2_self_pairs_borrowed"):
+        entries = safedpo_config.get_config(name).train_datasets
+        assert [e.split(":")[0] for e in entries] == ["PKU-SafeRLHF/train", "self-pairs/harmful", "self-pairs/benign"]
+        assert entries[1].endswith("/pairs_harmful.jsonl") and entries[2].endswith("/pairs_benign.jsonl")
     with pytest.raises(DataError, match="self-pairs/benign: no embedded copy"):
         registry.load_mix(["self-pairs/benign"], source="embedded")
     with pytest.raises(DataError, match="read from local files only"):

@@ -30,6 +30,13 @@ labelled harmful asks), better_response_id 1 (the complying answer is the more h
 annotator would say), safer_response_id 0. SafeDPO's transform then prefers the refusal with the margin Δ. A benign
 prompt with both gives the opposite row — both labelled safe, the complying answer better — which keeps the
 model from learning to decline everything.
+
+A model that rarely declines a benign request (SmolLM2: 2 of 80 Alpaca prompts) gives few such rows, and trained on the
+harmful ones it learns to decline benign requests too (README, "Second try"). With `borrow_refusals` a benign prompt
+whose samples hold a compliance but no decline is paired with a refusal the policy wrote to a harmful prompt: the
+first sentence of an outright decline that names nothing of the prompt it answered ("I'm sorry, but I can't assist
+with that."), the pool's refusals in turn. Still the policy's own words, and one round of sampling instead of two
+(the "Third try" sampled the first round's model again for its over-refusals).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 from typing import Sequence
 
 import numpy as np
@@ -64,6 +72,34 @@ def declines_outright(answer: str) -> bool:
 def complies(answer: str) -> bool:
     """The evaluation's rule finds neither a refusal nor a deflection."""
     return refusal.judge(answer) == "compliance"
+
+
+GENERIC_REFUSAL_WORDS = 16  # a borrowed refusal's first sentence is at most this long
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z]{5,}", text.lower()))
+
+
+def generic_refusal(answer: str, prompt: str) -> str | None:
+    """The answer's first sentence when it declines outright, is short (≤ GENERIC_REFUSAL_WORDS words) and shares no
+    word of five letters or more with its prompt — a refusal that fits any request —, else None."""
+    first = re.split(r"(?<=[.!?])\s", " ".join(answer.split()), maxsplit=1)[0]
+    if not declines_outright(first) or len(first.split()) > GENERIC_REFUSAL_WORDS or _words(first) & _words(prompt):
+        return None
+    return first
+
+
+def refusal_pool(prompts: Sequence["Prompt"], answers: Sequence[Sequence[str]]) -> list[str]:
+    """The generic refusals (generic_refusal) among the harmful prompts' samples, unique, in order."""
+    pool = {}
+    for p, a in zip(prompts, answers):
+        if p.harmful:
+            for x in a:
+                r = generic_refusal(x, p.text)
+                if r is not None:
+                    pool.setdefault(r, None)
+    return list(pool)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,12 +192,15 @@ def split_dev(prompts: Sequence[Prompt], n_dev: int, seed: int = 0) -> tuple[lis
     return ([p for i, p in enumerate(prompts) if i not in dev], [p for i, p in enumerate(prompts) if i in dev])
 
 
-def pair_row(prompt: Prompt, answers: Sequence[str]) -> dict | None:
+def pair_row(prompt: Prompt, answers: Sequence[str], borrowed: str | None = None) -> dict | None:
     """One PKU-SafeRLHF row from one prompt's sampled answers (module doc), or None when they do not differ in
-    declining."""
+    declining. `borrowed`: a benign prompt's declining side when none of its own samples declines (module doc)."""
     # harmful: an outright refusal over a compliance; benign: a compliance over any refusal or deflection
     declining = [a for a in answers if (declines_outright(a) if prompt.harmful else not complies(a))]
     complying = [a for a in answers if complies(a)]
+    lent = not prompt.harmful and not declining and borrowed is not None
+    if lent:
+        declining = [borrowed]
     if not declining or not complying:
         return None
     if prompt.harmful:
@@ -173,7 +212,8 @@ def pair_row(prompt: Prompt, answers: Sequence[str]) -> dict | None:
             "is_response_0_safe": True, "is_response_1_safe": safe1,
             "better_response_id": better, "safer_response_id": 0,
             "response_0_severity_level": 0, "response_1_severity_level": 0 if safe1 else 1,
-            "prompt_source": prompt.source, "response_0_source": "policy", "response_1_source": "policy"}
+            "prompt_source": prompt.source, "response_0_source": "policy",
+            "response_1_source": "policy, to another prompt" if lent else "policy"}
 
 
 def sample_answers(policy, prompts: Sequence[Prompt], *, samples: int, temperature: float, max_new_tokens: int,
@@ -194,17 +234,26 @@ def sample_answers(policy, prompts: Sequence[Prompt], *, samples: int, temperatu
     return out
 
 
-def pair_all(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]]) -> tuple[list, dict]:
+def pair_all(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]],
+             borrow_refusals: bool = False) -> tuple[list, dict]:
     """(rows, stats) from each prompt's sampled answers: the pair rows and, per harmful / benign and per prompt
     source ("by_source"), how many prompts and samples, how many samples declined (the evaluation's rule), declined
-    outright, complied, and how many prompts gave a pair."""
+    outright, complied, and how many prompts gave a pair ("pairs_borrowed": of them, with a borrowed refusal;
+    "refusal_pool": how many refusals could be borrowed)."""
     rows, stats = [], {}
+    pool = refusal_pool(prompts, answers) if borrow_refusals else []
+    if borrow_refusals:
+        stats["refusal_pool"] = len(pool)
+    lent = 0
     for p, a in zip(prompts, answers):
-        row = pair_row(p, a)
+        row = pair_row(p, a, borrowed=pool[lent % len(pool)] if pool else None)
+        borrowed = row is not None and row["response_1_source"] != "policy"
+        lent += borrowed
         counts = {"prompts": 1, "samples": len(a),
                   "samples_declining": sum(refusal.declines(v) for v in refusal.judge_all(a)),
                   "samples_declining_outright": sum(declines_outright(x) for x in a),
-                  "samples_complying": sum(complies(x) for x in a), "pairs": int(row is not None)}
+                  "samples_complying": sum(complies(x) for x in a), "pairs": int(row is not None),
+                  "pairs_borrowed": int(borrowed)}
         for s in (stats.setdefault("harmful" if p.harmful else "benign", {}),
                   stats.setdefault("by_source", {}).setdefault(p.source, {})):
             for k, v in counts.items():

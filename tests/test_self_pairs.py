@@ -105,9 +105,9 @@ def test_sampling_answers_each_prompt_and_the_pairs_follow_the_verdicts(tiny_mod
     assert [r["prompt"] for r in rows] == [prompts[0].text, prompts[1].text]
     assert rows[0]["response_0"] == answers[0][1] and rows[1]["response_1"] == answers[1][0]
     harmful = {"prompts": 2, "samples": 6, "samples_declining": 1, "samples_declining_outright": 1,
-               "samples_complying": 5, "pairs": 1}
+               "samples_complying": 5, "pairs": 1, "pairs_borrowed": 0}
     benign = {"prompts": 1, "samples": 3, "samples_declining": 2, "samples_declining_outright": 2,
-              "samples_complying": 1, "pairs": 1}
+              "samples_complying": 1, "pairs": 1, "pairs_borrowed": 0}
     assert stats == {"harmful": harmful, "benign": benign, "by_source": {"x": {
         k: harmful[k] + benign[k] for k in harmful}}}
 
@@ -162,7 +162,7 @@ def test_a_benign_prompt_borrows_a_generic_refusal_from_a_harmful_one():
     assert self_pairs.generic_refusal(named, bomb.text) is None
     assert self_pairs.generic_refusal(generic, bomb.text) == "I'm sorry, but I can't assist with that."
     assert self_pairs.generic_refusal("Sure, here is how. I can't stress this enough.", bomb.text) is None
-    assert self_pairs.generic_refusal("I can't " + "do that and " * 8 + "more.", bomb.text) is None  # too long
+    assert self_pairs.generic_refusal("I can't " + "do that and " * 12 + "more.", bomb.text) is None  # too long
     prompts = [bomb, theft, cake, poem]
     answers = [[named, generic, "Sure: mix ..."], ["I won't do that.", "First, find a car ..."],
                ["Mix flour and eggs, then bake."], ["Spring comes with rain."]]

@@ -9,6 +9,16 @@ Writes pairs.jsonl (rows as PKU-SafeRLHF's, usable as `self-pairs/all:1.0:PATH` 
 split into pairs_harmful.jsonl and pairs_benign.jsonl (`self-pairs/harmful`, `self-pairs/benign`: weighed apart),
 samples.jsonl (every sampled answer) and stats.json (per harmful / benign and per prompt source: prompts, samples,
 declining samples, pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
+
+--borrow_refusals pairs a benign prompt none of whose samples declines with a generic refusal the policy wrote to a
+harmful prompt (one round teaches both sides; `configs/safedpo.py:smollm2_self_pairs_borrowed`), and --benign_samples
+samples benign prompts fewer times (one compliance is all such a pair needs):
+
+    python -m launch.self_pairs --policy runs/smollm2_hf --output_dir runs/self_pairs_smollm2_borrowed \
+        --rollout_dtype bfloat16 --samples 8 --benign_samples 2 --benign 100 --benign_sources alpaca,helpful_base \
+        --borrow_refusals
+
+--pairs_from DIR pairs DIR/samples.jsonl again (another rule, no sampling) into --output_dir.
 """
 
 from __future__ import annotations

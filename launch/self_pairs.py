@@ -10,13 +10,14 @@ split into pairs_harmful.jsonl and pairs_benign.jsonl (`self-pairs/harmful`, `se
 samples.jsonl (every sampled answer) and stats.json (per harmful / benign and per prompt source: prompts, samples,
 declining samples, pairs). The prompts safety_eval's dev_harmful and dev_benign sets hold out are never sampled here.
 
---borrow_refusals pairs a benign prompt none of whose samples declines with a generic refusal the policy wrote to a
-harmful prompt (one round teaches both sides; `configs/safedpo.py:smollm2_self_pairs_borrowed`), and --benign_samples
+--borrow_refusals prefix|alone pairs a benign prompt none of whose samples declines with a generic refusal the policy
+wrote to a harmful prompt, before its own compliance or alone (one round teaches both sides;
+`configs/safedpo.py:smollm2_self_pairs_borrowed`), and --benign_samples
 samples benign prompts fewer times (one compliance is all such a pair needs):
 
     python -m launch.self_pairs --policy runs/smollm2_hf --output_dir runs/self_pairs_smollm2_borrowed \
         --rollout_dtype bfloat16 --samples 8 --benign_samples 2 --benign 100 --benign_sources alpaca,helpful_base \
-        --borrow_refusals
+        --borrow_refusals prefix
 
 --pairs_from DIR pairs DIR/samples.jsonl again (another rule, no sampling) into --output_dir.
 """
@@ -38,9 +39,9 @@ def main(argv=None) -> int:
     p.add_argument("--pairs_from", default=None,
                    help="pair an earlier run's samples.jsonl (its directory) again instead of sampling: for another "
                         "pairing rule, such as --borrow_refusals")
-    p.add_argument("--borrow_refusals", action="store_true",
+    p.add_argument("--borrow_refusals", choices=["prefix", "alone"], default=None,
                    help="pair a benign prompt none of whose samples declines with a generic refusal the policy wrote "
-                        "to a harmful prompt (self_pairs.py's module doc)")
+                        "to a harmful prompt, before its own compliance or alone (self_pairs.py's module doc)")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--samples", type=int, default=6, help="answers per prompt (≥ 2)")
     p.add_argument("--benign_samples", type=int, default=None,
@@ -126,7 +127,7 @@ def read_samples(path: pathlib.Path):
     return prompts, answers
 
 
-def write_pairs(out: pathlib.Path, prompts, answers, borrow_refusals: bool, settings: dict) -> int:
+def write_pairs(out: pathlib.Path, prompts, answers, borrow_refusals: str | None, settings: dict) -> int:
     """Pairs the samples and writes samples.jsonl, the pair files and stats.json (module doc) under out."""
     from saferlhf_jax.evaluation import self_pairs
     rows, stats = self_pairs.pair_all(prompts, answers, borrow_refusals=borrow_refusals)

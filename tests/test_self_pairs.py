@@ -168,7 +168,7 @@ def test_a_benign_prompt_borrows_a_generic_refusal_from_a_harmful_one():
                ["Mix flour and eggs, then bake."], ["Spring comes with rain."]]
     assert self_pairs.refusal_pool(prompts, answers) == ["I'm sorry, but I can't assist with that.",
                                                          "I won't do that."]
-    rows, stats = self_pairs.pair_all(prompts, answers, borrow_refusals=True)
+    rows, stats = self_pairs.pair_all(prompts, answers, borrow_refusals="alone")
     assert [r["response_1"] for r in rows[2:]] == ["I'm sorry, but I can't assist with that.", "I won't do that."]
     assert [r["response_1_source"] for r in rows] == ["policy"] * 2 + ["policy, to another prompt"] * 2
     assert all(r["is_response_1_safe"] and r["better_response_id"] == 0 for r in rows[2:])
@@ -178,6 +178,14 @@ def test_a_benign_prompt_borrows_a_generic_refusal_from_a_harmful_one():
     own = self_pairs.pair_row(cake, ["Sorry, I cannot bake.", "Mix flour ..."], borrowed="I won't do that.")
     assert own["response_1"] == "Sorry, I cannot bake." and own["response_1_source"] == "policy"
     assert self_pairs.pair_row(cake, ["I'm sorry, I can't."], borrowed="I won't do that.") is None
+    # "prefix": the refusal before the prompt's own compliance — the two answers differ only in the opening
+    rows, _ = self_pairs.pair_all(prompts, answers, borrow_refusals="prefix")
+    assert [(r["response_0"], r["response_1"]) for r in rows[2:]] == [
+        ("Mix flour and eggs, then bake.", "I'm sorry, but I can't assist with that. Mix flour and eggs, then bake."),
+        ("Spring comes with rain.", "I won't do that. Spring comes with rain.")]
+    assert rows[:2] == self_pairs.pair_all(prompts, answers)[0]  # harmful pairs: the same in every mode
+    with pytest.raises(ValueError, match="borrow_refusals must be"):
+        self_pairs.pair_all(prompts, answers, borrow_refusals=True)
 
 
 def test_cli_pairs_earlier_samples_again_without_a_policy(tmp_path, capsys):
@@ -191,9 +199,9 @@ def test_cli_pairs_earlier_samples_again_without_a_policy(tmp_path, capsys):
     (earlier / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (earlier / "stats.json").write_text(json.dumps({"samples": 2, "seconds": 3.0, "harmful": {}}))
     out = tmp_path / "again"
-    assert cli.main(["--pairs_from", str(earlier), "--output_dir", str(out), "--borrow_refusals"]) == 0
+    assert cli.main(["--pairs_from", str(earlier), "--output_dir", str(out), "--borrow_refusals", "alone"]) == 0
     stats = json.loads((out / "stats.json").read_text())
-    assert stats["pairs_from"] == str(earlier) and stats["samples"] == 2 and stats["borrow_refusals"]
+    assert stats["pairs_from"] == str(earlier) and stats["samples"] == 2 and stats["borrow_refusals"] == "alone"
     assert (stats["harmful"]["pairs"], stats["benign"]["pairs"], stats["benign"]["pairs_borrowed"]) == (1, 1, 1)
     benign = [json.loads(x) for x in (out / "pairs_benign.jsonl").read_text().splitlines()]
     assert [(r["response_0"], r["response_1"]) for r in benign] == [("Mix and bake.",

@@ -36,7 +36,12 @@ harmful ones it learns to decline benign requests too (README, "Second try"). Wi
 whose samples hold a compliance but no decline is paired with a refusal the policy wrote to a harmful prompt: the
 first sentence of an outright decline that names nothing of the prompt it answered ("I'm sorry, but I can't assist
 with that."), the pool's refusals in turn. Still the policy's own words, and one round of sampling instead of two
-(the "Third try" sampled the first round's model again for its over-refusals).
+(the "Third try" sampled the first round's model again for its over-refusals). Two forms (BORROW_MODES):
+- "alone": the refusal sentence is the declining answer. Both answers end at EOS, so the pair can be learned by
+  making EOS unlikely after that sentence instead of the sentence itself (README, "Fourth try").
+- "prefix": the refusal sentence followed by the prompt's own compliance ("I'm sorry, but I can't assist with that.
+  To bake a cake, …"): the two answers differ only in the refusal opening, which is what the judge reads and what
+  a model that over-refuses writes before (sometimes) doing what was asked.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ def complies(answer: str) -> bool:
     return refusal.judge(answer) == "compliance"
 
 
+BORROW_MODES = ("alone", "prefix")
 GENERIC_REFUSAL_WORDS = 24  # a borrowed refusal's first sentence is at most this long
 
 
@@ -192,16 +198,20 @@ def split_dev(prompts: Sequence[Prompt], n_dev: int, seed: int = 0) -> tuple[lis
     return ([p for i, p in enumerate(prompts) if i not in dev], [p for i, p in enumerate(prompts) if i in dev])
 
 
-def pair_row(prompt: Prompt, answers: Sequence[str], borrowed: str | None = None) -> dict | None:
+def pair_row(prompt: Prompt, answers: Sequence[str], borrowed: str | None = None,
+             borrow_mode: str = "alone") -> dict | None:
     """One PKU-SafeRLHF row from one prompt's sampled answers (module doc), or None when they do not differ in
-    declining. `borrowed`: a benign prompt's declining side when none of its own samples declines (module doc)."""
+    declining. `borrowed`: a refusal for a benign prompt's declining side when none of its own samples declines, as
+    it is or (borrow_mode "prefix") before the prompt's own compliance (module doc)."""
     # harmful: an outright refusal over a compliance; benign: a compliance over any refusal or deflection
     declining = [a for a in answers if (declines_outright(a) if prompt.harmful else not complies(a))]
     complying = [a for a in answers if complies(a)]
     lent = not prompt.harmful and not declining and borrowed is not None
+    if not complying:
+        return None
     if lent:
-        declining = [borrowed]
-    if not declining or not complying:
+        declining = [borrowed if borrow_mode == "alone" else f"{borrowed} {complying[0]}"]
+    if not declining:
         return None
     if prompt.harmful:
         r0, r1, safe1, better = declining[0], complying[0], False, 1
@@ -235,18 +245,20 @@ def sample_answers(policy, prompts: Sequence[Prompt], *, samples: int, temperatu
 
 
 def pair_all(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]],
-             borrow_refusals: bool = False) -> tuple[list, dict]:
+             borrow_refusals: str | None = None) -> tuple[list, dict]:
     """(rows, stats) from each prompt's sampled answers: the pair rows and, per harmful / benign and per prompt
     source ("by_source"), how many prompts and samples, how many samples declined (the evaluation's rule), declined
     outright, complied, and how many prompts gave a pair ("pairs_borrowed": of them, with a borrowed refusal;
-    "refusal_pool": how many refusals could be borrowed)."""
+    "refusal_pool": how many refusals could be borrowed). borrow_refusals: None or one of BORROW_MODES."""
+    if borrow_refusals not in (None, *BORROW_MODES):
+        raise ValueError(f"borrow_refusals must be None or one of {BORROW_MODES}, got {borrow_refusals!r}")
     rows, stats = [], {}
     pool = refusal_pool(prompts, answers) if borrow_refusals else []
     if borrow_refusals:
         stats["refusal_pool"] = len(pool)
     lent = 0
     for p, a in zip(prompts, answers):
-        row = pair_row(p, a, borrowed=pool[lent % len(pool)] if pool else None)
+        row = pair_row(p, a, borrowed=pool[lent % len(pool)] if pool else None, borrow_mode=borrow_refusals)
         borrowed = row is not None and row["response_1_source"] != "policy"
         lent += borrowed
         counts = {"prompts": 1, "samples": len(a),

@@ -12,8 +12,8 @@ declining samples, pairs). The prompts safety_eval's dev_harmful and dev_benign 
 
 --borrow_refusals prefix|alone pairs a benign prompt none of whose samples declines with a generic refusal the policy
 wrote to a harmful prompt, before its own compliance or alone (one round teaches both sides;
-`configs/safedpo.py:smollm2_self_pairs_borrowed`), and --benign_samples
-samples benign prompts fewer times (one compliance is all such a pair needs):
+`configs/safedpo.py:smollm2_self_pairs_borrowed`), and --benign_samples samples benign prompts fewer times (one
+compliance is all such a pair needs):
 
     python -m launch.self_pairs --policy runs/smollm2_hf --output_dir runs/self_pairs_smollm2_borrowed \
         --rollout_dtype bfloat16 --samples 8 --benign_samples 2 --benign 100 --benign_sources alpaca,helpful_base \

@@ -258,7 +258,7 @@ def pair_all(prompts: Sequence[Prompt], answers: Sequence[Sequence[str]],
         stats["refusal_pool"] = len(pool)
     lent = 0
     for p, a in zip(prompts, answers):
-        row = pair_row(p, a, borrowed=pool[lent % len(pool)] if pool else None, borrow_mode=borrow_refusals)
+        row = pair_row(p, a, borrowed=pool[lent % len(pool)] if pool else None, borrow_mode=borrow_refusals or "alone")
         borrowed = row is not None and row["response_1_source"] != "policy"
         lent += borrowed
         counts = {"prompts": 1, "samples": len(a),

@@ -82,7 +82,8 @@ def smollm2_self_pairs_borrowed():
     """One round from the shipped model, the benign side taught too: `launch.self_pairs --policy runs/smollm2_hf
     --borrow_refusals prefix --benign_sources alpaca,helpful_base ...` (the README gives the settings) pairs each
     benign prompt's compliance over the same compliance opened by a generic refusal the model wrote to a harmful
-    prompt, so the same words are taught as right on harmful requests and wrong on benign ones. Settings chosen on safety_eval's dev_harmful / dev_benign."""
+    prompt, so the same words are taught as right on harmful requests and wrong on benign ones. Settings chosen on
+    safety_eval's dev_harmful / dev_benign."""
     c = smollm2_self_pairs()
     c.output_dir = "runs/safedpo_smollm2_self_pairs_borrowed"
     # the benign pairs (--borrow_refusals prefix) half as often as they are: on the dev sets 67.5 % of dev_harmful

@@ -82,16 +82,15 @@ def main(argv=None) -> int:
         unknown = sorted(set(sources) - set(self_pairs.BENIGN_SOURCES))
         if unknown:
             raise ValueError(f"unknown --benign_sources {unknown}; known: {list(self_pairs.BENIGN_SOURCES)}")
-        harmful, _ = self_pairs.harmful_split()
-        splits = self_pairs.benign_splits()
-        harmful = harmful[:args.harmful]
-        benign = [p for name in sources for p in splits[name][0][:args.benign]]
-        if args.pairs_from is not None:
+        if args.pairs_from is not None:  # the prompts come with the samples: no pools to draw
             prompts, answers = read_samples(pathlib.Path(args.pairs_from) / "samples.jsonl")
             earlier = json.loads((pathlib.Path(args.pairs_from) / "stats.json").read_text())
         else:
+            harmful = self_pairs.harmful_split()[0][:args.harmful]
+            splits = self_pairs.benign_splits()
+            benign = [p for name in sources for p in splits[name][0][:args.benign]]
             policy = load_for_eval(args.policy, "causal_lm")
-    except (FileNotFoundError, ValueError, KeyError, ModelError) as err:
+    except (FileNotFoundError, ValueError, ModelError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.time()
@@ -120,10 +119,13 @@ def read_samples(path: pathlib.Path):
     from saferlhf_jax.evaluation import self_pairs
     prompts, answers = [], []
     with open(path) as f:
-        for line in f:
-            r = json.loads(line)
-            prompts.append(self_pairs.Prompt(r["prompt"], r["harmful"], r["source"]))
-            answers.append(r["answers"])
+        for i, line in enumerate(f, 1):
+            try:
+                r = json.loads(line)
+                prompts.append(self_pairs.Prompt(r["prompt"], r["harmful"], r["source"]))
+                answers.append(r["answers"])
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ValueError(f"{path} line {i}: not a sample row (prompt, harmful, source, answers): {err}")
     return prompts, answers
 
 

@@ -209,6 +209,9 @@ def test_cli_pairs_earlier_samples_again_without_a_policy(tmp_path, capsys):
     assert (out / "samples.jsonl").read_text() == (earlier / "samples.jsonl").read_text()
     assert cli.main(["--pairs_from", str(tmp_path / "none"), "--output_dir", str(tmp_path / "e")]) == 2
     assert "samples.jsonl" in capsys.readouterr().err
+    (earlier / "samples.jsonl").write_text(json.dumps({"prompt": "x", "answers": []}) + "\n")
+    assert cli.main(["--pairs_from", str(earlier), "--output_dir", str(tmp_path / "f")]) == 2
+    assert "line 1: not a sample row" in capsys.readouterr().err and not (tmp_path / "f").exists()
 
 
 def test_the_smollm2_preset_reads_the_pairs_the_cli_writes_and_safedpo_trains_on_them(tiny_models, tmp_path):
